@@ -1,0 +1,57 @@
+// @ts-check
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+import prettier from 'eslint-config-prettier';
+
+/** Runtime code (handlers, domain, local runtime) must never depend on the CDK app or the CDK libraries. */
+const noInfraInRuntime = {
+  patterns: [
+    { group: ['**/infra/**'], message: 'Runtime code must not import infra/ (layers point one way).' },
+    {
+      group: ['aws-cdk-lib', 'aws-cdk-lib/*', 'constructs', 'cdk-nag'],
+      message: 'CDK belongs to infra/ only.',
+    },
+  ],
+};
+
+/** Domain code knows nothing about Lambda events, HTTP, middy or the local runtime. */
+const domainOnly = {
+  patterns: [
+    ...noInfraInRuntime.patterns,
+    {
+      group: ['**/api/**', '**/local/**'],
+      message: 'Domain code must not import the API or local runtime layers.',
+    },
+    { group: ['@middy/*', 'aws-lambda'], message: 'Domain code must not know about Lambda or middy.' },
+  ],
+};
+
+export default tseslint.config(
+  { ignores: ['node_modules/', 'cdk.out/', '.dr/', 'coverage/'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommendedTypeChecked,
+  {
+    languageOptions: {
+      parserOptions: {
+        projectService: { allowDefaultProject: ['*.js'] },
+        tsconfigRootDir: import.meta.dirname,
+      },
+    },
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      '@typescript-eslint/consistent-type-imports': 'error',
+      '@typescript-eslint/no-floating-promises': 'error',
+      'no-console': 'off',
+    },
+  },
+  { files: ['functions/**/*.ts'], rules: { 'no-restricted-imports': ['error', noInfraInRuntime] } },
+  { files: ['functions/core/**/*.ts'], rules: { 'no-restricted-imports': ['error', domainOnly] } },
+  {
+    files: ['test/**/*.ts'],
+    rules: {
+      // vitest's expect(...).rejects and mocks trip these rules without adding safety in tests.
+      '@typescript-eslint/unbound-method': 'off',
+    },
+  },
+  prettier,
+);

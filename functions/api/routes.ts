@@ -1,0 +1,289 @@
+import { z } from 'zod';
+import type { ControlPlane } from '../core/context.ts';
+import { ValidationError } from '../core/errors.ts';
+import { drConfigInput, idParams, listQuery, scheduleInput, targetInput } from '../core/schemas.ts';
+import { getConfig, replaceConfig } from '../core/services/config-service.ts';
+import {
+  createSchedule,
+  deleteSchedule,
+  getSchedule,
+  listSchedules,
+  updateSchedule,
+} from '../core/services/schedule-service.ts';
+import {
+  createTarget,
+  deleteTarget,
+  getTarget,
+  listTargets,
+  updateTarget,
+} from '../core/services/target-service.ts';
+import { actorOf, ifMatchVersion, parseWith, type HttpEvent } from './http.ts';
+
+export type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
+
+export interface RouteRequest<B, Q, P> {
+  readonly body: B;
+  readonly query: Q;
+  readonly params: P;
+  readonly event: HttpEvent;
+}
+
+export interface RouteResponse {
+  readonly status?: number;
+  readonly body?: unknown;
+  readonly headers?: Record<string, string>;
+}
+
+/**
+ * One API operation: how it is reached, what it accepts (schemas that both validate requests and document
+ * them in OpenAPI), and a handler that calls a domain function and shapes the response.
+ */
+export interface Route<B = unknown, Q = unknown, P = unknown> {
+  readonly method: Method;
+  readonly path: string;
+  readonly operationId: string;
+  readonly summary: string;
+  readonly tag: string;
+  /** Reachable without authentication (health only). */
+  readonly public?: boolean;
+  readonly body?: z.ZodType<B>;
+  readonly query?: z.ZodType<Q>;
+  readonly params?: z.ZodType<P>;
+  /** The status of a successful response. */
+  readonly status: number;
+  readonly handle: (request: RouteRequest<B, Q, P>) => Promise<RouteResponse>;
+}
+
+function route<B = undefined, Q = undefined, P = undefined>(definition: Route<B, Q, P>): Route {
+  return definition as unknown as Route;
+}
+
+/** The version a client expects to be replacing: If-Match header first, then `version` in the body. */
+function expectedVersion(event: HttpEvent, body?: { version?: number | undefined }): number | undefined {
+  const header = ifMatchVersion(event);
+  if (header !== undefined && body?.version !== undefined && header !== body.version) {
+    throw ValidationError.forField('version', `disagrees with the If-Match header (${header})`);
+  }
+  return header ?? body?.version;
+}
+
+function etag(version: number): Record<string, string> {
+  return { etag: `"${version}"` };
+}
+
+export interface ApiInfo {
+  readonly version: string;
+  readonly mode: 'aws' | 'local';
+}
+
+export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unknown): Route[] {
+  return [
+    route({
+      method: 'GET',
+      path: '/api/dr/health',
+      operationId: 'getHealth',
+      summary: 'Liveness: answers without authentication once the server is ready',
+      tag: 'meta',
+      public: true,
+      status: 200,
+      handle: () => Promise.resolve({ body: { status: 'ok', version: info.version, mode: info.mode } }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/openapi.json',
+      operationId: 'getOpenApi',
+      summary: 'This API as an OpenAPI 3.1 document',
+      tag: 'meta',
+      status: 200,
+      handle: () => Promise.resolve({ body: openApi() }),
+    }),
+
+    route({
+      method: 'GET',
+      path: '/api/dr/config',
+      operationId: 'getConfig',
+      summary: 'The DR config',
+      tag: 'config',
+      status: 200,
+      handle: async () => {
+        const view = await getConfig(cp);
+        return { body: view, headers: etag(view.version) };
+      },
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/config',
+      operationId: 'putConfig',
+      summary: 'Create or replace the DR config (unset fields take the seed defaults)',
+      tag: 'config',
+      body: drConfigInput,
+      status: 200,
+      handle: async ({ body, event }) => {
+        const { view, created } = await replaceConfig(cp, body, actorOf(event), expectedVersion(event, body));
+        return { status: created ? 201 : 200, body: view, headers: etag(view.version) };
+      },
+    }),
+
+    route({
+      method: 'GET',
+      path: '/api/dr/targets',
+      operationId: 'listTargets',
+      summary: 'List backup targets',
+      tag: 'targets',
+      query: listQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await listTargets(cp, query.limit, query.nextToken) }),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/targets',
+      operationId: 'createTarget',
+      summary: 'Create a backup target (secret fields go to the secret store and are never returned)',
+      tag: 'targets',
+      body: targetInput,
+      status: 201,
+      handle: async ({ body, event }) => {
+        const view = await createTarget(cp, body, actorOf(event));
+        return { body: view, headers: { ...etag(view.version), location: `/api/dr/targets/${view.id}` } };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/targets/{id}',
+      operationId: 'getTarget',
+      summary: 'Get a backup target',
+      tag: 'targets',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => {
+        const view = await getTarget(cp, params.id);
+        return { body: view, headers: etag(view.version) };
+      },
+    }),
+    route({
+      method: 'PUT',
+      path: '/api/dr/targets/{id}',
+      operationId: 'updateTarget',
+      summary: 'Replace a backup target (omitted secrets are kept; null removes one)',
+      tag: 'targets',
+      params: idParams,
+      body: targetInput,
+      status: 200,
+      handle: async ({ params, body, event }) => {
+        const view = await updateTarget(cp, params.id, body, actorOf(event), expectedVersion(event, body));
+        return { body: view, headers: etag(view.version) };
+      },
+    }),
+    route({
+      method: 'DELETE',
+      path: '/api/dr/targets/{id}',
+      operationId: 'deleteTarget',
+      summary: 'Delete a backup target (409 while an active schedule uses it)',
+      tag: 'targets',
+      params: idParams,
+      status: 204,
+      handle: async ({ params, event }) => {
+        await deleteTarget(cp, params.id, actorOf(event), expectedVersion(event));
+        return {};
+      },
+    }),
+
+    route({
+      method: 'GET',
+      path: '/api/dr/schedules',
+      operationId: 'listSchedules',
+      summary: 'List backup schedules with their next run times',
+      tag: 'schedules',
+      query: listQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await listSchedules(cp, query.limit, query.nextToken) }),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/schedules',
+      operationId: 'createSchedule',
+      summary: 'Create a backup schedule (standard 5-field cron, UTC unless timezone is given)',
+      tag: 'schedules',
+      body: scheduleInput,
+      status: 201,
+      handle: async ({ body, event }) => {
+        const view = await createSchedule(cp, body, actorOf(event));
+        return { body: view, headers: { ...etag(view.version), location: `/api/dr/schedules/${view.id}` } };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/schedules/{id}',
+      operationId: 'getSchedule',
+      summary: 'Get a backup schedule',
+      tag: 'schedules',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => {
+        const view = await getSchedule(cp, params.id);
+        return { body: view, headers: etag(view.version) };
+      },
+    }),
+    route({
+      method: 'PUT',
+      path: '/api/dr/schedules/{id}',
+      operationId: 'updateSchedule',
+      summary: 'Replace a backup schedule',
+      tag: 'schedules',
+      params: idParams,
+      body: scheduleInput,
+      status: 200,
+      handle: async ({ params, body, event }) => {
+        const view = await updateSchedule(cp, params.id, body, actorOf(event), expectedVersion(event, body));
+        return { body: view, headers: etag(view.version) };
+      },
+    }),
+    route({
+      method: 'DELETE',
+      path: '/api/dr/schedules/{id}',
+      operationId: 'deleteSchedule',
+      summary: 'Delete a backup schedule',
+      tag: 'schedules',
+      params: idParams,
+      status: 204,
+      handle: async ({ params, event }) => {
+        await deleteSchedule(cp, params.id, actorOf(event), expectedVersion(event));
+        return {};
+      },
+    }),
+
+    route({
+      method: 'GET',
+      path: '/api/dr/audit',
+      operationId: 'listAudit',
+      summary: 'The audit log, newest first',
+      tag: 'audit',
+      query: listQuery,
+      status: 200,
+      handle: async ({ query }) => ({
+        body: await cp.audit.list({ limit: query.limit, nextToken: query.nextToken }),
+      }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/audit/verify',
+      operationId: 'verifyAudit',
+      summary: "Walk the audit log's hash chain and report the first entry that does not fit",
+      tag: 'audit',
+      status: 200,
+      handle: async () => ({ body: await cp.audit.verify() }),
+    }),
+  ];
+}
+
+/** Runs one route: validate path, query and body, then call the handler. */
+export async function runRoute(route: Route, event: HttpEvent): Promise<RouteResponse & { status: number }> {
+  const params = route.params ? parseWith(route.params, event.pathParameters ?? {}, 'path') : undefined;
+  const query = parseWith(route.query ?? z.strictObject({}), event.queryStringParameters ?? {}, 'query');
+  if (!route.body && event.parsedBody !== undefined) {
+    throw ValidationError.forField('body', 'this operation takes no request body');
+  }
+  const body = route.body ? parseWith(route.body, event.parsedBody, 'body') : undefined;
+  const response = await route.handle({ body, query, params, event });
+  return { ...response, status: response.status ?? route.status };
+}

@@ -1,0 +1,18 @@
+import type { AuditLog } from './audit.ts';
+import type { Logger } from './log.ts';
+import type { SecretStore } from './secrets/secret-store.ts';
+import type { DrTable } from './store/table.ts';
+
+/**
+ * What the domain services need, built once per process (a Lambda container, the local runtime, a test)
+ * and passed in, so that every client can be replaced in tests.
+ */
+export interface ControlPlane {
+  readonly table: DrTable;
+  readonly secrets: SecretStore;
+  readonly audit: AuditLog;
+  readonly logger: Logger;
+  readonly now: () => Date;
+  /** Prefix of every secret name this deployment owns (the IAM policy is scoped to it). */
+  readonly secretPrefix: string;
+}

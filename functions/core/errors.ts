@@ -1,0 +1,104 @@
+/**
+ * The error vocabulary of the control plane.
+ *
+ * Every error we raise on purpose is a `DrError` with a stable `code` (what API clients and Step Functions
+ * `Retry`/`Catch` match on, as the error `name`), an HTTP `status`, and `expose`: only exposed errors have
+ * their message and details sent to API clients. Anything else reaching the edge is answered with a generic
+ * 500 and logged, so that no internal detail (or secret inside one) leaks through a response.
+ */
+
+/** One problem with one input field. `field` is a path such as `config.bucket` or `notificationEmails[1]`. */
+export interface FieldIssue {
+  readonly field: string;
+  readonly message: string;
+}
+
+export interface DrErrorOptions {
+  readonly cause?: unknown;
+  readonly details?: readonly FieldIssue[];
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+export abstract class DrError extends Error {
+  abstract readonly status: number;
+  abstract readonly code: string;
+  /** Whether message and details may be sent to an API client. */
+  readonly expose: boolean = true;
+  readonly details: readonly FieldIssue[];
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(message: string, options: DrErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.details = options.details ?? [];
+    this.headers = options.headers ?? {};
+  }
+
+  override get name(): string {
+    return this.code;
+  }
+}
+
+/** The request body, query or path is invalid. */
+export class ValidationError extends DrError {
+  readonly status = 400;
+  readonly code = 'ValidationError';
+
+  static forField(field: string, message: string): ValidationError {
+    return new ValidationError(`${field}: ${message}`, { details: [{ field, message }] });
+  }
+}
+
+/** The request body is not well-formed JSON. */
+export class MalformedJsonError extends DrError {
+  readonly status = 400;
+  readonly code = 'MalformedJson';
+}
+
+export class UnauthorizedError extends DrError {
+  readonly status = 401;
+  readonly code = 'Unauthorized';
+}
+
+export class NotFoundError extends DrError {
+  readonly status = 404;
+  readonly code = 'NotFound';
+}
+
+export class MethodNotAllowedError extends DrError {
+  readonly status = 405;
+  readonly code = 'MethodNotAllowed';
+}
+
+/** The request conflicts with the current state: a stale version, a duplicate id, a resource still in use. */
+export class ConflictError extends DrError {
+  readonly status = 409;
+  readonly code = 'Conflict';
+}
+
+export class PayloadTooLargeError extends DrError {
+  readonly status = 413;
+  readonly code = 'PayloadTooLarge';
+}
+
+export class UnsupportedMediaTypeError extends DrError {
+  readonly status = 415;
+  readonly code = 'UnsupportedMediaType';
+}
+
+/** A secret could not be stored or read. Never carries the secret's value. */
+export class SecretStoreError extends DrError {
+  readonly status = 500;
+  readonly code = 'SecretStoreError';
+  override readonly expose = false;
+}
+
+/** A required setting is missing or invalid at start-up. */
+export class ConfigurationError extends DrError {
+  readonly status = 500;
+  readonly code = 'ConfigurationError';
+  override readonly expose = false;
+}
+
+export function isDrError(error: unknown): error is DrError {
+  return error instanceof DrError;
+}

@@ -1,0 +1,350 @@
+import { z } from 'zod';
+
+/**
+ * Request schemas for the /api/dr API. They validate requests at the edge and generate the OpenAPI document,
+ * so the contract has one source. Shapes, defaults and ranges come from the seed guide
+ * (`shared/seed/000_*.txt`); every object is strict, so a misspelt field fails with its name instead of
+ * being silently ignored.
+ */
+
+const range = (min: number, max: number, unit: string) =>
+  z
+    .number({ error: `must be a number of ${unit}` })
+    .min(min, { error: `must be at least ${min} ${unit}` })
+    .max(max, { error: `must be at most ${max} ${unit}` });
+
+const wholeRange = (min: number, max: number, unit: string) =>
+  range(min, max, unit).int({ error: `must be a whole number of ${unit}` });
+
+/** A short human-readable label. */
+const label = z
+  .string()
+  .trim()
+  .min(1, { error: 'must not be empty' })
+  .max(128, { error: 'must be at most 128 characters' });
+
+/** A secret value. On update: omitted keeps the stored one, `null` removes it. */
+const secret = z
+  .string()
+  .min(1, { error: 'must not be empty' })
+  .max(65_536, { error: 'must be at most 64 KiB' })
+  .nullable()
+  .optional();
+
+const hostname = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(
+    /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$/,
+    {
+      error: 'must be a host name or an IP address',
+    },
+  );
+
+const port = z
+  .number()
+  .int({ error: 'must be a whole number' })
+  .min(1, { error: 'must be between 1 and 65535' })
+  .max(65_535, { error: 'must be between 1 and 65535' });
+
+/**
+ * An absolute POSIX path with no `..` segment and no control character: it will reach the filesystem, so
+ * it is checked here rather than trusted.
+ */
+export const absolutePath = z
+  .string()
+  .max(4096)
+  .refine((value) => value.startsWith('/'), { error: 'must be an absolute path' })
+  .refine((value) => !value.split('/').includes('..'), { error: "must not contain a '..' segment" })
+  // eslint-disable-next-line no-control-regex -- control characters are exactly what this rejects
+  .refine((value) => !/[\u0000-\u001f]/.test(value), { error: 'must not contain control characters' });
+
+/** A remote directory on an FTP or SFTP server (relative paths are relative to the login directory). */
+const remotePath = z
+  .string()
+  .min(1)
+  .max(1024)
+  .refine((value) => !value.split('/').includes('..'), { error: "must not contain a '..' segment" })
+  // eslint-disable-next-line no-control-regex -- control characters are exactly what this rejects
+  .refine((value) => !/[\u0000-\u001f]/.test(value), { error: 'must not contain control characters' });
+
+const objectPrefix = z
+  .string()
+  .max(512)
+  .refine((value) => !value.startsWith('/'), { error: "must not start with '/'" })
+  .refine((value) => !value.split('/').includes('..'), { error: "must not contain a '..' segment" });
+
+const awsRegion = z
+  .string()
+  .regex(/^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}$/, { error: 'must be an AWS region such as us-east-1' });
+
+/** S3 bucket naming rules (the subset that matters for validation). */
+const s3Bucket = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, {
+    error:
+      'must be 3-63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit',
+  })
+  .refine((value) => !value.includes('..') && !/^\d+\.\d+\.\d+\.\d+$/.test(value), {
+    error: 'must not contain two adjacent dots or look like an IP address',
+  });
+
+const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
+
+export const TARGET_TYPES = ['LOCAL', 'S3', 'AZURE', 'GCP', 'FTP', 'SFTP'] as const;
+export type TargetType = (typeof TARGET_TYPES)[number];
+
+/** A client-chosen id (optional on create), such as the seed's `s3-target-id`. */
+export const resourceId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$/, {
+  error:
+    'must be 3-64 characters of letters, digits, hyphens and underscores, starting with a letter or digit',
+});
+
+const localConfig = z.strictObject({
+  path: absolutePath,
+});
+
+const s3Config = z.strictObject({
+  bucket: s3Bucket,
+  region: awsRegion,
+  prefix: objectPrefix.optional(),
+  accessKeyId: z
+    .string()
+    .regex(/^[A-Z0-9]{16,128}$/, { error: 'must be an AWS access key id' })
+    .nullable()
+    .optional(),
+  secretAccessKey: secret,
+  /** For S3-compatible stores (MinIO, Ceph, a local emulator). */
+  endpoint: httpUrl.optional(),
+  forcePathStyle: z.boolean().optional(),
+  encryption: z.enum(['AES256', 'aws:kms']).default('AES256'),
+  kmsKeyId: z.string().min(1).max(2048).optional(),
+  storageClass: z
+    .enum([
+      'STANDARD',
+      'STANDARD_IA',
+      'ONEZONE_IA',
+      'INTELLIGENT_TIERING',
+      'GLACIER_IR',
+      'GLACIER',
+      'DEEP_ARCHIVE',
+    ])
+    .optional(),
+  objectLock: z
+    .strictObject({
+      mode: z.enum(['GOVERNANCE', 'COMPLIANCE']),
+      days: wholeRange(1, 36_500, 'days'),
+    })
+    .optional(),
+});
+
+const azureConfig = z.strictObject({
+  accountName: z.string().regex(/^[a-z0-9]{3,24}$/, { error: 'must be 3-24 lowercase letters and digits' }),
+  accountKey: secret,
+  sasToken: secret,
+  connectionString: secret,
+  containerName: z.string().regex(/^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/, {
+    error:
+      'must be 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit',
+  }),
+  region: z
+    .string()
+    .regex(/^[a-z0-9]{2,40}$/, { error: 'must be an Azure region such as eastus' })
+    .optional(),
+  prefix: objectPrefix.optional(),
+  accessTier: z.enum(['Hot', 'Cool', 'Cold', 'Archive']).optional(),
+  /** For Azurite or sovereign clouds; defaults to https://<accountName>.blob.core.windows.net. */
+  endpoint: httpUrl.optional(),
+});
+
+const gcpConfig = z.strictObject({
+  projectId: z
+    .string()
+    .regex(/^[a-z][a-z0-9-]{4,28}[a-z0-9]$/, {
+      error: 'must be a Google Cloud project id (6-30 lowercase letters, digits, hyphens)',
+    }),
+  bucket: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$/, { error: 'must be a Cloud Storage bucket name' }),
+  prefix: objectPrefix.optional(),
+  /** The service-account key: its JSON contents, or a path to it on the machine that runs backups. */
+  keyFile: secret,
+  endpoint: httpUrl.optional(),
+});
+
+const ftpConfig = z.strictObject({
+  host: hostname,
+  port: port.default(21),
+  username: z.string().min(1).max(256),
+  password: secret,
+  path: remotePath,
+  /**
+   * `auto` (default) upgrades to explicit TLS when the server offers it; `required` refuses a server that
+   * does not; `off` sends credentials in clear and is flagged with a warning.
+   */
+  tls: z.enum(['auto', 'required', 'off']).default('auto'),
+  /** Accept a self-signed server certificate (test servers only). */
+  allowSelfSignedCertificate: z.boolean().default(false),
+});
+
+const sftpConfig = z.strictObject({
+  host: hostname,
+  port: port.default(22),
+  username: z.string().min(1).max(256),
+  /** An OpenSSH/PEM private key, or a path to one on the machine that runs backups. */
+  privateKey: secret,
+  passphrase: secret,
+  password: secret,
+  path: remotePath,
+  /** The server's host key as `ssh-keygen -lf` prints it (SHA256:…); pinned on first use when omitted. */
+  hostKeyFingerprint: z
+    .string()
+    .regex(/^SHA256:[A-Za-z0-9+/]{43}=?$/, {
+      error: "must be a SHA256 fingerprint such as 'SHA256:…' (ssh-keygen -lf)",
+    })
+    .optional(),
+});
+
+export const TARGET_CONFIG_SCHEMAS = {
+  LOCAL: localConfig,
+  S3: s3Config,
+  AZURE: azureConfig,
+  GCP: gcpConfig,
+  FTP: ftpConfig,
+  SFTP: sftpConfig,
+} as const;
+
+/** Which config fields of each target type are secrets: stored in the secret store, never in the table. */
+export const SECRET_FIELDS: Record<TargetType, readonly string[]> = {
+  LOCAL: [],
+  S3: ['secretAccessKey'],
+  AZURE: ['accountKey', 'sasToken', 'connectionString'],
+  GCP: ['keyFile'],
+  FTP: ['password'],
+  SFTP: ['privateKey', 'passphrase', 'password'],
+};
+
+const targetOf = <T extends TargetType, C extends z.ZodType>(targetType: T, config: C) =>
+  z.strictObject({
+    id: resourceId.optional(),
+    name: label.optional(),
+    targetType: z.literal(targetType),
+    config,
+    /** The version the client last read; a mismatch is refused with 409 (optimistic concurrency). */
+    version: z.number().int().min(1).optional(),
+  });
+
+export const targetInput = z.discriminatedUnion('targetType', [
+  targetOf('LOCAL', localConfig),
+  targetOf('S3', s3Config),
+  targetOf('AZURE', azureConfig),
+  targetOf('GCP', gcpConfig),
+  targetOf('FTP', ftpConfig),
+  targetOf('SFTP', sftpConfig),
+]);
+export type TargetInput = z.output<typeof targetInput>;
+
+const databaseSource = z.strictObject({
+  /** postgres://user[:password]@host[:port]/database[?sslmode=…]; a password in it goes to the secret store. */
+  url: z
+    .string()
+    .max(2048)
+    .refine(
+      (value) => {
+        try {
+          const url = new URL(value);
+          return (
+            (url.protocol === 'postgres:' || url.protocol === 'postgresql:') &&
+            url.hostname !== '' &&
+            url.pathname.length > 1
+          );
+        } catch {
+          return false;
+        }
+      },
+      { error: 'must be a postgres:// URL with a host and a database' },
+    )
+    .optional(),
+  host: hostname.optional(),
+  port: port.optional(),
+  database: z.string().min(1).max(63).optional(),
+  username: z.string().min(1).max(63).optional(),
+  password: secret,
+  sslMode: z.enum(['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']).optional(),
+});
+
+const filesSource = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('directory'), path: absolutePath }),
+  z.strictObject({
+    type: z.literal('s3'),
+    bucket: s3Bucket,
+    prefix: objectPrefix.optional(),
+    region: awsRegion.optional(),
+  }),
+]);
+
+const rdsIdentifier = z
+  .string()
+  .regex(/^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}$/, {
+    error: 'must be an RDS identifier (letters, digits, hyphens)',
+  });
+
+const rdsSource = z.strictObject({
+  instanceIdentifier: rdsIdentifier.optional(),
+  clusterIdentifier: rdsIdentifier.optional(),
+  region: awsRegion.optional(),
+});
+
+export const drConfigInput = z.strictObject({
+  rto: range(0.5, 72, 'hours').default(4),
+  rpo: range(0.25, 24, 'hours').default(1),
+  backupRetentionDays: wholeRange(7, 365, 'days').default(30),
+  testFrequencyDays: wholeRange(30, 365, 'days').default(90),
+  autoFailover: z.boolean().default(false),
+  notificationEmails: z
+    .array(z.email({ error: 'must be an email address' }))
+    .max(50, { error: 'must list at most 50 addresses' })
+    .default([]),
+  source: z
+    .strictObject({
+      database: databaseSource.optional(),
+      rds: rdsSource.optional(),
+      files: filesSource.optional(),
+    })
+    .optional(),
+  encryption: z
+    .strictObject({
+      algorithm: z.enum(['AES-256', 'AES-256-GCM']).default('AES-256-GCM'),
+      keyRotation: wholeRange(1, 3650, 'days').default(90),
+    })
+    .optional(),
+  version: z.number().int().min(1).optional(),
+});
+export type DrConfigInput = z.output<typeof drConfigInput>;
+
+export const SCHEDULE_TYPES = ['FULL', 'INCREMENTAL', 'SCHEMA'] as const;
+export const FREQUENCIES = ['HOURLY', 'DAILY', 'WEEKLY', 'MONTHLY', 'CUSTOM'] as const;
+
+export const scheduleInput = z.strictObject({
+  id: resourceId.optional(),
+  name: label,
+  scheduleType: z.enum(SCHEDULE_TYPES),
+  frequency: z.enum(FREQUENCIES).optional(),
+  cronExpression: z.string().min(9).max(256),
+  /** IANA time zone the cron expression is evaluated in. */
+  timezone: z.string().min(1).max(64).default('UTC'),
+  active: z.boolean().default(true),
+  retentionDays: wholeRange(1, 365, 'days').optional(),
+  targets: z.array(resourceId).max(10, { error: 'must list at most 10 targets' }).default([]),
+  version: z.number().int().min(1).optional(),
+});
+export type ScheduleInput = z.output<typeof scheduleInput>;
+
+export const listQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).default(50),
+  nextToken: z.string().max(2048).optional(),
+});
+export type ListQuery = z.output<typeof listQuery>;
+
+export const idParams = z.strictObject({ id: resourceId });

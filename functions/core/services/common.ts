@@ -1,0 +1,97 @@
+import { randomBytes } from 'node:crypto';
+import type { ControlPlane } from '../context.ts';
+import { ConflictError, NotFoundError, ValidationError, type FieldIssue } from '../errors.ts';
+import type { StoredItem } from '../store/table.ts';
+
+/** What every resource response carries besides its own fields. */
+export interface Versioned {
+  readonly version: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+}
+
+export function versioned<T extends object>(item: StoredItem<T>): T & Versioned {
+  return { ...item.data, version: item.version, createdAt: item.createdAt, updatedAt: item.updatedAt };
+}
+
+/** Optimistic concurrency: a client that names the version it read must still be looking at it. */
+export function checkVersion(
+  current: StoredItem<unknown> | undefined,
+  expected: number | undefined,
+  what: string,
+): void {
+  if (expected === undefined) return;
+  const actual = current?.version ?? 0;
+  if (actual !== expected) {
+    throw new ConflictError(`${what} is at version ${actual}, not ${expected}; read it again and retry`);
+  }
+}
+
+export function requireFound<T>(item: T | undefined, what: string): T {
+  if (item === undefined) throw new NotFoundError(`${what} does not exist`);
+  return item;
+}
+
+export function throwIfIssues(issues: readonly FieldIssue[]): void {
+  if (issues.length > 0) {
+    throw new ValidationError(issues.map((issue) => `${issue.field}: ${issue.message}`).join('; '), {
+      details: issues,
+    });
+  }
+}
+
+/**
+ * Applies a secret update: a string sets the field, `null` removes it, `undefined` keeps what is stored.
+ * Returns the resulting map and the names of the fields that changed (for the audit log).
+ */
+export function mergeSecrets(
+  stored: Readonly<Record<string, string>>,
+  updates: Readonly<Record<string, string | null | undefined>>,
+): { values: Record<string, string>; changed: string[] } {
+  const values: Record<string, string> = { ...stored };
+  const changed: string[] = [];
+  for (const [field, value] of Object.entries(updates)) {
+    if (value === undefined) continue;
+    if (value === null) {
+      if (field in values) changed.push(field);
+      delete values[field];
+    } else {
+      if (values[field] !== value) changed.push(field);
+      values[field] = value;
+    }
+  }
+  return { values, changed };
+}
+
+/**
+ * Commits a change whose secret values changed, without ever overwriting a secret that a stored item points
+ * at: the new values go under a fresh name (`<base>/<random>`), `commit` writes the item that points at it,
+ * and only then is the old secret removed. If `commit` fails, the new secret is removed and the stored item
+ * still points at the old one, which was never touched.
+ */
+export async function commitWithSecret<T>(
+  cp: ControlPlane,
+  base: string,
+  values: Readonly<Record<string, string>>,
+  oldName: string | undefined,
+  commit: (name: string | undefined) => Promise<T>,
+): Promise<T> {
+  const newName = Object.keys(values).length > 0 ? `${base}/${randomBytes(6).toString('hex')}` : undefined;
+  if (newName !== undefined) await cp.secrets.put(newName, values);
+  let result: T;
+  try {
+    result = await commit(newName);
+  } catch (error) {
+    if (newName !== undefined) await cp.secrets.delete(newName).catch(() => undefined);
+    throw error;
+  }
+  if (oldName !== undefined) {
+    await cp.secrets.delete(oldName).catch((error: unknown) => {
+      cp.logger.warn('an old secret could not be removed; remove it by hand', {
+        secret: oldName,
+        error: String(error),
+      });
+    });
+  }
+  return result;
+}

@@ -1,0 +1,161 @@
+import { randomUUID } from 'node:crypto';
+import type { Actor } from '../audit.ts';
+import type { ControlPlane } from '../context.ts';
+import { checkCron, nextRuns } from '../cron.ts';
+import { ValidationError, type FieldIssue } from '../errors.ts';
+import type { ScheduleInput } from '../schemas.ts';
+import { Partition, type Page, type StoredItem } from '../store/table.ts';
+import { findConfig } from './config-service.ts';
+import { checkVersion, requireFound, throwIfIssues, versioned, type Versioned } from './common.ts';
+import { targetIds } from './target-service.ts';
+
+/** How many upcoming firing times a schedule response shows. */
+export const NEXT_RUNS_SHOWN = 5;
+/** Retention when neither the schedule nor the DR config says (the seed's default). */
+const DEFAULT_RETENTION_DAYS = 30;
+
+export interface StoredSchedule {
+  readonly id: string;
+  readonly name: string;
+  readonly scheduleType: ScheduleInput['scheduleType'];
+  readonly frequency?: ScheduleInput['frequency'];
+  readonly cronExpression: string;
+  readonly timezone: string;
+  readonly active: boolean;
+  readonly retentionDays: number;
+  readonly targets: readonly string[];
+}
+
+export type ScheduleView = StoredSchedule &
+  Versioned & {
+    /** The next firing times (UTC), empty while the schedule is paused. */
+    readonly nextRuns: readonly string[];
+    readonly warnings: readonly string[];
+  };
+
+export async function getSchedule(cp: ControlPlane, id: string): Promise<ScheduleView> {
+  return toView(cp, await load(cp, id));
+}
+
+export async function listSchedules(
+  cp: ControlPlane,
+  limit: number,
+  nextToken?: string,
+): Promise<Page<ScheduleView>> {
+  const page = await cp.table.query<StoredItem<StoredSchedule>>(Partition.schedule, { limit, nextToken });
+  return { ...page, items: page.items.map((item) => toView(cp, item)) };
+}
+
+export async function createSchedule(
+  cp: ControlPlane,
+  input: ScheduleInput,
+  actor: Actor,
+): Promise<ScheduleView> {
+  const id = input.id ?? randomUUID();
+  const data = await validated(cp, id, input);
+  const item = await cp.table.create(
+    Partition.schedule,
+    id,
+    data,
+    cp.now(),
+    `a schedule with id ${id} already exists`,
+  );
+  await cp.audit.append(actor, {
+    action: 'schedule.create',
+    resource: `schedule/${id}`,
+    details: {
+      name: data.name,
+      scheduleType: data.scheduleType,
+      cronExpression: data.cronExpression,
+      active: data.active,
+    },
+  });
+  return toView(cp, item);
+}
+
+export async function updateSchedule(
+  cp: ControlPlane,
+  id: string,
+  input: ScheduleInput,
+  actor: Actor,
+  expectedVersion: number | undefined,
+): Promise<ScheduleView> {
+  const current = await load(cp, id);
+  checkVersion(current, expectedVersion, `schedule ${id}`);
+  if (input.id !== undefined && input.id !== id)
+    throw ValidationError.forField('id', `must match the id in the path (${id})`);
+  const data = await validated(cp, id, input);
+  const item = await cp.table.replace(current, data, cp.now());
+  await cp.audit.append(actor, {
+    action: 'schedule.update',
+    resource: `schedule/${id}`,
+    details: {
+      name: data.name,
+      version: item.version,
+      cronExpression: data.cronExpression,
+      active: data.active,
+    },
+  });
+  return toView(cp, item);
+}
+
+export async function deleteSchedule(
+  cp: ControlPlane,
+  id: string,
+  actor: Actor,
+  expectedVersion: number | undefined,
+): Promise<void> {
+  const current = await load(cp, id);
+  checkVersion(current, expectedVersion, `schedule ${id}`);
+  await cp.table.delete(current);
+  await cp.audit.append(actor, {
+    action: 'schedule.delete',
+    resource: `schedule/${id}`,
+    details: { name: current.data.name },
+  });
+}
+
+async function validated(cp: ControlPlane, id: string, input: ScheduleInput): Promise<StoredSchedule> {
+  const issues: FieldIssue[] = [];
+  const cron = checkCron(input.cronExpression, input.timezone);
+  if (!cron.ok) {
+    const field = cron.reason?.startsWith('unknown time zone') ? 'timezone' : 'cronExpression';
+    issues.push({ field, message: cron.reason ?? 'is invalid' });
+  }
+  const known = await targetIds(cp);
+  input.targets.forEach((target, index) => {
+    if (!known.has(target))
+      issues.push({ field: `targets[${index}]`, message: `no target with id ${target}` });
+    if (input.targets.indexOf(target) !== index)
+      issues.push({ field: `targets[${index}]`, message: 'is listed twice' });
+  });
+  const config = await findConfig(cp);
+  const ceiling = config?.backupRetentionDays;
+  if (input.retentionDays !== undefined && ceiling !== undefined && input.retentionDays > ceiling) {
+    issues.push({
+      field: 'retentionDays',
+      message: `must not exceed the DR config's backupRetentionDays (${ceiling})`,
+    });
+  }
+  throwIfIssues(issues);
+  const { id: _id, version: _version, ...fields } = input;
+  return { ...fields, id, retentionDays: input.retentionDays ?? ceiling ?? DEFAULT_RETENTION_DAYS };
+}
+
+async function load(cp: ControlPlane, id: string): Promise<StoredItem<StoredSchedule>> {
+  return requireFound(await cp.table.get<StoredSchedule>(Partition.schedule, id), `schedule ${id}`);
+}
+
+function toView(cp: ControlPlane, item: StoredItem<StoredSchedule>): ScheduleView {
+  const schedule = item.data;
+  const warnings: string[] = [];
+  if (schedule.targets.length === 0)
+    warnings.push('no targets: the schedule cannot run until at least one target is added');
+  return {
+    ...versioned(item),
+    nextRuns: schedule.active
+      ? nextRuns(schedule.cronExpression, schedule.timezone, cp.now(), NEXT_RUNS_SHOWN)
+      : [],
+    warnings,
+  };
+}

@@ -1,0 +1,267 @@
+import { randomUUID } from 'node:crypto';
+import type { Actor } from '../audit.ts';
+import type { ControlPlane } from '../context.ts';
+import { ConflictError, ValidationError, type FieldIssue } from '../errors.ts';
+import { SECRET_FIELDS, type TargetInput, type TargetType } from '../schemas.ts';
+import { secretName } from '../secrets/secret-store.ts';
+import { Partition, type Page, type StoredItem } from '../store/table.ts';
+import {
+  checkVersion,
+  commitWithSecret,
+  mergeSecrets,
+  requireFound,
+  throwIfIssues,
+  versioned,
+  type Versioned,
+} from './common.ts';
+import type { StoredSchedule } from './schedule-service.ts';
+
+/** A target as stored and returned: `config` has no secret field; `secretsSet` names those that are set. */
+export interface Target {
+  readonly id: string;
+  readonly name: string;
+  readonly targetType: TargetType;
+  readonly config: Readonly<Record<string, unknown>>;
+  readonly secretsSet: readonly string[];
+  /** Things an operator should know about this target's settings (credentials in clear, no pinned key…). */
+  readonly warnings: readonly string[];
+}
+
+interface StoredTarget extends Target {
+  readonly secretName?: string;
+}
+
+export type TargetView = Target & Versioned;
+
+export async function getTarget(cp: ControlPlane, id: string): Promise<TargetView> {
+  return toView(await load(cp, id));
+}
+
+export async function listTargets(
+  cp: ControlPlane,
+  limit: number,
+  nextToken?: string,
+): Promise<Page<TargetView>> {
+  const page = await cp.table.query<StoredItem<StoredTarget>>(Partition.target, { limit, nextToken });
+  return { ...page, items: page.items.map(toView) };
+}
+
+/** The ids of every stored target (for reference checks). */
+export async function targetIds(cp: ControlPlane): Promise<Set<string>> {
+  const items = await cp.table.queryAll<StoredItem<StoredTarget>>(Partition.target);
+  return new Set(items.map((item) => item.sk));
+}
+
+export async function createTarget(cp: ControlPlane, input: TargetInput, actor: Actor): Promise<TargetView> {
+  const id = input.id ?? randomUUID();
+  const { publicConfig, secretUpdates } = splitSecrets(input);
+  const { values, changed } = mergeSecrets({}, secretUpdates);
+  throwIfIssues(requirements(input.targetType, publicConfig, new Set(Object.keys(values))));
+  if (await cp.table.get(Partition.target, id))
+    throw new ConflictError(`a target with id ${id} already exists`);
+
+  const item = await commitWithSecret(
+    cp,
+    secretName(cp.secretPrefix, 'target', id),
+    values,
+    undefined,
+    (name) =>
+      cp.table.create(
+        Partition.target,
+        id,
+        describe(id, input, publicConfig, values, name),
+        cp.now(),
+        `a target with id ${id} already exists`,
+      ),
+  );
+  await cp.audit.append(actor, {
+    action: 'target.create',
+    resource: `target/${id}`,
+    details: { name: item.data.name, targetType: item.data.targetType, secretsChanged: changed },
+  });
+  return toView(item);
+}
+
+export async function updateTarget(
+  cp: ControlPlane,
+  id: string,
+  input: TargetInput,
+  actor: Actor,
+  expectedVersion: number | undefined,
+): Promise<TargetView> {
+  const current = await load(cp, id);
+  checkVersion(current, expectedVersion, `target ${id}`);
+  if (input.id !== undefined && input.id !== id)
+    throw ValidationError.forField('id', `must match the id in the path (${id})`);
+  if (input.targetType !== current.data.targetType) {
+    throw ValidationError.forField(
+      'targetType',
+      `cannot change from ${current.data.targetType}; create a new target instead`,
+    );
+  }
+  const { publicConfig, secretUpdates } = splitSecrets(input);
+  const touchesSecrets = Object.values(secretUpdates).some((value) => value !== undefined);
+  const stored =
+    touchesSecrets && current.data.secretName ? ((await cp.secrets.get(current.data.secretName)) ?? {}) : {};
+  const kept = touchesSecrets
+    ? stored
+    : Object.fromEntries(current.data.secretsSet.map((field) => [field, '']));
+  const { values, changed } = mergeSecrets(kept, secretUpdates);
+  throwIfIssues(requirements(input.targetType, publicConfig, new Set(Object.keys(values))));
+
+  const replace = (name: string | undefined) =>
+    cp.table.replace(current, describe(id, input, publicConfig, values, name), cp.now());
+  const item =
+    changed.length > 0
+      ? await commitWithSecret(
+          cp,
+          secretName(cp.secretPrefix, 'target', id),
+          values,
+          current.data.secretName,
+          replace,
+        )
+      : await replace(current.data.secretName);
+  await cp.audit.append(actor, {
+    action: 'target.update',
+    resource: `target/${id}`,
+    details: { name: item.data.name, version: item.version, secretsChanged: changed },
+  });
+  return toView(item);
+}
+
+/** Refused with 409 while an active schedule writes to the target. */
+export async function deleteTarget(
+  cp: ControlPlane,
+  id: string,
+  actor: Actor,
+  expectedVersion: number | undefined,
+): Promise<void> {
+  const current = await load(cp, id);
+  checkVersion(current, expectedVersion, `target ${id}`);
+  const schedules = await cp.table.queryAll<StoredItem<StoredSchedule>>(Partition.schedule);
+  const users = schedules
+    .filter((item) => item.data.active && item.data.targets.includes(id))
+    .map((item) => item.sk);
+  if (users.length > 0) {
+    throw new ConflictError(
+      `target ${id} is used by active schedule(s) ${users.join(', ')}; remove it from them or pause them first`,
+    );
+  }
+  await cp.table.delete(current);
+  if (current.data.secretName !== undefined) await cp.secrets.delete(current.data.secretName);
+  await cp.audit.append(actor, {
+    action: 'target.delete',
+    resource: `target/${id}`,
+    details: { name: current.data.name },
+  });
+}
+
+/** Secret values, for the code that connects to the target (never for API responses). */
+export async function targetSecrets(
+  cp: ControlPlane,
+  target: Target & { secretName?: string },
+): Promise<Record<string, string>> {
+  const stored = target as StoredTarget;
+  return stored.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
+}
+
+async function load(cp: ControlPlane, id: string): Promise<StoredItem<StoredTarget>> {
+  return requireFound(await cp.table.get<StoredTarget>(Partition.target, id), `target ${id}`);
+}
+
+function splitSecrets(input: TargetInput): {
+  publicConfig: Record<string, unknown>;
+  secretUpdates: Record<string, string | null | undefined>;
+} {
+  const publicConfig: Record<string, unknown> = {};
+  const secretUpdates: Record<string, string | null | undefined> = {};
+  const secretFields = SECRET_FIELDS[input.targetType];
+  for (const [field, value] of Object.entries(input.config as Record<string, unknown>)) {
+    if (secretFields.includes(field)) secretUpdates[field] = value as string | null | undefined;
+    else if (value !== null && value !== undefined) publicConfig[field] = value;
+  }
+  return { publicConfig, secretUpdates };
+}
+
+function describe(
+  id: string,
+  input: TargetInput,
+  publicConfig: Record<string, unknown>,
+  secrets: Record<string, string>,
+  name: string | undefined,
+): StoredTarget {
+  const secretsSet = Object.keys(secrets).sort();
+  return {
+    id,
+    name: input.name ?? defaultName(input.targetType, publicConfig),
+    targetType: input.targetType,
+    config: publicConfig,
+    secretsSet,
+    warnings: warnings(input.targetType, publicConfig),
+    ...(name === undefined ? {} : { secretName: name }),
+  };
+}
+
+function defaultName(type: TargetType, config: Record<string, unknown>): string {
+  const where = config.host ?? config.bucket ?? config.containerName ?? config.path;
+  return `${type} ${String(where)}`;
+}
+
+/** Cross-field rules that a per-field schema cannot express; `secrets` are the fields set after the change. */
+export function requirements(
+  type: TargetType,
+  config: Record<string, unknown>,
+  secrets: Set<string>,
+): FieldIssue[] {
+  const issues: FieldIssue[] = [];
+  const need = (field: string, message: string) => issues.push({ field: `config.${field}`, message });
+  switch (type) {
+    case 'S3':
+      if ((config.accessKeyId !== undefined) !== secrets.has('secretAccessKey')) {
+        need(
+          'secretAccessKey',
+          'accessKeyId and secretAccessKey go together (omit both to use the function role)',
+        );
+      }
+      if (config.encryption === 'aws:kms' && config.kmsKeyId === undefined)
+        need('kmsKeyId', "is required when encryption is 'aws:kms'");
+      if (config.encryption !== 'aws:kms' && config.kmsKeyId !== undefined)
+        need('kmsKeyId', "only applies when encryption is 'aws:kms'");
+      break;
+    case 'AZURE':
+      if (!['accountKey', 'sasToken', 'connectionString'].some((field) => secrets.has(field))) {
+        need('accountKey', 'one of accountKey, sasToken or connectionString is required');
+      }
+      break;
+    case 'FTP':
+      if (!secrets.has('password')) need('password', 'is required');
+      break;
+    case 'SFTP':
+      if (!secrets.has('privateKey') && !secrets.has('password'))
+        need('privateKey', 'one of privateKey or password is required');
+      if (secrets.has('passphrase') && !secrets.has('privateKey'))
+        need('passphrase', 'only applies with a privateKey');
+      break;
+    case 'LOCAL':
+    case 'GCP':
+      break;
+  }
+  return issues;
+}
+
+function warnings(type: TargetType, config: Record<string, unknown>): string[] {
+  if (type === 'FTP' && config.tls === 'off') {
+    return [
+      'FTP without TLS sends the password and the backup data in clear; prefer tls "auto" or "required", or SFTP',
+    ];
+  }
+  if (type === 'SFTP' && config.hostKeyFingerprint === undefined) {
+    return ['no hostKeyFingerprint: the server key will be pinned on first connection (trust on first use)'];
+  }
+  return [];
+}
+
+function toView(item: StoredItem<StoredTarget>): TargetView {
+  const { secretName: _secretName, ...rest } = versioned(item);
+  return rest;
+}

@@ -1,0 +1,216 @@
+import {
+  ConditionalCheckFailedException,
+  DynamoDBClient,
+  type DynamoDBClientConfig,
+} from '@aws-sdk/client-dynamodb';
+import {
+  DeleteCommand,
+  DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  QueryCommand,
+  type NativeAttributeValue,
+} from '@aws-sdk/lib-dynamodb';
+import { ConflictError, ValidationError } from '../errors.ts';
+
+/**
+ * The single DynamoDB table that holds the control plane's state. The key design and every access pattern
+ * are documented in docs/store.md; `TABLE_KEYS` is shared with the CDK stack and the local runtime so the
+ * three cannot drift apart.
+ */
+export const TABLE_KEYS = { partitionKey: 'pk', sortKey: 'sk' } as const;
+
+/** Partition keys: one partition per entity collection (small collections, listed whole). */
+export const Partition = {
+  config: 'CONFIG',
+  target: 'TARGET',
+  schedule: 'SCHEDULE',
+  audit: 'AUDIT',
+} as const;
+export type PartitionKey = (typeof Partition)[keyof typeof Partition];
+
+/** A stored entity: its public body under `data`, plus bookkeeping. */
+export interface StoredItem<T> {
+  readonly pk: string;
+  readonly sk: string;
+  readonly version: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly data: T;
+}
+
+export interface Page<T> {
+  readonly items: T[];
+  readonly nextToken?: string;
+}
+
+export interface TableOptions {
+  readonly tableName: string;
+  /** Replaces the document client (tests, the local runtime). */
+  readonly client?: DynamoDBDocumentClient;
+  readonly clientConfig?: DynamoDBClientConfig;
+}
+
+export function createDocumentClient(config: DynamoDBClientConfig = {}): DynamoDBDocumentClient {
+  return DynamoDBDocumentClient.from(new DynamoDBClient(config), {
+    marshallOptions: { removeUndefinedValues: true, convertClassInstanceToMap: false },
+  });
+}
+
+export class DrTable {
+  readonly tableName: string;
+  private readonly client: DynamoDBDocumentClient;
+
+  constructor(options: TableOptions) {
+    this.tableName = options.tableName;
+    this.client = options.client ?? createDocumentClient(options.clientConfig);
+  }
+
+  async get<T>(pk: PartitionKey, sk: string): Promise<StoredItem<T> | undefined> {
+    const result = await this.client.send(
+      new GetCommand({ TableName: this.tableName, Key: { pk, sk }, ConsistentRead: true }),
+    );
+    return result.Item as StoredItem<T> | undefined;
+  }
+
+  /**
+   * Creates an item that must not exist yet.
+   * @throws ConflictError when an item with this key exists.
+   */
+  async create<T>(
+    pk: PartitionKey,
+    sk: string,
+    data: T,
+    now: Date,
+    conflictMessage: string,
+  ): Promise<StoredItem<T>> {
+    const at = now.toISOString();
+    const item: StoredItem<T> = { pk, sk, version: 1, createdAt: at, updatedAt: at, data };
+    await this.conditional(
+      new PutCommand({
+        TableName: this.tableName,
+        Item: item,
+        ConditionExpression: 'attribute_not_exists(pk)',
+      }),
+      conflictMessage,
+    );
+    return item;
+  }
+
+  /**
+   * Replaces an item's data if its stored version is still `expectedVersion` (optimistic concurrency).
+   * @throws ConflictError when the item changed (or vanished) since it was read.
+   */
+  async replace<T>(current: StoredItem<unknown>, data: T, now: Date): Promise<StoredItem<T>> {
+    const item: StoredItem<T> = {
+      pk: current.pk,
+      sk: current.sk,
+      version: current.version + 1,
+      createdAt: current.createdAt,
+      updatedAt: now.toISOString(),
+      data,
+    };
+    await this.conditional(
+      new PutCommand({
+        TableName: this.tableName,
+        Item: item,
+        ConditionExpression: 'version = :expected',
+        ExpressionAttributeValues: { ':expected': current.version },
+      }),
+      `${current.sk} was changed by another request; read it again and retry`,
+    );
+    return item;
+  }
+
+  /** Writes an item whatever is there (for items that have no concurrent writers). */
+  async putIfAbsent(item: Record<string, NativeAttributeValue>): Promise<boolean> {
+    try {
+      await this.client.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: item,
+          ConditionExpression: 'attribute_not_exists(pk)',
+        }),
+      );
+      return true;
+    } catch (error) {
+      if (error instanceof ConditionalCheckFailedException) return false;
+      throw error;
+    }
+  }
+
+  /** Deletes an item if its version is still the one that was read. */
+  async delete(current: StoredItem<unknown>): Promise<void> {
+    await this.conditional(
+      new DeleteCommand({
+        TableName: this.tableName,
+        Key: { pk: current.pk, sk: current.sk },
+        ConditionExpression: 'version = :expected',
+        ExpressionAttributeValues: { ':expected': current.version },
+      }),
+      `${current.sk} was changed by another request; read it again and retry`,
+    );
+  }
+
+  /** One page of a partition, in sort-key order (or reversed). */
+  async query<T>(
+    pk: PartitionKey,
+    options: { limit?: number; nextToken?: string | undefined; descending?: boolean } = {},
+  ): Promise<Page<T>> {
+    const result = await this.client.send(
+      new QueryCommand({
+        TableName: this.tableName,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': pk },
+        ScanIndexForward: !options.descending,
+        Limit: options.limit,
+        ExclusiveStartKey: options.nextToken === undefined ? undefined : decodeToken(options.nextToken, pk),
+        ConsistentRead: true,
+      }),
+    );
+    const items = (result.Items ?? []) as T[];
+    return result.LastEvaluatedKey ? { items, nextToken: encodeToken(result.LastEvaluatedKey) } : { items };
+  }
+
+  /** Every item of a partition (for small collections: targets, schedules). */
+  async queryAll<T>(pk: PartitionKey): Promise<T[]> {
+    const all: T[] = [];
+    let nextToken: string | undefined;
+    do {
+      const page = await this.query<T>(pk, { nextToken });
+      all.push(...page.items);
+      nextToken = page.nextToken;
+    } while (nextToken !== undefined);
+    return all;
+  }
+
+  private async conditional(command: PutCommand | DeleteCommand, conflictMessage: string): Promise<void> {
+    try {
+      if (command instanceof PutCommand) await this.client.send(command);
+      else await this.client.send(command);
+    } catch (error) {
+      if (error instanceof ConditionalCheckFailedException)
+        throw new ConflictError(conflictMessage, { cause: error });
+      throw error;
+    }
+  }
+}
+
+function encodeToken(key: Record<string, unknown>): string {
+  return Buffer.from(JSON.stringify(key), 'utf8').toString('base64url');
+}
+
+/** Pagination tokens are opaque to clients but come back from them: check them before they reach a query. */
+function decodeToken(token: string, pk: string): Record<string, string> {
+  const invalid = () => ValidationError.forField('nextToken', 'is not a token this API returned');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
+  } catch {
+    throw invalid();
+  }
+  if (typeof parsed !== 'object' || parsed === null) throw invalid();
+  const { pk: tokenPk, sk, ...rest } = parsed as Record<string, unknown>;
+  if (tokenPk !== pk || typeof sk !== 'string' || Object.keys(rest).length > 0) throw invalid();
+  return { pk: tokenPk, sk };
+}

@@ -1,0 +1,50 @@
+import { join, resolve } from 'node:path';
+import { optionalEnv, portEnv } from '../core/env.ts';
+import { createLogger, parseLevel } from '../core/log.ts';
+import { startLocalRuntime } from './runtime.ts';
+
+/**
+ * `npm start`: the local runtime. Settings (environment):
+ *   PORT          HTTP port (default 3000)
+ *   DR_HOST       address to listen on (default 127.0.0.1: loopback only)
+ *   DR_DATA_DIR   where state persists (default ./.dr)
+ *   DR_API_TOKEN  bearer token for the API; generated on first start and kept in DR_DATA_DIR when unset
+ *   DR_SECRET_KEY base64 key for the local secret store; generated into DR_DATA_DIR when unset
+ *   LOG_LEVEL     debug | info | warn | error (default info)
+ */
+const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
+const dataDir = resolve(optionalEnv('DR_DATA_DIR') ?? '.dr');
+
+const runtime = await startLocalRuntime({
+  dataDir,
+  port: portEnv('PORT', 3000),
+  host: optionalEnv('DR_HOST') ?? '127.0.0.1',
+  token: optionalEnv('DR_API_TOKEN'),
+  secretKey: optionalEnv('DR_SECRET_KEY'),
+  logger,
+});
+
+console.log(`DR Automation (local) listening on ${runtime.url}/api/dr — data in ${dataDir}`);
+if (runtime.tokenGenerated) {
+  console.log(
+    `API token (generated on first start, kept in ${join(dataDir, 'api-token')}):\n  ${runtime.token}`,
+  );
+} else if (optionalEnv('DR_API_TOKEN') === undefined) {
+  console.log(`API token: see ${join(dataDir, 'api-token')}`);
+}
+console.log(
+  `Try: curl -H "Authorization: Bearer $(cat ${join(dataDir, 'api-token')})" ${runtime.url}/api/dr/config`,
+);
+
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    logger.info('shutting down', { signal });
+    runtime.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  });
+}

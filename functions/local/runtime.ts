@@ -1,0 +1,98 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { createApiHandler } from '../api/app.ts';
+import { AuditLog } from '../core/audit.ts';
+import type { ControlPlane } from '../core/context.ts';
+import type { Logger } from '../core/log.ts';
+import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-store.ts';
+import { DrTable } from '../core/store/table.ts';
+import { VERSION } from '../core/version.ts';
+import { startLocalDynamo } from './dynamodb.ts';
+import { startServer } from './server.ts';
+
+export const LOCAL_TABLE_NAME = 'dr-automation';
+
+export interface LocalRuntimeOptions {
+  /** Where everything persists: the store, the secrets and their key, the generated token. */
+  readonly dataDir: string;
+  readonly port?: number;
+  readonly host?: string;
+  /** DR_API_TOKEN; when unset a token is generated on first start and kept in the data directory. */
+  readonly token?: string | undefined;
+  /** DR_SECRET_KEY (base64, 32 bytes); when unset a key file is generated in the data directory. */
+  readonly secretKey?: string | undefined;
+  readonly logger: Logger;
+  readonly now?: () => Date;
+}
+
+export interface LocalRuntime {
+  readonly url: string;
+  readonly token: string;
+  /** True when this start generated the token (so the operator must be shown it). */
+  readonly tokenGenerated: boolean;
+  readonly controlPlane: ControlPlane;
+  close(): Promise<void>;
+}
+
+/** One process serving the same API handler as AWS, over an embedded DynamoDB-compatible store. */
+export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<LocalRuntime> {
+  const dataDir = resolve(options.dataDir);
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const { token, generated } = await resolveToken(dataDir, options.token);
+  const dynamo = await startLocalDynamo({ path: join(dataDir, 'dynamodb'), tableName: LOCAL_TABLE_NAME });
+  const now = options.now ?? (() => new Date());
+  const table = new DrTable({ tableName: LOCAL_TABLE_NAME, client: dynamo.documentClient });
+  const controlPlane: ControlPlane = {
+    table,
+    secrets: await LocalSecretStore.open(
+      join(dataDir, 'secrets'),
+      join(dataDir, 'secret.key'),
+      options.secretKey,
+    ),
+    audit: new AuditLog(table, now, options.logger),
+    logger: options.logger,
+    now,
+    secretPrefix: 'dr',
+  };
+  const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
+  let server;
+  try {
+    server = await startServer({
+      handler,
+      token,
+      logger: options.logger,
+      ...(options.host === undefined ? {} : { host: options.host }),
+      ...(options.port === undefined ? {} : { port: options.port }),
+    });
+  } catch (error) {
+    await dynamo.close();
+    throw error;
+  }
+  return {
+    url: server.url,
+    token,
+    tokenGenerated: generated,
+    controlPlane,
+    close: async () => {
+      await server.close();
+      await dynamo.close();
+    },
+  };
+}
+
+async function resolveToken(
+  dataDir: string,
+  fromEnv: string | undefined,
+): Promise<{ token: string; generated: boolean }> {
+  if (fromEnv !== undefined && fromEnv !== '') return { token: fromEnv, generated: false };
+  const file = join(dataDir, 'api-token');
+  try {
+    return { token: (await readFile(file, 'utf8')).trim(), generated: false };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  const token = randomBytes(32).toString('base64url');
+  await writeAtomically(file, `${token}\n`);
+  return { token, generated: true };
+}

@@ -1,0 +1,157 @@
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Context } from 'aws-lambda';
+import type { ApiHandler } from '../api/app.ts';
+import { errorResult, MAX_BODY_BYTES, type HttpEvent, type HttpResult } from '../api/http.ts';
+import type { Logger } from '../core/log.ts';
+
+/**
+ * Serves the API handler over plain HTTP, standing in for API Gateway: it turns each request into the
+ * payload-format-2.0 event API Gateway would send, and plays the authorizer's part by checking the bearer
+ * token and putting the caller's identity into `requestContext.authorizer`.
+ */
+export interface LocalServerOptions {
+  readonly handler: ApiHandler;
+  readonly token: string;
+  readonly logger: Logger;
+  readonly host?: string;
+  readonly port?: number;
+}
+
+export interface RunningServer {
+  readonly server: Server;
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(options: LocalServerOptions): Promise<RunningServer> {
+  const expected = digest(options.token);
+  const server = createServer((request, response) => {
+    handle(request, response, options, expected).catch((error: unknown) => {
+      options.logger.error('local server failure', {
+        error: error instanceof Error ? error.message : String(error),
+      });
+      if (!response.headersSent)
+        send(response, errorResult(500, 'InternalError', 'The request could not be completed.'));
+    });
+  });
+  server.requestTimeout = 60_000;
+  server.headersTimeout = 20_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 3000, options.host ?? '127.0.0.1', () => resolve());
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return {
+    server,
+    url: `http://${host}:${address.port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+async function handle(
+  request: IncomingMessage,
+  response: ServerResponse,
+  options: LocalServerOptions,
+  expected: Buffer,
+): Promise<void> {
+  const body = await readBody(request);
+  if (body === undefined) {
+    send(
+      response,
+      errorResult(413, 'PayloadTooLarge', `request bodies are limited to ${MAX_BODY_BYTES} bytes`),
+    );
+    request.resume();
+    return;
+  }
+  const url = new URL(request.url ?? '/', 'http://localhost');
+  const event = toEvent(request, url, body);
+  const principal = bearerPrincipal(request.headers.authorization, expected);
+  if (principal !== undefined) event.requestContext.authorizer = { lambda: { principal } };
+  const context = {
+    awsRequestId: event.requestContext.requestId,
+    getRemainingTimeInMillis: () => 30_000,
+  } as Context;
+  send(response, await options.handler(event, context));
+}
+
+/** The local token stands for one operator; a wrong or missing token leaves the request anonymous. */
+function bearerPrincipal(header: string | undefined, expected: Buffer): string | undefined {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  if (!match?.[1]) return undefined;
+  return timingSafeEqual(digest(match[1]), expected) ? 'local-operator' : undefined;
+}
+
+function digest(value: string): Buffer {
+  return createHash('sha256').update(value, 'utf8').digest();
+}
+
+/** The body, or undefined when it exceeds the limit. */
+async function readBody(request: IncomingMessage): Promise<string | undefined> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of request as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) return undefined;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function toEvent(request: IncomingMessage, url: URL, body: string): HttpEvent {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (value !== undefined) headers[name.toLowerCase()] = Array.isArray(value) ? value.join(',') : value;
+  }
+  // API Gateway joins repeated query parameters with commas.
+  const query: Record<string, string> = {};
+  for (const [name, value] of url.searchParams)
+    query[name] = name in query ? `${query[name]},${value}` : value;
+  const method = (request.method ?? 'GET').toUpperCase();
+  let path: string;
+  try {
+    path = decodeURIComponent(url.pathname);
+  } catch {
+    path = url.pathname;
+  }
+  const now = Date.now();
+  return {
+    version: '2.0',
+    routeKey: '$default',
+    rawPath: url.pathname,
+    rawQueryString: url.search.slice(1),
+    headers,
+    ...(Object.keys(query).length > 0 ? { queryStringParameters: query } : {}),
+    requestContext: {
+      accountId: 'local',
+      apiId: 'local',
+      domainName: headers.host ?? 'localhost',
+      domainPrefix: 'localhost',
+      http: {
+        method,
+        path,
+        protocol: `HTTP/${request.httpVersion}`,
+        sourceIp: request.socket.remoteAddress ?? '127.0.0.1',
+        userAgent: headers['user-agent'] ?? '',
+      },
+      requestId: randomUUID(),
+      routeKey: '$default',
+      stage: '$default',
+      time: new Date(now).toISOString(),
+      timeEpoch: now,
+    },
+    ...(body === '' ? {} : { body }),
+    isBase64Encoded: false,
+  };
+}
+
+function send(response: ServerResponse, result: HttpResult): void {
+  response.writeHead(result.statusCode, result.headers as Record<string, string>);
+  response.end(result.body);
+}
