@@ -49,8 +49,15 @@ export default tseslint.config(
   {
     files: ['test/**/*.ts'],
     rules: {
-      // vitest's expect(...).rejects and mocks trip these rules without adding safety in tests.
+      // vitest's expect(...).rejects and mocks trip this rule without adding safety in tests.
       '@typescript-eslint/unbound-method': 'off',
+      // Tests read API responses as untyped JSON on purpose: the assertions are what check their shape.
+      '@typescript-eslint/no-explicit-any': 'off',
+      '@typescript-eslint/no-unsafe-member-access': 'off',
+      '@typescript-eslint/no-unsafe-assignment': 'off',
+      '@typescript-eslint/no-unsafe-argument': 'off',
+      '@typescript-eslint/no-unsafe-call': 'off',
+      '@typescript-eslint/no-unsafe-return': 'off',
     },
   },
   prettier,

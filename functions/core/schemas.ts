@@ -159,11 +159,9 @@ const azureConfig = z.strictObject({
 });
 
 const gcpConfig = z.strictObject({
-  projectId: z
-    .string()
-    .regex(/^[a-z][a-z0-9-]{4,28}[a-z0-9]$/, {
-      error: 'must be a Google Cloud project id (6-30 lowercase letters, digits, hyphens)',
-    }),
+  projectId: z.string().regex(/^[a-z][a-z0-9-]{4,28}[a-z0-9]$/, {
+    error: 'must be a Google Cloud project id (6-30 lowercase letters, digits, hyphens)',
+  }),
   bucket: z
     .string()
     .regex(/^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$/, { error: 'must be a Cloud Storage bucket name' }),
@@ -284,11 +282,9 @@ const filesSource = z.discriminatedUnion('type', [
   }),
 ]);
 
-const rdsIdentifier = z
-  .string()
-  .regex(/^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}$/, {
-    error: 'must be an RDS identifier (letters, digits, hyphens)',
-  });
+const rdsIdentifier = z.string().regex(/^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}$/, {
+  error: 'must be an RDS identifier (letters, digits, hyphens)',
+});
 
 const rdsSource = z.strictObject({
   instanceIdentifier: rdsIdentifier.optional(),

@@ -31,6 +31,8 @@ export interface LocalRuntime {
   readonly token: string;
   /** True when this start generated the token (so the operator must be shown it). */
   readonly tokenGenerated: boolean;
+  /** The embedded DynamoDB-compatible endpoint (for inspection with any DynamoDB client). */
+  readonly storeEndpoint: string;
   readonly controlPlane: ControlPlane;
   close(): Promise<void>;
 }
@@ -73,6 +75,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     url: server.url,
     token,
     tokenGenerated: generated,
+    storeEndpoint: dynamo.endpoint,
     controlPlane,
     close: async () => {
       await server.close();

@@ -1,0 +1,132 @@
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestApi, type TestApi } from '../support/local-api.ts';
+import { seedConfig, seedSchedules, seedTargets } from '../support/seed-examples.ts';
+
+/**
+ * Property: whatever a client sends, the API answers with a 2xx or a 4xx in the error shape, never a 5xx.
+ * Bodies are arbitrary JSON, and valid seed examples with one field replaced by arbitrary JSON (which reaches
+ * much deeper into the validation than random objects do).
+ */
+let api: TestApi;
+let operations: [string, string][];
+beforeAll(async () => {
+  api = await startTestApi();
+  await api.call('POST', '/api/dr/targets', { ...seedTargets.S3, id: 's3-target-id' });
+  const document = await api.call('GET', '/api/dr/openapi.json');
+  operations = Object.entries(document.body.paths as Record<string, Record<string, unknown>>).flatMap(
+    ([path, methods]) => Object.keys(methods).map((method): [string, string] => [method.toUpperCase(), path]),
+  );
+});
+afterAll(async () => {
+  await api.close();
+});
+
+const examples: object[] = [seedConfig, ...Object.values(seedTargets), ...Object.values(seedSchedules)];
+
+/** A valid example with one (possibly nested) field replaced or added. */
+const mutatedExample = fc
+  .tuple(
+    fc.constantFrom(...examples),
+    fc.array(
+      fc.constantFrom(
+        'config',
+        'targets',
+        'rto',
+        'port',
+        'path',
+        'cronExpression',
+        'targetType',
+        'secretAccessKey',
+        'notificationEmails',
+        'version',
+        '__proto__',
+        'constructor',
+      ),
+    ),
+    fc.jsonValue(),
+  )
+  .map(([example, path, value]) => {
+    const copy = structuredClone(example) as Record<string, unknown>;
+    let cursor: Record<string, unknown> = copy;
+    for (const key of path.slice(0, -1)) {
+      // Own properties only: walking into `__proto__` would pollute Object.prototype of this very process.
+      if (!Object.hasOwn(cursor, key)) break;
+      const next = cursor[key];
+      if (typeof next !== 'object' || next === null) break;
+      cursor = next as Record<string, unknown>;
+    }
+    Object.defineProperty(cursor, path.at(-1) ?? 'extra', {
+      value,
+      enumerable: true,
+      configurable: true,
+      writable: true,
+    });
+    return copy;
+  });
+
+const anyBody = fc.oneof(fc.jsonValue(), fc.object(), mutatedExample);
+const anyId = fc.oneof(
+  fc.constant('s3-target-id'),
+  fc.string({ maxLength: 80 }),
+  fc.stringMatching(/^[A-Za-z0-9_-]{1,70}$/),
+);
+
+function fill(path: string, id: string): string {
+  return path.replace(/\{[^}]+\}/g, encodeURIComponent(id));
+}
+
+function expectNo5xx(response: { status: number; body: any }, what: string): void {
+  expect(response.status, what).toBeLessThan(500);
+  if (response.status >= 400) {
+    expect(response.body.error, what).toMatchObject({
+      status: response.status,
+      code: expect.any(String),
+      message: expect.any(String),
+    });
+  }
+}
+
+describe('fuzzing every route', () => {
+  it('never answers 5xx to arbitrary JSON bodies', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.nat(), anyBody, anyId, async (pick, body, id) => {
+        const [method, path] = operations[pick % operations.length]!;
+        const target = fill(path, id);
+        const response = await api.call(method, target, method === 'GET' ? undefined : body);
+        expectNo5xx(response, `${method} ${target} ${JSON.stringify(body).slice(0, 200)}`);
+      }),
+      { numRuns: 600 },
+    );
+  });
+
+  it('never answers 5xx to arbitrary raw bodies, content types and query strings', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.nat(),
+        fc.string({ maxLength: 300 }),
+        fc.constantFrom(
+          'application/json',
+          'application/json; charset=utf-8',
+          'text/plain',
+          'application/vnd.api+json',
+          '',
+        ),
+        fc.dictionary(fc.string({ minLength: 1, maxLength: 12 }), fc.string({ maxLength: 40 }), {
+          maxKeys: 3,
+        }),
+        async (pick, raw, contentType, query) => {
+          const [method, path] = operations[pick % operations.length]!;
+          const search = new URLSearchParams(query).toString();
+          const target = `${fill(path, 's3-target-id')}${search === '' ? '' : `?${search}`}`;
+          const response = await api.call(method, target, undefined, {
+            ...(method === 'GET' ? {} : { rawBody: raw }),
+            headers: contentType === '' ? {} : { 'content-type': contentType },
+          });
+          expectNo5xx(response, `${method} ${target} ${contentType} ${raw.slice(0, 100)}`);
+        },
+      ),
+      { numRuns: 400 },
+    );
+  });
+});

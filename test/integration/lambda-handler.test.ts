@@ -1,0 +1,91 @@
+import { CreateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { mockClient } from 'aws-sdk-client-mock';
+import type { Context } from 'aws-lambda';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ApiHandler } from '../../functions/api/app.ts';
+import type { HttpEvent } from '../../functions/api/http.ts';
+import { startLocalDynamo, type LocalDynamo } from '../../functions/local/dynamodb.ts';
+import { seedTargets } from '../support/seed-examples.ts';
+
+/**
+ * The Lambda entry point as AWS runs it: configuration from the environment the stack sets, DynamoDB through
+ * the SDK's default client (pointed at dynalite by AWS_ENDPOINT_URL_DYNAMODB), Secrets Manager mocked, and
+ * API Gateway HTTP API events (payload 2.0) carrying the IAM authorizer's identity.
+ */
+const secretsManager = mockClient(SecretsManagerClient);
+let dynamo: LocalDynamo;
+let handler: ApiHandler;
+const saved = { ...process.env };
+
+beforeAll(async () => {
+  dynamo = await startLocalDynamo({ tableName: 'dr-lambda-test' });
+  Object.assign(process.env, {
+    TABLE_NAME: 'dr-lambda-test',
+    SECRET_PREFIX: 'DrControlPlane',
+    SECRETS_KMS_KEY_ID: 'arn:aws:kms:us-east-1:111122223333:key/test',
+    AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+    AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: 'test',
+    AWS_SECRET_ACCESS_KEY: 'test',
+    LOG_LEVEL: 'error',
+  });
+  secretsManager.on(CreateSecretCommand).resolves({});
+  ({ handler } = await import('../../functions/api/handler.ts'));
+});
+afterAll(async () => {
+  process.env = saved;
+  await dynamo.close();
+});
+
+function event(method: string, path: string, body?: unknown, userArn?: string): HttpEvent {
+  return {
+    version: '2.0',
+    routeKey: 'ANY /api/dr/{proxy+}',
+    rawPath: path,
+    rawQueryString: '',
+    headers: { 'content-type': 'application/json', 'user-agent': 'aws-cli/2' },
+    requestContext: {
+      accountId: '111122223333',
+      apiId: 'abc123',
+      domainName: 'abc123.execute-api.us-east-1.amazonaws.com',
+      domainPrefix: 'abc123',
+      http: { method, path, protocol: 'HTTP/1.1', sourceIp: '203.0.113.9', userAgent: 'aws-cli/2' },
+      requestId: 'req-1',
+      routeKey: 'ANY /api/dr/{proxy+}',
+      stage: '$default',
+      time: '24/Nov/2026:18:00:00 +0000',
+      timeEpoch: 1_795_111_200_000,
+      ...(userArn ? { authorizer: { iam: { userArn } } } : {}),
+    },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    isBase64Encoded: false,
+  };
+}
+
+const operator = 'arn:aws:iam::111122223333:user/ops';
+const context = {} as Context;
+
+describe('API Lambda handler', () => {
+  it('creates a target, storing its secret in Secrets Manager under the stack prefix and key', async () => {
+    const response = await handler(event('POST', '/api/dr/targets', seedTargets.FTP, operator), context);
+    expect(response.statusCode).toBe(201);
+    expect(response.body).not.toContain('secure-password');
+    const [call] = secretsManager.commandCalls(CreateSecretCommand);
+    expect(call!.args[0].input.Name).toMatch(/^DrControlPlane\/target\/[0-9a-f-]{36}\/[0-9a-f]{12}$/);
+    expect(call!.args[0].input.KmsKeyId).toBe('arn:aws:kms:us-east-1:111122223333:key/test');
+  });
+
+  it('audits the IAM principal and source address', async () => {
+    const response = await handler(event('GET', '/api/dr/audit', undefined, operator), context);
+    expect(JSON.parse(response.body).items[0].actor).toEqual({
+      principal: operator,
+      sourceIp: '203.0.113.9',
+      userAgent: 'aws-cli/2',
+    });
+  });
+
+  it('refuses a request that reaches it without an authorizer identity', async () => {
+    const response = await handler(event('GET', '/api/dr/targets'), context);
+    expect(response.statusCode).toBe(401);
+  });
+});
