@@ -1,0 +1,23 @@
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-stack.ts';
+
+/**
+ * `npx cdk synth` / `npx cdk deploy`. Context (-c key=value):
+ *   jwtIssuer, jwtAudience (comma-separated)  accept OIDC JWTs instead of IAM (SigV4) on the API
+ */
+export function buildApp(app = new App()): { app: App; controlPlane: ControlPlaneStack } {
+  const issuer = app.node.tryGetContext('jwtIssuer') as string | undefined;
+  const audience = app.node.tryGetContext('jwtAudience') as string | undefined;
+  const props: ControlPlaneStackProps = {
+    description: 'DR Automation control plane: /api/dr API, state table, encryption key',
+    ...(issuer
+      ? { jwt: { issuer, audience: (audience ?? '').split(',').filter((value) => value !== '') } }
+      : {}),
+  };
+  const controlPlane = new ControlPlaneStack(app, 'DrControlPlane', props);
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  return { app, controlPlane };
+}
+
+if (import.meta.main) buildApp().app.synth();

@@ -1,0 +1,170 @@
+import { ArnFormat, CfnOutput, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
+import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
+import {
+  HttpApi,
+  HttpMethod,
+  HttpNoneAuthorizer,
+  HttpStage,
+  LogGroupLogDestination,
+} from 'aws-cdk-lib/aws-apigatewayv2';
+import { HttpIamAuthorizer, HttpJwtAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
+import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import { AttributeType, BillingMode, Table, TableEncryption } from 'aws-cdk-lib/aws-dynamodb';
+import { PolicyStatement } from 'aws-cdk-lib/aws-iam';
+import { Key } from 'aws-cdk-lib/aws-kms';
+import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
+import type { Construct } from 'constructs';
+import { TABLE_KEYS } from '../functions/core/store/table.ts';
+import { DrFunction } from './dr-function.ts';
+
+export interface JwtAuthorization {
+  /** The token issuer URL (for example a Cognito user pool or an OIDC provider). */
+  readonly issuer: string;
+  readonly audience: readonly string[];
+}
+
+export interface ControlPlaneStackProps extends StackProps {
+  /**
+   * How API callers authenticate. @default IAM (SigV4-signed requests, for operators and automation with
+   * AWS credentials); give a JWT issuer and audience to accept OIDC tokens instead.
+   */
+  readonly jwt?: JwtAuthorization;
+  /** @default 50 requests per second, bursts of 100 */
+  readonly throttle?: { readonly rateLimit: number; readonly burstLimit: number };
+}
+
+/**
+ * The control plane: the /api/dr HTTP API, its Lambda, the table that holds configs, targets, schedules and
+ * the audit log, and the KMS key that encrypts the table and the target credentials in Secrets Manager.
+ */
+export class ControlPlaneStack extends Stack {
+  readonly api: HttpApi;
+  readonly table: Table;
+  readonly key: Key;
+
+  constructor(scope: Construct, id: string, props: ControlPlaneStackProps = {}) {
+    super(scope, id, props);
+    if (props.jwt && (props.jwt.issuer === '' || props.jwt.audience.length === 0)) {
+      throw new Error('ControlPlaneStack: jwt needs an issuer and at least one audience');
+    }
+
+    this.key = new Key(this, 'Key', {
+      description: 'DR Automation: encrypts the control-plane table and target credentials',
+      enableKeyRotation: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
+    // Table rather than TableV2: TableV2 with a customer-managed key needs a region-bound stack, and synth
+    // must work offline with no account or region.
+    this.table = new Table(this, 'Table', {
+      partitionKey: { name: TABLE_KEYS.partitionKey, type: AttributeType.STRING },
+      sortKey: { name: TABLE_KEYS.sortKey, type: AttributeType.STRING },
+      billingMode: BillingMode.PAY_PER_REQUEST,
+      encryption: TableEncryption.CUSTOMER_MANAGED,
+      encryptionKey: this.key,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      deletionProtection: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
+    // Secrets are created at run time by the API, named <stack name>/<kind>/<id>/<generation>.
+    const secretPrefix = this.stackName;
+    const apiFunction = new DrFunction(this, 'ApiFunction', {
+      entry: 'functions/api/handler.ts',
+      description: 'DR Automation /api/dr API',
+      environment: {
+        TABLE_NAME: this.table.tableName,
+        SECRET_PREFIX: secretPrefix,
+        SECRETS_KMS_KEY_ID: this.key.keyArn,
+      },
+    });
+    const fn = apiFunction.function;
+    this.table.grantReadWriteData(fn);
+    this.key.grantEncryptDecrypt(fn);
+    fn.addToRolePolicy(
+      new PolicyStatement({
+        actions: [
+          'secretsmanager:CreateSecret',
+          'secretsmanager:PutSecretValue',
+          'secretsmanager:GetSecretValue',
+          'secretsmanager:DeleteSecret',
+          'secretsmanager:DescribeSecret',
+          'secretsmanager:TagResource',
+        ],
+        resources: [
+          this.formatArn({
+            service: 'secretsmanager',
+            resource: 'secret',
+            resourceName: `${secretPrefix}/*`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ],
+      }),
+    );
+    const findings: [string, string][] = [
+      ['Resource::*', 'X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.'],
+      [
+        'Action::kms:GenerateDataKey*',
+        'Granted by key.grantEncryptDecrypt on the stack key only (table and secrets encryption).',
+      ],
+      [
+        'Action::kms:ReEncrypt*',
+        'Granted by key.grantEncryptDecrypt on the stack key only (table and secrets encryption).',
+      ],
+      [
+        `Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${secretPrefix}/*`,
+        "Target credentials are created at run time, one secret per target, all under this stack's prefix.",
+      ],
+    ];
+    for (const [finding, reason] of findings) {
+      Validations.of(apiFunction.role).acknowledge({
+        id: `AwsSolutions::AwsSolutions-IAM5[${finding}]`,
+        reason,
+      });
+    }
+
+    const accessLogs = new LogGroup(this, 'ApiAccessLogs', {
+      retention: RetentionDays.ONE_YEAR,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    this.api = new HttpApi(this, 'Api', {
+      description: 'DR Automation /api/dr',
+      createDefaultStage: false,
+      defaultAuthorizer: props.jwt
+        ? new HttpJwtAuthorizer('JwtAuthorizer', props.jwt.issuer, { jwtAudience: [...props.jwt.audience] })
+        : new HttpIamAuthorizer(),
+    });
+    const stage = new HttpStage(this, 'DefaultStage', {
+      httpApi: this.api,
+      stageName: '$default',
+      autoDeploy: true,
+      throttle: props.throttle ?? { rateLimit: 50, burstLimit: 100 },
+      accessLogSettings: {
+        destination: new LogGroupLogDestination(accessLogs),
+        format: AccessLogFormat.jsonWithStandardFields(),
+      },
+    });
+
+    const integration = new HttpLambdaIntegration('ApiIntegration', fn);
+    this.api.addRoutes({ path: '/api/dr/{proxy+}', methods: [HttpMethod.ANY], integration });
+    const [health] = this.api.addRoutes({
+      path: '/api/dr/health',
+      methods: [HttpMethod.GET],
+      integration,
+      authorizer: new HttpNoneAuthorizer(),
+    });
+    if (health) {
+      Validations.of(health).acknowledge({
+        id: 'AwsSolutions-APIG4',
+        reason:
+          'The health check answers without authentication by design (load balancers, uptime probes); it returns only status and version.',
+      });
+    }
+
+    new CfnOutput(this, 'ApiUrl', {
+      value: `${stage.url}api/dr`,
+      description: 'Base URL of the /api/dr API',
+    });
+    new CfnOutput(this, 'TableName', { value: this.table.tableName });
+  }
+}
