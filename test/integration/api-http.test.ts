@@ -1,5 +1,6 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { Validator } from '@seriousme/openapi-schema-validator';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL_TABLE_NAME } from '../../functions/local/runtime.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
@@ -115,6 +116,13 @@ describe('errors', () => {
 });
 
 describe('OpenAPI', () => {
+  it('is a valid OpenAPI 3.1 document (checked against the specification schema)', async () => {
+    const response = await api.call('GET', '/api/dr/openapi.json');
+    const result = await new Validator().validate(response.body);
+    expect(result.errors).toBeUndefined();
+    expect(result.valid).toBe(true);
+  });
+
   it('documents every operation with the schemas that validate requests', async () => {
     const response = await api.call('GET', '/api/dr/openapi.json');
     expect(response.status).toBe(200);
