@@ -1,0 +1,458 @@
+#!/usr/bin/env node
+import { createWriteStream } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import cliProgress from 'cli-progress';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { backup, type ProgressEvent } from '../engine/backup.ts';
+import { generateMasterKey, loadMasterKey } from '../engine/crypto.ts';
+import {
+  BackupNotFoundError,
+  CorruptDataError,
+  EngineError,
+  RepositoryLockedError,
+  WrongKeyError,
+} from '../engine/errors.ts';
+import { exportSql, exportTar } from '../engine/export.ts';
+import type { BackupType } from '../engine/manifest.ts';
+import { forget, gc, listBackups, rekey, summarize, verify } from '../engine/maintenance.ts';
+import { connectionFrom } from '../engine/postgres.ts';
+import { DEFAULT_PACK_SIZE, Repository } from '../engine/repository.ts';
+import { restoreDatabase, restoreFiles } from '../engine/restore.ts';
+import { LocalStorage } from '../storage/local/local-storage.ts';
+import { StorageError } from '../storage/storage.ts';
+import { VERSION } from '../core/version.ts';
+
+/**
+ * drctl: the backup engine from the command line, standalone — no control plane, no AWS account: only the
+ * repository's location and the master key. This is the emergency-restore tool.
+ *
+ * Exit codes: 0 done; 1 failed; 2 bad usage; 3 verify found damage or a restore check failed; 4 wrong key.
+ */
+const EXIT = { failed: 1, usage: 2, damaged: 3, wrongKey: 4 } as const;
+
+interface Common {
+  repo: string;
+  keyFile?: string;
+  json?: boolean;
+}
+
+const program = new Command('drctl')
+  .description('DR Automation backup engine: back up PostgreSQL and files, verify, restore, export')
+  .version(VERSION)
+  .showHelpAfterError()
+  .configureOutput({ writeErr: (text) => process.stderr.write(text) });
+
+const repoOption = () =>
+  new Option('--repo <path>', 'repository location (a directory)').env('DR_REPO').makeOptionMandatory();
+const keyOption = () => new Option('--key-file <file>', 'master key file (or set DR_MASTER_KEY)');
+const jsonOption = () => new Option('--json', 'print the result as JSON');
+
+async function open(options: Common): Promise<Repository> {
+  return Repository.open(new LocalStorage(options.repo), await loadMasterKey({ keyFile: options.keyFile }));
+}
+
+function print(options: { json?: boolean }, value: unknown, text: string): void {
+  process.stdout.write(options.json ? `${JSON.stringify(value, null, 2)}\n` : `${text}\n`);
+}
+
+function positiveInt(value: string): number {
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed <= 0)
+    throw new InvalidArgumentError('must be a positive whole number');
+  return parsed;
+}
+
+function collectValues(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** Bytes and rate on stderr: a bar on a terminal, a line every few seconds otherwise. */
+function progressReporter(label: string): { update: (event: ProgressEvent) => void; stop: () => void } {
+  const started = Date.now();
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      {
+        format: `${label} {phase} | {value} bytes | {rate} MB/s | {item}`,
+        stream: process.stderr,
+        hideCursor: true,
+        fps: 5,
+      },
+      cliProgress.Presets.shades_classic,
+    );
+    bar.start(0, 0, { phase: '', rate: '0.0', item: '' });
+    return {
+      update: (event) => {
+        bar.setTotal(event.bytes);
+        bar.update(event.bytes, {
+          phase: event.phase,
+          item: event.item ?? '',
+          rate: (event.bytes / 1e6 / Math.max(0.001, (Date.now() - started) / 1000)).toFixed(1),
+        });
+      },
+      stop: () => bar.stop(),
+    };
+  }
+  let last = 0;
+  return {
+    update: (event) => {
+      if (Date.now() - last < 5000) return;
+      last = Date.now();
+      const rate = event.bytes / 1e6 / Math.max(0.001, (Date.now() - started) / 1000);
+      process.stderr.write(
+        `${label}: ${event.phase} ${event.item ?? ''} ${(event.bytes / 1e6).toFixed(1)} MB read, ${rate.toFixed(1)} MB/s\n`,
+      );
+    },
+    stop: () => undefined,
+  };
+}
+
+async function resolveId(repository: Repository, id: string): Promise<string> {
+  if (id !== 'latest') return id;
+  const backups = (await listBackups(repository)).filter((summary) => !summary.review);
+  const newest = backups.at(-1);
+  if (!newest) throw new BackupNotFoundError('the repository holds no good backup');
+  return newest.id;
+}
+
+function output(target: string): { stream: Writable; done: () => Promise<void> } {
+  if (target === '-') return { stream: process.stdout, done: () => Promise.resolve() };
+  const stream = createWriteStream(target, { mode: 0o600 });
+  return {
+    stream,
+    done: async () => {
+      stream.end();
+      await finished(stream);
+    },
+  };
+}
+
+program
+  .command('key')
+  .description('master keys')
+  .command('generate')
+  .description('print a new random master key (store it like a password: without it no backup can be read)')
+  .action(() => {
+    process.stdout.write(`${generateMasterKey()}\n`);
+  });
+
+program
+  .command('init')
+  .description('create a repository in an empty location')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .addOption(jsonOption())
+  .action(async (options: Common) => {
+    const repository = await Repository.init(
+      new LocalStorage(options.repo),
+      await loadMasterKey({ keyFile: options.keyFile }),
+    );
+    print(
+      options,
+      { id: repository.config.id, chunker: repository.config.chunker },
+      `created repository ${repository.config.id} at ${options.repo}`,
+    );
+  });
+
+program
+  .command('backup')
+  .description('back up a database and/or a directory')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .addOption(
+    new Option('--type <type>', 'FULL, INCREMENTAL or SCHEMA')
+      .choices(['FULL', 'INCREMENTAL', 'SCHEMA'])
+      .default('FULL'),
+  )
+  .option('--db <url>', 'postgres://user@host:port/database (password from PGPASSWORD)')
+  .option('--files <dir>', 'a directory tree to back up')
+  .option(
+    '--parent <id>',
+    'INCREMENTAL: the backup to build on (default: the newest good one of the same series)',
+  )
+  .option('--tag <key=value>', 'a tag (repeatable); series=<name> groups incrementals', collectValues)
+  .option(
+    '--review-below <fraction>',
+    'flag the backup when its data is below this fraction of its parent (0-1)',
+    Number.parseFloat,
+    0.5,
+  )
+  .addOption(
+    new Option('--pack-size <bytes>', 'target pack size')
+      .argParser(positiveInt)
+      .default(DEFAULT_PACK_SIZE)
+      .hideHelp(),
+  )
+  .addOption(jsonOption())
+  .action(
+    async (
+      options: Common & {
+        type: BackupType;
+        db?: string;
+        files?: string;
+        parent?: string;
+        tag?: string[];
+        reviewBelow: number;
+        packSize: number;
+      },
+    ) => {
+      const repository = await open(options);
+      const tags = Object.fromEntries(
+        (options.tag ?? []).map((tag) => tag.split('=', 2) as [string, string]),
+      );
+      const progress = progressReporter('backup');
+      let result;
+      try {
+        result = await backup(repository, {
+          type: options.type,
+          source: {
+            ...(options.db ? { database: connectionFrom(options.db, process.env.PGPASSWORD) } : {}),
+            ...(options.files ? { files: options.files } : {}),
+          },
+          ...(options.parent ? { parent: options.parent } : {}),
+          ...(Object.keys(tags).length > 0 ? { tags } : {}),
+          reviewBelow: options.reviewBelow,
+          packSize: options.packSize,
+          onProgress: progress.update,
+        });
+      } finally {
+        progress.stop();
+      }
+      const { manifest, notice } = result;
+      const s = manifest.stats;
+      const seconds = (Date.parse(manifest.finishedAt) - Date.parse(manifest.startedAt)) / 1000;
+      print(
+        options,
+        { ...summarize(manifest), notice },
+        [
+          `backup ${manifest.id} (${manifest.type}${manifest.parent ? ` on ${manifest.parent}` : ''}) done in ${seconds.toFixed(1)} s`,
+          `  restore point ${manifest.restorePoint}`,
+          `  read ${s.bytesRead} bytes in ${s.chunks} chunks; new ${s.bytesNew} bytes in ${s.newChunks} chunks; stored ${s.bytesStored} bytes in ${s.packs} packs`,
+          ...(notice ? [`  note: ${notice}`] : []),
+          ...(manifest.review ? [`  FLAGGED FOR REVIEW: ${manifest.review.reason}`] : []),
+        ].join('\n'),
+      );
+    },
+  );
+
+program
+  .command('list')
+  .description('list the backups in a repository, oldest first')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .addOption(jsonOption())
+  .action(async (options: Common) => {
+    const backups = await listBackups(await open(options));
+    const lines = backups.map(
+      (b) =>
+        `${b.id}  ${b.type.padEnd(11)} ${b.restorePoint}  ${String(b.tables).padStart(4)} tables ${String(b.rows).padStart(10)} rows ${String(b.files).padStart(6)} files  ${b.bytesStored} bytes stored${b.review ? `  REVIEW: ${b.review}` : ''}`,
+    );
+    print(options, backups, lines.length > 0 ? lines.join('\n') : 'no backups');
+  });
+
+program
+  .command('verify')
+  .description('read every chunk of a backup and check it; names the first damaged object')
+  .argument('<backup>', 'backup id, or latest')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .addOption(jsonOption())
+  .action(async (id: string, options: Common) => {
+    const repository = await open(options);
+    const progress = progressReporter('verify');
+    const report = await verify(repository, await resolveId(repository, id), progress.update).finally(
+      progress.stop,
+    );
+    print(
+      options,
+      report,
+      report.ok
+        ? `backup ${report.backupId} is intact: ${report.chunks} chunks in ${report.packs} packs (${report.bytes} bytes) read and authenticated`
+        : [
+            `backup ${report.backupId} is DAMAGED`,
+            ...report.problems.map((p) => `  ${p.object}: ${p.message}`),
+            ...(report.brokenItems.length > 0 ? [`  breaks: ${report.brokenItems.join(', ')}`] : []),
+          ].join('\n'),
+    );
+    if (!report.ok) process.exitCode = EXIT.damaged;
+  });
+
+program
+  .command('restore')
+  .description('restore a backup: the database into a connection, files into a directory')
+  .argument('<backup>', 'backup id, or latest')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .option('--db <url>', 'restore the database into this (empty) database; password from PGPASSWORD')
+  .option('--clean', 'replace the objects the backup defines in a database that is not empty')
+  .option('--table <name>', 'only this table, schema.table or table (repeatable)', collectValues)
+  .option('--schema <name>', 'only the tables of this schema (repeatable)', collectValues)
+  .option(
+    '--no-check',
+    'skip comparing restored tables with the row counts and checksums recorded at backup time',
+  )
+  .option('--no-owner', 'do not restore ownership and privileges')
+  .option('--files-to <dir>', 'restore the files into this directory')
+  .option('--include <glob>', 'only files matching this glob (repeatable)', collectValues)
+  .addOption(jsonOption())
+  .action(
+    async (
+      id: string,
+      options: Common & {
+        db?: string;
+        clean?: boolean;
+        table?: string[];
+        schema?: string[];
+        check: boolean;
+        owner: boolean;
+        filesTo?: string;
+        include?: string[];
+      },
+    ) => {
+      if (!options.db && !options.filesTo) throw new InvalidArgumentError('give --db, --files-to, or both');
+      const repository = await open(options);
+      const manifest = await repository.loadManifest(await resolveId(repository, id));
+      const progress = progressReporter('restore');
+      const started = Date.now();
+      const result: Record<string, unknown> = { backupId: manifest.id, restorePoint: manifest.restorePoint };
+      try {
+        if (options.db) {
+          result.database = await restoreDatabase(repository, manifest, {
+            target: connectionFrom(options.db, process.env.PGPASSWORD),
+            ...(options.clean ? { clean: true } : {}),
+            ...(options.table ? { tables: options.table } : {}),
+            ...(options.schema ? { schemas: options.schema } : {}),
+            check: options.check,
+            noOwner: !options.owner,
+            onProgress: progress.update,
+          });
+        }
+        if (options.filesTo) {
+          result.files = await restoreFiles(repository, manifest, {
+            destination: options.filesTo,
+            ...(options.include ? { include: options.include } : {}),
+            onProgress: progress.update,
+          });
+        }
+      } finally {
+        progress.stop();
+      }
+      const database = result.database as Awaited<ReturnType<typeof restoreDatabase>> | undefined;
+      const files = result.files as Awaited<ReturnType<typeof restoreFiles>> | undefined;
+      result.seconds = (Date.now() - started) / 1000;
+      print(
+        options,
+        result,
+        [
+          `restored backup ${manifest.id} (restore point ${manifest.restorePoint}) in ${(result.seconds as number).toFixed(1)} s`,
+          ...(database
+            ? [
+                `  database: ${database.tables} tables, ${database.rows} rows, ${database.bytes} bytes; ${
+                  database.checks.length === 0
+                    ? 'not checked'
+                    : database.consistent
+                      ? 'every table matches its recorded checksum'
+                      : `MISMATCH in ${database.checks
+                          .filter((c) => !c.ok)
+                          .map((c) => c.table)
+                          .join(', ')}`
+                }`,
+              ]
+            : []),
+          ...(files ? [`  files: ${files.files} files, ${files.bytes} bytes into ${options.filesTo}`] : []),
+        ].join('\n'),
+      );
+      if (database && !database.consistent) process.exitCode = EXIT.damaged;
+    },
+  );
+
+program
+  .command('export')
+  .description('write a backup as standard artifacts: a plain SQL script for psql, a tar of the files')
+  .argument('<backup>', 'backup id, or latest')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .option('--sql <file>', 'write the database as a SQL script (- for stdout)')
+  .option('--tar <file>', 'write the files as a tar archive (- for stdout)')
+  .action(async (id: string, options: Common & { sql?: string; tar?: string }) => {
+    if (!options.sql && !options.tar) throw new InvalidArgumentError('give --sql, --tar, or both');
+    const repository = await open(options);
+    const manifest = await repository.loadManifest(await resolveId(repository, id));
+    if (options.sql) {
+      const out = output(options.sql);
+      await exportSql(repository, manifest, out.stream);
+      await out.done();
+    }
+    if (options.tar) {
+      const out = output(options.tar);
+      await exportTar(repository, manifest, out.stream);
+      await out.done();
+    }
+  });
+
+program
+  .command('forget')
+  .description('remove backups (run gc afterwards to free their data)')
+  .argument('<backups...>', 'backup ids')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .action(async (ids: string[], options: Common) => {
+    await forget(await open(options), ids);
+    process.stdout.write(`forgot ${ids.length} backup(s); run drctl gc to free their data\n`);
+  });
+
+program
+  .command('gc')
+  .description('delete data no backup uses: leftovers of interrupted runs, data of forgotten backups')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .option('--dry-run', 'only report what would be deleted')
+  .option(
+    '--stale-lock-minutes <minutes>',
+    'treat locks older than this as left by dead processes',
+    Number.parseFloat,
+    60,
+  )
+  .addOption(jsonOption())
+  .action(async (options: Common & { dryRun?: boolean; staleLockMinutes: number }) => {
+    const report = await gc(await open(options), {
+      staleLockMs: options.staleLockMinutes * 60_000,
+      ...(options.dryRun ? { dryRun: true } : {}),
+    });
+    print(
+      options,
+      report,
+      `${options.dryRun ? 'would delete' : 'deleted'} ${report.deletedPacks} packs (${report.bytesFreed} bytes) and ${report.deletedIndexes} index files; kept ${report.keptPacks} packs; ${report.staleLocks} stale locks, ${report.leftovers} partial files removed`,
+    );
+  });
+
+program
+  .command('rekey')
+  .description('re-wrap the repository key under a new master key, prove it, then remove the old key files')
+  .addOption(repoOption())
+  .addOption(keyOption())
+  .requiredOption('--new-key-file <file>', 'the new master key')
+  .action(async (options: Common & { newKeyFile: string }) => {
+    const repository = await open(options);
+    const result = await rekey(repository, await loadMasterKey({ keyFile: options.newKeyFile }));
+    process.stdout.write(
+      `the repository now opens with the new key (key file ${result.keyId}); removed ${result.removed.length} old key file(s)\n`,
+    );
+  });
+
+try {
+  await program.parseAsync();
+} catch (error) {
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`drctl: ${message}\n`);
+  if (error instanceof InvalidArgumentError) process.exitCode = EXIT.usage;
+  else if (error instanceof WrongKeyError) process.exitCode = EXIT.wrongKey;
+  else if (error instanceof CorruptDataError) process.exitCode = EXIT.damaged;
+  else if (
+    error instanceof EngineError ||
+    error instanceof StorageError ||
+    error instanceof RepositoryLockedError
+  )
+    process.exitCode = EXIT.failed;
+  else process.exitCode = EXIT.failed;
+}

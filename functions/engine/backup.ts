@@ -1,0 +1,348 @@
+import { createHash } from 'node:crypto';
+import { chunkStream } from './chunker.ts';
+import { SourceError } from './errors.ts';
+import { readFileStream, walk } from './files.ts';
+import {
+  newBackupId,
+  type BackupType,
+  type FileEntry,
+  type Manifest,
+  type StreamRecord,
+  type TableRecord,
+} from './manifest.ts';
+import {
+  copyTable,
+  CopyDigest,
+  dumpArchive,
+  openSnapshot,
+  type DatabaseConnection,
+  type Snapshot,
+  type Tool,
+} from './postgres.ts';
+import { ChunkSink, type Repository } from './repository.ts';
+
+export interface BackupSource {
+  readonly database?: DatabaseConnection;
+  /** A directory tree to back up with the database. */
+  readonly files?: string;
+}
+
+export interface ProgressEvent {
+  readonly phase: 'database' | 'files' | 'finishing' | 'restore' | 'verify' | 'export';
+  readonly item?: string;
+  /** Source bytes read so far in this operation. */
+  readonly bytes: number;
+}
+
+export type ProgressListener = (event: ProgressEvent) => void;
+
+export interface BackupOptions {
+  readonly type: BackupType;
+  readonly source: BackupSource;
+  /** For INCREMENTAL: the parent's id; default the newest good backup with the same `series` tag. */
+  readonly parent?: string;
+  readonly tags?: Readonly<Record<string, string>>;
+  /** Flag the backup for review when its data is below this fraction of its parent's (default 0.5). */
+  readonly reviewBelow?: number;
+  /** Tables dumped at once (default 2: the machine's two cores, one for the server, one for us). */
+  readonly tableConcurrency?: number;
+  readonly onProgress?: ProgressListener;
+  readonly now?: () => Date;
+  /** Target pack size in bytes (default 16 MiB). */
+  readonly packSize?: number;
+}
+
+export interface BackupResult {
+  readonly manifest: Manifest;
+  /** Why the type differs from the one asked for (an INCREMENTAL with no parent becomes a FULL). */
+  readonly notice?: string;
+}
+
+/**
+ * One backup: reads the source once, stores new chunks, then writes the index and, last, the manifest. Until
+ * the manifest exists the backup does not exist: an interrupted run leaves only unreferenced packs, which
+ * `gc` removes.
+ */
+export async function backup(repository: Repository, options: BackupOptions): Promise<BackupResult> {
+  const now = options.now ?? (() => new Date());
+  const startedAt = now();
+  const id = newBackupId(startedAt);
+  const { source } = options;
+  if (!source.database && !source.files)
+    throw new SourceError('nothing to back up: give a database, a files root, or both');
+  if (options.type === 'SCHEMA' && !source.database)
+    throw new SourceError('a SCHEMA backup needs a database');
+
+  let type = options.type;
+  let notice: string | undefined;
+  let parent: Manifest | undefined;
+  if (type === 'INCREMENTAL') {
+    parent = await findParent(repository, options.parent, options.tags?.series);
+    if (!parent) {
+      type = 'FULL';
+      notice = 'no earlier backup to build on: this INCREMENTAL was taken as a FULL';
+    }
+  }
+  // A FULL is self-contained: it shares no chunk with earlier backups. An INCREMENTAL stores only chunks
+  // that its parent does not reference (the parent's manifest lists every chunk it needs, so that is the chain).
+  const known = parent ? referencedChunks(parent) : new Set<string>();
+  const lock = await repository.lock(`backup ${id}`);
+  try {
+    const sink = new ChunkSink(
+      repository,
+      { has: (chunk) => known.has(chunk) },
+      options.packSize === undefined ? {} : { packSize: options.packSize },
+    );
+    let bytes = 0;
+    const progress = (phase: ProgressEvent['phase'], item?: string) => (size: number) => {
+      bytes += size;
+      options.onProgress?.({ phase, ...(item === undefined ? {} : { item }), bytes });
+    };
+
+    let database: Manifest['database'];
+    let restorePoint = startedAt.toISOString();
+    if (source.database) {
+      database = await backupDatabase(
+        sink,
+        repository,
+        source.database,
+        type,
+        options.tableConcurrency ?? 2,
+        progress,
+      );
+      restorePoint = database.snapshotTime;
+    }
+    const files = source.files
+      ? await backupFiles(sink, repository, source.files, parent, progress)
+      : undefined;
+
+    options.onProgress?.({ phase: 'finishing', bytes });
+    const packs = await sink.flush();
+    if (packs.length > 0) {
+      await repository.writeIndexFile(id, { packs });
+      repository.remember(packs);
+    }
+    const review = reviewReason(database, files, parent, options.reviewBelow ?? 0.5);
+    const manifest: Manifest = {
+      format: 'dr-backup',
+      version: 1,
+      id,
+      type,
+      ...(parent ? { parent: parent.id } : {}),
+      startedAt: startedAt.toISOString(),
+      finishedAt: now().toISOString(),
+      restorePoint,
+      ...(database ? { database } : {}),
+      ...(files ? { files } : {}),
+      stats: { ...sink.stats },
+      ...(review ? { review: { reason: review } } : {}),
+      ...(options.tags ? { tags: options.tags } : {}),
+    };
+    await repository.writeManifest(manifest);
+    return notice ? { manifest, notice } : { manifest };
+  } finally {
+    await lock.release().catch(() => undefined);
+  }
+}
+
+async function findParent(
+  repository: Repository,
+  parentId: string | undefined,
+  series: string | undefined,
+): Promise<Manifest | undefined> {
+  if (parentId !== undefined) return repository.loadManifest(parentId);
+  const ids = await repository.backupIds();
+  for (const candidate of ids.reverse()) {
+    const manifest = await repository.loadManifest(candidate);
+    if (manifest.type !== 'SCHEMA' && !manifest.review && manifest.tags?.series === series) return manifest;
+  }
+  return undefined;
+}
+
+export function referencedChunks(manifest: Manifest): Set<string> {
+  const all = new Set<string>();
+  const add = (record: { chunks?: readonly string[] } | undefined) =>
+    record?.chunks?.forEach((chunk) => all.add(chunk));
+  add(manifest.database?.preData);
+  add(manifest.database?.postData);
+  add(manifest.database?.schemaOnly);
+  manifest.database?.tables.forEach(add);
+  manifest.files?.entries.forEach(add);
+  return all;
+}
+
+/** Chunks a stream into the sink; returns its chunk list, size and SHA-256. */
+export async function storeStream(
+  sink: ChunkSink,
+  stream: AsyncIterable<Buffer>,
+  repository: Repository,
+  onBytes: (size: number) => void,
+  tap?: (data: Buffer) => void,
+): Promise<StreamRecord> {
+  const hash = createHash('sha256');
+  let size = 0;
+  const tee = async function* (): AsyncGenerator<Buffer> {
+    for await (const data of stream) {
+      hash.update(data);
+      size += data.length;
+      tap?.(data);
+      onBytes(data.length);
+      yield data;
+    }
+  };
+  const chunks: string[] = [];
+  for await (const chunk of chunkStream(tee(), repository.gear, repository.config.chunker))
+    chunks.push(await sink.add(chunk));
+  return { chunks, size, sha256: hash.digest('hex') };
+}
+
+async function storeTool(
+  sink: ChunkSink,
+  tool: Tool,
+  repository: Repository,
+  onBytes: (size: number) => void,
+): Promise<StreamRecord> {
+  const [record] = await Promise.all([storeStream(sink, tool.stdout, repository, onBytes), tool.done]);
+  return record;
+}
+
+type ProgressFactory = (phase: ProgressEvent['phase'], item?: string) => (size: number) => void;
+
+async function backupDatabase(
+  sink: ChunkSink,
+  repository: Repository,
+  connection: DatabaseConnection,
+  type: BackupType,
+  concurrency: number,
+  progress: ProgressFactory,
+): Promise<NonNullable<Manifest['database']>> {
+  let snapshot: Snapshot | undefined;
+  try {
+    snapshot = await openSnapshot(connection);
+    const base = {
+      serverVersion: snapshot.serverVersion,
+      database: snapshot.database,
+      snapshotTime: snapshot.time,
+    };
+    if (type === 'SCHEMA') {
+      const schemaOnly = await storeTool(
+        sink,
+        dumpArchive(connection, 'schema-only', snapshot.id),
+        repository,
+        progress('database', 'schema'),
+      );
+      return { ...base, schemaOnly, tables: [], sequences: [] };
+    }
+    const preData = await storeTool(
+      sink,
+      dumpArchive(connection, 'pre-data', snapshot.id),
+      repository,
+      progress('database', 'pre-data'),
+    );
+    const tables: TableRecord[] = new Array<TableRecord>(snapshot.tables.length);
+    let next = 0;
+    const worker = async () => {
+      for (let index = next++; index < snapshot!.tables.length; index = next++) {
+        const table = snapshot!.tables[index]!;
+        const copy = await copyTable(connection, snapshot!.id, table);
+        try {
+          const digest = new CopyDigest();
+          const record = await storeStream(
+            sink,
+            copy.stream,
+            repository,
+            progress('database', `${table.schema}.${table.name}`),
+            (data) => digest.update(data),
+          );
+          tables[index] = {
+            ...record,
+            schema: table.schema,
+            name: table.name,
+            columns: table.columns,
+            orderBy: table.orderBy,
+            rows: digest.rows,
+            indexes: table.indexes,
+          };
+        } catch (error) {
+          throw new SourceError(`reading ${table.schema}.${table.name} failed: ${(error as Error).message}`, {
+            cause: error,
+          });
+        } finally {
+          await copy.done();
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+    const postData = await storeTool(
+      sink,
+      dumpArchive(connection, 'post-data', snapshot.id),
+      repository,
+      progress('database', 'post-data'),
+    );
+    return { ...base, preData, postData, tables, sequences: snapshot.sequences };
+  } finally {
+    await snapshot?.close();
+  }
+}
+
+async function backupFiles(
+  sink: ChunkSink,
+  repository: Repository,
+  root: string,
+  parent: Manifest | undefined,
+  progress: ProgressFactory,
+): Promise<NonNullable<Manifest['files']>> {
+  const previous = new Map((parent?.files?.entries ?? []).map((entry) => [entry.path, entry]));
+  const entries: FileEntry[] = [];
+  for await (const found of walk(root)) {
+    const { absolute: _absolute, ...entry } = found;
+    if (found.type !== 'file') {
+      entries.push(entry);
+      continue;
+    }
+    // INCREMENTAL: a file whose size and mtime are unchanged since the parent is not read again.
+    const before = previous.get(found.path);
+    if (
+      before?.type === 'file' &&
+      before.size === found.size &&
+      before.mtimeMs === found.mtimeMs &&
+      before.chunks
+    ) {
+      entries.push({
+        ...entry,
+        chunks: before.chunks,
+        ...(before.sha256 === undefined ? {} : { sha256: before.sha256 }),
+      });
+      continue;
+    }
+    const record = await storeStream(sink, readFileStream(found), repository, progress('files', found.path));
+    entries.push({ ...entry, size: record.size, chunks: record.chunks, sha256: record.sha256 });
+  }
+  return { root, entries };
+}
+
+/** An empty or shrunken backup is kept but flagged, never silently taken as the newest good restore point. */
+function reviewReason(
+  database: Manifest['database'],
+  files: Manifest['files'],
+  parent: Manifest | undefined,
+  below: number,
+): string | undefined {
+  if (database && !database.schemaOnly) {
+    const size = database.tables.reduce((sum, table) => sum + table.size, 0);
+    const rows = database.tables.reduce((sum, table) => sum + table.rows, 0);
+    if (database.tables.length === 0 || rows === 0) return 'the database dump holds no rows';
+    const parentSize = parent?.database?.tables.reduce((sum, table) => sum + table.size, 0);
+    if (parentSize !== undefined && parentSize > 0 && size < parentSize * below) {
+      return `the database data is ${size} bytes, under ${Math.round(below * 100)}% of its parent's ${parentSize}`;
+    }
+  }
+  if (files) {
+    const size = files.entries.reduce((sum, entry) => sum + entry.size, 0);
+    const parentFiles = parent?.files?.entries.reduce((sum, entry) => sum + entry.size, 0);
+    if (parentFiles !== undefined && parentFiles > 0 && size < parentFiles * below) {
+      return `the files total ${size} bytes, under ${Math.round(below * 100)}% of the parent's ${parentFiles}`;
+    }
+  }
+  return undefined;
+}

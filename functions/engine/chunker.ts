@@ -1,0 +1,110 @@
+import { createHmac } from 'node:crypto';
+
+/**
+ * Content-defined chunking, FastCDC style (Xia et al., 2016): a gear rolling hash over the bytes, a cut
+ * where the hash's top bits are all zero, with "normalized chunking" — a stricter mask before the average
+ * size and a looser one after it — so sizes cluster around the average. Cut points depend only on the last
+ * 32 bytes, so an insertion or deletion moves the boundaries near it and no others: that is what lets an
+ * unchanged region of a dump deduplicate against the previous backup.
+ *
+ * The gear table is derived from a per-repository secret (`chunkerKey`), so chunk sizes, which are visible
+ * on the target, say nothing about the content (restic randomizes its polynomial for the same reason).
+ *
+ * Memory: one working buffer of `maxSize` bytes per stream, whatever the stream's length.
+ */
+export interface ChunkerParams {
+  readonly minSize: number;
+  readonly avgSize: number;
+  readonly maxSize: number;
+}
+
+/** Defaults (documented in docs/repository-format.md): 32 KiB / 128 KiB / 512 KiB. */
+export const DEFAULT_CHUNKER: ChunkerParams = {
+  minSize: 32 * 1024,
+  avgSize: 128 * 1024,
+  maxSize: 512 * 1024,
+};
+
+export function gearTable(chunkerKey: Buffer): Int32Array {
+  const table = new Int32Array(256);
+  for (let i = 0; i < 256; i++) {
+    table[i] = createHmac('sha256', chunkerKey).update(`dr-gear-${i}`).digest().readInt32LE(0);
+  }
+  return table;
+}
+
+/** A mask of the `bits` most significant bits of a 32-bit word. */
+function topBits(bits: number): number {
+  return bits >= 32 ? -1 : (0xffffffff << (32 - bits)) | 0;
+}
+
+export function validateParams(params: ChunkerParams): void {
+  const { minSize, avgSize, maxSize } = params;
+  const power = Math.log2(avgSize);
+  if (!Number.isInteger(power) || power < 8 || power > 26)
+    throw new Error('chunker avgSize must be a power of two between 256 B and 64 MiB');
+  if (!(minSize > 0 && minSize < avgSize && avgSize < maxSize))
+    throw new Error('chunker sizes must satisfy 0 < minSize < avgSize < maxSize');
+}
+
+/**
+ * Splits a byte stream into content-defined chunks. Each yielded Buffer is a copy the caller owns.
+ */
+export async function* chunkStream(
+  source: AsyncIterable<Buffer | Uint8Array | string>,
+  gear: Int32Array,
+  params: ChunkerParams = DEFAULT_CHUNKER,
+): AsyncGenerator<Buffer> {
+  validateParams(params);
+  const { minSize, avgSize, maxSize } = params;
+  const bits = Math.log2(avgSize);
+  const maskS = topBits(bits + 2); // before the average: harder to cut
+  const maskL = topBits(bits - 2); // after it: easier
+  const buffer = Buffer.allocUnsafe(maxSize);
+  let length = 0; // bytes held in buffer
+  let scanned = 0; // bytes of buffer already hashed
+  let hash = 0;
+
+  /** Position of the next cut within buffer[0, length), or -1 when more input is needed. */
+  const findCut = (final: boolean): number => {
+    if (scanned < minSize) {
+      if (length <= minSize) return final && length > 0 ? length : -1;
+      scanned = minSize;
+      hash = 0;
+    }
+    const normal = Math.min(avgSize, length);
+    let i = scanned;
+    for (; i < normal; i++) {
+      hash = ((hash << 1) + gear[buffer[i]!]!) | 0;
+      if ((hash & maskS) === 0) return i + 1;
+    }
+    for (; i < length; i++) {
+      hash = ((hash << 1) + gear[buffer[i]!]!) | 0;
+      if ((hash & maskL) === 0) return i + 1;
+    }
+    scanned = i;
+    if (length === maxSize) return maxSize;
+    return final && length > 0 ? length : -1;
+  };
+
+  const emit = (cut: number): Buffer => {
+    const chunk = Buffer.from(buffer.subarray(0, cut));
+    buffer.copyWithin(0, cut, length);
+    length -= cut;
+    scanned = 0;
+    hash = 0;
+    return chunk;
+  };
+
+  for await (const piece of source) {
+    let input = typeof piece === 'string' ? Buffer.from(piece) : piece;
+    while (input.length > 0) {
+      const take = Math.min(maxSize - length, input.length);
+      buffer.set(input.subarray(0, take), length);
+      length += take;
+      input = input.subarray(take);
+      for (let cut = findCut(false); cut > 0; cut = findCut(false)) yield emit(cut);
+    }
+  }
+  for (let cut = findCut(true); cut > 0; cut = findCut(true)) yield emit(cut);
+}

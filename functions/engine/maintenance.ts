@@ -1,0 +1,281 @@
+import { createHash } from 'node:crypto';
+import { isNotFound } from '../storage/storage.ts';
+import { referencedChunks, type ProgressListener } from './backup.ts';
+import type { MasterKey } from './crypto.ts';
+import { CorruptDataError, RepositoryLockedError } from './errors.ts';
+import type { BackupType, Manifest } from './manifest.ts';
+import { tocOf } from './postgres.ts';
+import { keys, listKeys, parsePack, type Repository } from './repository.ts';
+import { readStream } from './restore.ts';
+
+export interface BackupSummary {
+  readonly id: string;
+  readonly type: BackupType;
+  readonly parent?: string;
+  readonly restorePoint: string;
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly tables: number;
+  readonly rows: number;
+  readonly files: number;
+  readonly bytesRead: number;
+  readonly bytesStored: number;
+  readonly review?: string;
+  readonly tags?: Readonly<Record<string, string>>;
+}
+
+export async function listBackups(repository: Repository): Promise<BackupSummary[]> {
+  const summaries: BackupSummary[] = [];
+  for (const id of await repository.backupIds()) summaries.push(summarize(await repository.loadManifest(id)));
+  return summaries;
+}
+
+export function summarize(manifest: Manifest): BackupSummary {
+  return {
+    id: manifest.id,
+    type: manifest.type,
+    ...(manifest.parent ? { parent: manifest.parent } : {}),
+    restorePoint: manifest.restorePoint,
+    startedAt: manifest.startedAt,
+    finishedAt: manifest.finishedAt,
+    tables: manifest.database?.tables.length ?? 0,
+    rows: manifest.database?.tables.reduce((sum, table) => sum + table.rows, 0) ?? 0,
+    files: manifest.files?.entries.filter((entry) => entry.type === 'file').length ?? 0,
+    bytesRead: manifest.stats.bytesRead,
+    bytesStored: manifest.stats.bytesStored,
+    ...(manifest.review ? { review: manifest.review.reason } : {}),
+    ...(manifest.tags ? { tags: manifest.tags } : {}),
+  };
+}
+
+export interface Problem {
+  /** The stored object at fault: a key, or `chunk <id> in <pack>`. */
+  readonly object: string;
+  readonly message: string;
+}
+
+export interface VerifyReport {
+  readonly backupId: string;
+  readonly ok: boolean;
+  readonly packs: number;
+  readonly chunks: number;
+  readonly bytes: number;
+  /** In the order found: the first is the first corrupt object. */
+  readonly problems: readonly Problem[];
+  /** What the problems break: `table public.users`, `file uploads/a.png`, `pre-data archive`… */
+  readonly brokenItems: readonly string[];
+}
+
+/**
+ * Reads every pack the backup uses, whole: checks the pack's SHA-256 against its name, authenticates every
+ * chunk the backup needs and checks it against its id, and has `pg_restore --list` accept the reassembled
+ * schema archives. Corruption anywhere in a pack, in the manifest or in an index is found and named.
+ */
+export async function verify(
+  repository: Repository,
+  backupId: string,
+  onProgress?: ProgressListener,
+): Promise<VerifyReport> {
+  const problems: Problem[] = [];
+  const manifest = await repository.loadManifest(backupId);
+  const needed = referencedChunks(manifest);
+  const index = await repository.loadIndex(true);
+  for (const error of repository.indexProblems)
+    problems.push({ object: error.object, message: error.message });
+  const byPack = new Map<string, string[]>();
+  for (const chunk of needed) {
+    const where = index.get(chunk);
+    if (!where) {
+      problems.push({
+        object: `chunk ${chunk}`,
+        message: `chunk ${chunk} is in no index: its pack or index file is missing`,
+      });
+      continue;
+    }
+    byPack.set(where.pack, [...(byPack.get(where.pack) ?? []), chunk]);
+  }
+  const bad = new Set<string>(problems.map((problem) => problem.object.replace(/^chunk (\S+).*/, '$1')));
+  let bytes = 0;
+  let chunks = 0;
+  for (const [pack, wanted] of [...byPack].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const key = keys.pack(pack);
+    let body: Buffer;
+    try {
+      body = await repository.storage.read(key);
+    } catch (error) {
+      problems.push({
+        object: key,
+        message: isNotFound(error) ? `${key} is missing` : (error as Error).message,
+      });
+      wanted.forEach((chunk) => bad.add(chunk));
+      continue;
+    }
+    bytes += body.length;
+    onProgress?.({ phase: 'verify', item: key, bytes });
+    if (createHash('sha256').update(body).digest('hex') !== pack) {
+      problems.push({ object: key, message: `${key} does not match its SHA-256 name (altered or damaged)` });
+    }
+    try {
+      parsePack(repository, key, body);
+    } catch (error) {
+      problems.push({ object: key, message: (error as Error).message });
+    }
+    for (const chunk of wanted) {
+      const where = index.get(chunk)!;
+      chunks++;
+      try {
+        if (where.offset + where.length > body.length)
+          throw new CorruptDataError(
+            `chunk ${chunk} lies past the end of ${key}`,
+            `chunk ${chunk} in ${key}`,
+          );
+        await repository.openBlob(chunk, body.subarray(where.offset, where.offset + where.length), pack);
+      } catch (error) {
+        if (!(error instanceof CorruptDataError)) throw error;
+        problems.push({ object: error.object, message: error.message });
+        bad.add(chunk);
+      }
+    }
+  }
+  const broken = brokenItems(manifest, bad);
+  const database = manifest.database;
+  for (const [label, record] of [
+    ['pre-data archive', database?.preData],
+    ['post-data archive', database?.postData],
+    ['schema archive', database?.schemaOnly],
+  ] as const) {
+    if (!record || broken.includes(label)) continue;
+    try {
+      await tocOf(readStream(repository, record, label));
+    } catch (error) {
+      problems.push({
+        object: label,
+        message: `pg_restore --list refused the ${label}: ${(error as Error).message}`,
+      });
+      broken.push(label);
+    }
+  }
+  return {
+    backupId,
+    ok: problems.length === 0,
+    packs: byPack.size,
+    chunks,
+    bytes,
+    problems,
+    brokenItems: broken,
+  };
+}
+
+function brokenItems(manifest: Manifest, bad: Set<string>): string[] {
+  if (bad.size === 0) return [];
+  const hit = (chunks: readonly string[] | undefined) => (chunks ?? []).some((chunk) => bad.has(chunk));
+  const items: string[] = [];
+  const database = manifest.database;
+  if (hit(database?.preData?.chunks)) items.push('pre-data archive');
+  if (hit(database?.postData?.chunks)) items.push('post-data archive');
+  if (hit(database?.schemaOnly?.chunks)) items.push('schema archive');
+  for (const table of database?.tables ?? [])
+    if (hit(table.chunks)) items.push(`table ${table.schema}.${table.name}`);
+  for (const entry of manifest.files?.entries ?? []) if (hit(entry.chunks)) items.push(`file ${entry.path}`);
+  return items;
+}
+
+/** Removes backups from the repository (their manifests); `gc` then frees the data no other backup uses. */
+export async function forget(repository: Repository, backupIds: readonly string[]): Promise<void> {
+  for (const id of backupIds) await repository.loadManifest(id);
+  await repository.storage.delete(backupIds.map((id) => keys.manifest(id)));
+}
+
+export interface GcOptions {
+  /** Locks older than this are from dead processes and are ignored (default 1 hour). */
+  readonly staleLockMs?: number;
+  readonly dryRun?: boolean;
+  readonly now?: () => Date;
+}
+
+export interface GcReport {
+  readonly deletedPacks: number;
+  readonly deletedIndexes: number;
+  readonly rewrittenIndexes: number;
+  readonly bytesFreed: number;
+  readonly keptPacks: number;
+  readonly staleLocks: number;
+  readonly leftovers: number;
+}
+
+/**
+ * Deletes packs that no backup references — the leftovers of interrupted runs, and data of forgotten
+ * backups — and the index entries for them. Refuses to run while a fresh lock (a backup in progress) exists,
+ * since that backup's packs are not referenced yet.
+ */
+export async function gc(repository: Repository, options: GcOptions = {}): Promise<GcReport> {
+  const now = (options.now ?? (() => new Date()))();
+  const staleMs = options.staleLockMs ?? 60 * 60 * 1000;
+  const locks = await repository.locks();
+  const stale = locks.filter((lock) => now.getTime() - Date.parse(lock.startedAt) >= staleMs);
+  const fresh = locks.filter((lock) => !stale.includes(lock));
+  if (fresh.length > 0) {
+    throw new RepositoryLockedError(
+      `the repository is in use (${fresh.map((lock) => `${lock.operation} on ${lock.host} since ${lock.startedAt}`).join('; ')}); retry when it finishes`,
+    );
+  }
+
+  const referenced = new Set<string>();
+  for (const id of await repository.backupIds())
+    for (const chunk of referencedChunks(await repository.loadManifest(id))) referenced.add(chunk);
+
+  const livePacks = new Set<string>();
+  let deletedIndexes = 0;
+  let rewrittenIndexes = 0;
+  for (const key of await listKeys(repository.storage, 'index/')) {
+    const file = await repository.readIndexFile(key);
+    const kept = file.packs.filter((pack) => pack.blobs.some((blob) => referenced.has(blob.id)));
+    kept.forEach((pack) => livePacks.add(pack.id));
+    if (options.dryRun || kept.length === file.packs.length) continue;
+    if (kept.length === 0) {
+      await repository.storage.delete([key]);
+      deletedIndexes++;
+    } else {
+      await repository.writeIndexFile(key.slice('index/'.length), { packs: kept });
+      rewrittenIndexes++;
+    }
+  }
+  let deletedPacks = 0;
+  let keptPacks = 0;
+  let bytesFreed = 0;
+  const dead: string[] = [];
+  for await (const object of repository.storage.list('data/')) {
+    const id = object.key.split('/').pop()!;
+    if (livePacks.has(id)) {
+      keptPacks++;
+      continue;
+    }
+    dead.push(object.key);
+    deletedPacks++;
+    bytesFreed += object.size;
+  }
+  let leftovers = 0;
+  if (!options.dryRun) {
+    await repository.storage.delete(dead);
+    await repository.storage.delete(stale.map((lock) => lock.key));
+    const local = repository.storage as { removeLeftovers?: (olderThan: Date) => Promise<number> };
+    if (local.removeLeftovers) leftovers = await local.removeLeftovers(new Date(now.getTime() - staleMs));
+    await repository.loadIndex(true);
+  }
+  return {
+    deletedPacks,
+    deletedIndexes,
+    rewrittenIndexes,
+    bytesFreed,
+    keptPacks,
+    staleLocks: stale.length,
+    leftovers,
+  };
+}
+
+export async function rekey(
+  repository: Repository,
+  newMaster: MasterKey,
+): Promise<{ keyId: string; removed: readonly string[] }> {
+  return repository.rekey(newMaster);
+}

@@ -1,0 +1,100 @@
+/**
+ * The manifest of one backup: everything needed to restore it, and to check a restore against what was
+ * read. Every chunk list is complete, for an INCREMENTAL too (its unchanged chunks are simply the ones its
+ * parent stored), so any backup restores by its id alone.
+ */
+export type BackupType = 'FULL' | 'INCREMENTAL' | 'SCHEMA';
+
+export interface Manifest {
+  readonly format: 'dr-backup';
+  readonly version: 1;
+  readonly id: string;
+  readonly type: BackupType;
+  /** The backup this one deduplicated against (INCREMENTAL), for chains and retention. */
+  readonly parent?: string;
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  /** The instant the data is consistent to: the snapshot's time for a database, the start for files. */
+  readonly restorePoint: string;
+  readonly database?: DatabaseManifest;
+  readonly files?: FilesManifest;
+  readonly stats: {
+    readonly chunks: number;
+    readonly newChunks: number;
+    readonly bytesRead: number;
+    readonly bytesNew: number;
+    readonly bytesStored: number;
+    readonly packs: number;
+  };
+  /** Set when the backup looks wrong (empty, or much smaller than its parent): kept, never taken as the newest good one. */
+  readonly review?: { readonly reason: string };
+  readonly tags?: Readonly<Record<string, string>>;
+}
+
+/** A byte stream, stored as chunks. */
+export interface StreamRecord {
+  readonly chunks: readonly string[];
+  readonly size: number;
+  /** SHA-256 of the whole stream. */
+  readonly sha256: string;
+}
+
+export interface TableRecord extends StreamRecord {
+  readonly schema: string;
+  readonly name: string;
+  /** Column names in COPY order (generated columns excluded). */
+  readonly columns: readonly string[];
+  /** The key the rows were read in, or empty when the table has none (physical order). */
+  readonly orderBy: readonly string[];
+  readonly rows: number;
+  /** Names of the table's indexes (to pick its post-data items in a partial restore). */
+  readonly indexes: readonly string[];
+}
+
+export interface SequenceRecord {
+  readonly schema: string;
+  readonly name: string;
+  readonly lastValue: string;
+  readonly isCalled: boolean;
+}
+
+export interface DatabaseManifest {
+  readonly serverVersion: string;
+  readonly database: string;
+  /** now() inside the exported snapshot. */
+  readonly snapshotTime: string;
+  /** pg_dump -Fc archives: `--section=pre-data` and `--section=post-data`, or `--schema-only` for SCHEMA. */
+  readonly preData?: StreamRecord;
+  readonly postData?: StreamRecord;
+  readonly schemaOnly?: StreamRecord;
+  readonly tables: readonly TableRecord[];
+  readonly sequences: readonly SequenceRecord[];
+}
+
+export interface FileEntry {
+  /** Relative, '/'-separated. */
+  readonly path: string;
+  readonly type: 'file' | 'dir' | 'symlink';
+  readonly mode: number;
+  readonly mtimeMs: number;
+  readonly size: number;
+  readonly chunks?: readonly string[];
+  readonly sha256?: string;
+  readonly target?: string;
+}
+
+export interface FilesManifest {
+  readonly root: string;
+  readonly entries: readonly FileEntry[];
+}
+
+/** Backup ids sort by time: 20261124T181500Z-1a2b3c. */
+export function newBackupId(now: Date = new Date()): string {
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
+  return `${stamp}-${Math.floor(Math.random() * 0xffffff)
+    .toString(16)
+    .padStart(6, '0')}`;
+}

@@ -1,0 +1,384 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Readable, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+import { RestoreError, SourceError } from './errors.ts';
+
+/**
+ * PostgreSQL through its own tools and protocol. A connection is a URL without the password plus the
+ * password apart: the password reaches child processes through PGPASSWORD (never argv, which any local user
+ * can read) and is scrubbed from every error message.
+ */
+export interface DatabaseConnection {
+  /** postgres://user@host:port/database?sslmode=… (a password in it is moved to `password`). */
+  readonly url: string;
+  readonly password?: string | undefined;
+}
+
+export function connectionFrom(url: string, password?: string): DatabaseConnection {
+  const parsed = new URL(url);
+  const inline = parsed.password === '' ? undefined : decodeURIComponent(parsed.password);
+  parsed.password = '';
+  const pass = password ?? inline;
+  return pass === undefined ? { url: parsed.toString() } : { url: parsed.toString(), password: pass };
+}
+
+/** The same server, another database. */
+export function withDatabase(connection: DatabaseConnection, database: string): DatabaseConnection {
+  const parsed = new URL(connection.url);
+  parsed.pathname = `/${encodeURIComponent(database)}`;
+  return { ...connection, url: parsed.toString() };
+}
+
+export function databaseName(connection: DatabaseConnection): string {
+  return decodeURIComponent(new URL(connection.url).pathname.slice(1));
+}
+
+export function redact(text: string, connection: DatabaseConnection): string {
+  let result = text.replace(/(postgres(?:ql)?:\/\/[^:/@\s]+):[^@\s]*@/g, '$1:***@');
+  if (connection.password) result = result.split(connection.password).join('***');
+  return result;
+}
+
+export async function connect(connection: DatabaseConnection): Promise<pg.Client> {
+  const client = new pg.Client({
+    connectionString: connection.url,
+    ...(connection.password === undefined ? {} : { password: connection.password }),
+  });
+  client.on('error', () => undefined); // reported through the failing query instead
+  try {
+    await client.connect();
+  } catch (error) {
+    throw new SourceError(
+      `cannot connect to ${redact(connection.url, connection)}: ${redact((error as Error).message, connection)}`,
+    );
+  }
+  return client;
+}
+
+// ------------------------------------------------------------------------------------------ tools
+
+/** A PostgreSQL client tool as a child process, with its stderr kept (bounded) for the error message. */
+export interface Tool {
+  readonly stdout: Readable;
+  readonly stdin: Writable;
+  /** Resolves when the tool exits 0; rejects with its stderr (redacted) otherwise. */
+  readonly done: Promise<void>;
+}
+
+export function runTool(
+  command: string,
+  args: readonly string[],
+  connection: DatabaseConnection,
+  options: { stdin?: boolean } = {},
+): Tool {
+  const child = spawn(command, args, {
+    stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      ...(connection.password === undefined ? {} : { PGPASSWORD: connection.password }),
+    },
+  });
+  let stderr = '';
+  child.stderr?.on('data', (data: Buffer) => {
+    stderr = (stderr + data.toString('utf8')).slice(-8192);
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', (error: NodeJS.ErrnoException) => {
+      reject(
+        new SourceError(
+          error.code === 'ENOENT'
+            ? `${command} is not installed or not on PATH (install the PostgreSQL client tools, at least the server's version)`
+            : `${command} could not start: ${error.message}`,
+        ),
+      );
+    });
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve();
+      else
+        reject(
+          new SourceError(
+            `${command} ${signal ? `was killed by ${signal}` : `exited with code ${String(code)}`}: ${redact(stderr.trim(), connection) || 'no message'}`,
+          ),
+        );
+    });
+  });
+  return { stdout: child.stdout ?? Readable.from([]), stdin: child.stdin ?? new PassThrough(), done };
+}
+
+// ------------------------------------------------------------------------------------------ dump
+
+export interface TableInfo {
+  readonly schema: string;
+  readonly name: string;
+  readonly columns: readonly string[];
+  readonly orderBy: readonly string[];
+  readonly indexes: readonly string[];
+}
+
+export interface SequenceInfo {
+  readonly schema: string;
+  readonly name: string;
+  readonly lastValue: string;
+  readonly isCalled: boolean;
+}
+
+export interface Snapshot {
+  readonly id: string;
+  readonly time: string;
+  readonly serverVersion: string;
+  readonly database: string;
+  readonly tables: readonly TableInfo[];
+  readonly sequences: readonly SequenceInfo[];
+  /** Ends the snapshot's transaction (after every reader has started). */
+  close(): Promise<void>;
+}
+
+const USER_RELATIONS = `
+  c.relnamespace = n.oid
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND c.relpersistence <> 't'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+
+/**
+ * Opens a repeatable-read transaction, exports its snapshot, and reads the catalog in it: every table's
+ * columns and key, every sequence's value. Every reader of this backup (pg_dump, the COPY sessions) joins
+ * the same snapshot, so the backup is one consistent instant.
+ */
+export async function openSnapshot(connection: DatabaseConnection): Promise<Snapshot> {
+  const client = await connect(connection);
+  try {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    const head = await client.query<{ id: string; time: Date; version: string; database: string }>(
+      "SELECT pg_export_snapshot() AS id, now() AS time, current_setting('server_version') AS version, current_database() AS database",
+    );
+    const tables = await client.query<{
+      schema: string;
+      name: string;
+      columns: string[];
+      order_by: string[] | null;
+      indexes: string[] | null;
+    }>(`
+      SELECT n.nspname AS schema, c.relname AS name,
+        ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum) AS columns,
+        (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+           FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+          WHERE i.indrelid = c.oid AND i.indisprimary) AS order_by,
+        (SELECT array_agg(ic.relname::text ORDER BY ic.relname) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid) AS indexes
+      FROM pg_class c, pg_namespace n
+      WHERE c.relkind = 'r' AND ${USER_RELATIONS}
+      ORDER BY 1, 2`);
+    const sequenceNames = await client.query<{ schema: string; name: string }>(`
+      SELECT n.nspname AS schema, c.relname AS name FROM pg_class c, pg_namespace n WHERE c.relkind = 'S' AND ${USER_RELATIONS} ORDER BY 1, 2`);
+    const sequences: SequenceInfo[] = [];
+    for (const sequence of sequenceNames.rows) {
+      const value = await client.query<{ last_value: string; is_called: boolean }>(
+        `SELECT last_value::text, is_called FROM ${qualified(client, sequence.schema, sequence.name)}`,
+      );
+      sequences.push({
+        ...sequence,
+        lastValue: value.rows[0]!.last_value,
+        isCalled: value.rows[0]!.is_called,
+      });
+    }
+    const row = head.rows[0]!;
+    return {
+      id: row.id,
+      time: row.time.toISOString(),
+      serverVersion: row.version,
+      database: row.database,
+      tables: tables.rows.map((table) => ({
+        schema: table.schema,
+        name: table.name,
+        columns: table.columns,
+        orderBy: table.order_by ?? [],
+        indexes: table.indexes ?? [],
+      })),
+      sequences,
+      close: async () => {
+        await client.query('COMMIT').catch(() => undefined);
+        await client.end();
+      },
+    };
+  } catch (error) {
+    await client.end().catch(() => undefined);
+    if (error instanceof SourceError) throw error;
+    throw new SourceError(`reading the catalog failed: ${redact((error as Error).message, connection)}`);
+  }
+}
+
+export function qualified(client: pg.Client, schema: string, name: string): string {
+  return `${client.escapeIdentifier(schema)}.${client.escapeIdentifier(name)}`;
+}
+
+/** `pg_dump -Fc` of one section (or the whole schema) in the given snapshot. */
+export function dumpArchive(
+  connection: DatabaseConnection,
+  what: 'pre-data' | 'post-data' | 'schema-only',
+  snapshotId?: string,
+): Tool {
+  const args = ['--format=custom', '--no-sync', `--dbname=${connection.url}`];
+  if (what === 'schema-only') args.push('--schema-only');
+  else args.push(`--section=${what}`);
+  if (snapshotId !== undefined) args.push(`--snapshot=${snapshotId}`);
+  return runTool('pg_dump', args, connection);
+}
+
+/**
+ * One table's rows as COPY text, in key order, read in the exported snapshot. Key order is what keeps
+ * deduplication working under churn: new row versions land wherever free space is, but their keys do not
+ * move, so unchanged key ranges produce unchanged chunks.
+ */
+export async function copyTable(
+  connection: DatabaseConnection,
+  snapshotId: string,
+  table: TableInfo,
+): Promise<{ stream: Readable; done: () => Promise<void> }> {
+  const client = await connect(connection);
+  try {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    await client.query(`SET TRANSACTION SNAPSHOT ${client.escapeLiteral(snapshotId)}`);
+  } catch (error) {
+    await client.end().catch(() => undefined);
+    throw new SourceError(
+      `joining snapshot ${snapshotId} failed: ${redact((error as Error).message, connection)}`,
+    );
+  }
+  const stream = client.query(copyTo(copyQuery(client, table)));
+  return {
+    stream,
+    done: async () => {
+      await client.query('COMMIT').catch(() => undefined);
+      await client.end();
+    },
+  };
+}
+
+export function copyQuery(
+  client: pg.Client,
+  table: { schema: string; name: string; columns: readonly string[]; orderBy: readonly string[] },
+): string {
+  const columns = table.columns.map((column) => client.escapeIdentifier(column)).join(', ');
+  const order =
+    table.orderBy.length > 0
+      ? ` ORDER BY ${table.orderBy.map((column) => client.escapeIdentifier(column)).join(', ')}`
+      : '';
+  return `COPY (SELECT ${columns === '' ? '' : columns} FROM ${qualified(client, table.schema, table.name)}${order}) TO STDOUT`;
+}
+
+/** SHA-256 and row count of a COPY text stream, computed as it passes. */
+export class CopyDigest {
+  private readonly hash = createHash('sha256');
+  size = 0;
+  rows = 0;
+
+  update(data: Buffer): void {
+    this.hash.update(data);
+    this.size += data.length;
+    for (let index = data.indexOf(10); index !== -1; index = data.indexOf(10, index + 1)) this.rows++;
+  }
+
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+// ------------------------------------------------------------------------------------------ restore
+
+/** Tables, views, sequences… in user schemas: a restore refuses a database that has any unless told to clean. */
+export async function userRelationCount(connection: DatabaseConnection): Promise<number> {
+  const client = await connect(connection);
+  try {
+    const result = await client.query<{ count: string }>(
+      `SELECT count(*)::text AS count FROM pg_class c, pg_namespace n WHERE c.relkind IN ('r','p','v','m','S','f') AND ${USER_RELATIONS}`,
+    );
+    return Number(result.rows[0]!.count);
+  } finally {
+    await client.end();
+  }
+}
+
+export async function createDatabase(connection: DatabaseConnection, name: string): Promise<void> {
+  const client = await connect(connection);
+  try {
+    await client.query(`CREATE DATABASE ${client.escapeIdentifier(name)}`);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Runs pg_restore on an archive that is streamed in, staged in a private temporary file first (archives hold
+ * only DDL, so they are small; a file lets pg_restore seek and run parallel jobs).
+ */
+export async function restoreArchive(
+  connection: DatabaseConnection,
+  archive: AsyncIterable<Buffer>,
+  options: {
+    clean?: boolean;
+    jobs?: number;
+    list?: (toc: string) => string;
+    exitOnError?: boolean;
+    noOwner?: boolean;
+  },
+): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'dr-restore-'));
+  try {
+    const file = join(dir, 'archive.dump');
+    await pipeline(Readable.from(archive), createWriteStream(file, { mode: 0o600 }));
+    const args = [`--dbname=${connection.url}`];
+    if (options.exitOnError !== false) args.push('--exit-on-error');
+    if (options.clean) args.push('--clean', '--if-exists');
+    if (options.noOwner) args.push('--no-owner', '--no-privileges');
+    if (options.jobs && options.jobs > 1) args.push(`--jobs=${options.jobs}`);
+    if (options.list) {
+      const toc = await tocOf(file, connection);
+      const listFile = join(dir, 'toc.list');
+      await pipeline(Readable.from([options.list(toc)]), createWriteStream(listFile));
+      args.push(`--use-list=${listFile}`);
+    }
+    args.push(file);
+    const tool = runTool('pg_restore', args, connection);
+    tool.stdout.resume();
+    await tool.done.catch((error: unknown) => {
+      throw new RestoreError((error as Error).message.replace(/^pg_restore/, 'pg_restore'));
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** `pg_restore --list`: the archive's table of contents; fails when the archive is not a valid one. */
+export async function tocOf(
+  file: string | AsyncIterable<Buffer>,
+  connection: DatabaseConnection = { url: 'postgres://localhost/x' },
+): Promise<string> {
+  const fromStdin = typeof file !== 'string';
+  const tool = runTool('pg_restore', fromStdin ? ['--list'] : ['--list', file], connection, {
+    stdin: fromStdin,
+  });
+  const chunks: Buffer[] = [];
+  tool.stdout.on('data', (data: Buffer) => chunks.push(data));
+  if (fromStdin) await pipeline(Readable.from(file), tool.stdin).catch(() => undefined);
+  await tool.done;
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Streams rows into a table with COPY FROM STDIN. */
+export async function loadTable(
+  client: pg.Client,
+  table: { schema: string; name: string; columns: readonly string[] },
+  rows: AsyncIterable<Buffer>,
+): Promise<void> {
+  const columns = table.columns.map((column) => client.escapeIdentifier(column)).join(', ');
+  const sink = client.query(
+    copyFrom(`COPY ${qualified(client, table.schema, table.name)} (${columns}) FROM STDIN`),
+  );
+  await pipeline(Readable.from(rows), sink);
+}

@@ -1,0 +1,483 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { isNotFound, type Storage } from '../storage/storage.ts';
+import { DEFAULT_CHUNKER, gearTable, validateParams, type ChunkerParams } from './chunker.ts';
+import {
+  chunkId,
+  decodeChunk,
+  encodeChunk,
+  newKeyMaterial,
+  seal,
+  unseal,
+  type KeyMaterial,
+  type MasterKey,
+} from './crypto.ts';
+import { BackupNotFoundError, CorruptDataError, RepositoryNotFoundError, WrongKeyError } from './errors.ts';
+import type { Manifest } from './manifest.ts';
+
+/**
+ * A repository on one target (format: docs/repository-format.md).
+ *
+ *   config                  plain JSON: format, version, repository id, chunker parameters
+ *   keys/<keyId>            the key material, sealed under a master key
+ *   data/<xx>/<packId>      packs of sealed chunks; packId = SHA-256 of the pack's bytes
+ *   index/<backupId>        sealed: which chunks each pack written by that backup holds, and where
+ *   backups/<backupId>      sealed manifest, written last: a backup exists when its manifest does
+ *   locks/<operationId>     plain JSON: an operation in progress (gc leaves its data alone)
+ */
+export const FORMAT = 'dr-repository';
+export const FORMAT_VERSION = 1;
+/** Target size of a pack: large objects, few requests (restic uses 16 MiB too). */
+export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
+
+export interface RepositoryConfig {
+  readonly format: typeof FORMAT;
+  readonly version: number;
+  readonly id: string;
+  readonly chunker: ChunkerParams;
+  readonly createdAt: string;
+}
+
+interface KeyFile {
+  readonly format: 'dr-repository-key';
+  readonly version: 1;
+  readonly repositoryId: string;
+  readonly masterKeyId: string;
+  readonly createdAt: string;
+  /** base64 of seal(master key, JSON of the key material, aad `key:<repositoryId>`). */
+  readonly sealed: string;
+}
+
+export interface BlobLocation {
+  readonly pack: string;
+  readonly offset: number;
+  readonly length: number;
+}
+
+interface PackHeaderEntry {
+  readonly id: string;
+  readonly offset: number;
+  readonly length: number;
+}
+
+interface IndexFile {
+  readonly packs: { readonly id: string; readonly size: number; readonly blobs: PackHeaderEntry[] }[];
+}
+
+export const keys = {
+  config: 'config',
+  keyFile: (id: string) => `keys/${id}`,
+  pack: (id: string) => `data/${id.slice(0, 2)}/${id}`,
+  index: (backupId: string) => `index/${backupId}`,
+  manifest: (backupId: string) => `backups/${backupId}`,
+  lock: (id: string) => `locks/${id}`,
+};
+
+export class Repository {
+  readonly storage: Storage;
+  readonly config: RepositoryConfig;
+  readonly material: KeyMaterial;
+  readonly gear: Int32Array;
+  private index: Map<string, BlobLocation> | undefined;
+  /** Index files that failed to load in the last `loadIndex` (their chunks look missing). */
+  indexProblems: CorruptDataError[] = [];
+
+  private constructor(storage: Storage, config: RepositoryConfig, material: KeyMaterial) {
+    this.storage = storage;
+    this.config = config;
+    this.material = material;
+    this.gear = gearTable(material.chunkerKey);
+  }
+
+  /** Creates a repository on empty storage. */
+  static async init(
+    storage: Storage,
+    master: MasterKey,
+    chunker: ChunkerParams = DEFAULT_CHUNKER,
+  ): Promise<Repository> {
+    validateParams(chunker);
+    if (await storage.stat(keys.config))
+      throw new CorruptDataError(`${storage.name} already holds a repository`, keys.config);
+    const config: RepositoryConfig = {
+      format: FORMAT,
+      version: FORMAT_VERSION,
+      id: randomBytes(16).toString('hex'),
+      chunker,
+      createdAt: new Date().toISOString(),
+    };
+    const material = newKeyMaterial();
+    await writeKeyFile(storage, config.id, master, material);
+    await storage.put(keys.config, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+    return new Repository(storage, config, material);
+  }
+
+  /** Opens a repository with a master key that one of its key files was sealed under. */
+  static async open(storage: Storage, master: MasterKey): Promise<Repository> {
+    let raw: Buffer;
+    try {
+      raw = await storage.read(keys.config);
+    } catch (error) {
+      if (isNotFound(error))
+        throw new RepositoryNotFoundError(`no repository at ${storage.name} (run drctl init)`);
+      throw error;
+    }
+    let config: RepositoryConfig;
+    try {
+      config = JSON.parse(raw.toString('utf8')) as RepositoryConfig;
+    } catch (error) {
+      throw new CorruptDataError(`${keys.config} is not valid JSON`, keys.config, { cause: error });
+    }
+    if (config.format !== FORMAT || config.version !== FORMAT_VERSION) {
+      throw new CorruptDataError(`${keys.config} is not a version ${FORMAT_VERSION} ${FORMAT}`, keys.config);
+    }
+    const keyFiles = await listKeys(storage, 'keys/');
+    let damaged: CorruptDataError | undefined;
+    for (const key of keyFiles) {
+      const file = JSON.parse((await storage.read(key)).toString('utf8')) as KeyFile;
+      if (file.masterKeyId !== master.id || file.repositoryId !== config.id) continue;
+      try {
+        const plain = unseal(master.key, Buffer.from(file.sealed, 'base64'), `key:${config.id}`, key);
+        const parsed = JSON.parse(plain.toString('utf8')) as Record<keyof KeyMaterial, string>;
+        return new Repository(storage, config, {
+          encryptionKey: Buffer.from(parsed.encryptionKey, 'base64'),
+          idKey: Buffer.from(parsed.idKey, 'base64'),
+          chunkerKey: Buffer.from(parsed.chunkerKey, 'base64'),
+        });
+      } catch (error) {
+        if (error instanceof CorruptDataError) damaged = error;
+        else throw error;
+      }
+    }
+    if (damaged) throw damaged;
+    throw new WrongKeyError(
+      `the master key (id ${master.id}) does not open the repository at ${storage.name}`,
+    );
+  }
+
+  /**
+   * Re-wraps the key material under a new master key: writes the new key file, proves it by opening the
+   * repository with the new master key alone, then removes the key files of the old one. Data is untouched.
+   */
+  async rekey(newMaster: MasterKey): Promise<{ removed: string[]; keyId: string }> {
+    const keyId = await writeKeyFile(this.storage, this.config.id, newMaster, this.material);
+    const reopened = await Repository.open(this.storage, newMaster);
+    if (!reopened.material.encryptionKey.equals(this.material.encryptionKey))
+      throw new WrongKeyError('re-keyed material does not match');
+    const removed = (await listKeys(this.storage, 'keys/')).filter((key) => key !== keys.keyFile(keyId));
+    await this.storage.delete(removed);
+    return { removed, keyId };
+  }
+
+  /** Where every stored chunk lives (all index files), cached for this process. */
+  async loadIndex(refresh = false): Promise<Map<string, BlobLocation>> {
+    if (this.index && !refresh) return this.index;
+    const index = new Map<string, BlobLocation>();
+    this.indexProblems = [];
+    for (const key of await listKeys(this.storage, 'index/')) {
+      let file: IndexFile;
+      try {
+        file = await this.readIndexFile(key);
+      } catch (error) {
+        if (!(error instanceof CorruptDataError)) throw error;
+        this.indexProblems.push(error);
+        continue;
+      }
+      for (const pack of file.packs) {
+        for (const blob of pack.blobs)
+          index.set(blob.id, { pack: pack.id, offset: blob.offset, length: blob.length });
+      }
+    }
+    this.index = index;
+    return index;
+  }
+
+  async readIndexFile(key: string): Promise<IndexFile> {
+    const plain = unseal(
+      this.material.encryptionKey,
+      await this.storage.read(key),
+      `index:${key.slice('index/'.length)}`,
+      key,
+    );
+    try {
+      return JSON.parse(plain.toString('utf8')) as IndexFile;
+    } catch (error) {
+      throw new CorruptDataError(`${key} does not parse`, key, { cause: error });
+    }
+  }
+
+  async writeIndexFile(backupId: string, file: IndexFile): Promise<void> {
+    await this.storage.put(
+      keys.index(backupId),
+      seal(this.material.encryptionKey, Buffer.from(JSON.stringify(file)), `index:${backupId}`),
+    );
+  }
+
+  /** Reads, authenticates, decompresses and checks one chunk. */
+  async readChunk(id: string, location?: BlobLocation): Promise<Buffer> {
+    const where = location ?? (await this.loadIndex()).get(id);
+    if (!where)
+      throw new CorruptDataError(
+        `chunk ${id} is in no index (a pack or index file is missing)`,
+        `chunk ${id}`,
+      );
+    const sealed = await this.storage.read(keys.pack(where.pack), {
+      offset: where.offset,
+      length: where.length,
+    });
+    return this.openBlob(id, sealed, where.pack);
+  }
+
+  async openBlob(id: string, sealed: Buffer, pack: string): Promise<Buffer> {
+    const what = `chunk ${id} in ${keys.pack(pack)}`;
+    const data = await decodeChunk(unseal(this.material.encryptionKey, sealed, `chunk:${id}`, what), what);
+    if (chunkId(this.material.idKey, data) !== id)
+      throw new CorruptDataError(`${what} does not match its id`, what);
+    return data;
+  }
+
+  async writeManifest(manifest: Manifest): Promise<void> {
+    const body = seal(
+      this.material.encryptionKey,
+      Buffer.from(JSON.stringify(manifest)),
+      `backup:${manifest.id}`,
+    );
+    await this.storage.put(keys.manifest(manifest.id), body);
+  }
+
+  async loadManifest(backupId: string): Promise<Manifest> {
+    const key = keys.manifest(backupId);
+    let raw: Buffer;
+    try {
+      raw = await this.storage.read(key);
+    } catch (error) {
+      if (isNotFound(error)) throw new BackupNotFoundError(`no backup ${backupId} in ${this.storage.name}`);
+      throw error;
+    }
+    return JSON.parse(
+      unseal(this.material.encryptionKey, raw, `backup:${backupId}`, key).toString('utf8'),
+    ) as Manifest;
+  }
+
+  /** Ids of every complete backup, oldest first (ids sort by time). */
+  async backupIds(): Promise<string[]> {
+    return (await listKeys(this.storage, 'backups/')).map((key) => key.slice('backups/'.length)).sort();
+  }
+
+  async lock(operation: string): Promise<Lock> {
+    const id = `${new Date().toISOString().replace(/[-:.]/g, '')}-${randomBytes(4).toString('hex')}`;
+    const lock: LockInfo = {
+      operation,
+      host: hostname(),
+      pid: process.pid,
+      startedAt: new Date().toISOString(),
+    };
+    await this.storage.put(keys.lock(id), Buffer.from(JSON.stringify(lock)));
+    return { id, release: () => this.storage.delete([keys.lock(id)]) };
+  }
+
+  async locks(): Promise<(LockInfo & { key: string })[]> {
+    const all = [];
+    for (const key of await listKeys(this.storage, 'locks/')) {
+      try {
+        all.push({ key, ...(JSON.parse((await this.storage.read(key)).toString('utf8')) as LockInfo) });
+      } catch (error) {
+        if (!isNotFound(error)) throw error;
+      }
+    }
+    return all;
+  }
+
+  /** Adds new packs to the cached index (after a backup wrote them). */
+  remember(packs: IndexFile['packs']): void {
+    if (!this.index) return;
+    for (const pack of packs)
+      for (const blob of pack.blobs)
+        this.index.set(blob.id, { pack: pack.id, offset: blob.offset, length: blob.length });
+  }
+}
+
+export interface LockInfo {
+  readonly operation: string;
+  readonly host: string;
+  readonly pid: number;
+  readonly startedAt: string;
+}
+
+export interface Lock {
+  readonly id: string;
+  release(): Promise<void>;
+}
+
+export async function listKeys(storage: Storage, prefix: string): Promise<string[]> {
+  const all: string[] = [];
+  for await (const object of storage.list(prefix)) all.push(object.key);
+  return all.sort();
+}
+
+async function writeKeyFile(
+  storage: Storage,
+  repositoryId: string,
+  master: MasterKey,
+  material: KeyMaterial,
+): Promise<string> {
+  const json = JSON.stringify({
+    encryptionKey: material.encryptionKey.toString('base64'),
+    idKey: material.idKey.toString('base64'),
+    chunkerKey: material.chunkerKey.toString('base64'),
+  });
+  const file: KeyFile = {
+    format: 'dr-repository-key',
+    version: 1,
+    repositoryId,
+    masterKeyId: master.id,
+    createdAt: new Date().toISOString(),
+    sealed: seal(master.key, Buffer.from(json), `key:${repositoryId}`).toString('base64'),
+  };
+  const id = `${master.id}-${randomBytes(4).toString('hex')}`;
+  await storage.put(keys.keyFile(id), Buffer.from(`${JSON.stringify(file, null, 2)}\n`));
+  return id;
+}
+
+// ------------------------------------------------------------------------------------------- writing data
+
+export interface WriteStats {
+  chunks: number;
+  newChunks: number;
+  bytesRead: number;
+  bytesNew: number;
+  bytesStored: number;
+  packs: number;
+}
+
+/**
+ * Takes the chunks of one backup: dedups them against the repository and this run, compresses and seals
+ * the new ones (several at a time, on zlib's thread pool, so the second core works), and packs them. At
+ * most `inFlight` chunks and two packs are in memory at once.
+ */
+export class ChunkSink {
+  readonly stats: WriteStats = {
+    chunks: 0,
+    newChunks: 0,
+    bytesRead: 0,
+    bytesNew: 0,
+    bytesStored: 0,
+    packs: 0,
+  };
+  readonly packs: IndexFile['packs'] = [];
+  private readonly repository: Repository;
+  private readonly known: { has(id: string): boolean };
+  private readonly pending = new Set<string>();
+  private readonly jobs = new Set<Promise<void>>();
+  private readonly inFlight: number;
+  private readonly packSize: number;
+  private parts: Buffer[] = [];
+  private entries: PackHeaderEntry[] = [];
+  private partsSize = 0;
+  private upload: Promise<void> | undefined;
+  private failure: Error | undefined;
+
+  constructor(
+    repository: Repository,
+    known: { has(id: string): boolean },
+    options: { inFlight?: number; packSize?: number } = {},
+  ) {
+    this.repository = repository;
+    this.known = known;
+    this.inFlight = options.inFlight ?? 4;
+    this.packSize = options.packSize ?? DEFAULT_PACK_SIZE;
+  }
+
+  /** Stores `data` unless the repository already has it; returns its id. */
+  async add(data: Buffer): Promise<string> {
+    this.rethrow();
+    const id = chunkId(this.repository.material.idKey, data);
+    this.stats.chunks++;
+    this.stats.bytesRead += data.length;
+    if (this.known.has(id) || this.pending.has(id)) return id;
+    this.pending.add(id);
+    this.stats.newChunks++;
+    this.stats.bytesNew += data.length;
+    const job = encodeChunk(data)
+      .then((encoded) =>
+        this.append(id, seal(this.repository.material.encryptionKey, encoded, `chunk:${id}`)),
+      )
+      .catch((error: unknown) => {
+        this.failure ??= asError(error);
+      })
+      .finally(() => this.jobs.delete(job));
+    this.jobs.add(job);
+    while (this.jobs.size >= this.inFlight) await Promise.race(this.jobs);
+    this.rethrow();
+    return id;
+  }
+
+  /** A failure of a background job (encoding, upload) surfaces on the next call. */
+  private rethrow(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /** Waits for every chunk to be packed and every pack to be durably stored. */
+  async flush(): Promise<IndexFile['packs']> {
+    await Promise.all(this.jobs);
+    this.rethrow();
+    await this.finishPack();
+    await this.upload;
+    this.rethrow();
+    return this.packs;
+  }
+
+  private async append(id: string, sealed: Buffer): Promise<void> {
+    this.entries.push({ id, offset: this.partsSize, length: sealed.length });
+    this.parts.push(sealed);
+    this.partsSize += sealed.length;
+    if (this.partsSize >= this.packSize) await this.finishPack();
+  }
+
+  private async finishPack(): Promise<void> {
+    if (this.entries.length === 0) return;
+    const entries = this.entries;
+    const header = seal(
+      this.repository.material.encryptionKey,
+      Buffer.from(JSON.stringify({ blobs: entries })),
+      'pack-header',
+    );
+    const trailer = Buffer.alloc(4);
+    trailer.writeUInt32LE(header.length);
+    const body = Buffer.concat([...this.parts, header, trailer]);
+    this.parts = [];
+    this.entries = [];
+    this.partsSize = 0;
+    const id = createHash('sha256').update(body).digest('hex');
+    // One upload at a time: the next pack fills while this one is written.
+    const previous = this.upload;
+    this.upload = (async () => {
+      await previous;
+      await this.repository.storage.put(keys.pack(id), body);
+      this.packs.push({ id, size: body.length, blobs: entries });
+      this.stats.packs++;
+      this.stats.bytesStored += body.length;
+    })().catch((error: unknown) => {
+      this.failure ??= asError(error);
+    });
+    await previous;
+  }
+}
+
+/** Reads a pack's header from its bytes (for verify and gc, which trust packs, not the index). */
+export function parsePack(repository: Repository, key: string, body: Buffer): PackHeaderEntry[] {
+  if (body.length < 4) throw new CorruptDataError(`${key} is truncated`, key);
+  const headerLength = body.readUInt32LE(body.length - 4);
+  if (headerLength + 4 > body.length)
+    throw new CorruptDataError(`${key} has an impossible header length`, key);
+  const header = unseal(
+    repository.material.encryptionKey,
+    body.subarray(body.length - 4 - headerLength, body.length - 4),
+    'pack-header',
+    key,
+  );
+  return (JSON.parse(header.toString('utf8')) as { blobs: PackHeaderEntry[] }).blobs;
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}

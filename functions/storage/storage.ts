@@ -1,0 +1,113 @@
+import type { Readable } from 'node:stream';
+
+/**
+ * The storage interface every target type implements (LOCAL now; S3, Azure, GCS, FTP, SFTP next). The
+ * engine is written against this and nothing else. Keys are relative, '/'-separated, and normalized by
+ * `normalizeKey` before any backend sees them.
+ *
+ * Contract:
+ * - `put` makes an object visible only once all of it is durably written; a failed or aborted `put` leaves
+ *   no object under `key` (a temporary one may remain for `gc`, never under the final key). Putting an
+ *   existing key replaces it atomically.
+ * - `get` streams an object, or the `length` bytes from `offset`; a missing key fails with `NotFoundError`.
+ *   A range past the end fails rather than returning fewer bytes.
+ * - `list` yields every object under a prefix, in no particular order, paging internally.
+ * - `delete` removes the keys that exist and ignores the others.
+ * - Errors are `StorageError`s naming the storage and the key, never a credential.
+ */
+export interface Storage {
+  /** A human-readable name for messages: the target name, or its location. */
+  readonly name: string;
+  put(key: string, body: Readable | Buffer, options?: PutOptions): Promise<void>;
+  get(key: string, range?: ByteRange): Promise<Readable>;
+  /** Convenience for small objects and ranges: the bytes, in memory. */
+  read(key: string, range?: ByteRange): Promise<Buffer>;
+  stat(key: string): Promise<ObjectInfo | undefined>;
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  delete(keys: readonly string[]): Promise<void>;
+  /** Bytes stored under the repository root, and free capacity where the medium can tell. */
+  usage(): Promise<Usage>;
+}
+
+export interface PutOptions {
+  readonly signal?: AbortSignal;
+}
+
+export interface ByteRange {
+  readonly offset: number;
+  readonly length: number;
+}
+
+export interface ObjectInfo {
+  readonly key: string;
+  readonly size: number;
+}
+
+export interface Usage {
+  readonly bytesStored: number;
+  readonly bytesFree?: number;
+}
+
+export type StorageErrorKind =
+  'not-found' | 'authentication' | 'permission' | 'network' | 'space' | 'invalid-key' | 'other';
+
+export class StorageError extends Error {
+  readonly kind: StorageErrorKind;
+  readonly storage: string;
+  readonly key: string | undefined;
+
+  constructor(
+    kind: StorageErrorKind,
+    storage: string,
+    key: string | undefined,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${storage}${key === undefined ? '' : ` (${key})`}: ${message}`, options);
+    this.kind = kind;
+    this.storage = storage;
+    this.key = key;
+  }
+
+  override get name(): string {
+    return this.kind === 'not-found' ? 'StorageNotFound' : 'StorageError';
+  }
+}
+
+export function isNotFound(error: unknown): boolean {
+  return error instanceof StorageError && error.kind === 'not-found';
+}
+
+const SEGMENT = /^[A-Za-z0-9._-]+$/;
+
+/**
+ * Keys are relative paths of safe segments: no leading '/', no '.' or '..', no empty segment, no character
+ * outside [A-Za-z0-9._-]. The engine only makes such keys; this refuses anything else before it can reach a
+ * filesystem path or an object name.
+ */
+export function normalizeKey(storage: string, key: string): string {
+  const segments = key.split('/');
+  const bad = segments.some((segment) => !SEGMENT.test(segment) || segment === '.' || segment === '..');
+  if (key.length === 0 || key.length > 1024 || bad) {
+    throw new StorageError(
+      'invalid-key',
+      storage,
+      undefined,
+      `refusing the key ${JSON.stringify(key.slice(0, 100))}`,
+    );
+  }
+  return key;
+}
+
+/** Prefixes are keys with an optional trailing '/', or empty for everything. */
+export function normalizePrefix(storage: string, prefix: string): string {
+  if (prefix === '') return '';
+  const trimmed = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+  return `${normalizeKey(storage, trimmed)}${prefix.endsWith('/') ? '/' : ''}`;
+}
+
+export async function collect(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,102 @@
+import { execFile, execFileSync } from 'node:child_process';
+import { chmod, chown, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import type { DatabaseConnection } from '../../functions/engine/postgres.ts';
+
+const run = promisify(execFile);
+
+/**
+ * A throwaway PostgreSQL cluster from the machine's server binaries, on 127.0.0.1 and a random port, with
+ * trust authentication for loopback (test only). initdb refuses to run as root, so as root the cluster is
+ * created and run as the `postgres` user. A missing server fails loudly: tests never skip for it.
+ */
+export interface TestPostgres {
+  readonly port: number;
+  readonly admin: DatabaseConnection;
+  url(database: string): string;
+  connection(database: string): DatabaseConnection;
+  createDatabase(name: string): Promise<DatabaseConnection>;
+  sql(database: string, text: string): Promise<pg.QueryResult>;
+  stop(): Promise<void>;
+}
+
+async function binDir(): Promise<string> {
+  const roots = (await readdir('/usr/lib/postgresql').catch(() => [] as string[])).sort(
+    (a, b) => Number(b) - Number(a),
+  );
+  if (roots.length === 0)
+    throw new Error(
+      'no PostgreSQL server binaries under /usr/lib/postgresql: .ci/run installs them (apt-get install postgresql)',
+    );
+  return join('/usr/lib/postgresql', roots[0]!, 'bin');
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startPostgres(): Promise<TestPostgres> {
+  const bin = await binDir();
+  const root = await mkdtemp(join(tmpdir(), 'dr-pg-'));
+  const asRoot = process.getuid?.() === 0;
+  const postgresUser = asRoot ? Number(execFileSync('id', ['-u', 'postgres']).toString().trim()) : undefined;
+  const postgresGroup = asRoot ? Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) : undefined;
+  if (asRoot) {
+    await chmod(root, 0o755);
+    await chown(root, postgresUser!, postgresGroup!);
+  }
+  const as = (command: string, args: string[]) =>
+    asRoot ? run('runuser', ['-u', 'postgres', '--', command, ...args]) : run(command, args);
+  const data = join(root, 'data');
+  await as(join(bin, 'initdb'), [
+    '-D',
+    data,
+    '-U',
+    'postgres',
+    '--auth=trust',
+    '-E',
+    'UTF8',
+    '--locale=C',
+    '--no-sync',
+  ]);
+  const port = await freePort();
+  const options = `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10`;
+  await as(join(bin, 'pg_ctl'), ['-D', data, '-o', options, '-l', join(root, 'server.log'), '-w', 'start']);
+  const url = (database: string) => `postgres://postgres@127.0.0.1:${port}/${database}`;
+  const connection = (database: string): DatabaseConnection => ({ url: url(database) });
+  const sql = async (database: string, text: string) => {
+    const client = new pg.Client({ connectionString: url(database) });
+    await client.connect();
+    try {
+      return await client.query(text);
+    } finally {
+      await client.end();
+    }
+  };
+  return {
+    port,
+    admin: connection('postgres'),
+    url,
+    connection,
+    createDatabase: async (name) => {
+      await sql('postgres', `CREATE DATABASE "${name}"`);
+      return connection(name);
+    },
+    sql,
+    stop: async () => {
+      await as(join(bin, 'pg_ctl'), ['-D', data, '-m', 'immediate', 'stop']).catch(() => undefined);
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}
