@@ -51,7 +51,7 @@ export function validateParams(params: ChunkerParams): void {
  * Splits a byte stream into content-defined chunks. Each yielded Buffer is a copy the caller owns.
  */
 export async function* chunkStream(
-  source: AsyncIterable<Buffer | Uint8Array | string>,
+  source: AsyncIterable<Buffer | Uint8Array | string> | Iterable<Buffer | Uint8Array | string>,
   gear: Int32Array,
   params: ChunkerParams = DEFAULT_CHUNKER,
 ): AsyncGenerator<Buffer> {

@@ -88,13 +88,11 @@ export interface FilesManifest {
   readonly entries: readonly FileEntry[];
 }
 
-/** Backup ids sort by time: 20261124T181500Z-1a2b3c. */
+/** Backup ids sort by time, to the millisecond: 20261124T181500123Z-1a2b3c. */
 export function newBackupId(now: Date = new Date()): string {
-  const stamp = now
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d{3}/, '');
-  return `${stamp}-${Math.floor(Math.random() * 0xffffff)
+  const stamp = now.toISOString().replace(/[-:.]/g, '');
+  const suffix = Math.floor(Math.random() * 0xffffff)
     .toString(16)
-    .padStart(6, '0')}`;
+    .padStart(6, '0');
+  return `${stamp}-${suffix}`;
 }

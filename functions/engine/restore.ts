@@ -103,6 +103,7 @@ export async function restoreDatabase(
   if (!database.preData || !database.postData)
     throw new RestoreError(`backup ${manifest.id} is missing its schema archives`);
 
+  if (options.clean) await dropTables(options.target, selected);
   const names = new Set(selected.map((table) => `${table.schema} ${table.name}`));
   const indexNames = new Set(
     selected.flatMap((table) => table.indexes.map((index) => `${table.schema} ${index}`)),
@@ -166,6 +167,20 @@ export async function restoreDatabase(
     checks,
     consistent: checks.every((check) => check.ok),
   };
+}
+
+/**
+ * `--clean` first drops the backup's tables with CASCADE: the pre-data archive alone cannot drop a table that
+ * post-data objects (foreign keys, views) depend on. pg_restore --clean --if-exists then replaces the rest.
+ */
+async function dropTables(target: DatabaseConnection, tables: readonly TableRecord[]): Promise<void> {
+  const client = await connect(target);
+  try {
+    for (const table of tables)
+      await client.query(`DROP TABLE IF EXISTS ${qualified(client, table.schema, table.name)} CASCADE`);
+  } finally {
+    await client.end();
+  }
 }
 
 function common(options: DatabaseRestoreOptions): { clean?: boolean; noOwner?: boolean } {

@@ -51,7 +51,10 @@ export async function makeFilesTree(): Promise<string> {
 }
 
 /** Every entry under root: type, mode, mtime (ms), and a content hash (or link target). */
-export async function describeTree(root: string): Promise<Record<string, string>> {
+export async function describeTree(
+  root: string,
+  options: { mtimeSeconds?: boolean } = {},
+): Promise<Record<string, string>> {
   const result: Record<string, string> = {};
   const entries = await readdir(root, { withFileTypes: true, recursive: true });
   for (const entry of entries) {
@@ -62,7 +65,7 @@ export async function describeTree(root: string): Promise<Record<string, string>
     else if (info.isDirectory()) result[key] = `dir ${(info.mode & 0o7777).toString(8)}`;
     else
       result[key] =
-        `file ${(info.mode & 0o7777).toString(8)} ${Math.round(info.mtimeMs)} ${(await readFile(path)).toString('base64').length}:${(
+        `file ${(info.mode & 0o7777).toString(8)} ${options.mtimeSeconds ? Math.floor(info.mtimeMs / 1000) : Math.round(info.mtimeMs)} ${(await readFile(path)).toString('base64').length}:${(
           await import('node:crypto')
         )
           .createHash('sha256')

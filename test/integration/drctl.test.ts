@@ -1,0 +1,153 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describeTree, makeFilesTree } from '../support/engine.ts';
+import { createEventManager, tableChecksums } from '../support/event-manager.ts';
+import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+
+const exec = promisify(execFile);
+
+/** drctl as an operator runs it: a separate process, only the repository path and the key. */
+async function drctl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await exec(process.execPath, ['functions/cli/drctl.ts', ...args], {
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const failed = error as { code: number; stdout: string; stderr: string };
+    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
+  }
+}
+
+let pg: TestPostgres;
+let work: string;
+let repo: string;
+let key: string;
+beforeAll(async () => {
+  pg = await startPostgres();
+  await pg.createDatabase('app');
+  await createEventManager(pg, 'app');
+  work = await mkdtemp(join(tmpdir(), 'dr-cli-'));
+  repo = join(work, 'repo');
+  key = join(work, 'master.key');
+});
+afterAll(async () => {
+  await pg?.stop();
+});
+
+describe('drctl', () => {
+  it('answers --help through npx, for the tool and each command', async () => {
+    const { stdout } = await exec('npx', ['drctl', '--help']);
+    for (const command of ['init', 'backup', 'list', 'verify', 'restore', 'export', 'gc', 'rekey'])
+      expect(stdout).toContain(command);
+    const restoreHelp = await drctl('restore', '--help');
+    expect(restoreHelp.stdout).toContain('--clean');
+    expect(restoreHelp.stdout).toContain('--table <name>');
+  });
+
+  it('backs up, lists, verifies, restores and exports with only the repository and the key', async () => {
+    const generated = await drctl('key', 'generate');
+    expect(generated.stdout.trim()).toMatch(/^[0-9a-f]{64}$/);
+    await writeFile(key, generated.stdout, { mode: 0o600 });
+    expect((await drctl('init', '--repo', repo, '--key-file', key)).code).toBe(0);
+
+    const files = await makeFilesTree();
+    const made = await drctl(
+      'backup',
+      '--repo',
+      repo,
+      '--key-file',
+      key,
+      '--db',
+      pg.url('app'),
+      '--files',
+      files,
+    );
+    expect(made.code).toBe(0);
+    expect(made.stdout).toMatch(/^backup \S+ \(FULL\) done in/);
+
+    const list = JSON.parse((await drctl('list', '--repo', repo, '--key-file', key, '--json')).stdout);
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatchObject({ type: 'FULL', tables: 6, files: 4 });
+
+    const verified = await drctl('verify', 'latest', '--repo', repo, '--key-file', key);
+    expect(verified.code).toBe(0);
+    expect(verified.stdout).toContain('is intact');
+
+    await pg.createDatabase('from_cli');
+    const destination = join(work, 'files-restored');
+    const restored = await drctl(
+      'restore',
+      'latest',
+      '--repo',
+      repo,
+      '--key-file',
+      key,
+      '--db',
+      pg.url('from_cli'),
+      '--files-to',
+      destination,
+    );
+    expect(restored.code).toBe(0);
+    expect(restored.stdout).toContain('every table matches its recorded checksum');
+    expect(await tableChecksums(pg, 'from_cli')).toEqual(await tableChecksums(pg, 'app'));
+    expect(await describeTree(destination)).toEqual(await describeTree(files));
+
+    const again = await drctl(
+      'restore',
+      'latest',
+      '--repo',
+      repo,
+      '--key-file',
+      key,
+      '--db',
+      pg.url('from_cli'),
+    );
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('not empty');
+
+    const sql = join(work, 'backup.sql');
+    expect((await drctl('export', list[0].id, '--repo', repo, '--key-file', key, '--sql', sql)).code).toBe(0);
+    expect(await readFile(sql, 'utf8')).toContain('COPY "public"."users"');
+
+    const gc = await drctl('gc', '--repo', repo, '--key-file', key, '--dry-run');
+    expect(gc.stdout).toContain('would delete 0 packs');
+  });
+
+  it('exits 4 on a wrong key, 3 on damage, and re-keys', async () => {
+    const other = join(work, 'other.key');
+    await writeFile(other, (await drctl('key', 'generate')).stdout);
+    const wrong = await drctl('list', '--repo', repo, '--key-file', other);
+    expect(wrong.code).toBe(4);
+    expect(wrong.stderr).toContain('does not open the repository');
+
+    const rekeyed = await drctl('rekey', '--repo', repo, '--key-file', key, '--new-key-file', other);
+    expect(rekeyed.code).toBe(0);
+    expect((await drctl('list', '--repo', repo, '--key-file', other)).code).toBe(0);
+    expect((await drctl('list', '--repo', repo, '--key-file', key)).code).toBe(4);
+
+    const packs = (await readdir(join(repo, 'data'), { recursive: true, withFileTypes: true })).filter(
+      (entry) => entry.isFile(),
+    );
+    const victim = join(packs[0]!.parentPath, packs[0]!.name);
+    const body = await readFile(victim);
+    body[50] = body[50]! ^ 0xff;
+    await writeFile(victim, body);
+    const damaged = await drctl('verify', 'latest', '--repo', repo, '--key-file', other);
+    expect(damaged.code).toBe(3);
+    expect(damaged.stdout).toContain('DAMAGED');
+    expect(damaged.stdout).toContain(packs[0]!.name);
+  });
+
+  it('explains missing arguments', async () => {
+    const missing = await drctl('restore', 'latest', '--repo', repo, '--key-file', key);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('give --db, --files-to, or both');
+    const noKey = await drctl('list', '--repo', repo);
+    expect(noKey.stderr).toContain('no master key');
+  });
+});
