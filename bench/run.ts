@@ -1,0 +1,175 @@
+/**
+ * `npm run bench`: the engine against pg_dump/pg_restore (and restic, when installed: apt-get install restic)
+ * on the same generated database, in one run, printing every figure side by side.
+ *
+ *   BENCH_SCALE  dataset scale (default 0.25; scale 1 ≈ 2 GB on disk)
+ *
+ * Figures, not assertions: the goals are in issue 3 and the measured values go in its closing note.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import { generateMasterKey, parseMasterKey } from '../functions/engine/crypto.ts';
+import { Repository } from '../functions/engine/repository.ts';
+import { LocalStorage } from '../functions/storage/local/local-storage.ts';
+import { startPostgres } from '../test/support/postgres.ts';
+import { generate, realisticHour, uniformUpdate } from './dataset.ts';
+
+const run = promisify(execFile);
+const scale = Number(process.env.BENCH_SCALE ?? '0.25');
+const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+const rows: [string, string, string][] = [];
+const report = (what: string, ours: string, reference: string) => {
+  rows.push([what, ours, reference]);
+  console.log(`  ${what}: ${ours} | ${reference}`);
+};
+
+async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const started = performance.now();
+  const value = await fn();
+  return [value, (performance.now() - started) / 1000];
+}
+
+async function shell(command: string, env: NodeJS.ProcessEnv = {}): Promise<number> {
+  const [, seconds] = await timed(
+    () =>
+      new Promise<void>((resolve, reject) => {
+        const child = spawn('bash', ['-o', 'pipefail', '-c', command], {
+          stdio: ['ignore', 'ignore', 'inherit'],
+          env: { ...process.env, ...env },
+        });
+        child.on('close', (code) =>
+          code === 0 ? resolve() : reject(new Error(`${command} exited ${String(code)}`)),
+        );
+      }),
+  );
+  return seconds;
+}
+
+async function measure(
+  ...args: string[]
+): Promise<{ seconds: number; maxRssMB: number; bytesStored?: number; id?: string }> {
+  const { stdout } = await run(process.execPath, ['bench/measure.ts', ...args], { maxBuffer: 1 << 20 });
+  return JSON.parse(stdout) as { seconds: number; maxRssMB: number; bytesStored?: number; id?: string };
+}
+
+async function duBytes(path: string): Promise<number> {
+  const { stdout } = await run('du', ['-sb', path]);
+  return Number(stdout.split('\t')[0]);
+}
+
+async function hasRestic(): Promise<boolean> {
+  return run('restic', ['version']).then(
+    () => true,
+    () => false,
+  );
+}
+
+const cluster = await startPostgres();
+const work = await mkdtemp(join(tmpdir(), 'dr-bench-'));
+try {
+  console.log(`scale ${scale}: generating the Event Manager dataset…`);
+  await cluster.createDatabase('bench');
+  const client = new pg.Client({ connectionString: cluster.url('bench') });
+  client.on('error', () => undefined); // the failing query reports it
+  await client.connect();
+  const [, generateSeconds] = await timed(() => generate(client, scale));
+  const size = Number(
+    (await client.query<{ size: string }>("SELECT pg_database_size('bench')::text AS size")).rows[0]!.size,
+  );
+  console.log(`database: ${mb(size)} on disk, generated in ${generateSeconds.toFixed(1)} s\n`);
+  const url = cluster.url('bench');
+
+  // References: pg_dump -Fc to a file; pg_dump -Fc -Z0 | zstd -3; restic on the uncompressed stream.
+  const dumpFile = join(work, 'bench.dump');
+  const pgDumpSeconds = await shell(`pg_dump -Fc --dbname='${url}' -f '${dumpFile}'`);
+  const pgDumpBytes = (await stat(dumpFile)).size;
+  const zstdSeconds = await shell(
+    `pg_dump -Fc -Z0 --dbname='${url}' | zstd -3 -q -o '${join(work, 'bench.dump.zst')}'`,
+  );
+  const zstdBytes = (await stat(join(work, 'bench.dump.zst'))).size;
+  const restic = await hasRestic();
+  const resticRepo = join(work, 'restic');
+  const resticEnv = { RESTIC_REPOSITORY: resticRepo, RESTIC_PASSWORD: 'bench' };
+  const resticBackup = async () => {
+    const before = await duBytes(resticRepo);
+    const seconds = await shell(
+      `pg_dump -Fc -Z0 --dbname='${url}' | restic backup --quiet --stdin --stdin-filename bench.dump`,
+      resticEnv,
+    );
+    return { seconds, added: (await duBytes(resticRepo)) - before };
+  };
+  if (restic) await shell('restic init --quiet --repository-version 2', resticEnv);
+  const resticFull = restic ? await resticBackup() : undefined;
+
+  // Ours.
+  const key = generateMasterKey();
+  const repo = join(work, 'repo');
+  await Repository.init(new LocalStorage(repo), parseMasterKey(key));
+  const full = await measure('backup', repo, key, url, 'FULL');
+
+  console.log('FULL backup (ours | reference)');
+  report(
+    'wall time',
+    `${full.seconds.toFixed(1)} s (${(full.seconds / pgDumpSeconds).toFixed(2)}× pg_dump -Fc)`,
+    `pg_dump -Fc ${pgDumpSeconds.toFixed(1)} s; pg_dump -Z0 | zstd -3 ${zstdSeconds.toFixed(1)} s${resticFull ? `; restic ${resticFull.seconds.toFixed(1)} s` : ''}`,
+  );
+  report(
+    'stored',
+    `${mb(full.bytesStored!)} (${(full.bytesStored! / pgDumpBytes).toFixed(2)}× the pg_dump -Fc file)`,
+    `pg_dump -Fc ${mb(pgDumpBytes)}; zstd ${mb(zstdBytes)}${resticFull ? `; restic ${mb(resticFull.added)}` : ''}`,
+  );
+  report('peak RSS', `${full.maxRssMB.toFixed(0)} MB`, '');
+
+  console.log(
+    '\nINCREMENTAL after a realistic hour (1% new registrations and audit rows, recent status updates, after VACUUM)',
+  );
+  await client.query('VACUUM');
+  await realisticHour(client);
+  const hour = await measure('backup', repo, key, url, 'INCREMENTAL');
+  const resticHour = restic ? await resticBackup() : undefined;
+  report(
+    'stored',
+    `${mb(hour.bytesStored!)} = ${((hour.bytesStored! / full.bytesStored!) * 100).toFixed(1)}% of the FULL, ${hour.seconds.toFixed(1)} s`,
+    resticHour
+      ? `restic ${mb(resticHour.added)} = ${((resticHour.added / resticFull!.added) * 100).toFixed(1)}% of its first`
+      : 'restic not installed',
+  );
+
+  console.log('\nINCREMENTAL after 1% of registrations updated uniformly');
+  await client.query('VACUUM');
+  await uniformUpdate(client);
+  const uniform = await measure('backup', repo, key, url, 'INCREMENTAL');
+  const resticUniform = restic ? await resticBackup() : undefined;
+  report(
+    'stored',
+    `${mb(uniform.bytesStored!)} = ${((uniform.bytesStored! / full.bytesStored!) * 100).toFixed(1)}% of the FULL, ${uniform.seconds.toFixed(1)} s`,
+    resticUniform
+      ? `restic ${mb(resticUniform.added)} = ${((resticUniform.added / resticFull!.added) * 100).toFixed(1)}% of its first`
+      : 'restic not installed',
+  );
+  await client.end();
+
+  console.log('\nRestore of the FULL into an empty database (ours | pg_restore of the pg_dump -Fc file)');
+  await cluster.createDatabase('restore_ours');
+  const restored = await measure('restore', repo, key, cluster.url('restore_ours'), full.id!);
+  await cluster.createDatabase('restore_pg1');
+  const pgRestore1 = await shell(`pg_restore --dbname='${cluster.url('restore_pg1')}' '${dumpFile}'`);
+  await cluster.createDatabase('restore_pg2');
+  const pgRestore2 = await shell(`pg_restore -j2 --dbname='${cluster.url('restore_pg2')}' '${dumpFile}'`);
+  report(
+    'wall time',
+    `${restored.seconds.toFixed(1)} s (${(restored.seconds / pgRestore1).toFixed(2)}× pg_restore)`,
+    `pg_restore ${pgRestore1.toFixed(1)} s; pg_restore -j2 ${pgRestore2.toFixed(1)} s`,
+  );
+  report('peak RSS', `${restored.maxRssMB.toFixed(0)} MB`, '');
+
+  console.log('\nSummary');
+  for (const [what, ours, reference] of rows) console.log(`| ${what} | ${ours} | ${reference} |`);
+} finally {
+  await cluster.stop();
+  await rm(work, { recursive: true, force: true });
+}
