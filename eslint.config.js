@@ -47,6 +47,34 @@ export default tseslint.config(
   { files: ['functions/**/*.ts'], rules: { 'no-restricted-imports': ['error', noInfraInRuntime] } },
   { files: ['functions/core/**/*.ts'], rules: { 'no-restricted-imports': ['error', domainOnly] } },
   {
+    files: ['functions/engine/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            ...domainOnly.patterns,
+            { group: ['**/cli/**'], message: 'The engine must not import the CLI.' },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ['functions/storage/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            ...domainOnly.patterns,
+            { group: ['**/engine/**'], message: 'Storage adapters never import the engine.' },
+          ],
+        },
+      ],
+    },
+  },
+  {
     files: ['test/**/*.ts'],
     rules: {
       // vitest's expect(...).rejects and mocks trip this rule without adding safety in tests.

@@ -48,7 +48,7 @@ export interface BackupOptions {
   readonly tableConcurrency?: number;
   readonly onProgress?: ProgressListener;
   readonly now?: () => Date;
-  /** Target pack size in bytes (default 16 MiB). */
+  /** Target pack size in bytes (default 8 MiB). */
   readonly packSize?: number;
 }
 

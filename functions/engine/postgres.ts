@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -313,44 +313,85 @@ export async function createDatabase(connection: DatabaseConnection, name: strin
   }
 }
 
+export interface ArchiveRestoreOptions {
+  readonly clean?: boolean;
+  readonly jobs?: number;
+  /** Restore only these table-of-contents lines (as `pg_restore --list` prints them). */
+  readonly lines?: readonly string[];
+  readonly exitOnError?: boolean;
+  readonly noOwner?: boolean;
+}
+
 /**
- * Runs pg_restore on an archive that is streamed in, staged in a private temporary file first (archives hold
- * only DDL, so they are small; a file lets pg_restore seek and run parallel jobs).
+ * An archive streamed out of the repository into a private temporary file (archives hold only DDL, so they
+ * are small; a file lets pg_restore seek, run parallel jobs, and restore parts of it more than once).
  */
-export async function restoreArchive(
-  connection: DatabaseConnection,
-  archive: AsyncIterable<Buffer>,
-  options: {
-    clean?: boolean;
-    jobs?: number;
-    list?: (toc: string) => string;
-    exitOnError?: boolean;
-    noOwner?: boolean;
-  },
-): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'dr-restore-'));
-  try {
+export class StagedArchive {
+  private readonly dir: string;
+  readonly file: string;
+
+  private constructor(dir: string, file: string) {
+    this.dir = dir;
+    this.file = file;
+  }
+
+  static async stage(archive: AsyncIterable<Buffer>): Promise<StagedArchive> {
+    const dir = await mkdtemp(join(tmpdir(), 'dr-restore-'));
     const file = join(dir, 'archive.dump');
-    await pipeline(Readable.from(archive), createWriteStream(file, { mode: 0o600 }));
+    try {
+      await pipeline(Readable.from(archive), createWriteStream(file, { mode: 0o600 }));
+    } catch (error) {
+      await rm(dir, { recursive: true, force: true });
+      throw error;
+    }
+    return new StagedArchive(dir, file);
+  }
+
+  /** The entries of the table of contents (comment lines left out). */
+  async entries(): Promise<string[]> {
+    return (await tocOf(this.file)).split('\n').filter((line) => line !== '' && !line.startsWith(';'));
+  }
+
+  async restore(connection: DatabaseConnection, options: ArchiveRestoreOptions): Promise<void> {
+    if (options.lines?.length === 0) return;
     const args = [`--dbname=${connection.url}`];
     if (options.exitOnError !== false) args.push('--exit-on-error');
     if (options.clean) args.push('--clean', '--if-exists');
     if (options.noOwner) args.push('--no-owner', '--no-privileges');
     if (options.jobs && options.jobs > 1) args.push(`--jobs=${options.jobs}`);
-    if (options.list) {
-      const toc = await tocOf(file, connection);
-      const listFile = join(dir, 'toc.list');
-      await pipeline(Readable.from([options.list(toc)]), createWriteStream(listFile));
+    if (options.lines) {
+      const listFile = join(this.dir, `toc-${randomUUID()}.list`);
+      await pipeline(
+        Readable.from([`${options.lines.join('\n')}\n`]),
+        createWriteStream(listFile, { mode: 0o600 }),
+      );
       args.push(`--use-list=${listFile}`);
     }
-    args.push(file);
+    args.push(this.file);
     const tool = runTool('pg_restore', args, connection);
     tool.stdout.resume();
     await tool.done.catch((error: unknown) => {
-      throw new RestoreError((error as Error).message.replace(/^pg_restore/, 'pg_restore'));
+      throw new RestoreError((error as Error).message);
     });
+  }
+
+  async dispose(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Stages an archive, restores it (or the chosen entries of it), and removes the staged file. */
+export async function restoreArchive(
+  connection: DatabaseConnection,
+  archive: AsyncIterable<Buffer>,
+  options: ArchiveRestoreOptions & { pick?: (entry: string) => boolean },
+): Promise<void> {
+  const staged = await StagedArchive.stage(archive);
+  try {
+    const { pick, ...rest } = options;
+    await staged.restore(connection, pick ? { ...rest, lines: (await staged.entries()).filter(pick) } : rest);
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await staged.dispose();
   }
 }
 

@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { Readable } from 'node:stream';
 import { isNotFound, type Storage } from '../storage/storage.ts';
 import { DEFAULT_CHUNKER, gearTable, validateParams, type ChunkerParams } from './chunker.ts';
 import {
@@ -27,8 +28,11 @@ import type { Manifest } from './manifest.ts';
  */
 export const FORMAT = 'dr-repository';
 export const FORMAT_VERSION = 1;
-/** Target size of a pack: large objects, few requests (restic uses 16 MiB too). */
-export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
+/**
+ * Target size of a pack: large objects, few requests. 8 MiB rather than restic's 16: two packs are in memory
+ * during a backup, and the bench measured about 25 MB less peak RSS for no change in speed.
+ */
+export const DEFAULT_PACK_SIZE = 8 * 1024 * 1024;
 
 export interface RepositoryConfig {
   readonly format: typeof FORMAT;
@@ -374,6 +378,8 @@ export class ChunkSink {
   private entries: PackHeaderEntry[] = [];
   private partsSize = 0;
   private upload: Promise<void> | undefined;
+  /** Finished packs not yet durably stored. */
+  private queuedPacks = 0;
   private failure: Error | undefined;
 
   constructor(
@@ -407,6 +413,8 @@ export class ChunkSink {
       .finally(() => this.jobs.delete(job));
     this.jobs.add(job);
     while (this.jobs.size >= this.inFlight) await Promise.race(this.jobs);
+    // At most one pack uploading and one filling: wait while a finished pack is queued behind an upload.
+    while (this.queuedPacks > 1) await this.upload;
     this.rethrow();
     return id;
   }
@@ -443,22 +451,31 @@ export class ChunkSink {
     );
     const trailer = Buffer.alloc(4);
     trailer.writeUInt32LE(header.length);
-    const body = Buffer.concat([...this.parts, header, trailer]);
+    // Hashed and written part by part: no second copy of the pack in memory.
+    const parts = [...this.parts, header, trailer];
+    const size = this.partsSize + header.length + trailer.length;
     this.parts = [];
     this.entries = [];
     this.partsSize = 0;
-    const id = createHash('sha256').update(body).digest('hex');
+    const hash = createHash('sha256');
+    for (const part of parts) hash.update(part);
+    const id = hash.digest('hex');
     // One upload at a time: the next pack fills while this one is written.
     const previous = this.upload;
+    this.queuedPacks++;
     this.upload = (async () => {
       await previous;
-      await this.repository.storage.put(keys.pack(id), body);
-      this.packs.push({ id, size: body.length, blobs: entries });
+      await this.repository.storage.put(keys.pack(id), Readable.from(parts));
+      this.packs.push({ id, size, blobs: entries });
       this.stats.packs++;
-      this.stats.bytesStored += body.length;
-    })().catch((error: unknown) => {
-      this.failure ??= asError(error);
-    });
+      this.stats.bytesStored += size;
+    })()
+      .catch((error: unknown) => {
+        this.failure ??= asError(error);
+      })
+      .finally(() => {
+        this.queuedPacks--;
+      });
     await previous;
   }
 }

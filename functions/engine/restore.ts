@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { RestoreError } from './errors.ts';
 import { finishEntries, globFilter, makeEntry, writeFile } from './files.ts';
-import type { Manifest, StreamRecord, TableRecord } from './manifest.ts';
+import type { Manifest, SequenceRecord, StreamRecord, TableRecord } from './manifest.ts';
 import {
   connect,
   copyQuery,
@@ -9,6 +9,7 @@ import {
   loadTable,
   qualified,
   restoreArchive,
+  StagedArchive,
   userRelationCount,
   type DatabaseConnection,
 } from './postgres.ts';
@@ -105,59 +106,76 @@ export async function restoreDatabase(
 
   if (options.clean) await dropTables(options.target, selected);
   const names = new Set(selected.map((table) => `${table.schema} ${table.name}`));
-  const indexNames = new Set(
-    selected.flatMap((table) => table.indexes.map((index) => `${table.schema} ${index}`)),
-  );
-  const pickFor = (keep: (line: string) => boolean) => (toc: string) =>
-    toc
-      .split('\n')
-      .filter((line) => line.startsWith(';') || keep(line))
-      .join('\n');
   await restoreArchive(options.target, readStream(repository, database.preData, 'pre-data'), {
     ...common(options),
-    ...(partial ? { list: pickFor((line) => tocNamesTable(line, names, ['TABLE'])) } : {}),
+    ...(partial ? { pick: (entry: string) => tocNamesTable(entry, names, ['TABLE']) } : {}),
   });
 
+  const postData = await StagedArchive.stage(readStream(repository, database.postData, 'post-data'));
   let bytes = 0;
-  const client = await connect(options.target);
   try {
-    for (const table of selected) {
-      const what = `${table.schema}.${table.name}`;
-      await loadTable(
-        client,
-        table,
-        tap(readStream(repository, table, what), (size) => {
-          bytes += size;
-          options.onProgress?.({ phase: 'restore', item: what, bytes });
-        }),
+    const entries = await postData.entries();
+    const done = new Set<string>();
+    // A table's own indexes and primary/unique/check constraints are built as soon as its rows are in,
+    // one table at a time in the background, while the next table loads (what pg_restore -j does).
+    let building: Promise<void> = Promise.resolve();
+    const buildFor = (table: TableRecord) => {
+      const own = new Set([`${table.schema} ${table.name}`]);
+      const indexes = new Set(table.indexes.map((index) => `${table.schema} ${index}`));
+      const lines = entries.filter(
+        (entry) =>
+          !done.has(entry) && (tocNamesTable(entry, own, ['CONSTRAINT']) || tocNamesIndex(entry, indexes)),
       );
-    }
-    for (const sequence of database.sequences) {
-      if (partial && !(options.schemas ?? []).includes(sequence.schema)) continue;
-      await client.query(`SELECT pg_catalog.setval($1, $2::bigint, $3)`, [
-        qualified(client, sequence.schema, sequence.name),
-        sequence.lastValue,
-        sequence.isCalled,
-      ]);
-    }
-  } finally {
-    await client.end();
-  }
-  await restoreArchive(options.target, readStream(repository, database.postData, 'post-data'), {
-    ...common(options),
-    jobs: partial ? 1 : (options.jobs ?? 2),
-    ...(partial
-      ? {
-          list: pickFor(
-            (line) =>
-              tocNamesTable(line, names, ['CONSTRAINT', 'FK CONSTRAINT', 'TRIGGER', 'RULE', 'POLICY']) ||
-              tocNamesIndex(line, indexNames),
-          ),
-          // Foreign keys to tables left out cannot be created: report them, keep the rest.
-          exitOnError: false,
+      lines.forEach((line) => done.add(line));
+      building = building.then(() => postData.restore(options.target, { ...common(options), lines }));
+      building.catch(() => undefined); // awaited below
+    };
+
+    // Tables load over `jobs` connections at once (the server parses each COPY on its own core), largest first.
+    const queue = [...selected].sort((a, b) => b.size - a.size);
+    const worker = async () => {
+      const client = await connect(options.target);
+      try {
+        for (let table = queue.shift(); table !== undefined; table = queue.shift()) {
+          const what = `${table.schema}.${table.name}`;
+          await loadTable(
+            client,
+            table,
+            tap(readStream(repository, table, what), (size) => {
+              bytes += size;
+              options.onProgress?.({ phase: 'restore', item: what, bytes });
+            }),
+          );
+          buildFor(table);
         }
-      : {}),
-  });
+      } finally {
+        await client.end();
+      }
+    };
+    await Promise.all(
+      Array.from({ length: Math.max(1, Math.min(options.jobs ?? 2, selected.length)) }, worker),
+    );
+    await setSequences(
+      options.target,
+      database.sequences.filter((sequence) => !partial || (options.schemas ?? []).includes(sequence.schema)),
+    );
+    await building;
+    // Then the rest: foreign keys, triggers, rules, policies… For a partial restore only those of the chosen
+    // tables, and a foreign key to a table left out cannot be created: it is skipped, not fatal.
+    const rest = entries.filter(
+      (entry) =>
+        !done.has(entry) &&
+        (!partial || tocNamesTable(entry, names, ['FK CONSTRAINT', 'TRIGGER', 'RULE', 'POLICY'])),
+    );
+    await postData.restore(options.target, {
+      ...common(options),
+      lines: rest,
+      jobs: options.jobs ?? 2,
+      ...(partial ? { exitOnError: false } : {}),
+    });
+  } finally {
+    await postData.dispose();
+  }
 
   const checks = options.check === false ? [] : await checkTables(options.target, selected);
   return {
@@ -178,6 +196,21 @@ async function dropTables(target: DatabaseConnection, tables: readonly TableReco
   try {
     for (const table of tables)
       await client.query(`DROP TABLE IF EXISTS ${qualified(client, table.schema, table.name)} CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+async function setSequences(target: DatabaseConnection, sequences: readonly SequenceRecord[]): Promise<void> {
+  const client = await connect(target);
+  try {
+    for (const sequence of sequences) {
+      await client.query('SELECT pg_catalog.setval($1, $2::bigint, $3)', [
+        qualified(client, sequence.schema, sequence.name),
+        sequence.lastValue,
+        sequence.isCalled,
+      ]);
+    }
   } finally {
     await client.end();
   }
