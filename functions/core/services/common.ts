@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError, NotFoundError, ValidationError, type FieldIssue } from '../errors.ts';
-import type { StoredItem } from '../store/table.ts';
+import type { PartitionKey, StoredItem } from '../store/table.ts';
 
 /** What every resource response carries besides its own fields. */
 export interface Versioned {
@@ -30,6 +30,25 @@ export function checkVersion(
 export function requireFound<T>(item: T | undefined, what: string): T {
   if (item === undefined) throw new NotFoundError(`${what} does not exist`);
   return item;
+}
+
+/**
+ * The stored item a change (update, delete) applies to: it must exist (404), be at the version the client
+ * read (409), and a body that names an id must name this one (400).
+ */
+export async function loadForChange<T>(
+  cp: ControlPlane,
+  partition: PartitionKey,
+  id: string,
+  what: string,
+  expectedVersion: number | undefined,
+  bodyId?: string,
+): Promise<StoredItem<T>> {
+  const current = requireFound(await cp.table.get<T>(partition, id), what);
+  checkVersion(current, expectedVersion, what);
+  if (bodyId !== undefined && bodyId !== id)
+    throw ValidationError.forField('id', `must match the id in the path (${id})`);
+  return current;
 }
 
 export function throwIfIssues(issues: readonly FieldIssue[]): void {

@@ -2,11 +2,11 @@ import { randomUUID } from 'node:crypto';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import { checkCron, nextRuns } from '../cron.ts';
-import { ValidationError, type FieldIssue } from '../errors.ts';
+import type { FieldIssue } from '../errors.ts';
 import type { ScheduleInput } from '../schemas.ts';
 import { Partition, type Page, type StoredItem } from '../store/table.ts';
 import { findConfig } from './config-service.ts';
-import { checkVersion, requireFound, throwIfIssues, versioned, type Versioned } from './common.ts';
+import { loadForChange, requireFound, throwIfIssues, versioned, type Versioned } from './common.ts';
 import { targetIds } from './target-service.ts';
 
 /** How many upcoming firing times a schedule response shows. */
@@ -80,10 +80,14 @@ export async function updateSchedule(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<ScheduleView> {
-  const current = await load(cp, id);
-  checkVersion(current, expectedVersion, `schedule ${id}`);
-  if (input.id !== undefined && input.id !== id)
-    throw ValidationError.forField('id', `must match the id in the path (${id})`);
+  const current = await loadForChange<StoredSchedule>(
+    cp,
+    Partition.schedule,
+    id,
+    `schedule ${id}`,
+    expectedVersion,
+    input.id,
+  );
   const data = await validated(cp, id, input);
   const item = await cp.table.replace(current, data, cp.now());
   await cp.audit.append(actor, {
@@ -105,8 +109,13 @@ export async function deleteSchedule(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<void> {
-  const current = await load(cp, id);
-  checkVersion(current, expectedVersion, `schedule ${id}`);
+  const current = await loadForChange<StoredSchedule>(
+    cp,
+    Partition.schedule,
+    id,
+    `schedule ${id}`,
+    expectedVersion,
+  );
   await cp.table.delete(current);
   await cp.audit.append(actor, {
     action: 'schedule.delete',

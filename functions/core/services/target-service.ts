@@ -6,7 +6,7 @@ import { SECRET_FIELDS, type TargetInput, type TargetType } from '../schemas.ts'
 import { secretName } from '../secrets/secret-store.ts';
 import { Partition, type Page, type StoredItem } from '../store/table.ts';
 import {
-  checkVersion,
+  loadForChange,
   commitWithSecret,
   mergeSecrets,
   requireFound,
@@ -89,10 +89,14 @@ export async function updateTarget(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<TargetView> {
-  const current = await load(cp, id);
-  checkVersion(current, expectedVersion, `target ${id}`);
-  if (input.id !== undefined && input.id !== id)
-    throw ValidationError.forField('id', `must match the id in the path (${id})`);
+  const current = await loadForChange<StoredTarget>(
+    cp,
+    Partition.target,
+    id,
+    `target ${id}`,
+    expectedVersion,
+    input.id,
+  );
   if (input.targetType !== current.data.targetType) {
     throw ValidationError.forField(
       'targetType',
@@ -136,8 +140,13 @@ export async function deleteTarget(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<void> {
-  const current = await load(cp, id);
-  checkVersion(current, expectedVersion, `target ${id}`);
+  const current = await loadForChange<StoredTarget>(
+    cp,
+    Partition.target,
+    id,
+    `target ${id}`,
+    expectedVersion,
+  );
   const schedules = await cp.table.queryAll<StoredItem<StoredSchedule>>(Partition.schedule);
   const users = schedules
     .filter((item) => item.data.active && item.data.targets.includes(id))
