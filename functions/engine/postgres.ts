@@ -289,6 +289,16 @@ export class CopyDigest {
   }
 }
 
+/** Reads a table back the way a backup reads it, and digests it (to compare with the recorded checksum). */
+export async function digestTable(
+  client: pg.Client,
+  table: { schema: string; name: string; columns: readonly string[]; orderBy: readonly string[] },
+): Promise<{ rows: number; digest: () => string }> {
+  const digest = new CopyDigest();
+  for await (const data of client.query(copyTo(copyQuery(client, table)))) digest.update(data as Buffer);
+  return { rows: digest.rows, digest: () => digest.digest() };
+}
+
 // ------------------------------------------------------------------------------------------ restore
 
 /** Tables, views, sequences… in user schemas: a restore refuses a database that has any unless told to clean. */

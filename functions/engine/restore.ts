@@ -4,8 +4,7 @@ import { finishEntries, globFilter, makeEntry, writeFile } from './files.ts';
 import type { Manifest, SequenceRecord, StreamRecord, TableRecord } from './manifest.ts';
 import {
   connect,
-  copyQuery,
-  CopyDigest,
+  digestTable,
   loadTable,
   qualified,
   restoreArchive,
@@ -258,12 +257,10 @@ export async function checkTables(
   tables: readonly TableRecord[],
 ): Promise<TableCheck[]> {
   const client = await connect(target);
-  const { to } = await import('pg-copy-streams');
   try {
     const checks: TableCheck[] = [];
     for (const table of tables) {
-      const digest = new CopyDigest();
-      for await (const data of client.query(to(copyQuery(client, table)))) digest.update(data as Buffer);
+      const digest = await digestTable(client, table);
       checks.push({
         table: `${table.schema}.${table.name}`,
         rows: digest.rows,
