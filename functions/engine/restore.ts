@@ -16,17 +16,19 @@ import type { ProgressListener } from './backup.ts';
 import type { Repository } from './repository.ts';
 
 /**
- * A stream's chunks in order, with up to `prefetch` reads in flight. Every chunk is authenticated and
- * checked against its id before it is yielded, and the whole stream against its SHA-256 at the end: corrupt
- * data fails the read, it is never loaded.
+ * A stream's chunks in order, with up to `prefetch` reads in flight. Every chunk is authenticated and checked
+ * against its id (HMAC) before it is yielded, so corrupt data fails the read and is never loaded. The whole
+ * stream is also checked against its recorded SHA-256 unless `digest` is false — table loads skip that second
+ * pass: the chunk list comes from the authenticated manifest, and the restore check reads the tables back.
  */
 export async function* readStream(
   repository: Repository,
   record: Pick<StreamRecord, 'chunks' | 'sha256'>,
   what: string,
-  prefetch = 4,
+  options: { prefetch?: number; digest?: boolean } = {},
 ): AsyncGenerator<Buffer> {
-  const hash = createHash('sha256');
+  const prefetch = options.prefetch ?? 4;
+  const hash = options.digest === false ? undefined : createHash('sha256');
   const queue: Promise<Buffer>[] = [];
   let next = 0;
   const fill = () => {
@@ -40,10 +42,10 @@ export async function* readStream(
   while (queue.length > 0) {
     const data = await queue.shift()!;
     fill();
-    hash.update(data);
+    hash?.update(data);
     yield data;
   }
-  if (hash.digest('hex') !== record.sha256)
+  if (hash && hash.digest('hex') !== record.sha256)
     throw new RestoreError(`${what}: the restored stream does not match its recorded SHA-256`);
 }
 
@@ -115,9 +117,11 @@ export async function restoreDatabase(
   try {
     const entries = await postData.entries();
     const done = new Set<string>();
-    // A table's own indexes and primary/unique/check constraints are built as soon as its rows are in,
-    // one table at a time in the background, while the next table loads (what pg_restore -j does).
-    let building: Promise<void> = Promise.resolve();
+    // Each index and primary/unique/check constraint of a table is built as soon as the table's rows are in,
+    // by a pool of `jobs` builders working while the next tables load (what pg_restore -j does).
+    const builders = new IndexBuilders(options.jobs ?? 2, (line) =>
+      postData.restore(options.target, { ...common(options), lines: [line] }),
+    );
     const buildFor = (table: TableRecord) => {
       const own = new Set([`${table.schema} ${table.name}`]);
       const indexes = new Set(table.indexes.map((index) => `${table.schema} ${index}`));
@@ -126,8 +130,7 @@ export async function restoreDatabase(
           !done.has(entry) && (tocNamesTable(entry, own, ['CONSTRAINT']) || tocNamesIndex(entry, indexes)),
       );
       lines.forEach((line) => done.add(line));
-      building = building.then(() => postData.restore(options.target, { ...common(options), lines }));
-      building.catch(() => undefined); // awaited below
+      builders.add(lines);
     };
 
     // Tables load over `jobs` connections at once (the server parses each COPY on its own core), largest first.
@@ -140,7 +143,7 @@ export async function restoreDatabase(
           await loadTable(
             client,
             table,
-            tap(readStream(repository, table, what), (size) => {
+            tap(readStream(repository, table, what, { digest: false }), (size) => {
               bytes += size;
               options.onProgress?.({ phase: 'restore', item: what, bytes });
             }),
@@ -158,7 +161,7 @@ export async function restoreDatabase(
       options.target,
       database.sequences.filter((sequence) => !partial || (options.schemas ?? []).includes(sequence.schema)),
     );
-    await building;
+    await builders.finish();
     // Then the rest: foreign keys, triggers, rules, policies… For a partial restore only those of the chosen
     // tables, and a foreign key to a table left out cannot be created: it is skipped, not fatal.
     const rest = entries.filter(
@@ -212,6 +215,44 @@ async function setSequences(target: DatabaseConnection, sequences: readonly Sequ
     }
   } finally {
     await client.end();
+  }
+}
+
+/** Runs post-data entries with at most `limit` pg_restore processes at once, as entries become ready. */
+class IndexBuilders {
+  private readonly ready: string[] = [];
+  private readonly running = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private readonly limit: number;
+  private readonly build: (line: string) => Promise<void>;
+
+  constructor(limit: number, build: (line: string) => Promise<void>) {
+    this.limit = Math.max(1, limit);
+    this.build = build;
+  }
+
+  add(lines: readonly string[]): void {
+    this.ready.push(...lines);
+    this.pump();
+  }
+
+  async finish(): Promise<void> {
+    while (this.running.size > 0) await Promise.race(this.running);
+    if (this.failure) throw this.failure;
+  }
+
+  private pump(): void {
+    while (this.running.size < this.limit && this.ready.length > 0 && !this.failure) {
+      const job: Promise<void> = this.build(this.ready.shift()!)
+        .catch((error: unknown) => {
+          this.failure ??= error instanceof Error ? error : new Error(String(error));
+        })
+        .finally(() => {
+          this.running.delete(job);
+          this.pump();
+        });
+      this.running.add(job);
+    }
   }
 }
 
