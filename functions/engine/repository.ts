@@ -137,7 +137,13 @@ export class Repository {
     const keyFiles = await listKeys(storage, 'keys/');
     let damaged: CorruptDataError | undefined;
     for (const key of keyFiles) {
-      const file = JSON.parse((await storage.read(key)).toString('utf8')) as KeyFile;
+      let file: KeyFile;
+      try {
+        file = JSON.parse((await storage.read(key)).toString('utf8')) as KeyFile;
+      } catch (error) {
+        damaged = new CorruptDataError(`${key} is not valid JSON`, key, { cause: error });
+        continue;
+      }
       if (file.masterKeyId !== master.id || file.repositoryId !== config.id) continue;
       try {
         const plain = unseal(master.key, Buffer.from(file.sealed, 'base64'), `key:${config.id}`, key);

@@ -106,6 +106,14 @@ describe('damage is found and named', () => {
     await flipByte(join(keyCopy.dir, keyFile!), (size) => size - 20);
     await expect(Repository.open(keyCopy.storage, testKey())).rejects.toThrow(keyFile!);
 
+    const brokenJson = await copyOfRepository();
+    const [jsonKeyFile] = await keysUnder(brokenJson.dir, 'keys');
+    await flipByte(join(brokenJson.dir, jsonKeyFile!), () => 0);
+    await expect(Repository.open(brokenJson.storage, testKey())).rejects.toMatchObject({
+      name: 'CorruptData',
+      object: jsonKeyFile,
+    });
+
     const configCopy = await copyOfRepository();
     await flipByte(join(configCopy.dir, 'config'), () => 0);
     await expect(Repository.open(configCopy.storage, testKey())).rejects.toMatchObject({
