@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
 import { createWriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -28,6 +28,10 @@ import { VERSION } from '../core/version.ts';
  * repository's location and the master key. This is the emergency-restore tool.
  *
  * Exit codes: 0 done; 1 failed; 2 bad usage; 3 verify found damage or a restore check failed; 4 wrong key.
+ *
+ * `--max-semi-space-size=4` (shebang): backups allocate fast and briefly; with V8's default young generation
+ * the heap's committed size grew to 150 MB for 27 MB in use and peak RSS grew with the database (277 MB at
+ * 2.5 GB). Capped, peak RSS stays about 195 MB at every scale measured (bench, issue 3 note).
  */
 const EXIT = { failed: 1, usage: 2, damaged: 3, wrongKey: 4 } as const;
 

@@ -50,6 +50,8 @@ export interface BackupOptions {
   readonly now?: () => Date;
   /** Target pack size in bytes (default 8 MiB). */
   readonly packSize?: number;
+  /** Chunks compressed and sealed at once (default 4). */
+  readonly chunkConcurrency?: number;
 }
 
 export interface BackupResult {
@@ -91,7 +93,10 @@ export async function backup(repository: Repository, options: BackupOptions): Pr
     const sink = new ChunkSink(
       repository,
       { has: (chunk) => known.has(chunk) },
-      options.packSize === undefined ? {} : { packSize: options.packSize },
+      {
+        ...(options.packSize === undefined ? {} : { packSize: options.packSize }),
+        ...(options.chunkConcurrency === undefined ? {} : { inFlight: options.chunkConcurrency }),
+      },
     );
     let bytes = 0;
     const progress = (phase: ProgressEvent['phase'], item?: string) => (size: number) => {

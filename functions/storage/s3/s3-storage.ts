@@ -1,0 +1,266 @@
+import {
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  paginateListObjectsV2,
+  PutObjectCommand,
+  S3Client,
+  type PutObjectCommandInput,
+  type StorageClass,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { Readable } from 'node:stream';
+import {
+  collect,
+  normalizeKey,
+  normalizePrefix,
+  StorageError,
+  type ByteRange,
+  type ObjectInfo,
+  type PutOptions,
+  type Storage,
+  type StorageErrorKind,
+  type Usage,
+} from '../storage.ts';
+
+export interface S3StorageOptions {
+  readonly bucket: string;
+  readonly region: string;
+  /** Where the repository lives in the bucket (no leading '/'). */
+  readonly prefix?: string;
+  /** Static credentials; default: the SDK's chain (the function's role on AWS). */
+  readonly credentials?: { readonly accessKeyId: string; readonly secretAccessKey: string };
+  /** An S3-compatible endpoint (MinIO, Ceph, a local emulator). */
+  readonly endpoint?: string;
+  readonly forcePathStyle?: boolean;
+  readonly encryption?: 'AES256' | 'aws:kms';
+  readonly kmsKeyId?: string;
+  readonly storageClass?: string;
+  /** Object Lock retention on every object written (the bucket must have Object Lock enabled). */
+  readonly objectLock?: { readonly mode: 'GOVERNANCE' | 'COMPLIANCE'; readonly days: number };
+  /** Multipart part size (default 8 MiB) and parts in flight (default 2): memory is about their product. */
+  readonly partSize?: number;
+  readonly queueSize?: number;
+  readonly name?: string;
+  /** Replaces the client (tests). */
+  readonly client?: S3Client;
+}
+
+const AUTHENTICATION = new Set([
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'ExpiredToken',
+  'InvalidToken',
+  'AuthorizationHeaderMalformed',
+  'CredentialsProviderError',
+]);
+const NETWORK = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'TimeoutError',
+  'RequestTimeout',
+  'SlowDown',
+  'ServiceUnavailable',
+  'InternalError',
+]);
+
+/**
+ * A repository in an S3 bucket (or an S3-compatible store). Large bodies stream as multipart uploads that
+ * S3 assembles only when the last part is in, and that are aborted on failure: a failed put leaves no object.
+ */
+export class S3Storage implements Storage {
+  readonly name: string;
+  private readonly client: S3Client;
+  private readonly options: S3StorageOptions;
+  private readonly root: string;
+
+  constructor(options: S3StorageOptions) {
+    this.options = options;
+    this.name = options.name ?? `s3://${options.bucket}/${options.prefix ?? ''}`;
+    this.root = options.prefix ? `${options.prefix.replace(/\/+$/, '')}/` : '';
+    this.client =
+      options.client ??
+      new S3Client({
+        region: options.region,
+        ...(options.credentials ? { credentials: options.credentials } : {}),
+        ...(options.endpoint ? { endpoint: options.endpoint } : {}),
+        ...(options.forcePathStyle ? { forcePathStyle: true } : {}),
+        requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
+        maxAttempts: 4,
+      });
+  }
+
+  async put(key: string, body: Readable | Buffer, options: PutOptions = {}): Promise<void> {
+    const params: PutObjectCommandInput = {
+      Bucket: this.options.bucket,
+      Key: this.objectKey(key),
+      ...this.writeParams(),
+    };
+    try {
+      if (Buffer.isBuffer(body) && body.length <= (this.options.partSize ?? 8 * 1024 * 1024)) {
+        await this.client.send(new PutObjectCommand({ ...params, Body: body, ContentLength: body.length }), {
+          abortSignal: options.signal,
+        });
+        return;
+      }
+      const upload = new Upload({
+        client: this.client,
+        params: { ...params, Body: Buffer.isBuffer(body) ? Readable.from([body]) : body },
+        partSize: this.options.partSize ?? 8 * 1024 * 1024,
+        queueSize: this.options.queueSize ?? 2,
+        leavePartsOnError: false,
+      });
+      options.signal?.addEventListener('abort', () => void upload.abort(), { once: true });
+      await upload.done();
+    } catch (error) {
+      throw this.wrap(error, key);
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Readable> {
+    if (range?.length === 0) {
+      const info = await this.stat(key);
+      if (!info) throw new StorageError('not-found', this.name, key, 'no such object');
+      if (range.offset > info.size)
+        throw new StorageError(
+          'other',
+          this.name,
+          key,
+          `range ${range.offset}+0 is outside the object (${info.size} bytes)`,
+        );
+      return Readable.from([]);
+    }
+    try {
+      const response = await this.client.send(
+        new GetObjectCommand({
+          Bucket: this.options.bucket,
+          Key: this.objectKey(key),
+          ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
+        }),
+      );
+      // S3 answers a range that runs past the end with the bytes it has: the contract is to refuse.
+      if (range && response.ContentLength !== range.length) {
+        (response.Body as Readable | undefined)?.destroy();
+        throw new StorageError(
+          'other',
+          this.name,
+          key,
+          `range ${range.offset}+${range.length} is outside the object`,
+        );
+      }
+      return response.Body as Readable;
+    } catch (error) {
+      throw this.wrap(error, key);
+    }
+  }
+
+  async read(key: string, range?: ByteRange): Promise<Buffer> {
+    return collect(await this.get(key, range));
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const head = await this.client.send(
+        new HeadObjectCommand({ Bucket: this.options.bucket, Key: this.objectKey(key) }),
+      );
+      return { key, size: head.ContentLength ?? 0 };
+    } catch (error) {
+      const wrapped = this.wrap(error, key);
+      if (wrapped.kind === 'not-found') return undefined;
+      throw wrapped;
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const full = this.root + normalizePrefix(this.name, prefix);
+    try {
+      for await (const page of paginateListObjectsV2(
+        { client: this.client, pageSize: 1000 },
+        { Bucket: this.options.bucket, Prefix: full },
+      )) {
+        for (const object of page.Contents ?? []) {
+          if (object.Key === undefined) continue;
+          yield { key: object.Key.slice(this.root.length), size: object.Size ?? 0 };
+        }
+      }
+    } catch (error) {
+      throw this.wrap(error, prefix);
+    }
+  }
+
+  async delete(keys: readonly string[]): Promise<void> {
+    for (let index = 0; index < keys.length; index += 1000) {
+      const batch = keys.slice(index, index + 1000).map((key) => ({ Key: this.objectKey(key) }));
+      try {
+        const result = await this.client.send(
+          new DeleteObjectsCommand({ Bucket: this.options.bucket, Delete: { Objects: batch, Quiet: true } }),
+        );
+        const failed = result.Errors?.[0];
+        if (failed)
+          throw new StorageError(
+            'other',
+            this.name,
+            failed.Key?.slice(this.root.length),
+            `delete failed: ${failed.Code ?? ''} ${failed.Message ?? ''}`.trim(),
+          );
+      } catch (error) {
+        throw this.wrap(error, batch[0]?.Key);
+      }
+    }
+  }
+
+  async usage(): Promise<Usage> {
+    let bytesStored = 0;
+    for await (const object of this.list('')) bytesStored += object.size;
+    return { bytesStored };
+  }
+
+  private objectKey(key: string): string {
+    return this.root + normalizeKey(this.name, key);
+  }
+
+  private writeParams(): Partial<PutObjectCommandInput> {
+    const { encryption, kmsKeyId, storageClass, objectLock } = this.options;
+    return {
+      ...(encryption ? { ServerSideEncryption: encryption } : {}),
+      ...(encryption === 'aws:kms' && kmsKeyId ? { SSEKMSKeyId: kmsKeyId } : {}),
+      ...(storageClass ? { StorageClass: storageClass as StorageClass } : {}),
+      ...(objectLock
+        ? {
+            ObjectLockMode: objectLock.mode,
+            ObjectLockRetainUntilDate: new Date(Date.now() + objectLock.days * 86_400_000),
+          }
+        : {}),
+    };
+  }
+
+  /** SDK errors to the storage vocabulary; the message keeps the service's code and text, never credentials. */
+  private wrap(error: unknown, key: string | undefined): StorageError {
+    if (error instanceof StorageError) return error;
+    const failure = error as {
+      name?: string;
+      Code?: string;
+      code?: string;
+      message?: string;
+      $metadata?: { httpStatusCode?: number };
+    };
+    const code = failure.Code ?? failure.name ?? failure.code ?? 'Error';
+    const status = failure.$metadata?.httpStatusCode;
+    let kind: StorageErrorKind = 'other';
+    if (AUTHENTICATION.has(code)) kind = 'authentication';
+    else if (code === 'AccessDenied' || code === 'AllAccessDisabled' || status === 403) kind = 'permission';
+    else if (code === 'NoSuchKey' || code === 'NotFound' || code === 'NoSuchBucket' || status === 404)
+      kind = 'not-found';
+    else if (NETWORK.has(code) || (status !== undefined && status >= 500)) kind = 'network';
+    else if (code === 'EntityTooLarge' || code === 'QuotaExceeded') kind = 'space';
+    const message =
+      kind === 'not-found' && code === 'NoSuchBucket'
+        ? `bucket ${this.options.bucket} does not exist`
+        : `${code}: ${failure.message ?? 'request failed'}`;
+    return new StorageError(kind, this.name, key, message, { cause: error });
+  }
+}
