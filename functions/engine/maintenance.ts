@@ -258,8 +258,7 @@ export async function gc(repository: Repository, options: GcOptions = {}): Promi
   if (!options.dryRun) {
     await repository.storage.delete(dead);
     await repository.storage.delete(stale.map((lock) => lock.key));
-    const local = repository.storage as { removeLeftovers?: (olderThan: Date) => Promise<number> };
-    if (local.removeLeftovers) leftovers = await local.removeLeftovers(new Date(now.getTime() - staleMs));
+    leftovers = (await repository.storage.removeLeftovers?.(new Date(now.getTime() - staleMs))) ?? 0;
     await repository.loadIndex(true);
   }
   return {

@@ -27,6 +27,11 @@ export interface Storage {
   delete(keys: readonly string[]): Promise<void>;
   /** Bytes stored under the repository root, and free capacity where the medium can tell. */
   usage(): Promise<Usage>;
+  /**
+   * Removes what interrupted writes left behind, older than `olderThan`, where the medium keeps any (a
+   * LOCAL temporary file; S3 multipart uploads are aborted by the upload itself). Returns how many.
+   */
+  removeLeftovers?(olderThan: Date): Promise<number>;
 }
 
 export interface PutOptions {
