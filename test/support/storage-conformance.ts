@@ -132,8 +132,9 @@ export function storageConformance(
         clearInterval(sampler);
       }
       expect(await storage.stat('big/object')).toEqual({ key: 'big/object', size: bigSize });
-      // Held whole, the upload would add its own size; streamed, far less (GC lag included).
-      expect(peak - before).toBeLessThan(bigSize / 2);
+      // Held whole, the upload would add at least its own size. Streamed, it adds the adapter's buffers (S3 and
+      // Azure keep a few 8 MiB parts) plus what V8 lets accumulate before collecting external memory (~64 MB).
+      expect(peak - before).toBeLessThan(bigSize * 0.75);
       const hash = createHash('sha256');
       for await (const data of await storage.get('big/object')) hash.update(data as Buffer);
       const expected = createHash('sha256');
