@@ -19,7 +19,8 @@ const domainOnly = {
   patterns: [
     ...noInfraInRuntime.patterns,
     {
-      group: ['**/api/**', '**/local/**'],
+      // The local *runtime* (functions/local), not the LOCAL storage adapter (functions/storage/local).
+      group: ['**/api/**', '../local/**', '../../local/**'],
       message: 'Domain code must not import the API or local runtime layers.',
     },
     { group: ['@middy/*', 'aws-lambda'], message: 'Domain code must not know about Lambda or middy.' },

@@ -11,6 +11,7 @@ import {
   updateSchedule,
 } from '../core/services/schedule-service.ts';
 import {
+  checkTarget,
   createTarget,
   deleteTarget,
   getTarget,
@@ -186,6 +187,17 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
         await deleteTarget(cp, params.id, actorOf(event), expectedVersion(event));
         return {};
       },
+    }),
+
+    route({
+      method: 'POST',
+      path: '/api/dr/targets/{id}/check',
+      operationId: 'checkTarget',
+      summary: 'Live probe: write, read back and delete a small object; latency, or a classified reason',
+      tag: 'targets',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => ({ body: await checkTarget(cp, params.id) }),
     }),
 
     route({

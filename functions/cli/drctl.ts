@@ -20,7 +20,8 @@ import { connectionFrom } from '../engine/postgres.ts';
 import { DEFAULT_PACK_SIZE, Repository } from '../engine/repository.ts';
 import { restoreDatabase, restoreFiles } from '../engine/restore.ts';
 import { LocalStorage } from '../storage/local/local-storage.ts';
-import { StorageError } from '../storage/storage.ts';
+import { StorageError, type Storage } from '../storage/storage.ts';
+import { openTarget, readTargetFile } from '../storage/targets.ts';
 import { VERSION } from '../core/version.ts';
 
 /**
@@ -36,7 +37,8 @@ import { VERSION } from '../core/version.ts';
 const EXIT = { failed: 1, usage: 2, damaged: 3, wrongKey: 4 } as const;
 
 interface Common {
-  repo: string;
+  repo?: string;
+  target?: string;
   keyFile?: string;
   json?: boolean;
 }
@@ -47,13 +49,24 @@ const program = new Command('drctl')
   .showHelpAfterError()
   .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 
-const repoOption = () =>
-  new Option('--repo <path>', 'repository location (a directory)').env('DR_REPO').makeOptionMandatory();
+const repoOption = () => new Option('--repo <path>', 'repository in a local directory').env('DR_REPO');
+const targetOption = () =>
+  new Option(
+    '--target <file>',
+    'repository on a target: the API\'s target JSON ({"targetType":"S3","config":{…}}), secrets inline',
+  ).env('DR_TARGET');
 const keyOption = () => new Option('--key-file <file>', 'master key file (or set DR_MASTER_KEY)');
 const jsonOption = () => new Option('--json', 'print the result as JSON');
 
+async function storageFrom(options: Common): Promise<Storage> {
+  if (options.target && options.repo) throw new InvalidArgumentError('give --repo or --target, not both');
+  if (options.target) return openTarget(await readTargetFile(options.target));
+  if (options.repo) return new LocalStorage(options.repo);
+  throw new InvalidArgumentError('give --repo <dir> (or DR_REPO) or --target <file> (or DR_TARGET)');
+}
+
 async function open(options: Common): Promise<Repository> {
-  return Repository.open(new LocalStorage(options.repo), await loadMasterKey({ keyFile: options.keyFile }));
+  return Repository.open(await storageFrom(options), await loadMasterKey({ keyFile: options.keyFile }));
 }
 
 function print(options: { json?: boolean }, value: unknown, text: string): void {
@@ -144,17 +157,16 @@ program
   .command('init')
   .description('create a repository in an empty location')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .addOption(jsonOption())
   .action(async (options: Common) => {
-    const repository = await Repository.init(
-      new LocalStorage(options.repo),
-      await loadMasterKey({ keyFile: options.keyFile }),
-    );
+    const storage = await storageFrom(options);
+    const repository = await Repository.init(storage, await loadMasterKey({ keyFile: options.keyFile }));
     print(
       options,
       { id: repository.config.id, chunker: repository.config.chunker },
-      `created repository ${repository.config.id} at ${options.repo}`,
+      `created repository ${repository.config.id} at ${storage.name}`,
     );
   });
 
@@ -162,6 +174,7 @@ program
   .command('backup')
   .description('back up a database and/or a directory')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .addOption(
     new Option('--type <type>', 'FULL, INCREMENTAL or SCHEMA')
@@ -243,6 +256,7 @@ program
   .command('list')
   .description('list the backups in a repository, oldest first')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .addOption(jsonOption())
   .action(async (options: Common) => {
@@ -259,6 +273,7 @@ program
   .description('read every chunk of a backup and check it; names the first damaged object')
   .argument('<backup>', 'backup id, or latest')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .addOption(jsonOption())
   .action(async (id: string, options: Common) => {
@@ -286,6 +301,7 @@ program
   .description('restore a backup: the database into a connection, files into a directory')
   .argument('<backup>', 'backup id, or latest')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .option('--db <url>', 'restore the database into this (empty) database; password from PGPASSWORD')
   .option('--clean', 'replace the objects the backup defines in a database that is not empty')
@@ -375,6 +391,7 @@ program
   .description('write a backup as standard artifacts: a plain SQL script for psql, a tar of the files')
   .argument('<backup>', 'backup id, or latest')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .option('--sql <file>', 'write the database as a SQL script (- for stdout)')
   .option('--tar <file>', 'write the files as a tar archive (- for stdout)')
@@ -399,6 +416,7 @@ program
   .description('remove backups (run gc afterwards to free their data)')
   .argument('<backups...>', 'backup ids')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .action(async (ids: string[], options: Common) => {
     await forget(await open(options), ids);
@@ -409,6 +427,7 @@ program
   .command('gc')
   .description('delete data no backup uses: leftovers of interrupted runs, data of forgotten backups')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .option('--dry-run', 'only report what would be deleted')
   .option(
@@ -434,6 +453,7 @@ program
   .command('rekey')
   .description('re-wrap the repository key under a new master key, prove it, then remove the old key files')
   .addOption(repoOption())
+  .addOption(targetOption())
   .addOption(keyOption())
   .requiredOption('--new-key-file <file>', 'the new master key')
   .action(async (options: Common & { newKeyFile: string }) => {

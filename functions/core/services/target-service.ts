@@ -15,6 +15,8 @@ import {
   type Versioned,
 } from './common.ts';
 import type { StoredSchedule } from './schedule-service.ts';
+import { StorageError } from '../../storage/storage.ts';
+import { openTarget, probeTarget, type ProbeResult } from '../../storage/targets.ts';
 
 /** A target as stored and returned: `config` has no secret field; `secretsSet` names those that are set. */
 export interface Target {
@@ -273,4 +275,36 @@ function warnings(type: TargetType, config: Record<string, unknown>): string[] {
 function toView(item: StoredItem<StoredTarget>): TargetView {
   const { secretName: _secretName, ...rest } = versioned(item);
   return rest;
+}
+
+export type TargetCheck = {
+  readonly id: string;
+  readonly name: string;
+  readonly targetType: TargetType;
+} & ProbeResult;
+
+/**
+ * POST /api/dr/targets/{id}/check: writes, reads back and deletes a small object on the target with its
+ * stored credentials. A target that does not work is a normal answer (`ok: false` with a classified reason),
+ * not a failed request.
+ */
+export async function checkTarget(cp: ControlPlane, id: string): Promise<TargetCheck> {
+  const current = await load(cp, id);
+  const target = current.data;
+  const secrets = target.secretName === undefined ? {} : ((await cp.secrets.get(target.secretName)) ?? {});
+  const about = { id, name: target.name, targetType: target.targetType };
+  let result: ProbeResult;
+  try {
+    result = await probeTarget(openTarget(target, secrets));
+  } catch (error) {
+    const kind = error instanceof StorageError ? error.kind : 'other';
+    result = { ok: false, latencyMs: 0, steps: {}, error: { kind, message: (error as Error).message } };
+  }
+  cp.logger.info('target checked', {
+    target: id,
+    ok: result.ok,
+    latencyMs: result.latencyMs,
+    ...(result.error ? { kind: result.error.kind } : {}),
+  });
+  return { ...about, ...result };
 }

@@ -1,0 +1,145 @@
+import { readFile } from 'node:fs/promises';
+import { AzureStorage } from './azure/azure-storage.ts';
+import { LocalStorage } from './local/local-storage.ts';
+import { withRetries } from './retry.ts';
+import { S3Storage } from './s3/s3-storage.ts';
+import { StorageError, type Storage } from './storage.ts';
+
+/**
+ * A target as the API stores it (`targetType`, `config` without secrets) plus its secret fields, turned into
+ * a Storage with retries composed around it. The one place that knows every adapter: the engine, the worker
+ * and the CLI all open targets through it.
+ */
+export interface TargetSpec {
+  readonly name?: string;
+  readonly targetType: string;
+  readonly config: Readonly<Record<string, unknown>>;
+}
+
+const str = (value: unknown): string | undefined =>
+  typeof value === 'string' && value !== '' ? value : undefined;
+
+export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, string>> = {}): Storage {
+  const config = spec.config;
+  const name = spec.name;
+  switch (spec.targetType) {
+    case 'LOCAL':
+      return withRetries(new LocalStorage(String(config.path), name ?? `local:${String(config.path)}`));
+    case 'S3': {
+      const accessKeyId = str(config.accessKeyId);
+      const secretAccessKey = secrets.secretAccessKey ?? str(config.secretAccessKey);
+      const objectLock = config.objectLock as { mode: 'GOVERNANCE' | 'COMPLIANCE'; days: number } | undefined;
+      return withRetries(
+        new S3Storage({
+          bucket: String(config.bucket),
+          region: String(config.region),
+          ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
+          ...(accessKeyId && secretAccessKey ? { credentials: { accessKeyId, secretAccessKey } } : {}),
+          ...(str(config.endpoint) ? { endpoint: str(config.endpoint)! } : {}),
+          ...(config.forcePathStyle === true ? { forcePathStyle: true } : {}),
+          ...(config.encryption === 'AES256' || config.encryption === 'aws:kms'
+            ? { encryption: config.encryption }
+            : {}),
+          ...(str(config.kmsKeyId) ? { kmsKeyId: str(config.kmsKeyId)! } : {}),
+          ...(str(config.storageClass) ? { storageClass: str(config.storageClass)! } : {}),
+          ...(objectLock ? { objectLock } : {}),
+          ...(name ? { name } : {}),
+        }),
+      );
+    }
+    case 'AZURE': {
+      const accountKey = secrets.accountKey ?? str(config.accountKey);
+      const sasToken = secrets.sasToken ?? str(config.sasToken);
+      const connectionString = secrets.connectionString ?? str(config.connectionString);
+      return withRetries(
+        new AzureStorage({
+          accountName: String(config.accountName),
+          containerName: String(config.containerName),
+          ...(accountKey ? { accountKey } : {}),
+          ...(sasToken ? { sasToken } : {}),
+          ...(connectionString ? { connectionString } : {}),
+          ...(str(config.endpoint) ? { endpoint: str(config.endpoint)! } : {}),
+          ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
+          ...(str(config.accessTier) ? { accessTier: str(config.accessTier) as 'Hot' } : {}),
+          ...(name ? { name } : {}),
+        }),
+      );
+    }
+    default:
+      throw new StorageError(
+        'other',
+        name ?? spec.targetType,
+        undefined,
+        `${spec.targetType} targets are not implemented yet (LOCAL, S3 and AZURE are)`,
+      );
+  }
+}
+
+/** A target file for drctl: the API's target JSON (`{ "targetType": …, "config": { … } }`), secrets inline. */
+export async function readTargetFile(file: string): Promise<TargetSpec> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await readFile(file, 'utf8'));
+  } catch (error) {
+    throw new StorageError(
+      'other',
+      file,
+      undefined,
+      `cannot read the target file: ${(error as Error).message}`,
+    );
+  }
+  const spec = parsed as Partial<TargetSpec>;
+  if (typeof spec.targetType !== 'string' || typeof spec.config !== 'object' || spec.config === null) {
+    throw new StorageError(
+      'other',
+      file,
+      undefined,
+      'a target file holds {"targetType": …, "config": {…}} as the API takes it',
+    );
+  }
+  return spec as TargetSpec;
+}
+
+export interface ProbeResult {
+  readonly ok: boolean;
+  /** Round trip of write, read back and delete, in milliseconds. */
+  readonly latencyMs: number;
+  readonly steps: { readonly write?: number; readonly read?: number; readonly delete?: number };
+  readonly error?: { readonly kind: string; readonly message: string };
+}
+
+/** Writes, reads back and deletes a small object: does this target work, and how fast. */
+export async function probeTarget(
+  storage: Storage,
+  now: () => number = () => performance.now(),
+): Promise<ProbeResult> {
+  const key = `dr-check/${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  const payload = Buffer.from(`dr-automation check ${new Date().toISOString()}`);
+  const steps: { write?: number; read?: number; delete?: number } = {};
+  const started = now();
+  let at = started;
+  const step = (name: keyof typeof steps) => {
+    const current = now();
+    steps[name] = Math.round(current - at);
+    at = current;
+  };
+  try {
+    await storage.put(key, payload);
+    step('write');
+    const back = await storage.read(key);
+    step('read');
+    if (!back.equals(payload))
+      throw new StorageError('other', storage.name, key, 'the object read back differs from the one written');
+    await storage.delete([key]);
+    step('delete');
+    return { ok: true, latencyMs: Math.round(now() - started), steps };
+  } catch (error) {
+    const kind = error instanceof StorageError ? error.kind : 'other';
+    return {
+      ok: false,
+      latencyMs: Math.round(now() - started),
+      steps,
+      error: { kind, message: (error as Error).message },
+    };
+  }
+}

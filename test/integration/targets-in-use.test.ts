@@ -1,0 +1,101 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createEventManager, tableChecksums } from '../support/event-manager.ts';
+import { startTestApi, type TestApi } from '../support/local-api.ts';
+import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+import { startS3, type TestS3 } from '../support/s3-server.ts';
+
+const exec = promisify(execFile);
+
+/** Remote targets as operators use them: checked through the API, and as drctl repositories. */
+let api: TestApi;
+let s3: TestS3;
+let pg: TestPostgres;
+beforeAll(async () => {
+  [api, s3, pg] = await Promise.all([startTestApi(), startS3('backups'), startPostgres()]);
+  await pg.createDatabase('app');
+  await createEventManager(pg, 'app');
+});
+afterAll(async () => {
+  await Promise.all([api?.close(), s3?.stop(), pg?.stop()]);
+});
+
+const s3Target = () => ({
+  name: 'S3 (moto)',
+  targetType: 'S3',
+  config: {
+    bucket: 'backups',
+    region: 'us-east-1',
+    endpoint: s3.endpoint,
+    forcePathStyle: true,
+    ...s3.credentials,
+  },
+});
+
+describe('POST /api/dr/targets/{id}/check', () => {
+  it('probes an S3 target with its stored credentials and reports latency', async () => {
+    const created = await api.call('POST', '/api/dr/targets', s3Target());
+    expect(created.status).toBe(201);
+    const check = await api.call('POST', `/api/dr/targets/${created.body.id}/check`);
+    expect(check.status).toBe(200);
+    expect(check.body).toMatchObject({ id: created.body.id, targetType: 'S3', ok: true });
+    expect(check.body.latencyMs).toBeGreaterThanOrEqual(0);
+    expect(Object.keys(check.body.steps)).toEqual(['write', 'read', 'delete']);
+    expect(check.text).not.toContain(s3.credentials.secretAccessKey);
+  });
+
+  it('answers ok: false with a classified reason when the target does not work', async () => {
+    const file = join(await mkdtemp(join(tmpdir(), 'dr-check-')), 'a-file');
+    await writeFile(file, 'not a directory');
+    const local = await api.call('POST', '/api/dr/targets', {
+      name: 'broken',
+      targetType: 'LOCAL',
+      config: { path: `${file}/repo` },
+    });
+    const broken = await api.call('POST', `/api/dr/targets/${local.body.id}/check`);
+    expect(broken.status).toBe(200);
+    expect(broken.body).toMatchObject({ ok: false, error: { kind: 'other' } });
+    expect(broken.body.error.message).toContain('ENOTDIR');
+
+    const ftp = await api.call('POST', '/api/dr/targets', {
+      name: 'ftp',
+      targetType: 'FTP',
+      config: { host: 'ftp.example.com', username: 'u', password: 'p', path: '/b' },
+    });
+    const unsupported = await api.call('POST', `/api/dr/targets/${ftp.body.id}/check`);
+    expect(unsupported.body).toMatchObject({ ok: false });
+    expect(unsupported.body.error.message).toContain('not implemented yet');
+
+    expect((await api.call('POST', '/api/dr/targets/no-such-target/check')).status).toBe(404);
+  });
+});
+
+describe('drctl --target', () => {
+  it('keeps a repository on S3: init, backup, verify, restore', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'dr-cli-target-'));
+    const target = join(work, 's3.json');
+    await writeFile(
+      target,
+      JSON.stringify({ ...s3Target(), config: { ...s3Target().config, prefix: 'cli-repo' } }),
+      { mode: 0o600 },
+    );
+    const env = { ...process.env, DR_MASTER_KEY: 'ab'.repeat(32), DR_TARGET: target };
+    const drctl = (...args: string[]) => exec(process.execPath, ['functions/cli/drctl.ts', ...args], { env });
+    expect((await drctl('init')).stdout).toContain('created repository');
+    expect((await drctl('backup', '--db', pg.url('app'))).stdout).toContain('(FULL) done');
+    expect((await drctl('verify', 'latest')).stdout).toContain('is intact');
+    await pg.createDatabase('from_cli_s3');
+    const restored = await drctl('restore', 'latest', '--db', pg.url('from_cli_s3'));
+    expect(restored.stdout).toContain('every table matches its recorded checksum');
+    expect(await tableChecksums(pg, 'from_cli_s3')).toEqual(await tableChecksums(pg, 'app'));
+    const both = await drctl('list', '--repo', work).catch(
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(both).toMatchObject({ code: 2 });
+    expect((both as { stderr: string }).stderr).toContain('not both');
+  });
+});
