@@ -58,9 +58,16 @@ const targetOption = () =>
 const keyOption = () => new Option('--key-file <file>', 'master key file (or set DR_MASTER_KEY)');
 const jsonOption = () => new Option('--json', 'print the result as JSON');
 
+/** Storages this run opened, closed before exit (SFTP and FTP hold a connection open). */
+const opened: Storage[] = [];
+
 async function storageFrom(options: Common): Promise<Storage> {
   if (options.target && options.repo) throw new InvalidArgumentError('give --repo or --target, not both');
-  if (options.target) return openTarget(await readTargetFile(options.target));
+  if (options.target) {
+    const storage = openTarget(await readTargetFile(options.target));
+    opened.push(storage);
+    return storage;
+  }
   if (options.repo) return new LocalStorage(options.repo);
   throw new InvalidArgumentError('give --repo <dir> (or DR_REPO) or --target <file> (or DR_TARGET)');
 }
@@ -479,4 +486,10 @@ try {
   )
     process.exitCode = EXIT.failed;
   else process.exitCode = EXIT.failed;
+} finally {
+  await Promise.all(
+    opened.map(async (storage) => {
+      await storage.close?.().catch(() => undefined);
+    }),
+  );
 }

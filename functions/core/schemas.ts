@@ -195,7 +195,10 @@ const sftpConfig = z.strictObject({
   passphrase: secret,
   password: secret,
   path: remotePath,
-  /** The server's host key as `ssh-keygen -lf` prints it (SHA256:…); pinned on first use when omitted. */
+  /**
+   * The server's host key as `ssh-keygen -lf` prints it (SHA256:…), checked on every connection. Without it
+   * connections are refused, and the error (and the target check) shows the key the server presented.
+   */
   hostKeyFingerprint: z
     .string()
     .regex(/^SHA256:[A-Za-z0-9+/]{43}=?$/, {

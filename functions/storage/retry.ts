@@ -79,6 +79,7 @@ export function withRetries(storage: Storage, options: RetryOptions = {}): Stora
     ...(storage.removeLeftovers
       ? { removeLeftovers: (olderThan: Date) => storage.removeLeftovers!(olderThan) }
       : {}),
+    ...(storage.close ? { close: () => storage.close!() } : {}),
     list: (prefix: string): AsyncIterable<ObjectInfo> => ({
       async *[Symbol.asyncIterator]() {
         for (let attempt = 1; ; attempt++) {

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 
 /**
- * The storage interface every target type implements (LOCAL now; S3, Azure, GCS, FTP, SFTP next). The
+ * The storage interface every target type implements (LOCAL, S3, Azure, GCS, FTP, SFTP). The
  * engine is written against this and nothing else. Keys are relative, '/'-separated, and normalized by
  * `normalizeKey` before any backend sees them.
  *
@@ -32,6 +32,8 @@ export interface Storage {
    * LOCAL temporary file; S3 multipart uploads are aborted by the upload itself). Returns how many.
    */
   removeLeftovers?(olderThan: Date): Promise<number>;
+  /** Closes a connection the storage holds open (SFTP, FTP); the next call opens a new one. */
+  close?(): Promise<void>;
 }
 
 export interface PutOptions {

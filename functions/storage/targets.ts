@@ -3,6 +3,7 @@ import { AzureStorage } from './azure/azure-storage.ts';
 import { LocalStorage } from './local/local-storage.ts';
 import { withRetries } from './retry.ts';
 import { S3Storage } from './s3/s3-storage.ts';
+import { SftpStorage } from './sftp/sftp-storage.ts';
 import { StorageError, type Storage } from './storage.ts';
 
 /**
@@ -61,6 +62,29 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
           ...(str(config.endpoint) ? { endpoint: str(config.endpoint)! } : {}),
           ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
           ...(str(config.accessTier) ? { accessTier: str(config.accessTier) as 'Hot' } : {}),
+          ...(name ? { name } : {}),
+        }),
+      );
+    }
+    case 'SFTP': {
+      const privateKey = secrets.privateKey ?? str(config.privateKey);
+      const passphrase = secrets.passphrase ?? str(config.passphrase);
+      const password = secrets.password ?? str(config.password);
+      return withRetries(
+        new SftpStorage({
+          host: String(config.host),
+          port: Number(config.port ?? 22),
+          username: String(config.username),
+          path: String(config.path),
+          // The key's contents, or the path of a key file on the machine that runs backups.
+          ...(privateKey
+            ? privateKey.includes('PRIVATE KEY')
+              ? { privateKey }
+              : { privateKeyFile: privateKey }
+            : {}),
+          ...(passphrase ? { passphrase } : {}),
+          ...(password ? { password } : {}),
+          ...(str(config.hostKeyFingerprint) ? { hostKeyFingerprint: str(config.hostKeyFingerprint)! } : {}),
           ...(name ? { name } : {}),
         }),
       );

@@ -43,7 +43,7 @@ describe('/api/dr/targets', () => {
       path: '/backups',
     });
     expect(created.body.name).toBe('SFTP sftp.example.com');
-    expect(created.body.warnings[0]).toContain('trust on first use');
+    expect(created.body.warnings[0]).toContain('connections are refused until it is set');
   });
 
   it('never returns secrets in lists, audit entries or errors, and never stores them in clear', async () => {

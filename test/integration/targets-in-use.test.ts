@@ -8,6 +8,7 @@ import { createEventManager, tableChecksums } from '../support/event-manager.ts'
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { startS3, type TestS3 } from '../support/s3-server.ts';
+import { startSftp, type TestSftp } from '../support/sftp-server.ts';
 
 const exec = promisify(execFile);
 
@@ -15,13 +16,14 @@ const exec = promisify(execFile);
 let api: TestApi;
 let s3: TestS3;
 let pg: TestPostgres;
+let sftp: TestSftp;
 beforeAll(async () => {
-  [api, s3, pg] = await Promise.all([startTestApi(), startS3('backups'), startPostgres()]);
+  [api, s3, pg, sftp] = await Promise.all([startTestApi(), startS3('backups'), startPostgres(), startSftp()]);
   await pg.createDatabase('app');
   await createEventManager(pg, 'app');
 });
 afterAll(async () => {
-  await Promise.all([api?.close(), s3?.stop(), pg?.stop()]);
+  await Promise.all([api?.close(), s3?.stop(), pg?.stop(), sftp?.stop()]);
 });
 
 const s3Target = () => ({
@@ -36,7 +38,39 @@ const s3Target = () => ({
   },
 });
 
+const sftpTarget = (hostKeyFingerprint?: string) => ({
+  name: 'SFTP (OpenSSH)',
+  targetType: 'SFTP',
+  config: {
+    host: sftp.host,
+    port: sftp.port,
+    username: sftp.username,
+    privateKey: sftp.privateKey,
+    passphrase: sftp.passphrase,
+    path: `${sftp.directory}/api`,
+    ...(hostKeyFingerprint ? { hostKeyFingerprint } : {}),
+  },
+});
+
 describe('POST /api/dr/targets/{id}/check', () => {
+  it('refuses an SFTP server until its host key is pinned, showing the key to pin', async () => {
+    const created = await api.call('POST', '/api/dr/targets', sftpTarget());
+    expect(created.status).toBe(201);
+    expect(created.body.warnings[0]).toContain('hostKeyFingerprint');
+    const refused = await api.call('POST', `/api/dr/targets/${created.body.id}/check`);
+    expect(refused.body).toMatchObject({ ok: false, error: { kind: 'authentication' } });
+    expect(refused.body.error.message).toContain(sftp.hostKeyFingerprint);
+
+    const pinned = await api.call('PUT', `/api/dr/targets/${created.body.id}`, {
+      ...sftpTarget(sftp.hostKeyFingerprint),
+      version: created.body.version,
+    });
+    expect(pinned.status).toBe(200);
+    const check = await api.call('POST', `/api/dr/targets/${created.body.id}/check`);
+    expect(check.body).toMatchObject({ ok: true });
+    expect(check.text).not.toContain(sftp.passphrase);
+  });
+
   it('probes an S3 target with its stored credentials and reports latency', async () => {
     const created = await api.call('POST', '/api/dr/targets', s3Target());
     expect(created.status).toBe(201);
@@ -97,5 +131,23 @@ describe('drctl --target', () => {
     );
     expect(both).toMatchObject({ code: 2 });
     expect((both as { stderr: string }).stderr).toContain('not both');
+  });
+
+  it('keeps a repository on SFTP, and exits when done (the SSH connection is closed)', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'dr-cli-sftp-'));
+    const target = join(work, 'sftp.json');
+    const keyFile = join(work, 'id_ed25519');
+    await writeFile(keyFile, sftp.privateKey, { mode: 0o600 });
+    // The key as a path on this machine, as an operator's target file may give it.
+    const spec = sftpTarget(sftp.hostKeyFingerprint);
+    await writeFile(target, JSON.stringify({ ...spec, config: { ...spec.config, privateKey: keyFile } }), {
+      mode: 0o600,
+    });
+    const env = { ...process.env, DR_MASTER_KEY: 'cd'.repeat(32), DR_TARGET: target };
+    const drctl = (...args: string[]) =>
+      exec(process.execPath, ['functions/cli/drctl.ts', ...args], { env, timeout: 60_000 });
+    expect((await drctl('init')).stdout).toContain('created repository');
+    expect((await drctl('backup', '--db', pg.url('app'))).stdout).toContain('(FULL) done');
+    expect((await drctl('verify', 'latest')).stdout).toContain('is intact');
   });
 });

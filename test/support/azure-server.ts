@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
+import { freePort } from './ports.ts';
 
 /**
  * Azurite (the Azure Storage emulator, an npm devDependency) serving Blob on 127.0.0.1 and a random port, in
@@ -10,17 +10,6 @@ export const AZURITE_ACCOUNT = 'devstoreaccount1';
 /** Azurite's published development key (not a secret: it is in Azure's documentation). */
 export const AZURITE_KEY =
   'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export async function startAzurite(
   container: string,

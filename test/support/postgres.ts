@@ -1,11 +1,11 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { chmod, chown, mkdtemp, readdir, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import type { DatabaseConnection } from '../../functions/engine/postgres.ts';
+import { freePort } from './ports.ts';
 
 const run = promisify(execFile);
 
@@ -33,17 +33,6 @@ async function binDir(): Promise<string> {
       'no PostgreSQL server binaries under /usr/lib/postgresql: .ci/run installs them (apt-get install postgresql)',
     );
   return join('/usr/lib/postgresql', roots[0]!, 'bin');
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startPostgres(): Promise<TestPostgres> {

@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import {
   CreateAccessKeyCommand,
   CreateUserCommand,
@@ -7,6 +6,7 @@ import {
   PutUserPolicyCommand,
 } from '@aws-sdk/client-iam';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { freePort } from './ports.ts';
 
 /**
  * A real S3-compatible server for tests: moto_server (preinstalled on our machines as the Python package
@@ -21,17 +21,6 @@ export interface TestS3 {
   readonly endpoint: string;
   readonly credentials: { accessKeyId: string; secretAccessKey: string };
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 async function waitUntilUp(endpoint: string, child: ChildProcess): Promise<void> {

@@ -267,7 +267,9 @@ function warnings(type: TargetType, config: Record<string, unknown>): string[] {
     ];
   }
   if (type === 'SFTP' && config.hostKeyFingerprint === undefined) {
-    return ['no hostKeyFingerprint: the server key will be pinned on first connection (trust on first use)'];
+    return [
+      'no hostKeyFingerprint: connections are refused until it is set; POST …/check shows the key the server presents',
+    ];
   }
   return [];
 }
@@ -295,7 +297,12 @@ export async function checkTarget(cp: ControlPlane, id: string): Promise<TargetC
   const about = { id, name: target.name, targetType: target.targetType };
   let result: ProbeResult;
   try {
-    result = await probeTarget(openTarget(target, secrets));
+    const storage = openTarget(target, secrets);
+    try {
+      result = await probeTarget(storage);
+    } finally {
+      await storage.close?.().catch(() => undefined);
+    }
   } catch (error) {
     const kind = error instanceof StorageError ? error.kind : 'other';
     result = { ok: false, latencyMs: 0, steps: {}, error: { kind, message: (error as Error).message } };
