@@ -67,6 +67,9 @@ export function withRetries(storage: Storage, options: RetryOptions = {}): Stora
 
   return {
     name: storage.name,
+    get warnings() {
+      return storage.warnings;
+    },
     put: (key: string, body: Readable | Buffer, putOptions?: PutOptions) =>
       Buffer.isBuffer(body)
         ? retrying('put', key, () => storage.put(key, body, putOptions), putOptions?.signal)

@@ -18,6 +18,8 @@ import type { Readable } from 'node:stream';
 export interface Storage {
   /** A human-readable name for messages: the target name, or its location. */
   readonly name: string;
+  /** What an operator should know about how the target is reached (FTP: credentials sent in clear). */
+  readonly warnings?: readonly string[];
   put(key: string, body: Readable | Buffer, options?: PutOptions): Promise<void>;
   get(key: string, range?: ByteRange): Promise<Readable>;
   /** Convenience for small objects and ranges: the bytes, in memory. */

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { AzureStorage } from './azure/azure-storage.ts';
+import { FtpStorage } from './ftp/ftp-storage.ts';
 import { LocalStorage } from './local/local-storage.ts';
 import { withRetries } from './retry.ts';
 import { S3Storage } from './s3/s3-storage.ts';
@@ -62,6 +63,22 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
           ...(str(config.endpoint) ? { endpoint: str(config.endpoint)! } : {}),
           ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
           ...(str(config.accessTier) ? { accessTier: str(config.accessTier) as 'Hot' } : {}),
+          ...(name ? { name } : {}),
+        }),
+      );
+    }
+    case 'FTP': {
+      const password = secrets.password ?? str(config.password) ?? '';
+      const tls = config.tls === 'off' || config.tls === 'required' ? config.tls : 'auto';
+      return withRetries(
+        new FtpStorage({
+          host: String(config.host),
+          port: Number(config.port ?? 21),
+          username: String(config.username),
+          password,
+          path: String(config.path),
+          tls,
+          ...(config.allowSelfSignedCertificate === true ? { allowSelfSignedCertificate: true } : {}),
           ...(name ? { name } : {}),
         }),
       );
@@ -130,6 +147,8 @@ export interface ProbeResult {
   readonly latencyMs: number;
   readonly steps: { readonly write?: number; readonly read?: number; readonly delete?: number };
   readonly error?: { readonly kind: string; readonly message: string };
+  /** What the connection revealed that an operator should know (FTP without TLS, for one). */
+  readonly warnings?: readonly string[];
 }
 
 /** Writes, reads back and deletes a small object: does this target work, and how fast. */
@@ -156,7 +175,13 @@ export async function probeTarget(
       throw new StorageError('other', storage.name, key, 'the object read back differs from the one written');
     await storage.delete([key]);
     step('delete');
-    return { ok: true, latencyMs: Math.round(now() - started), steps };
+    const warnings = storage.warnings ?? [];
+    return {
+      ok: true,
+      latencyMs: Math.round(now() - started),
+      steps,
+      ...(warnings.length > 0 ? { warnings: [...warnings] } : {}),
+    };
   } catch (error) {
     const kind = error instanceof StorageError ? error.kind : 'other';
     return {

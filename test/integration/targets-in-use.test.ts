@@ -9,6 +9,7 @@ import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { startS3, type TestS3 } from '../support/s3-server.ts';
 import { startSftp, type TestSftp } from '../support/sftp-server.ts';
+import { startFtp, type TestFtp } from '../support/ftp-server.ts';
 
 const exec = promisify(execFile);
 
@@ -17,13 +18,20 @@ let api: TestApi;
 let s3: TestS3;
 let pg: TestPostgres;
 let sftp: TestSftp;
+let ftp: TestFtp;
 beforeAll(async () => {
-  [api, s3, pg, sftp] = await Promise.all([startTestApi(), startS3('backups'), startPostgres(), startSftp()]);
+  [api, s3, pg, sftp, ftp] = await Promise.all([
+    startTestApi(),
+    startS3('backups'),
+    startPostgres(),
+    startSftp(),
+    startFtp(),
+  ]);
   await pg.createDatabase('app');
   await createEventManager(pg, 'app');
 });
 afterAll(async () => {
-  await Promise.all([api?.close(), s3?.stop(), pg?.stop(), sftp?.stop()]);
+  await Promise.all([api?.close(), s3?.stop(), pg?.stop(), sftp?.stop(), ftp?.stop()]);
 });
 
 const s3Target = () => ({
@@ -53,6 +61,25 @@ const sftpTarget = (hostKeyFingerprint?: string) => ({
 });
 
 describe('POST /api/dr/targets/{id}/check', () => {
+  it('checks an FTP target, warning when the server makes the password travel in clear', async () => {
+    const created = await api.call('POST', '/api/dr/targets', {
+      name: 'FTP without TLS',
+      targetType: 'FTP',
+      config: {
+        host: ftp.host,
+        port: ftp.port,
+        username: ftp.username,
+        password: ftp.password,
+        path: '/api',
+      },
+    });
+    expect(created.status).toBe(201);
+    const check = await api.call('POST', `/api/dr/targets/${created.body.id}/check`);
+    expect(check.body).toMatchObject({ ok: true });
+    expect(check.body.warnings[0]).toContain('travel in clear');
+    expect(check.text).not.toContain(ftp.password);
+  });
+
   it('refuses an SFTP server until its host key is pinned, showing the key to pin', async () => {
     const created = await api.call('POST', '/api/dr/targets', sftpTarget());
     expect(created.status).toBe(201);
@@ -94,15 +121,6 @@ describe('POST /api/dr/targets/{id}/check', () => {
     expect(broken.status).toBe(200);
     expect(broken.body).toMatchObject({ ok: false, error: { kind: 'other' } });
     expect(broken.body.error.message).toContain('ENOTDIR');
-
-    const ftp = await api.call('POST', '/api/dr/targets', {
-      name: 'ftp',
-      targetType: 'FTP',
-      config: { host: 'ftp.example.com', username: 'u', password: 'p', path: '/b' },
-    });
-    const unsupported = await api.call('POST', `/api/dr/targets/${ftp.body.id}/check`);
-    expect(unsupported.body).toMatchObject({ ok: false });
-    expect(unsupported.body.error.message).toContain('not implemented yet');
 
     expect((await api.call('POST', '/api/dr/targets/no-such-target/check')).status).toBe(404);
   });
