@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { AzureStorage } from './azure/azure-storage.ts';
 import { FtpStorage } from './ftp/ftp-storage.ts';
+import { GcsStorage } from './gcs/gcs-storage.ts';
 import { LocalStorage } from './local/local-storage.ts';
 import { withRetries } from './retry.ts';
 import { S3Storage } from './s3/s3-storage.ts';
@@ -67,6 +68,24 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
         }),
       );
     }
+    case 'GCP': {
+      // The service-account key's JSON contents, or the path of a key file on the machine that runs backups.
+      const keyFile = secrets.keyFile ?? str(config.keyFile);
+      return withRetries(
+        new GcsStorage({
+          projectId: String(config.projectId),
+          bucket: String(config.bucket),
+          ...(keyFile
+            ? keyFile.trim().startsWith('{')
+              ? { keyJson: keyFile }
+              : { keyFilename: keyFile }
+            : {}),
+          ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
+          ...(str(config.endpoint) ? { apiEndpoint: str(config.endpoint)! } : {}),
+          ...(name ? { name } : {}),
+        }),
+      );
+    }
     case 'FTP': {
       const password = secrets.password ?? str(config.password) ?? '';
       const tls = config.tls === 'off' || config.tls === 'required' ? config.tls : 'auto';
@@ -111,7 +130,7 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
         'other',
         name ?? spec.targetType,
         undefined,
-        `${spec.targetType} targets are not implemented yet (LOCAL, S3 and AZURE are)`,
+        `unknown target type ${spec.targetType} (LOCAL, S3, AZURE, GCP, FTP, SFTP)`,
       );
   }
 }

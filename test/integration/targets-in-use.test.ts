@@ -10,6 +10,7 @@ import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { startS3, type TestS3 } from '../support/s3-server.ts';
 import { startSftp, type TestSftp } from '../support/sftp-server.ts';
 import { startFtp, type TestFtp } from '../support/ftp-server.ts';
+import { startGcs, type TestGcs } from '../support/gcs-server.ts';
 
 const exec = promisify(execFile);
 
@@ -19,19 +20,21 @@ let s3: TestS3;
 let pg: TestPostgres;
 let sftp: TestSftp;
 let ftp: TestFtp;
+let gcs: TestGcs;
 beforeAll(async () => {
-  [api, s3, pg, sftp, ftp] = await Promise.all([
+  [api, s3, pg, sftp, ftp, gcs] = await Promise.all([
     startTestApi(),
     startS3('backups'),
     startPostgres(),
     startSftp(),
     startFtp(),
+    startGcs(['dr-backups']),
   ]);
   await pg.createDatabase('app');
   await createEventManager(pg, 'app');
 });
 afterAll(async () => {
-  await Promise.all([api?.close(), s3?.stop(), pg?.stop(), sftp?.stop(), ftp?.stop()]);
+  await Promise.all([api?.close(), s3?.stop(), pg?.stop(), sftp?.stop(), ftp?.stop(), gcs?.stop()]);
 });
 
 const s3Target = () => ({
@@ -61,6 +64,22 @@ const sftpTarget = (hostKeyFingerprint?: string) => ({
 });
 
 describe('POST /api/dr/targets/{id}/check', () => {
+  it('checks a GCS target, and reports a missing bucket as not found', async () => {
+    const target = (bucket: string) => ({
+      name: `GCS ${bucket}`,
+      targetType: 'GCP',
+      config: { projectId: 'dr-test-project', bucket, prefix: 'api', endpoint: gcs.endpoint },
+    });
+    const created = await api.call('POST', '/api/dr/targets', target('dr-backups'));
+    expect(created.status).toBe(201);
+    expect((await api.call('POST', `/api/dr/targets/${created.body.id}/check`)).body).toMatchObject({
+      ok: true,
+    });
+    const missing = await api.call('POST', '/api/dr/targets', target('no-such-bucket'));
+    const check = await api.call('POST', `/api/dr/targets/${missing.body.id}/check`);
+    expect(check.body).toMatchObject({ ok: false, error: { kind: 'not-found' } });
+  });
+
   it('checks an FTP target, warning when the server makes the password travel in clear', async () => {
     const created = await api.call('POST', '/api/dr/targets', {
       name: 'FTP without TLS',

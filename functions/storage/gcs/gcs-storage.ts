@@ -1,0 +1,254 @@
+import { Storage as GoogleStorage, type Bucket } from '@google-cloud/storage';
+import { JWT } from 'google-auth-library';
+import { PassThrough, Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import {
+  collect,
+  normalizeKey,
+  normalizePrefix,
+  StorageError,
+  type ByteRange,
+  type ObjectInfo,
+  type PutOptions,
+  type Storage,
+  type StorageErrorKind,
+  type Usage,
+} from '../storage.ts';
+import { rangeError, withinLength } from '../remote.ts';
+
+export interface GcsStorageOptions {
+  readonly projectId: string;
+  readonly bucket: string;
+  readonly prefix?: string;
+  /**
+   * A service-account key: its JSON contents (`keyJson`) or a key file on this machine (`keyFilename`).
+   * Neither: Application Default Credentials (the metadata server, GOOGLE_APPLICATION_CREDENTIALS).
+   */
+  readonly keyJson?: string;
+  readonly keyFilename?: string;
+  /** For test servers and private endpoints; default https://storage.googleapis.com. */
+  readonly apiEndpoint?: string;
+  /** Bytes per resumable-upload request (a multiple of 256 KiB; default 8 MiB, held in memory while sent). */
+  readonly chunkSize?: number;
+  /** Milliseconds per HTTP request (default 120 s). */
+  readonly timeoutMs?: number;
+  readonly name?: string;
+}
+
+const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE']);
+
+/**
+ * A repository in a Google Cloud Storage bucket. Streams go up as resumable uploads in `chunkSize` requests;
+ * GCS creates the object only when the last chunk is in, so a failed upload leaves nothing (the session
+ * expires on its own). Buffers go up in one multipart request. Every upload is checked against the CRC32C
+ * the service computed.
+ */
+export class GcsStorage implements Storage {
+  readonly name: string;
+  private readonly options: GcsStorageOptions;
+  private readonly bucket: Bucket;
+  private readonly root: string;
+  private readonly secret: string | undefined;
+
+  constructor(options: GcsStorageOptions) {
+    this.options = options;
+    this.root = options.prefix ? `${options.prefix.replace(/\/+$/, '')}/` : '';
+    this.name = options.name ?? `gs://${options.bucket}/${this.root}`;
+    let credentials: { client_email: string; private_key: string } | undefined;
+    if (options.keyJson) {
+      try {
+        credentials = JSON.parse(options.keyJson) as typeof credentials;
+      } catch {
+        throw new StorageError(
+          'authentication',
+          this.name,
+          undefined,
+          'keyFile is not a service-account JSON key',
+        );
+      }
+      if (!credentials?.client_email || !credentials.private_key)
+        throw new StorageError(
+          'authentication',
+          this.name,
+          undefined,
+          'keyFile lacks client_email or private_key: give a service-account JSON key',
+        );
+    }
+    this.secret = credentials?.private_key;
+    const client = new GoogleStorage({
+      projectId: options.projectId,
+      ...(credentials
+        ? {
+            authClient: new JWT({
+              email: credentials.client_email,
+              key: credentials.private_key,
+              scopes: ['https://www.googleapis.com/auth/devstorage.read_write'],
+            }),
+          }
+        : {}),
+      ...(options.keyFilename ? { keyFilename: options.keyFilename } : {}),
+      ...(options.apiEndpoint
+        ? // A custom endpoint gets no credentials unless asked: ask whenever there are some to send.
+          {
+            apiEndpoint: options.apiEndpoint,
+            useAuthWithCustomEndpoint: Boolean(credentials ?? options.keyFilename),
+          }
+        : {}),
+      timeout: options.timeoutMs ?? 120_000,
+      retryOptions: { autoRetry: true, maxRetries: 3, totalTimeout: 600 },
+    });
+    this.bucket = client.bucket(options.bucket);
+  }
+
+  async put(key: string, body: Readable | Buffer, options: PutOptions = {}): Promise<void> {
+    const file = this.bucket.file(this.objectName(key));
+    try {
+      if (Buffer.isBuffer(body)) {
+        await file.save(body, {
+          resumable: false,
+          validation: 'crc32c',
+          contentType: 'application/octet-stream',
+        });
+        return;
+      }
+      await pipeline(
+        body,
+        file.createWriteStream({
+          resumable: true,
+          chunkSize: this.options.chunkSize ?? 8 * 1024 * 1024,
+          validation: 'crc32c',
+          contentType: 'application/octet-stream',
+        }),
+        ...(options.signal ? [{ signal: options.signal }] : []),
+      );
+    } catch (error) {
+      throw this.wrap(error, key);
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Readable> {
+    const file = this.bucket.file(this.objectName(key));
+    if (range !== undefined) {
+      if (range.offset < 0 || range.length < 0) throw rangeError(this.name, key, range);
+      if (range.length === 0) {
+        const size = (await this.stat(key))?.size;
+        if (size === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
+        if (range.offset > size) throw rangeError(this.name, key, range, size);
+        return Readable.from([]);
+      }
+    }
+    // The library reports a missing object only once the stream is read: wait for the answer, so that get()
+    // itself fails as the contract says.
+    const stream = file.createReadStream({
+      validation: false,
+      ...(range ? { start: range.offset, end: range.offset + range.length - 1 } : {}),
+    });
+    const out = new PassThrough();
+    stream.on('error', (error: Error) => out.destroy(this.wrap(error, key)));
+    stream.pipe(out);
+    await new Promise<void>((resolve, reject) => {
+      stream.once('response', () => resolve());
+      out.once('error', reject);
+    });
+    return range ? withinLength(out, range.length, () => rangeError(this.name, key, range)) : out;
+  }
+
+  async read(key: string, range?: ByteRange): Promise<Buffer> {
+    return collect(await this.get(key, range));
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const [metadata] = await this.bucket.file(this.objectName(key)).getMetadata();
+      return { key, size: Number(metadata.size ?? 0) };
+    } catch (error) {
+      const wrapped = this.wrap(error, key);
+      if (wrapped.kind === 'not-found') return undefined;
+      throw wrapped;
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const full = this.root + normalizePrefix(this.name, prefix);
+    let pageToken: string | undefined;
+    do {
+      let files;
+      let next: { pageToken?: string } | null | undefined;
+      try {
+        [files, next] = await this.bucket.getFiles({
+          prefix: full,
+          maxResults: 1000,
+          autoPaginate: false,
+          ...(pageToken ? { pageToken } : {}),
+        });
+      } catch (error) {
+        throw this.wrap(error, prefix);
+      }
+      for (const file of files)
+        yield { key: file.name.slice(this.root.length), size: Number(file.metadata.size ?? 0) };
+      pageToken = next?.pageToken;
+    } while (pageToken);
+  }
+
+  async delete(keys: readonly string[]): Promise<void> {
+    for (let index = 0; index < keys.length; index += 16) {
+      await Promise.all(
+        keys.slice(index, index + 16).map(async (key) => {
+          try {
+            await this.bucket.file(this.objectName(key)).delete({ ignoreNotFound: true });
+          } catch (error) {
+            throw this.wrap(error, key);
+          }
+        }),
+      );
+    }
+  }
+
+  async usage(): Promise<Usage> {
+    let bytesStored = 0;
+    for await (const object of this.list('')) bytesStored += object.size;
+    return { bytesStored };
+  }
+
+  private objectName(key: string): string {
+    return this.root + normalizeKey(this.name, key);
+  }
+
+  /** API and token errors to the storage vocabulary; messages never carry the private key. */
+  private wrap(error: unknown, key: string | undefined): StorageError {
+    if (error instanceof StorageError) return error;
+    const failure = error as {
+      code?: unknown;
+      status?: number;
+      message?: string;
+      response?: { status?: number; data?: { error?: unknown; error_description?: string } };
+    };
+    const status =
+      typeof failure.code === 'number' ? failure.code : (failure.status ?? failure.response?.status);
+    const oauth = failure.response?.data?.error;
+    const message = failure.message ?? String(error);
+    let kind: StorageErrorKind = 'other';
+    if (
+      status === 401 ||
+      oauth === 'invalid_grant' ||
+      oauth === 'invalid_client' ||
+      /invalid_grant|invalid jwt/i.test(message)
+    )
+      kind = 'authentication';
+    else if (status === 403) kind = /quota|limit/i.test(message) ? 'space' : 'permission';
+    else if (status === 404) kind = 'not-found';
+    else if (status === 416) kind = 'other';
+    else if (
+      status === 408 ||
+      status === 429 ||
+      (typeof status === 'number' && status >= 500) ||
+      (typeof failure.code === 'string' && NETWORK.has(failure.code)) ||
+      /socket hang up|network|timeout|ECONN/i.test(message)
+    )
+      kind = 'network';
+    let detail = message.split('\n')[0] ?? message;
+    if (this.secret) detail = detail.split(this.secret).join('***');
+    if (status === 404 && key === undefined) detail = `bucket ${this.options.bucket} not found (${detail})`;
+    return new StorageError(kind, this.name, key, detail, { cause: error });
+  }
+}
