@@ -12,6 +12,7 @@ import {
 } from '../core/services/schedule-service.ts';
 import {
   checkTarget,
+  targetUsage,
   createTarget,
   deleteTarget,
   getTarget,
@@ -198,6 +199,16 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       params: idParams,
       status: 200,
       handle: async ({ params }) => ({ body: await checkTarget(cp, params.id) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/targets/{id}/usage',
+      operationId: 'targetUsage',
+      summary: 'Bytes stored on the target (and free capacity where the medium tells), measured now',
+      tag: 'targets',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => ({ body: await targetUsage(cp, params.id) }),
     }),
 
     route({

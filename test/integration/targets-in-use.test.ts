@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openTarget } from '../../functions/storage/targets.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
@@ -116,7 +117,6 @@ describe('POST /api/dr/targets/{id}/check', () => {
     expect(check.body).toMatchObject({ ok: true });
     expect(check.text).not.toContain(sftp.passphrase);
   });
-
   it('probes an S3 target with its stored credentials and reports latency', async () => {
     const created = await api.call('POST', '/api/dr/targets', s3Target());
     expect(created.status).toBe(201);
@@ -142,6 +142,35 @@ describe('POST /api/dr/targets/{id}/check', () => {
     expect(broken.body.error.message).toContain('ENOTDIR');
 
     expect((await api.call('POST', '/api/dr/targets/no-such-target/check')).status).toBe(404);
+  });
+});
+
+describe('GET /api/dr/targets/{id}/usage', () => {
+  it('measures bytes stored, and free capacity where the protocol tells (SFTP statvfs)', async () => {
+    const created = await api.call('POST', '/api/dr/targets', {
+      ...sftpTarget(sftp.hostKeyFingerprint),
+      name: 'SFTP usage',
+      config: { ...sftpTarget(sftp.hostKeyFingerprint).config, path: `${sftp.directory}/usage` },
+    });
+    const storage = openTarget(
+      { targetType: 'SFTP', config: { ...created.body.config } },
+      { privateKey: sftp.privateKey, passphrase: sftp.passphrase },
+    );
+    await storage.put('data/one', Buffer.alloc(1234));
+    await storage.put('data/two', Buffer.alloc(766));
+    await storage.close?.();
+    const usage = await api.call('GET', `/api/dr/targets/${created.body.id}/usage`);
+    expect(usage.status).toBe(200);
+    expect(usage.body).toMatchObject({ ok: true, targetType: 'SFTP', bytesStored: 2000 });
+    expect(usage.body.bytesFree).toBeGreaterThan(0);
+    expect(Date.parse(usage.body.measuredAt)).not.toBeNaN();
+  });
+
+  it('answers ok: false with the reason when the target cannot be read', async () => {
+    const created = await api.call('POST', '/api/dr/targets', sftpTarget(sftp.otherFingerprint));
+    const usage = await api.call('GET', `/api/dr/targets/${created.body.id}/usage`);
+    expect(usage.body).toMatchObject({ ok: false, error: { kind: 'authentication' } });
+    expect((await api.call('GET', '/api/dr/targets/missing/usage')).status).toBe(404);
   });
 });
 

@@ -15,7 +15,7 @@ import {
   type Versioned,
 } from './common.ts';
 import type { StoredSchedule } from './schedule-service.ts';
-import { StorageError } from '../../storage/storage.ts';
+import { StorageError, type Storage } from '../../storage/storage.ts';
 import { openTarget, probeTarget, type ProbeResult } from '../../storage/targets.ts';
 
 /** A target as stored and returned: `config` has no secret field; `secretsSet` names those that are set. */
@@ -291,22 +291,9 @@ export type TargetCheck = {
  * not a failed request.
  */
 export async function checkTarget(cp: ControlPlane, id: string): Promise<TargetCheck> {
-  const current = await load(cp, id);
-  const target = current.data;
-  const secrets = target.secretName === undefined ? {} : ((await cp.secrets.get(target.secretName)) ?? {});
-  const about = { id, name: target.name, targetType: target.targetType };
-  let result: ProbeResult;
-  try {
-    const storage = openTarget(target, secrets);
-    try {
-      result = await probeTarget(storage);
-    } finally {
-      await storage.close?.().catch(() => undefined);
-    }
-  } catch (error) {
-    const kind = error instanceof StorageError ? error.kind : 'other';
-    result = { ok: false, latencyMs: 0, steps: {}, error: { kind, message: (error as Error).message } };
-  }
+  const { about, outcome } = await withTarget(cp, id, probeTarget);
+  const result: ProbeResult =
+    'error' in outcome ? { ok: false, latencyMs: 0, steps: {}, ...outcome } : outcome.value;
   cp.logger.info('target checked', {
     target: id,
     ok: result.ok,
@@ -314,4 +301,50 @@ export async function checkTarget(cp: ControlPlane, id: string): Promise<TargetC
     ...(result.error ? { kind: result.error.kind } : {}),
   });
   return { ...about, ...result };
+}
+
+export type TargetUsage = {
+  readonly id: string;
+  readonly name: string;
+  readonly targetType: TargetType;
+  readonly ok: boolean;
+  readonly measuredAt: string;
+  /** Bytes of every object under the target's repository location. */
+  readonly bytesStored?: number;
+  /** Free capacity, where the medium tells (LOCAL, SFTP with statvfs, FTP with AVBL). */
+  readonly bytesFree?: number;
+  readonly error?: { readonly kind: string; readonly message: string };
+};
+
+/** GET /api/dr/targets/{id}/usage: bytes stored (and free, where known), measured now by listing the target. */
+export async function targetUsage(cp: ControlPlane, id: string): Promise<TargetUsage> {
+  const { about, outcome } = await withTarget(cp, id, (storage) => storage.usage());
+  const measuredAt = new Date().toISOString();
+  if ('error' in outcome) return { ...about, ok: false, measuredAt, ...outcome };
+  return { ...about, ok: true, measuredAt, ...outcome.value };
+}
+
+/** Opens a target with its stored secrets, runs `use`, closes it; a failure is an answer, not a throw. */
+async function withTarget<T>(
+  cp: ControlPlane,
+  id: string,
+  use: (storage: Storage) => Promise<T>,
+): Promise<{
+  about: { id: string; name: string; targetType: TargetType };
+  outcome: { value: T } | { error: { kind: string; message: string } };
+}> {
+  const target = (await load(cp, id)).data;
+  const secrets = target.secretName === undefined ? {} : ((await cp.secrets.get(target.secretName)) ?? {});
+  const about = { id, name: target.name, targetType: target.targetType };
+  try {
+    const storage = openTarget(target, secrets);
+    try {
+      return { about, outcome: { value: await use(storage) } };
+    } finally {
+      await storage.close?.().catch(() => undefined);
+    }
+  } catch (error) {
+    const kind = error instanceof StorageError ? error.kind : 'other';
+    return { about, outcome: { error: { kind, message: (error as Error).message } } };
+  }
 }
