@@ -70,8 +70,10 @@ export class DrFunction extends Construct {
         target: 'node24',
         minify: true,
         sourceMap: true,
-        // Bundle the AWS SDK too: the versions tested are the versions deployed.
-        externalModules: [],
+        // Bundle the AWS SDK too: the versions tested are the versions deployed. Left out: ssh2's optional
+        // native add-ons (cpu-features, sshcrypto.node), whose require() ssh2 wraps in try/catch, falling back
+        // to Node's own crypto.
+        externalModules: ['cpu-features', '*.node'],
         mainFields: ['module', 'main'],
         // CommonJS dependencies inside an ESM bundle still call require().
         banner:

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -7,7 +7,7 @@ import { App, Stack, Validations } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { AttributeType, Table } from 'aws-cdk-lib/aws-dynamodb';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildApp } from '../../infra/app.ts';
 
 const run = promisify(execFile);
@@ -52,6 +52,25 @@ beforeAll(async () => {
 });
 
 describe('ControlPlaneStack template', () => {
+  it('bundles an API handler that loads on Node.js (optional native add-ons left out)', async () => {
+    const bundles = (await readdir(synthesized.outdir))
+      .filter((entry) => entry.startsWith('asset.'))
+      .map((entry) => join(synthesized.outdir, entry, 'index.mjs'));
+    const handlers: unknown[] = [];
+    // What the stack sets on the function (the module reads it at cold start).
+    vi.stubEnv('TABLE_NAME', 'dr-table');
+    vi.stubEnv('SECRET_PREFIX', 'dr');
+    vi.stubEnv('AWS_REGION', 'us-east-1');
+    for (const bundle of bundles) {
+      const text = await readFile(bundle, 'utf8').catch(() => undefined);
+      if (text?.includes('/api/dr/openapi.json'))
+        handlers.push(((await import(bundle)) as { handler?: unknown }).handler);
+    }
+    vi.unstubAllEnvs();
+    expect(handlers).toHaveLength(1);
+    expect(typeof handlers[0]).toBe('function');
+  });
+
   it('keeps the table encrypted with the stack key, with point-in-time recovery and deletion protection', () => {
     synthesized.template.hasResourceProperties('AWS::DynamoDB::Table', {
       KeySchema: [
