@@ -1,7 +1,15 @@
 import { z } from 'zod';
 import type { ControlPlane } from '../core/context.ts';
 import { ValidationError } from '../core/errors.ts';
-import { drConfigInput, idParams, listQuery, scheduleInput, targetInput } from '../core/schemas.ts';
+import {
+  backupListQuery,
+  drConfigInput,
+  idParams,
+  listQuery,
+  scheduleInput,
+  targetInput,
+} from '../core/schemas.ts';
+import { getBackup, listBackups, startRun } from '../core/services/backup-service.ts';
 import { getConfig, replaceConfig } from '../core/services/config-service.ts';
 import {
   createSchedule,
@@ -209,6 +217,48 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       params: idParams,
       status: 200,
       handle: async ({ params }) => ({ body: await targetUsage(cp, params.id) }),
+    }),
+
+    route({
+      method: 'POST',
+      path: '/api/dr/schedules/{id}/execute',
+      operationId: 'executeSchedule',
+      summary: 'Start a backup of this schedule now; 202 with the backup id (409 while one runs)',
+      tag: 'backups',
+      params: idParams,
+      status: 202,
+      handle: async ({ params, event }) => {
+        const record = await startRun(cp, cp.runs, {
+          scheduleId: params.id,
+          trigger: { kind: 'manual', actor: actorOf(event).principal },
+          actor: actorOf(event),
+        });
+        return { body: record, headers: { location: `/api/dr/backups/${record.id}` } };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/backups',
+      operationId: 'listBackups',
+      summary:
+        'The backup catalog, newest first: filter by type, status, schedule, target, time; latest=true',
+      tag: 'backups',
+      query: backupListQuery,
+      status: 200,
+      handle: async ({ query }) => {
+        const { latest, ...rest } = query;
+        return { body: await listBackups(cp, { ...rest, ...(latest ? { latest } : {}) }) };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/backups/{id}',
+      operationId: 'getBackup',
+      summary: 'One backup: status, per-target results, restore point, sizes and deduplication',
+      tag: 'backups',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => ({ body: await getBackup(cp, params.id) }),
     }),
 
     route({

@@ -1,4 +1,5 @@
 import type { AuditLog } from './audit.ts';
+import type { RunLauncher } from './services/backup-service.ts';
 import type { Logger } from './log.ts';
 import type { SecretStore } from './secrets/secret-store.ts';
 import type { DrTable } from './store/table.ts';
@@ -15,4 +16,6 @@ export interface ControlPlane {
   readonly now: () => Date;
   /** Prefix of every secret name this deployment owns (the IAM policy is scoped to it). */
   readonly secretPrefix: string;
+  /** Starts the backup worker for a run (absent where no worker is deployed: execute answers 503). */
+  readonly runs?: RunLauncher;
 }

@@ -102,3 +102,9 @@ export class ConfigurationError extends DrError {
 export function isDrError(error: unknown): error is DrError {
   return error instanceof DrError;
 }
+
+/** A part of the deployment that the request needs is not there (no backup worker, say). */
+export class ServiceUnavailableError extends DrError {
+  readonly status = 503;
+  readonly code = 'ServiceUnavailable';
+}

@@ -347,3 +347,20 @@ export const listQuery = z.strictObject({
 export type ListQuery = z.output<typeof listQuery>;
 
 export const idParams = z.strictObject({ id: resourceId });
+
+/** GET /api/dr/backups: the seed's filters (`type`, `latest=true`) and more. */
+export const backupListQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).default(50),
+  nextToken: z.string().max(2048).optional(),
+  type: z.enum(['FULL', 'INCREMENTAL', 'SCHEMA']).optional(),
+  status: z.enum(['RUNNING', 'SUCCESS', 'PARTIAL', 'FAILED']).optional(),
+  scheduleId: resourceId.optional(),
+  targetId: resourceId.optional(),
+  from: z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).optional(),
+  to: z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).optional(),
+  latest: z
+    .enum(['true', 'false'], { error: "must be 'true' or 'false'" })
+    .transform((value) => value === 'true')
+    .optional(),
+});
+export type BackupListQuery = z.output<typeof backupListQuery>;

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import { chunkStream } from './chunker.ts';
-import { SourceError } from './errors.ts';
+import { EngineError, SourceError } from './errors.ts';
 import { readFileStream, walk } from './files.ts';
 import {
+  isBackupId,
   newBackupId,
   type BackupType,
   type FileEntry,
@@ -37,6 +38,8 @@ export interface ProgressEvent {
 export type ProgressListener = (event: ProgressEvent) => void;
 
 export interface BackupOptions {
+  /** The backup's id, when the caller named it beforehand (a catalog entry); default a new one. */
+  readonly id?: string;
   readonly type: BackupType;
   readonly source: BackupSource;
   /** For INCREMENTAL: the parent's id; default the newest good backup with the same `series` tag. */
@@ -68,7 +71,9 @@ export interface BackupResult {
 export async function backup(repository: Repository, options: BackupOptions): Promise<BackupResult> {
   const now = options.now ?? (() => new Date());
   const startedAt = now();
-  const id = newBackupId(startedAt);
+  if (options.id !== undefined && !isBackupId(options.id))
+    throw new EngineError(`not a backup id: ${JSON.stringify(options.id.slice(0, 40))}`);
+  const id = options.id ?? newBackupId(startedAt);
   const { source } = options;
   if (!source.database && !source.files)
     throw new SourceError('nothing to back up: give a database, a files root, or both');

@@ -89,6 +89,11 @@ export interface FilesManifest {
 }
 
 /** Backup ids sort by time, to the millisecond: 20261124T181500123Z-1a2b3c. */
+/** What `newBackupId` makes: the start time to the millisecond, then 6 random hex digits. */
+export function isBackupId(value: string): boolean {
+  return /^\d{8}T\d{9}Z-[0-9a-f]{6}$/.test(value);
+}
+
 export function newBackupId(now: Date = new Date()): string {
   const stamp = now.toISOString().replace(/[-:.]/g, '');
   const suffix = Math.floor(Math.random() * 0xffffff)

@@ -10,6 +10,7 @@ import { startLocalRuntime } from './runtime.ts';
  *   DR_DATA_DIR   where state persists (default ./.dr)
  *   DR_API_TOKEN  bearer token for the API; generated on first start and kept in DR_DATA_DIR when unset
  *   DR_SECRET_KEY base64 key for the local secret store; generated into DR_DATA_DIR when unset
+ *   DR_MASTER_KEY the backup repositories' master key (64 hex); generated into DR_DATA_DIR/master.key when unset
  *   LOG_LEVEL     debug | info | warn | error (default info)
  */
 const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
@@ -21,6 +22,7 @@ const runtime = await startLocalRuntime({
   host: optionalEnv('DR_HOST') ?? '127.0.0.1',
   token: optionalEnv('DR_API_TOKEN'),
   secretKey: optionalEnv('DR_SECRET_KEY'),
+  masterKey: optionalEnv('DR_MASTER_KEY'),
   logger,
 });
 

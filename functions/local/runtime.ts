@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createApiHandler } from '../api/app.ts';
 import { AuditLog } from '../core/audit.ts';
@@ -8,6 +8,9 @@ import type { Logger } from '../core/log.ts';
 import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-store.ts';
 import { DrTable } from '../core/store/table.ts';
 import { VERSION } from '../core/version.ts';
+import type { RunLauncher } from '../core/services/backup-service.ts';
+import { generateMasterKey, parseMasterKey, type MasterKey } from '../engine/crypto.ts';
+import { executeRun } from '../worker/run-backup.ts';
 import { startLocalDynamo } from './dynamodb.ts';
 import { startServer } from './server.ts';
 
@@ -24,6 +27,10 @@ export interface LocalRuntimeOptions {
   readonly secretKey?: string | undefined;
   readonly logger: Logger;
   readonly now?: () => Date;
+  /** DR_MASTER_KEY (64 hex digits); when unset a key is generated into `<dataDir>/master.key` on first use. */
+  readonly masterKey?: string | undefined;
+  /** Worker heartbeat period (tests shorten it). */
+  readonly heartbeatMs?: number;
 }
 
 export interface LocalRuntime {
@@ -34,6 +41,8 @@ export interface LocalRuntime {
   /** The embedded DynamoDB-compatible endpoint (for inspection with any DynamoDB client). */
   readonly storeEndpoint: string;
   readonly controlPlane: ControlPlane;
+  /** Resolves when no backup run is in progress in this process. */
+  idle(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -45,7 +54,25 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   const dynamo = await startLocalDynamo({ path: join(dataDir, 'dynamodb'), tableName: LOCAL_TABLE_NAME });
   const now = options.now ?? (() => new Date());
   const table = new DrTable({ tableName: LOCAL_TABLE_NAME, client: dynamo.documentClient });
+  // The backup worker runs in this process: a launch starts the run and returns at once.
+  const running = new Set<Promise<unknown>>();
+  const masterKey = () => localMasterKey(dataDir, options.masterKey, options.logger);
+  const runs: RunLauncher = {
+    launch: (backupId) => {
+      const run: Promise<unknown> = executeRun(controlPlane, backupId, {
+        masterKey,
+        ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
+      })
+        .catch((error: unknown) =>
+          options.logger.error('backup worker failed', { backup: backupId, error: (error as Error).message }),
+        )
+        .finally(() => running.delete(run));
+      running.add(run);
+      return Promise.resolve();
+    },
+  };
   const controlPlane: ControlPlane = {
+    runs,
     table,
     secrets: await LocalSecretStore.open(
       join(dataDir, 'secrets'),
@@ -77,8 +104,12 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     tokenGenerated: generated,
     storeEndpoint: dynamo.endpoint,
     controlPlane,
+    idle: async () => {
+      while (running.size > 0) await Promise.allSettled([...running]);
+    },
     close: async () => {
       await server.close();
+      while (running.size > 0) await Promise.allSettled([...running]);
       await dynamo.close();
     },
   };
@@ -98,4 +129,34 @@ async function resolveToken(
   const token = randomBytes(32).toString('base64url');
   await writeAtomically(file, `${token}\n`);
   return { token, generated: true };
+}
+
+/**
+ * The master key the local runtime's repositories are sealed under: DR_MASTER_KEY, or `<dataDir>/master.key`,
+ * generated (0600) on first use. drctl restores with the same file (`--key-file .dr/master.key`).
+ */
+async function localMasterKey(
+  dataDir: string,
+  fromEnv: string | undefined,
+  logger: Logger,
+): Promise<MasterKey> {
+  if (fromEnv !== undefined && fromEnv !== '') return parseMasterKey(fromEnv);
+  const file = join(dataDir, 'master.key');
+  try {
+    return parseMasterKey(await readFile(file, 'utf8'));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  try {
+    await writeFile(file, `${generateMasterKey()}\n`, { flag: 'wx', mode: 0o600 });
+    logger.warn(
+      'generated the backup master key: keep a copy away from this machine; drctl needs it to restore',
+      {
+        file,
+      },
+    );
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+  return parseMasterKey(await readFile(file, 'utf8'));
 }

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { newBackupId } from '../../functions/engine/manifest.ts';
+import { isBackupId, newBackupId } from '../../functions/engine/manifest.ts';
 
 describe('newBackupId', () => {
   it('has the documented shape', () => {
@@ -13,5 +13,13 @@ describe('newBackupId', () => {
         expect(newBackupId(new Date(base)) < newBackupId(new Date(base + gap))).toBe(true);
       }),
     );
+  });
+
+  it('is recognized by isBackupId, and nothing else is', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 4e12 }), (time) => isBackupId(newBackupId(new Date(time)))),
+    );
+    for (const other of ['', 'latest', '20261124T181500123Z', '20261124T181500123Z-ABCDEF', '../x'])
+      expect(isBackupId(other)).toBe(false);
   });
 });

@@ -163,3 +163,32 @@ function toView(item: StoredItem<StoredConfig>): DrConfigView {
   const { secretName: _secretName, ...rest } = versioned(item);
   return rest;
 }
+
+/** The source to back up, with its password, for the worker (never for API responses). */
+export interface SourceForRun {
+  readonly database?: { readonly url: string; readonly password?: string };
+  readonly files?: NonNullable<NonNullable<DrConfigInput['source']>['files']>;
+}
+
+export async function sourceForRun(cp: ControlPlane): Promise<SourceForRun | undefined> {
+  const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
+  if (!stored?.source) return undefined;
+  const { database, files } = stored.source;
+  const password =
+    stored.secretName === undefined ? undefined : (await cp.secrets.get(stored.secretName))?.password;
+  let url: string | undefined;
+  if (database?.url) url = database.url;
+  else if (database?.host && database.database) {
+    const built = new URL('postgres://localhost');
+    built.hostname = database.host;
+    built.port = String(database.port ?? 5432);
+    built.pathname = `/${encodeURIComponent(database.database)}`;
+    if (database.username) built.username = encodeURIComponent(database.username);
+    if (database.sslMode) built.searchParams.set('sslmode', database.sslMode);
+    url = built.toString();
+  }
+  return {
+    ...(url ? { database: { url, ...(password === undefined ? {} : { password }) } } : {}),
+    ...(files ? { files } : {}),
+  };
+}

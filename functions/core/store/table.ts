@@ -26,6 +26,10 @@ export const Partition = {
   target: 'TARGET',
   schedule: 'SCHEDULE',
   audit: 'AUDIT',
+  /** The backup catalog: one item per backup, sort key = backup id (time-ordered). */
+  backup: 'BACKUP',
+  /** The run in progress of each schedule (sort key = schedule id): at most one, with its heartbeat. */
+  run: 'RUN',
 } as const;
 export type PartitionKey = (typeof Partition)[keyof typeof Partition];
 
@@ -155,7 +159,13 @@ export class DrTable {
   /** One page of a partition, in sort-key order (or reversed). */
   async query<T>(
     pk: PartitionKey,
-    options: { limit?: number; nextToken?: string | undefined; descending?: boolean } = {},
+    options: {
+      limit?: number;
+      nextToken?: string | undefined;
+      descending?: boolean;
+      /** Start after this sort key (instead of a token). */
+      after?: string;
+    } = {},
   ): Promise<Page<T>> {
     const result = await this.client.send(
       new QueryCommand({
@@ -164,7 +174,12 @@ export class DrTable {
         ExpressionAttributeValues: { ':pk': pk },
         ScanIndexForward: !options.descending,
         Limit: options.limit,
-        ExclusiveStartKey: options.nextToken === undefined ? undefined : decodeToken(options.nextToken, pk),
+        ExclusiveStartKey:
+          options.after !== undefined
+            ? { pk, sk: options.after }
+            : options.nextToken === undefined
+              ? undefined
+              : decodeToken(options.nextToken, pk),
         ConsistentRead: true,
       }),
     );

@@ -1,0 +1,343 @@
+import { randomBytes } from 'node:crypto';
+import type { Actor } from '../audit.ts';
+import type { ControlPlane } from '../context.ts';
+import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
+import { Partition, type StoredItem } from '../store/table.ts';
+import { requireFound } from './common.ts';
+import { findConfig } from './config-service.ts';
+import type { StoredSchedule } from './schedule-service.ts';
+
+/**
+ * The backup catalog and the runs that fill it.
+ *
+ * - A run starts with a lock item per schedule (`RUN`/<schedule id>, created only if absent): runs of one
+ *   schedule never overlap. The lock and the catalog entry carry a heartbeat the worker renews; a run whose
+ *   heartbeat is older than `STALE_AFTER_MS` is taken as dead: its entry is marked FAILED and the lock removed.
+ * - The catalog entry (`BACKUP`/<backup id>) is created RUNNING before the worker starts and is finished by it:
+ *   SUCCESS when every target holds the backup, PARTIAL when some do, FAILED when none does.
+ * - Every write after creation is conditional on the version read, so a worker declared dead cannot overwrite
+ *   the FAILED its entry was given, and two writers never interleave.
+ */
+export const HEARTBEAT_MS = 30_000;
+export const STALE_AFTER_MS = 5 * 60_000;
+
+export type BackupStatus = 'RUNNING' | 'SUCCESS' | 'PARTIAL' | 'FAILED';
+export type TargetRunStatus = 'RUNNING' | 'SUCCESS' | 'FAILED';
+
+export interface TargetResult {
+  readonly targetId: string;
+  readonly name: string;
+  readonly targetType: string;
+  readonly status: TargetRunStatus;
+  readonly bytesWritten?: number;
+  readonly finishedAt?: string;
+  readonly error?: { readonly kind: string; readonly message: string };
+}
+
+export interface BackupRecord {
+  readonly id: string;
+  readonly scheduleId: string;
+  readonly scheduleName: string;
+  /** The type asked for; `type` is what was taken (an INCREMENTAL with no usable parent becomes a FULL). */
+  readonly requestedType: StoredSchedule['scheduleType'];
+  readonly type: StoredSchedule['scheduleType'];
+  readonly status: BackupStatus;
+  readonly trigger: {
+    readonly kind: 'manual' | 'schedule';
+    readonly firingTime?: string;
+    readonly actor?: string;
+  };
+  readonly startedAt: string;
+  readonly heartbeatAt: string;
+  readonly finishedAt?: string;
+  readonly targets: readonly TargetResult[];
+  readonly parent?: string;
+  /** The point in time the backup restores to (the database snapshot). */
+  readonly restorePoint?: string;
+  readonly database?: { readonly name: string; readonly serverVersion: string; readonly tables: number };
+  readonly files?: { readonly entries: number };
+  readonly sizes?: {
+    /** Bytes read from the source. */
+    readonly sourceBytes: number;
+    /** Bytes this backup added to the repository (after deduplication, compression and encryption). */
+    readonly storedBytes: number;
+    readonly chunks: number;
+    readonly newChunks: number;
+    /** sourceBytes / storedBytes (higher is better), when anything was stored. */
+    readonly dedupRatio?: number;
+  };
+  readonly progress?: { readonly phase: string; readonly item?: string; readonly bytes: number };
+  /** Why this backup is not used as a restore point or parent until someone looks at it. */
+  readonly review?: string;
+  readonly notice?: string;
+  readonly error?: string;
+  /** Verification and restore tests that passed (retention keeps the newest such backup). */
+  readonly verifiedAt?: string;
+}
+
+interface RunLock {
+  readonly scheduleId: string;
+  readonly backupId: string;
+  readonly startedAt: string;
+  readonly heartbeatAt: string;
+}
+
+/** What starts the worker for a backup: in process locally, an asynchronous invocation on AWS. */
+export interface RunLauncher {
+  launch(backupId: string): Promise<void>;
+}
+
+export interface StartRunInput {
+  readonly scheduleId: string;
+  readonly trigger: BackupRecord['trigger'];
+  readonly actor?: Actor;
+}
+
+/** POST /api/dr/schedules/{id}/execute, and the dispatcher: claims the schedule, records the run, launches it. */
+export async function startRun(
+  cp: ControlPlane,
+  launcher: RunLauncher | undefined,
+  input: StartRunInput,
+): Promise<BackupRecord> {
+  if (!launcher) throw new ServiceUnavailableError('no backup worker is configured in this deployment');
+  const schedule = requireFound(
+    (await cp.table.get<StoredSchedule>(Partition.schedule, input.scheduleId))?.data,
+    `schedule ${input.scheduleId}`,
+  );
+  const config = await findConfig(cp);
+  if (!config?.source?.database && !config?.source?.files)
+    throw new ConflictError(
+      'the DR config names no source to back up: set source.database or source.files first',
+    );
+  if (schedule.targets.length === 0) throw new ValidationError('the schedule has no targets');
+
+  const now = cp.now();
+  const id = newBackupId(now);
+  const lock: RunLock = {
+    scheduleId: schedule.id,
+    backupId: id,
+    startedAt: now.toISOString(),
+    heartbeatAt: now.toISOString(),
+  };
+  if (!(await claim(cp, lock))) {
+    const current = await cp.table.get<RunLock>(Partition.run, schedule.id);
+    throw new ConflictError(
+      current
+        ? `schedule ${schedule.id} is already running (backup ${current.data.backupId}, started ${current.data.startedAt})`
+        : `schedule ${schedule.id} is already running`,
+    );
+  }
+  const record: BackupRecord = {
+    id,
+    scheduleId: schedule.id,
+    scheduleName: schedule.name,
+    requestedType: schedule.scheduleType,
+    type: schedule.scheduleType,
+    status: 'RUNNING',
+    trigger: input.trigger,
+    startedAt: now.toISOString(),
+    heartbeatAt: now.toISOString(),
+    targets: schedule.targets.map((targetId) => ({
+      targetId,
+      name: targetId,
+      targetType: 'UNKNOWN',
+      status: 'RUNNING' as const,
+    })),
+  };
+  await cp.table.create(Partition.backup, id, record, now, `backup ${id} exists`);
+  await cp.audit.append(input.actor ?? { principal: 'scheduler' }, {
+    action: 'backup.start',
+    resource: `backup/${id}`,
+    details: { schedule: schedule.id, trigger: input.trigger.kind, type: schedule.scheduleType },
+  });
+  try {
+    await launcher.launch(id);
+  } catch (error) {
+    await finishRecord(cp, id, {
+      status: 'FAILED',
+      error: `the worker could not be started: ${(error as Error).message}`,
+    });
+    await releaseRun(cp, schedule.id, id);
+    throw error;
+  }
+  return record;
+}
+
+/** Takes the schedule's run lock; a lock whose run stopped beating is reaped first. */
+async function claim(cp: ControlPlane, lock: RunLock): Promise<boolean> {
+  const item = (data: RunLock) => ({
+    pk: Partition.run,
+    sk: data.scheduleId,
+    version: 1,
+    createdAt: data.startedAt,
+    updatedAt: data.startedAt,
+    data,
+  });
+  if (await cp.table.putIfAbsent(item(lock))) return true;
+  const current = await cp.table.get<RunLock>(Partition.run, lock.scheduleId);
+  if (current && !isStale(cp, current.data.heartbeatAt)) return false;
+  if (current) await reap(cp, current);
+  return cp.table.putIfAbsent(item(lock));
+}
+
+function isStale(cp: ControlPlane, heartbeatAt: string): boolean {
+  return cp.now().getTime() - Date.parse(heartbeatAt) > STALE_AFTER_MS;
+}
+
+/** Marks the run of a dead worker FAILED and frees its schedule. */
+async function reap(cp: ControlPlane, lock: StoredItem<RunLock>): Promise<void> {
+  const { backupId, heartbeatAt } = lock.data;
+  await finishRecord(cp, backupId, {
+    status: 'FAILED',
+    error: `the worker stopped responding (last heartbeat ${heartbeatAt}); the run was abandoned`,
+  }).catch((error: unknown) => {
+    if (!(error instanceof NotFoundError) && !(error instanceof ConflictError)) throw error;
+  });
+  await cp.table.delete(lock).catch((error: unknown) => {
+    if (!(error instanceof ConflictError)) throw error;
+  });
+  cp.logger.warn('run abandoned: worker stopped responding', {
+    backup: backupId,
+    schedule: lock.data.scheduleId,
+  });
+}
+
+/** Finds runs whose worker died (the dispatcher calls this on every tick). Returns the backups marked FAILED. */
+export async function reapStaleRuns(cp: ControlPlane): Promise<string[]> {
+  const reaped: string[] = [];
+  for (const lock of await cp.table.queryAll<StoredItem<RunLock>>(Partition.run)) {
+    if (isStale(cp, lock.data.heartbeatAt)) {
+      await reap(cp, lock);
+      reaped.push(lock.data.backupId);
+    }
+  }
+  return reaped;
+}
+
+/** The worker's heartbeat (and progress): renews the lock and the entry; fails if the run was declared dead. */
+export async function beat(
+  cp: ControlPlane,
+  backupId: string,
+  progress?: BackupRecord['progress'],
+): Promise<void> {
+  const record = requireFound(
+    await cp.table.get<BackupRecord>(Partition.backup, backupId),
+    `backup ${backupId}`,
+  );
+  if (record.data.status !== 'RUNNING')
+    throw new ConflictError(`backup ${backupId} is ${record.data.status}: this run was abandoned`);
+  const now = cp.now();
+  await cp.table.replace(
+    record,
+    { ...record.data, heartbeatAt: now.toISOString(), ...(progress ? { progress } : {}) },
+    now,
+  );
+  const lock = await cp.table.get<RunLock>(Partition.run, record.data.scheduleId);
+  if (lock?.data.backupId === backupId)
+    await cp.table.replace(lock, { ...lock.data, heartbeatAt: now.toISOString() }, now);
+}
+
+/** Applies `changes` to a backup entry (conditional on the version read; the worker and the reaper race here). */
+export async function finishRecord(
+  cp: ControlPlane,
+  backupId: string,
+  changes: Partial<BackupRecord>,
+): Promise<BackupRecord> {
+  const current = requireFound(
+    await cp.table.get<BackupRecord>(Partition.backup, backupId),
+    `backup ${backupId}`,
+  );
+  if (current.data.status !== 'RUNNING' && changes.status !== undefined)
+    throw new ConflictError(`backup ${backupId} already finished as ${current.data.status}`);
+  const now = cp.now();
+  const { progress: _progress, ...rest } = current.data;
+  const data: BackupRecord = {
+    ...rest,
+    ...changes,
+    ...(changes.status && changes.status !== 'RUNNING' ? { finishedAt: now.toISOString() } : {}),
+  };
+  const targets =
+    data.status === 'FAILED'
+      ? data.targets.map((target) =>
+          target.status === 'RUNNING' ? { ...target, status: 'FAILED' as const } : target,
+        )
+      : data.targets;
+  return (await cp.table.replace(current, { ...data, targets }, now)).data;
+}
+
+/** Frees the schedule after a run (only the lock of that run). */
+export async function releaseRun(cp: ControlPlane, scheduleId: string, backupId: string): Promise<void> {
+  const lock = await cp.table.get<RunLock>(Partition.run, scheduleId);
+  if (lock?.data.backupId === backupId)
+    await cp.table.delete(lock).catch((error: unknown) => {
+      if (!(error instanceof ConflictError)) throw error;
+    });
+}
+
+export async function getBackup(cp: ControlPlane, id: string): Promise<BackupRecord> {
+  return requireFound(await cp.table.get<BackupRecord>(Partition.backup, id), `backup ${id}`).data;
+}
+
+export interface BackupFilter {
+  readonly type?: BackupRecord['type'];
+  readonly status?: BackupStatus;
+  readonly scheduleId?: string;
+  readonly targetId?: string;
+  /** startedAt bounds (ISO 8601), inclusive. */
+  readonly from?: string;
+  readonly to?: string;
+  /** Only the newest backup that matches and is a usable restore point (SUCCESS or PARTIAL, not under review). */
+  readonly latest?: boolean;
+  readonly limit?: number;
+  readonly nextToken?: string;
+}
+
+/** GET /api/dr/backups: newest first, filtered, paged by an opaque token. */
+export async function listBackups(
+  cp: ControlPlane,
+  filter: BackupFilter,
+): Promise<{ items: BackupRecord[]; nextToken?: string }> {
+  const limit = filter.latest ? 1 : (filter.limit ?? 50);
+  const matches = (record: BackupRecord) =>
+    (filter.type === undefined || record.type === filter.type) &&
+    (filter.status === undefined || record.status === filter.status) &&
+    (filter.scheduleId === undefined || record.scheduleId === filter.scheduleId) &&
+    (filter.targetId === undefined || record.targets.some((target) => target.targetId === filter.targetId)) &&
+    (filter.from === undefined || record.startedAt >= filter.from) &&
+    (filter.to === undefined || record.startedAt <= filter.to) &&
+    (!filter.latest || isRestorePoint(record));
+  const items: BackupRecord[] = [];
+  let after = filter.nextToken === undefined ? undefined : decodeAfter(filter.nextToken);
+  for (;;) {
+    const page = await cp.table.query<StoredItem<BackupRecord>>(Partition.backup, {
+      descending: true,
+      limit: 100,
+      ...(after === undefined ? {} : { after }),
+    });
+    for (const item of page.items) {
+      if (!matches(item.data)) continue;
+      items.push(item.data);
+      if (items.length === limit)
+        return filter.latest ? { items } : { items, nextToken: Buffer.from(item.sk).toString('base64url') };
+    }
+    if (page.items.length === 0 || page.nextToken === undefined) return { items };
+    after = page.items.at(-1)!.sk;
+  }
+}
+
+/** A backup one can restore from: it completed on at least one target and nobody flagged it. */
+export function isRestorePoint(record: BackupRecord): boolean {
+  return (record.status === 'SUCCESS' || record.status === 'PARTIAL') && record.review === undefined;
+}
+
+function decodeAfter(token: string): string {
+  const id = Buffer.from(token, 'base64url').toString('utf8');
+  if (!/^\d{8}T\d{9}Z-[0-9a-f]{6}$/.test(id))
+    throw ValidationError.forField('nextToken', 'is not a token this API gave');
+  return id;
+}
+
+/** The engine's id format (`20261124T215213123Z-a1b2c3`): the catalog names the backup before the engine runs. */
+function newBackupId(now: Date): string {
+  return `${now.toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
+}

@@ -1,0 +1,263 @@
+import type { ControlPlane } from '../core/context.ts';
+import { ConflictError } from '../core/errors.ts';
+import {
+  beat,
+  finishRecord,
+  getBackup,
+  HEARTBEAT_MS,
+  isRestorePoint,
+  releaseRun,
+  type BackupRecord,
+  type BackupStatus,
+  type TargetResult,
+} from '../core/services/backup-service.ts';
+import { sourceForRun } from '../core/services/config-service.ts';
+import type { StoredSchedule } from '../core/services/schedule-service.ts';
+import { targetSecrets, type Target } from '../core/services/target-service.ts';
+import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
+import { backup, type BackupSource } from '../engine/backup.ts';
+import type { MasterKey } from '../engine/crypto.ts';
+import { connectionFrom } from '../engine/postgres.ts';
+import { Repository } from '../engine/repository.ts';
+import { MirrorStorage, type MirrorMember } from '../storage/mirror.ts';
+import { StorageError } from '../storage/storage.ts';
+import { openTarget } from '../storage/targets.ts';
+import { prepareRepositories } from './repositories.ts';
+
+export interface WorkerOptions {
+  /** The master key every target's repository is sealed under. */
+  masterKey(): Promise<MasterKey>;
+  readonly heartbeatMs?: number;
+  /** Bytes queued per target before the backup waits for the slowest (default 64 MiB). */
+  readonly queueBytes?: number;
+}
+
+/**
+ * The backup worker: one run of a schedule, from its catalog entry (RUNNING) to its outcome. The source is
+ * read once into one repository mirrored to every target of the schedule; each target's result is recorded
+ * (SUCCESS when it holds the whole backup, FAILED with the reason otherwise), and the backup is SUCCESS,
+ * PARTIAL or FAILED accordingly. A duplicate launch of a finished run does nothing.
+ */
+export async function executeRun(
+  cp: ControlPlane,
+  backupId: string,
+  options: WorkerOptions,
+): Promise<BackupRecord> {
+  const record = await getBackup(cp, backupId);
+  if (record.status !== 'RUNNING') return record;
+
+  let progress: BackupRecord['progress'];
+  let abandoned = false;
+  const heartbeat = setInterval(() => {
+    beat(cp, backupId, progress).catch((error: unknown) => {
+      if (error instanceof ConflictError) abandoned = true;
+      cp.logger.warn('heartbeat failed', { backup: backupId, error: (error as Error).message });
+    });
+  }, options.heartbeatMs ?? HEARTBEAT_MS);
+  let mirror: MirrorStorage | undefined;
+  try {
+    const schedule = (await cp.table.get<StoredSchedule>(Partition.schedule, record.scheduleId))?.data;
+    if (!schedule)
+      return await fail(cp, record, `schedule ${record.scheduleId} was deleted before the run started`);
+    const source = await sourceForRun(cp);
+    const engineSource: BackupSource = {
+      ...(source?.database
+        ? { database: connectionFrom(source.database.url, source.database.password) }
+        : {}),
+      ...(source?.files?.type === 'directory' ? { files: source.files.path } : {}),
+    };
+    const notices: string[] = [];
+    if (source?.files?.type === 's3')
+      notices.push('files in an S3 bucket are not backed up yet: only the database was');
+    if (!engineSource.database && !engineSource.files)
+      return await fail(cp, record, 'the DR config names no source to back up');
+
+    // Open every target; one that cannot be opened is recorded as failed, the others go on.
+    const results = new Map<string, TargetResult>();
+    const members: MirrorMember[] = [];
+    for (const targetId of schedule.targets) {
+      const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, targetId))?.data;
+      if (!stored) {
+        results.set(
+          targetId,
+          failed(targetId, targetId, 'UNKNOWN', 'not-found', 'the target no longer exists'),
+        );
+        continue;
+      }
+      try {
+        const storage = openTarget(stored, await targetSecrets(cp, stored));
+        members.push({ id: targetId, storage });
+        results.set(targetId, {
+          targetId,
+          name: stored.name,
+          targetType: stored.targetType,
+          status: 'RUNNING',
+        });
+      } catch (error) {
+        const kind = error instanceof StorageError ? error.kind : 'other';
+        results.set(
+          targetId,
+          failed(targetId, stored.name, stored.targetType, kind, (error as Error).message),
+        );
+      }
+    }
+    if (members.length === 0)
+      return await fail(cp, record, 'no target of the schedule could be opened', [...results.values()]);
+
+    const key = await options.masterKey();
+    mirror = new MirrorStorage(
+      members,
+      options.queueBytes === undefined ? {} : { queueBytes: options.queueBytes },
+    );
+    for (const [id, error] of await prepareRepositories(members, key)) mirror.exclude(id, error);
+    const repository = await Repository.open(mirror, key);
+
+    // An INCREMENTAL builds on the newest restore point that every target still in the run holds.
+    const live = (await mirror.flush()).filter((member) => member.ok).map((member) => member.id);
+    let type = record.requestedType;
+    let parent: string | undefined;
+    if (type === 'INCREMENTAL') {
+      parent = await parentFor(cp, backupId, live);
+      if (!parent) {
+        type = 'FULL';
+        notices.push(
+          'no earlier backup held by every target of this run: this INCREMENTAL was taken as a FULL',
+        );
+      }
+    }
+    const { manifest } = await backup(repository, {
+      id: backupId,
+      type,
+      source: engineSource,
+      ...(parent ? { parent } : {}),
+      tags: { schedule: schedule.id, series: 'dr' },
+      onProgress: (event) => {
+        progress = { phase: event.phase, bytes: event.bytes, ...(event.item ? { item: event.item } : {}) };
+      },
+    });
+    for (const member of await mirror.flush()) {
+      const before = results.get(member.id)!;
+      results.set(member.id, {
+        ...before,
+        status: member.ok ? 'SUCCESS' : 'FAILED',
+        bytesWritten: member.bytesWritten,
+        ...(member.finishedAt ? { finishedAt: member.finishedAt.toISOString() } : {}),
+        ...(member.error ? { error: member.error } : {}),
+      });
+    }
+    const targets = schedule.targets.map((id) => results.get(id)!);
+    const succeeded = targets.filter((target) => target.status === 'SUCCESS').length;
+    const status: BackupStatus =
+      succeeded === targets.length ? 'SUCCESS' : succeeded > 0 ? 'PARTIAL' : 'FAILED';
+    const { stats } = manifest;
+    const finished = await finishRecord(cp, backupId, {
+      status,
+      type: manifest.type,
+      targets,
+      ...(manifest.parent ? { parent: manifest.parent } : {}),
+      restorePoint: manifest.restorePoint,
+      ...(manifest.database
+        ? {
+            database: {
+              name: manifest.database.database,
+              serverVersion: manifest.database.serverVersion,
+              tables: manifest.database.tables.length,
+            },
+          }
+        : {}),
+      ...(manifest.files ? { files: { entries: manifest.files.entries.length } } : {}),
+      sizes: {
+        sourceBytes: stats.bytesRead,
+        storedBytes: stats.bytesStored,
+        chunks: stats.chunks,
+        newChunks: stats.newChunks,
+        ...(stats.bytesStored > 0
+          ? { dedupRatio: Math.round((stats.bytesRead / stats.bytesStored) * 100) / 100 }
+          : {}),
+      },
+      ...(manifest.review ? { review: manifest.review.reason } : {}),
+      ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
+      ...(status === 'FAILED' ? { error: 'no target holds the backup' } : {}),
+    });
+    await cp.audit.append(
+      { principal: 'backup-worker' },
+      {
+        action: 'backup.finish',
+        resource: `backup/${backupId}`,
+        details: {
+          status,
+          type: manifest.type,
+          targets: targets.map((t) => `${t.targetId}:${t.status}`).join(','),
+        },
+      },
+    );
+    return finished;
+  } catch (error) {
+    await mirror?.flush().catch(() => undefined);
+    if (abandoned) return getBackup(cp, backupId);
+    return await fail(cp, record, (error as Error).message).catch(() => getBackup(cp, backupId));
+  } finally {
+    clearInterval(heartbeat);
+    await mirror?.close();
+    await releaseRun(cp, record.scheduleId, backupId);
+  }
+}
+
+async function fail(
+  cp: ControlPlane,
+  record: BackupRecord,
+  reason: string,
+  targets?: readonly TargetResult[],
+): Promise<BackupRecord> {
+  cp.logger.error('backup failed', { backup: record.id, reason });
+  const finished = await finishRecord(cp, record.id, {
+    status: 'FAILED',
+    error: reason,
+    ...(targets ? { targets } : {}),
+  });
+  await cp.audit.append(
+    { principal: 'backup-worker' },
+    {
+      action: 'backup.finish',
+      resource: `backup/${record.id}`,
+      details: { status: 'FAILED' },
+    },
+  );
+  return finished;
+}
+
+function failed(
+  targetId: string,
+  name: string,
+  targetType: string,
+  kind: string,
+  message: string,
+): TargetResult {
+  return { targetId, name, targetType, status: 'FAILED', error: { kind, message } };
+}
+
+/** The newest restore point (not SCHEMA) that every one of `targets` holds. */
+async function parentFor(
+  cp: ControlPlane,
+  backupId: string,
+  targets: readonly string[],
+): Promise<string | undefined> {
+  let after: string | undefined = backupId;
+  for (;;) {
+    const page: Page<StoredItem<BackupRecord>> = await cp.table.query<StoredItem<BackupRecord>>(
+      Partition.backup,
+      {
+        descending: true,
+        limit: 100,
+        ...(after ? { after } : {}),
+      },
+    );
+    for (const { data } of page.items) {
+      if (data.type === 'SCHEMA' || !isRestorePoint(data)) continue;
+      const holders = new Set(data.targets.filter((t) => t.status === 'SUCCESS').map((t) => t.targetId));
+      if (targets.every((id) => holders.has(id))) return data.id;
+    }
+    if (page.items.length === 0 || page.nextToken === undefined) return undefined;
+    after = page.items.at(-1)!.sk;
+  }
+}
