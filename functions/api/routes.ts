@@ -10,6 +10,7 @@ import {
   targetInput,
 } from '../core/schemas.ts';
 import { getBackup, listBackups, startRun } from '../core/services/backup-service.ts';
+import { listFirings } from '../core/services/dispatch-service.ts';
 import { getConfig, replaceConfig } from '../core/services/config-service.ts';
 import {
   createSchedule,
@@ -234,6 +235,19 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
           actor: actorOf(event),
         });
         return { body: record, headers: { location: `/api/dr/backups/${record.id}` } };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/schedules/{id}/firings',
+      operationId: 'listFirings',
+      summary: 'The firings of this schedule, newest first: started, missed (the system was down), skipped',
+      tag: 'schedules',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => {
+        await getSchedule(cp, params.id);
+        return { body: { items: await listFirings(cp, params.id) } };
       },
     }),
     route({

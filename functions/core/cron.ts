@@ -59,3 +59,21 @@ export function nextRuns(expression: string, timeZone: string, after: Date, coun
   const interval = CronExpressionParser.parse(expression, { tz: timeZone, currentDate: after });
   return interval.take(count).map((date) => date.toISOString() ?? '');
 }
+
+/** Firing times in (after, until], oldest first, at most `limit` (the newest `limit` when there are more). */
+export function firingsBetween(
+  expression: string,
+  timeZone: string,
+  after: Date,
+  until: Date,
+  limit = 1000,
+): Date[] {
+  const interval = CronExpressionParser.parse(expression, { tz: timeZone, currentDate: after });
+  const firings: Date[] = [];
+  for (;;) {
+    const next = interval.next().toDate();
+    if (next.getTime() > until.getTime()) return firings;
+    firings.push(next);
+    if (firings.length > limit) firings.shift();
+  }
+}

@@ -9,6 +9,7 @@ import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-
 import { DrTable } from '../core/store/table.ts';
 import { VERSION } from '../core/version.ts';
 import type { RunLauncher } from '../core/services/backup-service.ts';
+import { dispatch } from '../core/services/dispatch-service.ts';
 import { generateMasterKey, parseMasterKey, type MasterKey } from '../engine/crypto.ts';
 import { executeRun } from '../worker/run-backup.ts';
 import { startLocalDynamo } from './dynamodb.ts';
@@ -31,6 +32,8 @@ export interface LocalRuntimeOptions {
   readonly masterKey?: string | undefined;
   /** Worker heartbeat period (tests shorten it). */
   readonly heartbeatMs?: number;
+  /** How often the dispatcher evaluates the schedules (default 30 s; 0 turns it off, for tests). */
+  readonly dispatchIntervalMs?: number;
 }
 
 export interface LocalRuntime {
@@ -85,6 +88,19 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     secretPrefix: 'dr',
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
+  // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.
+  let dispatching: Promise<unknown> | undefined;
+  const intervalMs = options.dispatchIntervalMs ?? 30_000;
+  const dispatcher =
+    intervalMs > 0
+      ? setInterval(() => {
+          dispatching ??= dispatch(controlPlane, runs)
+            .catch((error: unknown) =>
+              options.logger.error('dispatch failed', { error: (error as Error).message }),
+            )
+            .finally(() => (dispatching = undefined));
+        }, intervalMs)
+      : undefined;
   let server;
   try {
     server = await startServer({
@@ -108,6 +124,8 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       while (running.size > 0) await Promise.allSettled([...running]);
     },
     close: async () => {
+      clearInterval(dispatcher);
+      await dispatching;
       await server.close();
       while (running.size > 0) await Promise.allSettled([...running]);
       await dynamo.close();

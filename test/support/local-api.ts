@@ -35,6 +35,8 @@ export async function startTestApi(options: { dataDir?: string; now?: () => Date
     dataDir,
     port: 0,
     logger: silentLogger,
+    // Tests fire schedules by calling the dispatcher with their own clock.
+    dispatchIntervalMs: 0,
     ...(options.now ? { now: options.now } : {}),
   });
   const api: TestApi = {

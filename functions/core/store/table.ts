@@ -30,6 +30,10 @@ export const Partition = {
   backup: 'BACKUP',
   /** The run in progress of each schedule (sort key = schedule id): at most one, with its heartbeat. */
   run: 'RUN',
+  /** Claimed, missed and skipped firings of schedules (sort key = <schedule id>#<firing time>). */
+  firing: 'FIRING',
+  /** How far the dispatcher has evaluated each schedule (sort key = schedule id). */
+  cursor: 'CURSOR',
 } as const;
 export type PartitionKey = (typeof Partition)[keyof typeof Partition];
 
@@ -165,13 +169,19 @@ export class DrTable {
       descending?: boolean;
       /** Start after this sort key (instead of a token). */
       after?: string;
+      /** Only sort keys that begin with this. */
+      prefix?: string;
     } = {},
   ): Promise<Page<T>> {
     const result = await this.client.send(
       new QueryCommand({
         TableName: this.tableName,
-        KeyConditionExpression: 'pk = :pk',
-        ExpressionAttributeValues: { ':pk': pk },
+        KeyConditionExpression:
+          options.prefix === undefined ? 'pk = :pk' : 'pk = :pk AND begins_with(sk, :prefix)',
+        ExpressionAttributeValues: {
+          ':pk': pk,
+          ...(options.prefix === undefined ? {} : { ':prefix': options.prefix }),
+        },
         ScanIndexForward: !options.descending,
         Limit: options.limit,
         ExclusiveStartKey:
