@@ -11,6 +11,8 @@ import {
 } from '../core/schemas.ts';
 import { getBackup, listBackups, startRun } from '../core/services/backup-service.ts';
 import { listFirings } from '../core/services/dispatch-service.ts';
+import { retentionPlan } from '../core/services/retention-service.ts';
+import { ServiceUnavailableError } from '../core/errors.ts';
 import { getConfig, replaceConfig } from '../core/services/config-service.ts';
 import {
   createSchedule,
@@ -262,6 +264,30 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       handle: async ({ query }) => {
         const { latest, ...rest } = query;
         return { body: await listBackups(cp, { ...rest, ...(latest ? { latest } : {}) }) };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/retention',
+      operationId: 'retentionPlan',
+      summary: 'Dry run of retention: the backups it would delete now, and why each other one is kept',
+      tag: 'backups',
+      status: 200,
+      handle: async () => ({ body: await retentionPlan(cp) }),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/retention/apply',
+      operationId: 'applyRetention',
+      summary: 'Apply retention now (it also runs daily and after every backup): 202, done by the worker',
+      tag: 'backups',
+      status: 202,
+      handle: async ({ event }) => {
+        if (!cp.runs?.retention)
+          throw new ServiceUnavailableError('no backup worker is configured in this deployment');
+        await cp.audit.append(actorOf(event), { action: 'retention.apply', resource: 'backups' });
+        await cp.runs.retention();
+        return { body: { status: 'started' } };
       },
     }),
     route({

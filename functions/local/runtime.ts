@@ -11,6 +11,7 @@ import { VERSION } from '../core/version.ts';
 import type { RunLauncher } from '../core/services/backup-service.ts';
 import { dispatch } from '../core/services/dispatch-service.ts';
 import { generateMasterKey, parseMasterKey, type MasterKey } from '../engine/crypto.ts';
+import { applyRetention } from '../worker/retention.ts';
 import { executeRun } from '../worker/run-backup.ts';
 import { startLocalDynamo } from './dynamodb.ts';
 import { startServer } from './server.ts';
@@ -60,17 +61,34 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   // The backup worker runs in this process: a launch starts the run and returns at once.
   const running = new Set<Promise<unknown>>();
   const masterKey = () => localMasterKey(dataDir, options.masterKey, options.logger);
+  const track = (name: string, work: () => Promise<unknown>) => {
+    const run: Promise<unknown> = work()
+      .catch((error: unknown) => options.logger.error(`${name} failed`, { error: (error as Error).message }))
+      .finally(() => running.delete(run));
+    running.add(run);
+  };
+  const retention = () =>
+    applyRetention(controlPlane, masterKey).then((report) => {
+      if (report.deleted.length + report.failed.length > 0)
+        options.logger.info('retention applied', {
+          deleted: report.deleted.length,
+          failed: report.failed.length,
+        });
+    });
   const runs: RunLauncher = {
     launch: (backupId) => {
-      const run: Promise<unknown> = executeRun(controlPlane, backupId, {
-        masterKey,
-        ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
-      })
-        .catch((error: unknown) =>
-          options.logger.error('backup worker failed', { backup: backupId, error: (error as Error).message }),
-        )
-        .finally(() => running.delete(run));
-      running.add(run);
+      // After each run, retention (the run may have made older backups unnecessary).
+      track('backup worker', async () => {
+        await executeRun(controlPlane, backupId, {
+          masterKey,
+          ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
+        });
+        await retention();
+      });
+      return Promise.resolve();
+    },
+    retention: () => {
+      track('retention', retention);
       return Promise.resolve();
     },
   };
@@ -90,11 +108,17 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
   // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.
   let dispatching: Promise<unknown> | undefined;
+  let lastRetention = 0; // retention daily, and after every run
   const intervalMs = options.dispatchIntervalMs ?? 30_000;
   const dispatcher =
     intervalMs > 0
       ? setInterval(() => {
           dispatching ??= dispatch(controlPlane, runs)
+            .then(async () => {
+              if (Date.now() - lastRetention < 24 * 60 * 60_000) return;
+              lastRetention = Date.now();
+              await runs.retention?.();
+            })
             .catch((error: unknown) =>
               options.logger.error('dispatch failed', { error: (error as Error).message }),
             )

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Partition } from '../../functions/core/store/table.ts';
 import { parseMasterKey } from '../../functions/engine/crypto.ts';
+import { verify } from '../../functions/engine/maintenance.ts';
 import { Repository } from '../../functions/engine/repository.ts';
 import { restoreDatabase } from '../../functions/engine/restore.ts';
 import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
@@ -245,5 +246,41 @@ describe('GET /api/dr/backups', () => {
     expect(fieldsOf(bad).sort()).toEqual(['from', 'type']);
     expect((await api.call('GET', '/api/dr/backups?nextToken=bogus')).status).toBe(400);
     expect((await api.call('GET', '/api/dr/backups/20200101T000000000Z-000000')).status).toBe(404);
+  });
+});
+
+describe('retention', () => {
+  it('shows a dry run, then deletes expired backups from the targets and the catalog, keeping what is needed', async () => {
+    const before = (await api.call('GET', '/api/dr/backups?limit=100')).body.items as any[];
+    clock += 40 * 24 * 60 * 60_000; // every backup is now past the config's 30 days
+    const plan = (await api.call('GET', '/api/dr/retention')).body;
+    const keptIds = plan.keep.map((k: any) => k.id);
+    // Each schedule's newest restore point stays, with the chain it builds on.
+    for (const scheduleId of ['nightly-full', 'hourly', 'fan-out']) {
+      const newest = before.find(
+        (b) => b.scheduleId === scheduleId && ['SUCCESS', 'PARTIAL'].includes(b.status),
+      );
+      expect(plan.keep).toContainEqual({ id: newest.id, reason: 'newest restore point' });
+      if (newest.parent) expect(keptIds).toContain(newest.parent);
+    }
+    expect(plan.delete.length + plan.keep.length).toBe(before.length);
+    expect(plan.delete.length).toBeGreaterThan(0);
+    // A dry run changes nothing.
+    expect((await api.call('GET', '/api/dr/backups?limit=100')).body.items).toHaveLength(before.length);
+
+    const applied = await api.call('POST', '/api/dr/retention/apply');
+    expect(applied.status).toBe(202);
+    await api.runtime.idle();
+    const after = (await api.call('GET', '/api/dr/backups?limit=100')).body.items as any[];
+    expect(after.map((b) => b.id).sort()).toEqual([...keptIds].sort());
+    // The data went with the entries: deleted manifests are gone from the target, kept ones verify.
+    const key = parseMasterKey(await readFile(join(api.dataDir, 'master.key'), 'utf8'));
+    const repository = await Repository.open(new LocalStorage(join(work, 'primary')), key);
+    const onPrimary = await repository.backupIds();
+    for (const gone of plan.delete) expect(onPrimary).not.toContain(gone.id);
+    for (const id of onPrimary) expect((await verify(repository, id)).ok).toBe(true);
+    expect(
+      (await api.call('GET', '/api/dr/audit')).body.items.some((e: any) => e.action === 'backup.delete'),
+    ).toBe(true);
   });
 });

@@ -85,6 +85,8 @@ interface RunLock {
 /** What starts the worker for a backup: in process locally, an asynchronous invocation on AWS. */
 export interface RunLauncher {
   launch(backupId: string): Promise<void>;
+  /** Applies retention now (asynchronously, where the worker runs). */
+  retention?(): Promise<void>;
 }
 
 export interface StartRunInput {
