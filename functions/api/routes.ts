@@ -9,7 +9,7 @@ import {
   scheduleInput,
   targetInput,
 } from '../core/schemas.ts';
-import { getBackup, listBackups, startRun } from '../core/services/backup-service.ts';
+import { downloadLinks, getBackup, listBackups, startRun } from '../core/services/backup-service.ts';
 import { listFirings } from '../core/services/dispatch-service.ts';
 import { retentionPlan } from '../core/services/retention-service.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
@@ -265,6 +265,18 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
         const { latest, ...rest } = query;
         return { body: await listBackups(cp, { ...rest, ...(latest ? { latest } : {}) }) };
       },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/backups/{id}/download',
+      operationId: 'downloadBackup',
+      summary: 'Time-limited links to the backup as standard artifacts: SQL for psql, files as .tar.gz',
+      tag: 'backups',
+      params: idParams,
+      status: 200,
+      handle: async ({ params, event }) => ({
+        body: await downloadLinks(cp, cp.downloads, params.id, actorOf(event)),
+      }),
     }),
     route({
       method: 'GET',

@@ -1,5 +1,5 @@
 import type { AuditLog } from './audit.ts';
-import type { RunLauncher } from './services/backup-service.ts';
+import type { DownloadLinks, RunLauncher } from './services/backup-service.ts';
 import type { Logger } from './log.ts';
 import type { SecretStore } from './secrets/secret-store.ts';
 import type { DrTable } from './store/table.ts';
@@ -18,4 +18,6 @@ export interface ControlPlane {
   readonly secretPrefix: string;
   /** Starts the backup worker for a run (absent where no worker is deployed: execute answers 503). */
   readonly runs?: RunLauncher;
+  /** Makes download links (absent where downloads are not deployed: download answers 503). */
+  readonly downloads?: DownloadLinks;
 }

@@ -8,7 +8,9 @@ import type { Logger } from '../core/log.ts';
 import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-store.ts';
 import { DrTable } from '../core/store/table.ts';
 import { VERSION } from '../core/version.ts';
-import type { RunLauncher } from '../core/services/backup-service.ts';
+import type { DownloadLinks, RunLauncher } from '../core/services/backup-service.ts';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { signDownload, streamArtifact, verifyDownload } from '../worker/download.ts';
 import { dispatch } from '../core/services/dispatch-service.ts';
 import { generateMasterKey, parseMasterKey, type MasterKey } from '../engine/crypto.ts';
 import { applyRetention } from '../worker/retention.ts';
@@ -92,8 +94,51 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       return Promise.resolve();
     },
   };
+  // Download links: signed with a key of this process, valid 15 minutes, served by the local server.
+  const downloadKey = randomBytes(32);
+  let baseUrl = '';
+  const downloads: DownloadLinks = {
+    link: (backupId, artifact) => {
+      const expiresAt = new Date(now().getTime() + 15 * 60_000);
+      const token = signDownload(downloadKey, backupId, artifact, expiresAt);
+      return Promise.resolve({
+        url: `${baseUrl}/api/dr/downloads/${token}`,
+        expiresAt: expiresAt.toISOString(),
+      });
+    },
+  };
+  const stream = async (request: IncomingMessage, response: ServerResponse, url: URL): Promise<boolean> => {
+    const match = /^\/api\/dr\/downloads\/([A-Za-z0-9_.-]+)$/.exec(url.pathname);
+    if (!match || request.method !== 'GET') return false;
+    request.resume();
+    const claims = verifyDownload(downloadKey, match[1]!, now());
+    if (!claims) {
+      response.writeHead(403, { 'content-type': 'application/json' });
+      response.end(
+        JSON.stringify({
+          error: { status: 403, code: 'Forbidden', message: 'the link is invalid or has expired' },
+        }),
+      );
+      return true;
+    }
+    response.writeHead(200, {
+      'content-type': claims.artifact === 'database' ? 'application/sql' : 'application/gzip',
+      'content-disposition': `attachment; filename="${claims.artifact === 'database' ? 'backup.sql' : 'files.tar.gz'}"`,
+    });
+    await streamArtifact(controlPlane, claims.backupId, claims.artifact, response, masterKey).then(
+      () => {
+        if (!response.writableEnded) response.end();
+      },
+      (error: unknown) => {
+        options.logger.error('download failed', { backup: claims.backupId, error: (error as Error).message });
+        response.destroy(error as Error);
+      },
+    );
+    return true;
+  };
   const controlPlane: ControlPlane = {
     runs,
+    downloads,
     table,
     secrets: await LocalSecretStore.open(
       join(dataDir, 'secrets'),
@@ -131,6 +176,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       handler,
       token,
       logger: options.logger,
+      stream,
       ...(options.host === undefined ? {} : { host: options.host }),
       ...(options.port === undefined ? {} : { port: options.port }),
     });
@@ -138,6 +184,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     await dynamo.close();
     throw error;
   }
+  baseUrl = server.url;
   return {
     url: server.url,
     token,

@@ -17,6 +17,11 @@ export interface LocalServerOptions {
   readonly logger: Logger;
   readonly host?: string;
   readonly port?: number;
+  /**
+   * Answers requests the API handler cannot (streamed downloads behind signed links); returns false for
+   * the others. Runs before authentication: what it serves carries its own signature.
+   */
+  readonly stream?: (request: IncomingMessage, response: ServerResponse, url: URL) => Promise<boolean>;
 }
 
 export interface RunningServer {
@@ -61,6 +66,11 @@ async function handle(
   options: LocalServerOptions,
   expected: Buffer,
 ): Promise<void> {
+  if (
+    options.stream &&
+    (await options.stream(request, response, new URL(request.url ?? '/', 'http://localhost')))
+  )
+    return;
   const body = await readBody(request);
   if (body === undefined) {
     send(

@@ -29,14 +29,16 @@ export interface TestApi {
 }
 
 /** A local runtime on a random loopback port over a fresh data directory, as `npm start` would run it. */
-export async function startTestApi(options: { dataDir?: string; now?: () => Date } = {}): Promise<TestApi> {
+export async function startTestApi(
+  options: { dataDir?: string; now?: () => Date; dispatchIntervalMs?: number } = {},
+): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
   const runtime = await startLocalRuntime({
     dataDir,
     port: 0,
     logger: silentLogger,
-    // Tests fire schedules by calling the dispatcher with their own clock.
-    dispatchIntervalMs: 0,
+    // Tests fire schedules by calling the dispatcher with their own clock, unless they ask for the timer.
+    dispatchIntervalMs: options.dispatchIntervalMs ?? 0,
     ...(options.now ? { now: options.now } : {}),
   });
   const api: TestApi = {

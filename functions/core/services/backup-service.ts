@@ -343,3 +343,42 @@ function decodeAfter(token: string): string {
 function newBackupId(now: Date): string {
   return `${now.toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
 }
+
+export type DownloadArtifact = 'database' | 'files';
+
+/** Makes time-limited links to a backup's artifacts (a presigned URL on AWS, a signed local URL locally). */
+export interface DownloadLinks {
+  link(backupId: string, artifact: DownloadArtifact): Promise<{ url: string; expiresAt: string }>;
+}
+
+/** GET /api/dr/backups/{id}/download: links to the database (SQL for psql) and files (.tar.gz), audited. */
+export async function downloadLinks(
+  cp: ControlPlane,
+  links: DownloadLinks | undefined,
+  id: string,
+  actor: Actor,
+): Promise<{
+  backupId: string;
+  artifacts: { artifact: DownloadArtifact; filename: string; url: string; expiresAt: string }[];
+}> {
+  if (!links) throw new ServiceUnavailableError('downloads are not configured in this deployment');
+  const record = await getBackup(cp, id);
+  if (!isRestorePoint(record))
+    throw new ConflictError(
+      `backup ${id} is ${record.status}${record.review ? ' and flagged for review' : ''}: nothing to download`,
+    );
+  const day = (record.restorePoint ?? record.startedAt).slice(0, 10);
+  const wanted: { artifact: DownloadArtifact; filename: string }[] = [
+    ...(record.database ? [{ artifact: 'database' as const, filename: `backup_${day}.sql` }] : []),
+    ...(record.files ? [{ artifact: 'files' as const, filename: `files_${day}.tar.gz` }] : []),
+  ];
+  const artifacts = await Promise.all(
+    wanted.map(async (item) => ({ ...item, ...(await links.link(id, item.artifact)) })),
+  );
+  await cp.audit.append(actor, {
+    action: 'backup.download',
+    resource: `backup/${id}`,
+    details: { artifacts: wanted.map((item) => item.artifact).join(',') },
+  });
+  return { backupId: id, artifacts };
+}

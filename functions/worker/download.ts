@@ -1,0 +1,83 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import type { Writable } from 'node:stream';
+import { createGzip } from 'node:zlib';
+import { pipeline } from 'node:stream/promises';
+import { PassThrough } from 'node:stream';
+import type { ControlPlane } from '../core/context.ts';
+import { NotFoundError } from '../core/errors.ts';
+import type { DownloadArtifact } from '../core/services/backup-service.ts';
+import { getBackup } from '../core/services/backup-service.ts';
+import { targetSecrets, type Target } from '../core/services/target-service.ts';
+import { Partition } from '../core/store/table.ts';
+import type { MasterKey } from '../engine/crypto.ts';
+import { exportSql, exportTar } from '../engine/export.ts';
+import { Repository } from '../engine/repository.ts';
+import { openTarget } from '../storage/targets.ts';
+
+/**
+ * Downloads as standard artifacts: the database as a plain SQL script for `psql`, the files as a .tar.gz.
+ * A link is a signed token (the backup, the artifact, an expiry) — the local runtime's stand-in for a
+ * presigned S3 URL — and the artifact is produced as it is sent, from the first target holding the backup.
+ */
+export function signDownload(
+  secret: Buffer,
+  backupId: string,
+  artifact: DownloadArtifact,
+  expiresAt: Date,
+): string {
+  const payload = Buffer.from(JSON.stringify({ b: backupId, a: artifact, e: expiresAt.getTime() })).toString(
+    'base64url',
+  );
+  return `${payload}.${createHmac('sha256', secret).update(payload).digest('base64url')}`;
+}
+
+export function verifyDownload(
+  secret: Buffer,
+  token: string,
+  now: Date,
+): { backupId: string; artifact: DownloadArtifact } | undefined {
+  const [payload, signature] = token.split('.');
+  if (!payload || !signature) return undefined;
+  const expected = createHmac('sha256', secret).update(payload).digest();
+  const given = Buffer.from(signature, 'base64url');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
+  const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as {
+    b: string;
+    a: DownloadArtifact;
+    e: number;
+  };
+  return claims.e >= now.getTime() ? { backupId: claims.b, artifact: claims.a } : undefined;
+}
+
+export async function streamArtifact(
+  cp: ControlPlane,
+  backupId: string,
+  artifact: DownloadArtifact,
+  out: Writable,
+  masterKey: () => Promise<MasterKey>,
+): Promise<void> {
+  const record = await getBackup(cp, backupId);
+  const holders = record.targets.filter((target) => target.status === 'SUCCESS');
+  let lastError: Error = new NotFoundError(`no target holds backup ${backupId}`);
+  for (const holder of holders) {
+    const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, holder.targetId))
+      ?.data;
+    if (!stored) continue;
+    const storage = openTarget(stored, await targetSecrets(cp, stored));
+    try {
+      const repository = await Repository.open(storage, await masterKey());
+      const manifest = await repository.loadManifest(backupId);
+      if (artifact === 'database') await exportSql(repository, manifest, out);
+      else {
+        const tar = new PassThrough();
+        await Promise.all([exportTar(repository, manifest, tar), pipeline(tar, createGzip(), out)]);
+      }
+      return;
+    } catch (error) {
+      lastError = error as Error;
+    } finally {
+      await storage.close?.().catch(() => undefined);
+    }
+  }
+  throw lastError;
+}
