@@ -5,11 +5,24 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
 /**
  * `npx cdk synth` / `npx cdk deploy`. Context (-c key=value):
  *   jwtIssuer, jwtAudience (comma-separated)  accept OIDC JWTs instead of IAM (SigV4) on the API
+ *   backupBuckets (comma-separated)            buckets of S3 targets reached with the worker's role
+ *   workerRunner=fargate, workerSubnets, workerSecurityGroups (comma-separated)
+ *                                              run backups as Fargate tasks (longer than 15 minutes)
  */
 export function buildApp(app = new App()): { app: App; controlPlane: ControlPlaneStack } {
   const issuer = app.node.tryGetContext('jwtIssuer') as string | undefined;
   const audience = app.node.tryGetContext('jwtAudience') as string | undefined;
+  const list = (name: string) =>
+    ((app.node.tryGetContext(name) as string | undefined) ?? '').split(',').filter((value) => value !== '');
+  const subnets = list('workerSubnets');
   const props: ControlPlaneStackProps = {
+    worker: {
+      backupBuckets: list('backupBuckets'),
+      runner: app.node.tryGetContext('workerRunner') === 'fargate' ? 'fargate' : 'lambda',
+      ...(subnets.length > 0
+        ? { fargateNetwork: { subnets, securityGroups: list('workerSecurityGroups') } }
+        : {}),
+    },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',
     ...(issuer
       ? { jwt: { issuer, audience: (audience ?? '').split(',').filter((value) => value !== '') } }

@@ -15,6 +15,7 @@ import { Key } from 'aws-cdk-lib/aws-kms';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import { TABLE_KEYS } from '../functions/core/store/table.ts';
+import { BackupWorker, type BackupWorkerProps } from './backup-worker.ts';
 import { DrFunction } from './dr-function.ts';
 
 export interface JwtAuthorization {
@@ -31,6 +32,8 @@ export interface ControlPlaneStackProps extends StackProps {
   readonly jwt?: JwtAuthorization;
   /** @default 50 requests per second, bursts of 100 */
   readonly throttle?: { readonly rateLimit: number; readonly burstLimit: number };
+  /** The backup worker's settings (buckets of role-based S3 targets, the runner, Fargate's network). */
+  readonly worker?: Omit<BackupWorkerProps, 'table' | 'key' | 'secretPrefix'>;
 }
 
 /**
@@ -41,6 +44,7 @@ export class ControlPlaneStack extends Stack {
   readonly api: HttpApi;
   readonly table: Table;
   readonly key: Key;
+  readonly worker: BackupWorker;
 
   constructor(scope: Construct, id: string, props: ControlPlaneStackProps = {}) {
     super(scope, id, props);
@@ -79,6 +83,18 @@ export class ControlPlaneStack extends Stack {
       },
     });
     const fn = apiFunction.function;
+    this.worker = new BackupWorker(this, 'BackupWorker', {
+      table: this.table,
+      key: this.key,
+      secretPrefix,
+      ...props.worker,
+    });
+    for (const [name, value] of Object.entries(this.worker.launcherEnvironment))
+      fn.addEnvironment(name, value);
+    this.worker.grantLaunch(apiFunction.role);
+    this.worker.acknowledgeLaunch(apiFunction.role);
+    // check and usage of role-based S3 targets run with the API's role.
+    this.worker.grantBuckets(apiFunction.role);
     this.table.grantReadWriteData(fn);
     this.key.grantEncryptDecrypt(fn);
     fn.addToRolePolicy(

@@ -133,11 +133,87 @@ describe('ControlPlaneStack template', () => {
     const secrets = statements.filter((statement) =>
       [statement.Action].flat().some((action) => action.startsWith('secretsmanager:')),
     );
-    expect(secrets).toHaveLength(1);
-    expect(JSON.stringify(secrets[0]!.Resource)).toContain(':secret:DrControlPlane/*');
-    expect([secrets[0]!.Action].flat()).not.toContain('secretsmanager:*');
+    // Every secret grant is under the stack's prefix (target credentials) or on the master-key secret.
+    for (const statement of secrets) {
+      expect([statement.Action].flat()).not.toContain('secretsmanager:*');
+      expect(JSON.stringify(statement.Resource)).toMatch(/:secret:DrControlPlane\/\*|MasterKey/);
+    }
+    // Only the API writes secrets (targets and the config are changed through it).
+    const writers = secrets.filter((statement) =>
+      [statement.Action].flat().some((action) => /Create|Put|Delete/.test(action)),
+    );
+    expect(writers).toHaveLength(1);
     const logs = statements.find((statement) => [statement.Action].flat().includes('logs:PutLogEvents'));
     expect(JSON.stringify(logs?.Resource)).toContain('Fn::GetAtt');
+  });
+
+  it('runs backups in one container image: a Lambda, and the same image as a Fargate task', () => {
+    const { template } = synthesized;
+    const workers = template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } });
+    expect(Object.keys(workers)).toHaveLength(1);
+    const worker = Object.values(workers)[0]!;
+    expect(worker.Properties).toMatchObject({ Timeout: 900, MemorySize: 2048, Architectures: ['arm64'] });
+    const image = JSON.stringify(worker.Properties.Code.ImageUri);
+    const task = Object.values(template.findResources('AWS::ECS::TaskDefinition'))[0]!;
+    expect(task.Properties).toMatchObject({
+      RequiresCompatibilities: ['FARGATE'],
+      RuntimePlatform: { CpuArchitecture: 'ARM64' },
+    });
+    const container = task.Properties.ContainerDefinitions[0];
+    expect(container).toMatchObject({ EntryPoint: ['node'], Command: ['/var/task/index.mjs'] });
+    // The same image asset (one hash) for both.
+    const hash = /[0-9a-f]{64}/.exec(image)?.[0];
+    expect(hash).toBeDefined();
+    expect(JSON.stringify(container.Image)).toContain(hash);
+  });
+
+  it('fires schedules every minute through the dispatcher, and applies retention daily', () => {
+    const rules = Object.values(synthesized.template.findResources('AWS::Events::Rule'));
+    const expressions = rules.map((rule) => rule.Properties.ScheduleExpression).sort();
+    expect(expressions).toEqual(['cron(30 3 * * ? *)', 'rate(1 minute)']);
+    const retention = rules.find((rule) => rule.Properties.ScheduleExpression.startsWith('cron'));
+    expect(JSON.parse(retention!.Properties.Targets[0].Input)).toEqual({ action: 'retention' });
+  });
+
+  it('lets the API and the dispatcher start the worker, and nothing more', () => {
+    const workerId = Object.keys(
+      synthesized.template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
+    )[0]!;
+    const taskId = Object.keys(synthesized.template.findResources('AWS::ECS::TaskDefinition'))[0]!;
+    const policies = Object.entries(synthesized.template.findResources('AWS::IAM::Policy'));
+    const statements = policies.flatMap(([, policy]) => policy.Properties.PolicyDocument.Statement as any[]);
+    const invokes = statements.filter((statement) =>
+      [statement.Action].flat().includes('lambda:InvokeFunction'),
+    );
+    expect(invokes).toHaveLength(2);
+    for (const statement of invokes) expect(JSON.stringify(statement.Resource)).toContain(`"${workerId}"`);
+    const runTask = statements.filter((statement) => [statement.Action].flat().includes('ecs:RunTask'));
+    for (const statement of runTask) {
+      expect(statement.Condition).toHaveProperty(['ArnEquals', 'ecs:cluster']);
+      expect(JSON.stringify(statement.Resource)).toContain(taskId);
+    }
+    const passRole = statements.filter((statement) => [statement.Action].flat().includes('iam:PassRole'));
+    for (const statement of passRole)
+      expect(statement.Condition).toEqual({
+        StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' },
+      });
+    // No S3 access unless buckets are named.
+    expect(
+      statements.some((statement) => [statement.Action].flat().some((a: string) => a.startsWith('s3:'))),
+    ).toBe(false);
+  });
+
+  it('grants S3 only on the buckets named for role-based targets', async () => {
+    const { template } = await synthesize({ backupBuckets: 'acme-backups' });
+    const statements = Object.values(template.findResources('AWS::IAM::Policy')).flatMap(
+      (policy) => policy.Properties.PolicyDocument.Statement as any[],
+    );
+    const s3 = statements.filter((statement) =>
+      [statement.Action].flat().some((a: string) => a.startsWith('s3:')),
+    );
+    expect(s3.length).toBeGreaterThan(0);
+    for (const statement of s3)
+      expect(JSON.stringify(statement.Resource)).toMatch(/s3:::acme-backups(\/\*)?"/);
   });
 
   it('uses a JWT authorizer when given an issuer and audience', async () => {

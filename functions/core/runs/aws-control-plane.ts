@@ -1,0 +1,40 @@
+import { createHash } from 'node:crypto';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { AuditLog } from '../audit.ts';
+import type { ControlPlane } from '../context.ts';
+import { optionalEnv, requireEnv } from '../env.ts';
+import { createLogger, parseLevel } from '../log.ts';
+import { AwsSecretStore } from '../secrets/aws-secret-store.ts';
+import { DrTable } from '../store/table.ts';
+import { awsLauncherFromEnv } from './aws-launcher.ts';
+
+/** The control plane of a Lambda or Fargate task, from the environment the CDK stack sets. */
+export function awsControlPlane(): ControlPlane {
+  const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
+  const table = new DrTable({ tableName: requireEnv('TABLE_NAME') });
+  const runs = awsLauncherFromEnv();
+  return {
+    table,
+    secrets: new AwsSecretStore({ kmsKeyId: optionalEnv('SECRETS_KMS_KEY_ID') }),
+    audit: new AuditLog(table, () => new Date(), logger),
+    logger,
+    now: () => new Date(),
+    secretPrefix: requireEnv('SECRET_PREFIX'),
+    ...(runs ? { runs } : {}),
+  };
+}
+
+/**
+ * The repositories' master key on AWS: SHA-256 of the string in the Secrets Manager secret the stack creates
+ * (`<stack>/repository-master-key`, random, never rotated by itself: rekey with drctl to change it).
+ * Operators derive the same key for drctl:
+ *   printf %s "$(aws secretsmanager get-secret-value --secret-id … --query SecretString --output text)" | sha256sum
+ */
+export async function masterKeyBytesFromSecret(
+  secretId: string,
+  client: SecretsManagerClient = new SecretsManagerClient({}),
+): Promise<Buffer> {
+  const secret = await client.send(new GetSecretValueCommand({ SecretId: secretId }));
+  if (!secret.SecretString) throw new Error(`secret ${secretId} holds no string`);
+  return createHash('sha256').update(secret.SecretString, 'utf8').digest();
+}

@@ -1,0 +1,98 @@
+import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
+import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
+import type { RunLauncher } from '../services/backup-service.ts';
+
+/**
+ * Starts the backup worker on AWS: an asynchronous invocation of the worker Lambda (the default: backups that
+ * finish within Lambda's 15 minutes), or the same container image as an ECS Fargate task (`runner: fargate`,
+ * for databases whose backup takes longer). Retention always runs in the worker Lambda (it only lists,
+ * deletes and collects).
+ */
+export interface AwsLauncherOptions {
+  readonly workerFunction: string;
+  readonly runner: 'lambda' | 'fargate';
+  readonly fargate?: {
+    readonly cluster: string;
+    readonly taskDefinition: string;
+    readonly containerName: string;
+    readonly subnets: readonly string[];
+    readonly securityGroups: readonly string[];
+    readonly assignPublicIp: boolean;
+  };
+  readonly lambda?: LambdaClient;
+  readonly ecs?: ECSClient;
+}
+
+export type WorkerEvent =
+  { readonly action: 'backup'; readonly backupId: string } | { readonly action: 'retention' };
+
+export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
+  const lambda = options.lambda ?? new LambdaClient({});
+  const ecs = options.ecs ?? new ECSClient({});
+  const invoke = async (event: WorkerEvent) => {
+    const result = await lambda.send(
+      new InvokeCommand({
+        FunctionName: options.workerFunction,
+        InvocationType: 'Event',
+        Payload: Buffer.from(JSON.stringify(event)),
+      }),
+    );
+    if (result.StatusCode !== 202) throw new Error(`the worker invocation answered ${result.StatusCode}`);
+  };
+  return {
+    launch: async (backupId) => {
+      if (options.runner === 'lambda' || !options.fargate) return invoke({ action: 'backup', backupId });
+      const { fargate } = options;
+      const result = await ecs.send(
+        new RunTaskCommand({
+          cluster: fargate.cluster,
+          taskDefinition: fargate.taskDefinition,
+          launchType: 'FARGATE',
+          count: 1,
+          networkConfiguration: {
+            awsvpcConfiguration: {
+              subnets: [...fargate.subnets],
+              securityGroups: [...fargate.securityGroups],
+              assignPublicIp: fargate.assignPublicIp ? 'ENABLED' : 'DISABLED',
+            },
+          },
+          overrides: {
+            containerOverrides: [
+              { name: fargate.containerName, environment: [{ name: 'BACKUP_ID', value: backupId }] },
+            ],
+          },
+        }),
+      );
+      const failure = result.failures?.[0];
+      if (failure || !result.tasks?.length)
+        throw new Error(
+          `the Fargate task did not start: ${failure?.reason ?? 'no task'} ${failure?.detail ?? ''}`.trim(),
+        );
+    },
+    retention: () => invoke({ action: 'retention' }),
+  };
+}
+
+/** The launcher from the environment the CDK stack sets (API and dispatcher functions). */
+export function awsLauncherFromEnv(env: NodeJS.ProcessEnv = process.env): RunLauncher | undefined {
+  const workerFunction = env.WORKER_FUNCTION;
+  if (!workerFunction) return undefined;
+  const runner = env.WORKER_RUNNER === 'fargate' ? 'fargate' : 'lambda';
+  const list = (value: string | undefined) => (value ?? '').split(',').filter((item) => item !== '');
+  return awsLauncher({
+    workerFunction,
+    runner,
+    ...(runner === 'fargate'
+      ? {
+          fargate: {
+            cluster: env.WORKER_CLUSTER ?? '',
+            taskDefinition: env.WORKER_TASK_DEFINITION ?? '',
+            containerName: env.WORKER_CONTAINER ?? 'worker',
+            subnets: list(env.WORKER_SUBNETS),
+            securityGroups: list(env.WORKER_SECURITY_GROUPS),
+            assignPublicIp: env.WORKER_PUBLIC_IP === 'true',
+          },
+        }
+      : {}),
+  });
+}

@@ -1,0 +1,38 @@
+import { masterKeyBytesFromSecret, awsControlPlane } from '../core/runs/aws-control-plane.ts';
+import type { WorkerEvent } from '../core/runs/aws-launcher.ts';
+import { requireEnv } from '../core/env.ts';
+import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
+import { applyRetention } from './retention.ts';
+import { executeRun } from './run-backup.ts';
+
+/**
+ * The backup worker on AWS, one container image for both runners: the Lambda handler below (`index.handler`)
+ * and, on Fargate, `node /var/task/index.mjs` with BACKUP_ID set (see the bottom of this file).
+ */
+const controlPlane = awsControlPlane();
+let key: Promise<MasterKey> | undefined;
+const masterKey = () =>
+  (key ??= masterKeyBytesFromSecret(requireEnv('MASTER_KEY_SECRET')).then(masterKeyFrom));
+
+export async function handler(event: WorkerEvent): Promise<unknown> {
+  if (event.action === 'retention') return applyRetention(controlPlane, masterKey);
+  const record = await executeRun(controlPlane, event.backupId, { masterKey });
+  // Retention after every run: it may have made older backups unnecessary.
+  await applyRetention(controlPlane, masterKey).catch((error: unknown) =>
+    controlPlane.logger.error('retention failed', { error: (error as Error).message }),
+  );
+  return { id: record.id, status: record.status };
+}
+
+const fargateBackup = process.env.BACKUP_ID;
+if (fargateBackup && !process.env.AWS_LAMBDA_FUNCTION_NAME) {
+  handler({ action: 'backup', backupId: fargateBackup }).then(
+    (result) => {
+      controlPlane.logger.info('fargate run finished', { result: JSON.stringify(result) });
+    },
+    (error: unknown) => {
+      controlPlane.logger.error('fargate run failed', { error: (error as Error).message });
+      process.exitCode = 1;
+    },
+  );
+}

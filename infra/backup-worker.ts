@@ -1,0 +1,303 @@
+import type { CfnElement } from 'aws-cdk-lib';
+import { ArnFormat, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
+import { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
+import {
+  CfnCluster,
+  ContainerImage,
+  CpuArchitecture,
+  FargateTaskDefinition,
+  LogDrivers,
+  OperatingSystemFamily,
+} from 'aws-cdk-lib/aws-ecs';
+import { Rule, RuleTargetInput, Schedule } from 'aws-cdk-lib/aws-events';
+import { LambdaFunction } from 'aws-cdk-lib/aws-events-targets';
+import { PolicyStatement, Role, ServicePrincipal, type IGrantable, type IRole } from 'aws-cdk-lib/aws-iam';
+import type { Key } from 'aws-cdk-lib/aws-kms';
+import { Architecture, DockerImageCode, DockerImageFunction, Tracing } from 'aws-cdk-lib/aws-lambda';
+import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
+import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
+import type { Table } from 'aws-cdk-lib/aws-dynamodb';
+import { Construct } from 'constructs';
+import { fileURLToPath } from 'node:url';
+import { DrFunction } from './dr-function.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+export interface BackupWorkerProps {
+  readonly table: Table;
+  readonly key: Key;
+  /** Prefix of the deployment's secrets (target credentials, the database password). */
+  readonly secretPrefix: string;
+  /**
+   * Buckets of S3 targets reached with the worker's own role (targets without static keys). Least
+   * privilege: only these. @default none
+   */
+  readonly backupBuckets?: readonly string[];
+  /** Where Fargate tasks run (needed for `runner: 'fargate'`): subnets and security groups. */
+  readonly fargateNetwork?: {
+    readonly subnets: readonly string[];
+    readonly securityGroups: readonly string[];
+  };
+  /** Which runner starts backups: the worker Lambda (≤ 15 minutes) or the Fargate task. @default 'lambda' */
+  readonly runner?: 'lambda' | 'fargate';
+}
+
+/**
+ * The backup worker and what drives it:
+ * - one container image (Node.js 24 + the PostgreSQL client), run as the worker Lambda and, for backups
+ *   longer than Lambda's 15 minutes, as an ECS Fargate task definition;
+ * - the dispatcher Lambda, invoked every minute by one EventBridge rule, which evaluates the stored cron
+ *   expressions (so schedule changes through the API take effect without a redeploy);
+ * - a daily EventBridge rule that applies retention;
+ * - the repositories' master key, a generated Secrets Manager secret.
+ * `cdk synth` only stages the image's build context; the image is built at deploy (no Docker at synth).
+ */
+export class BackupWorker extends Construct {
+  readonly workerFunction: DockerImageFunction;
+  readonly dispatcher: DrFunction;
+  readonly taskDefinition: FargateTaskDefinition;
+  readonly cluster: CfnCluster;
+  readonly masterKey: Secret;
+  private readonly buckets: readonly string[];
+  /** Environment for the functions that start runs (API, dispatcher). */
+  readonly launcherEnvironment: Record<string, string>;
+
+  constructor(scope: Construct, id: string, props: BackupWorkerProps) {
+    super(scope, id);
+    this.buckets = props.backupBuckets ?? [];
+    this.masterKey = new Secret(this, 'MasterKey', {
+      secretName: `${props.secretPrefix}/repository-master-key`,
+      description:
+        'DR Automation: the backup repositories master key (SHA-256 of this string); keep a copy offline',
+      encryptionKey: props.key,
+      generateSecretString: { passwordLength: 64, excludePunctuation: true },
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
+    const image = new DockerImageAsset(this, 'Image', {
+      directory: ROOT,
+      file: 'infra/worker.Dockerfile',
+      platform: Platform.LINUX_ARM64,
+      exclude: ['node_modules', 'cdk.out', '.git', '.dr', 'bench', 'test', 'docs', '**/*.md'],
+    });
+    const environment = {
+      TABLE_NAME: props.table.tableName,
+      SECRET_PREFIX: props.secretPrefix,
+      SECRETS_KMS_KEY_ID: props.key.keyArn,
+      MASTER_KEY_SECRET: this.masterKey.secretArn,
+    };
+
+    const workerLogs = new LogGroup(this, 'WorkerLogs', {
+      retention: RetentionDays.ONE_YEAR,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    const workerRole = new Role(this, 'WorkerRole', {
+      assumedBy: new ServicePrincipal('lambda.amazonaws.com'),
+      description: 'DR Automation backup worker (Lambda)',
+    });
+    workerRole.addToPolicy(
+      new PolicyStatement({
+        actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+        resources: [workerLogs.logGroupArn],
+      }),
+    );
+    this.workerFunction = new DockerImageFunction(this, 'Worker', {
+      description: 'DR Automation backup worker: backups and retention',
+      code: DockerImageCode.fromEcr(image.repository, { tagOrDigest: image.imageTag }),
+      architecture: Architecture.ARM_64,
+      memorySize: 2048,
+      timeout: Duration.minutes(15),
+      tracing: Tracing.ACTIVE,
+      role: workerRole,
+      logGroup: workerLogs,
+      environment,
+      // Async invocations are not retried: a failed run is recorded FAILED and the next firing starts anew.
+      retryAttempts: 0,
+    });
+
+    // The same image as a Fargate task for long backups.
+    const taskLogs = new LogGroup(this, 'TaskLogs', {
+      retention: RetentionDays.ONE_YEAR,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    this.taskDefinition = new FargateTaskDefinition(this, 'Task', {
+      cpu: 2048,
+      memoryLimitMiB: 4096,
+      runtimePlatform: {
+        cpuArchitecture: CpuArchitecture.ARM64,
+        operatingSystemFamily: OperatingSystemFamily.LINUX,
+      },
+    });
+    this.taskDefinition.addContainer('worker', {
+      containerName: 'worker',
+      image: ContainerImage.fromDockerImageAsset(image),
+      entryPoint: ['node'],
+      command: ['/var/task/index.mjs'],
+      environment,
+      logging: LogDrivers.awsLogs({ streamPrefix: 'worker', logGroup: taskLogs }),
+    });
+    this.cluster = new CfnCluster(this, 'Cluster', {
+      clusterSettings: [{ name: 'containerInsights', value: 'enabled' }],
+    });
+
+    for (const grantee of [workerRole, this.taskDefinition.taskRole]) this.grantWorker(grantee, props);
+
+    const runner = props.runner === 'fargate' && props.fargateNetwork ? 'fargate' : 'lambda';
+    this.launcherEnvironment = {
+      WORKER_FUNCTION: this.workerFunction.functionName,
+      WORKER_RUNNER: runner,
+      ...(runner === 'fargate'
+        ? {
+            WORKER_CLUSTER: this.cluster.attrArn,
+            WORKER_TASK_DEFINITION: this.taskDefinition.taskDefinitionArn,
+            WORKER_CONTAINER: 'worker',
+            WORKER_SUBNETS: props.fargateNetwork!.subnets.join(','),
+            WORKER_SECURITY_GROUPS: props.fargateNetwork!.securityGroups.join(','),
+          }
+        : {}),
+    };
+
+    this.dispatcher = new DrFunction(this, 'Dispatcher', {
+      entry: 'functions/dispatcher/handler.ts',
+      description: 'DR Automation dispatcher: fires due schedules every minute',
+      timeout: Duration.seconds(60),
+      environment: { ...environment, ...this.launcherEnvironment },
+    });
+    props.table.grantReadWriteData(this.dispatcher.function);
+    props.key.grantEncryptDecrypt(this.dispatcher.function);
+    this.grantLaunch(this.dispatcher.role);
+    new Rule(this, 'EveryMinute', {
+      description: 'DR Automation: evaluate the backup schedules',
+      schedule: Schedule.rate(Duration.minutes(1)),
+      targets: [new LambdaFunction(this.dispatcher.function, { retryAttempts: 2 })],
+    });
+    new Rule(this, 'DailyRetention', {
+      description: 'DR Automation: apply backup retention',
+      schedule: Schedule.cron({ minute: '30', hour: '3' }),
+      targets: [
+        new LambdaFunction(this.workerFunction, {
+          event: RuleTargetInput.fromObject({ action: 'retention' }),
+          retryAttempts: 2,
+        }),
+      ],
+    });
+    this.acknowledge(props.secretPrefix);
+  }
+
+  /** The cdk-nag findings this construct accepts, each with its reason. */
+  private acknowledge(secretPrefix: string): void {
+    const invoke = `Resource::<${Stack.of(this).getLogicalId(this.workerFunction.node.defaultChild as CfnElement)}.Arn>:*`;
+    const findings: [string, string][] = [
+      [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::*]',
+        'X-Ray and ECR authorization (GetAuthorizationToken) have no resource-level permissions.',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',
+        'Granted by key.grantEncryptDecrypt on the stack key only.',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-IAM5[Action::kms:ReEncrypt*]',
+        'Granted by key.grantEncryptDecrypt on the stack key only.',
+      ],
+      [
+        `AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${secretPrefix}/*]`,
+        "The worker reads target credentials and the database password, created at run time under this stack's prefix (read only).",
+      ],
+      [
+        `AwsSolutions::AwsSolutions-IAM5[${invoke}]`,
+        'grantInvoke covers the worker function and its versions only.',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-SMG4',
+        'The master key seals every repository; rotating it is a drctl rekey of each repository, not a secret rotation (see README).',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-ECS2',
+        'The environment holds names and ARNs only (table, secret prefix, key, master-key secret ARN); no secret values.',
+      ],
+    ];
+    for (const [id, reason] of findings) Validations.of(this).acknowledge({ id, reason });
+  }
+
+  /** The findings a function that starts runs carries (grantLaunch). */
+  acknowledgeLaunch(scope: Construct): void {
+    const invoke = `Resource::<${Stack.of(this).getLogicalId(this.workerFunction.node.defaultChild as CfnElement)}.Arn>:*`;
+    Validations.of(scope).acknowledge({
+      id: `AwsSolutions::AwsSolutions-IAM5[${invoke}]`,
+      reason: 'grantInvoke covers the worker function and its versions only.',
+    });
+  }
+
+  /** What a function that starts runs (API, dispatcher) needs: invoke the worker, or run its task. */
+  grantLaunch(role: IRole): void {
+    this.workerFunction.grantInvoke(role);
+    role.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['ecs:RunTask'],
+        resources: [this.taskDefinition.taskDefinitionArn],
+        conditions: { ArnEquals: { 'ecs:cluster': this.cluster.attrArn } },
+      }),
+    );
+    role.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['iam:PassRole'],
+        resources: [this.taskDefinition.taskRole.roleArn, this.taskDefinition.obtainExecutionRole().roleArn],
+        conditions: { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
+      }),
+    );
+  }
+
+  private grantWorker(grantee: IGrantable, props: BackupWorkerProps): void {
+    props.table.grantReadWriteData(grantee);
+    props.key.grantEncryptDecrypt(grantee);
+    this.masterKey.grantRead(grantee);
+    const stack = Stack.of(this);
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
+        resources: [
+          stack.formatArn({
+            service: 'secretsmanager',
+            resource: 'secret',
+            resourceName: `${props.secretPrefix}/*`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ],
+      }),
+    );
+    this.grantBuckets(grantee);
+  }
+
+  /** Read and write on the buckets of role-based S3 targets (the worker; the API for check and usage). */
+  grantBuckets(grantee: IGrantable): void {
+    const stack = Stack.of(this);
+    for (const bucket of this.buckets) {
+      grantee.grantPrincipal.addToPrincipalPolicy(
+        new PolicyStatement({
+          actions: ['s3:ListBucket', 's3:GetBucketLocation', 's3:ListBucketMultipartUploads'],
+          resources: [`arn:${stack.partition}:s3:::${bucket}`],
+        }),
+      );
+      grantee.grantPrincipal.addToPrincipalPolicy(
+        new PolicyStatement({
+          actions: [
+            's3:GetObject',
+            's3:PutObject',
+            's3:DeleteObject',
+            's3:AbortMultipartUpload',
+            's3:ListMultipartUploadParts',
+            's3:PutObjectRetention',
+          ],
+          resources: [`arn:${stack.partition}:s3:::${bucket}/*`],
+        }),
+      );
+      Validations.of(grantee instanceof Construct ? grantee : this).acknowledge({
+        id: `AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::${bucket}/*]`,
+        reason:
+          'Objects of a bucket the operator named as a backup target (context backupBuckets): the repository lives there.',
+      });
+    }
+  }
+}
