@@ -120,3 +120,20 @@ export async function collect(stream: Readable): Promise<Buffer> {
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
 }
+
+/** Bytes of every object under `prefix` (usage, for media that only tell by listing). */
+export async function bytesUnder(storage: Pick<Storage, 'list'>, prefix = ''): Promise<number> {
+  let bytes = 0;
+  for await (const object of storage.list(prefix)) bytes += object.size;
+  return bytes;
+}
+
+/** Runs `work` for every key, `parallel` at a time (batch deletes of media without a batch call). */
+export async function inBatches(
+  keys: readonly string[],
+  parallel: number,
+  work: (key: string) => Promise<void>,
+): Promise<void> {
+  for (let index = 0; index < keys.length; index += parallel)
+    await Promise.all(keys.slice(index, index + parallel).map(work));
+}

@@ -1,6 +1,8 @@
 import { BlobServiceClient, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { Readable } from 'node:stream';
 import {
+  bytesUnder,
+  inBatches,
   collect,
   normalizeKey,
   normalizePrefix,
@@ -159,22 +161,17 @@ export class AzureStorage implements Storage {
   }
 
   async delete(keys: readonly string[]): Promise<void> {
-    for (let index = 0; index < keys.length; index += 16) {
-      await Promise.all(
-        keys.slice(index, index + 16).map(async (key) => {
-          try {
-            await this.container.getBlobClient(this.blobName(key)).deleteIfExists();
-          } catch (error) {
-            throw this.wrap(error, key);
-          }
-        }),
-      );
-    }
+    await inBatches(keys, 16, async (key) => {
+      try {
+        await this.container.getBlobClient(this.blobName(key)).deleteIfExists();
+      } catch (error) {
+        throw this.wrap(error, key);
+      }
+    });
   }
 
   async usage(): Promise<Usage> {
-    let bytesStored = 0;
-    for await (const object of this.list('')) bytesStored += object.size;
+    const bytesStored = await bytesUnder(this);
     return { bytesStored };
   }
 

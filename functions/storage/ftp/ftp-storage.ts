@@ -2,6 +2,8 @@ import { Client, FTPError, type FileInfo } from 'basic-ftp';
 import { posix } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import {
+  bytesUnder,
+  inBatches,
   collect,
   normalizeKey,
   normalizePrefix,
@@ -147,25 +149,20 @@ export class FtpStorage implements Storage {
 
   async delete(keys: readonly string[]): Promise<void> {
     const parallel = this.options.connections ?? 4;
-    for (let index = 0; index < keys.length; index += parallel) {
-      await Promise.all(
-        keys.slice(index, index + parallel).map(async (key) => {
-          this.forget(key);
-          const file = this.pathOf(key);
-          try {
-            // 550 (no such file) is ignored: deleting what is not there is not an error.
-            await this.withClient(key, (client) => client.remove(file, true));
-          } catch (error) {
-            throw this.wrap(error, key);
-          }
-        }),
-      );
-    }
+    await inBatches(keys, parallel, async (key) => {
+      this.forget(key);
+      const file = this.pathOf(key);
+      try {
+        // 550 (no such file) is ignored: deleting what is not there is not an error.
+        await this.withClient(key, (client) => client.remove(file, true));
+      } catch (error) {
+        throw this.wrap(error, key);
+      }
+    });
   }
 
   async usage(): Promise<Usage> {
-    let bytesStored = 0;
-    for await (const object of this.list('')) bytesStored += object.size;
+    const bytesStored = await bytesUnder(this);
     // AVBL (draft-peterson-streamlined-ftp-command-extensions) where the server has it: free bytes.
     const answer = await this.withClient(undefined, (client) =>
       client.sendIgnoringError(`AVBL ${this.root}`),

@@ -3,6 +3,8 @@ import { JWT } from 'google-auth-library';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
+  bytesUnder,
+  inBatches,
   collect,
   normalizeKey,
   normalizePrefix,
@@ -191,22 +193,17 @@ export class GcsStorage implements Storage {
   }
 
   async delete(keys: readonly string[]): Promise<void> {
-    for (let index = 0; index < keys.length; index += 16) {
-      await Promise.all(
-        keys.slice(index, index + 16).map(async (key) => {
-          try {
-            await this.bucket.file(this.objectName(key)).delete({ ignoreNotFound: true });
-          } catch (error) {
-            throw this.wrap(error, key);
-          }
-        }),
-      );
-    }
+    await inBatches(keys, 16, async (key) => {
+      try {
+        await this.bucket.file(this.objectName(key)).delete({ ignoreNotFound: true });
+      } catch (error) {
+        throw this.wrap(error, key);
+      }
+    });
   }
 
   async usage(): Promise<Usage> {
-    let bytesStored = 0;
-    for await (const object of this.list('')) bytesStored += object.size;
+    const bytesStored = await bytesUnder(this);
     return { bytesStored };
   }
 

@@ -5,6 +5,7 @@ import { dirname, join, relative, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
+  bytesUnder,
   collect,
   normalizeKey,
   normalizePrefix,
@@ -115,8 +116,7 @@ export class LocalStorage implements Storage {
   }
 
   async usage(): Promise<Usage> {
-    let bytesStored = 0;
-    for await (const object of this.list('')) bytesStored += object.size;
+    const bytesStored = await bytesUnder(this);
     try {
       const fs = await statfs(this.root);
       return { bytesStored, bytesFree: fs.bavail * fs.bsize };

@@ -11,6 +11,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { Readable } from 'node:stream';
 import {
+  bytesUnder,
   collect,
   normalizeKey,
   normalizePrefix,
@@ -214,8 +215,7 @@ export class S3Storage implements Storage {
   }
 
   async usage(): Promise<Usage> {
-    let bytesStored = 0;
-    for await (const object of this.list('')) bytesStored += object.size;
+    const bytesStored = await bytesUnder(this);
     return { bytesStored };
   }
 

@@ -5,6 +5,8 @@ import { PassThrough, Readable } from 'node:stream';
 import SftpClient from 'ssh2-sftp-client';
 import type { FileEntryWithStats, SFTPWrapper, Stats } from 'ssh2';
 import {
+  bytesUnder,
+  inBatches,
   collect,
   normalizeKey,
   normalizePrefix,
@@ -173,24 +175,19 @@ export class SftpStorage implements Storage {
 
   async delete(keys: readonly string[]): Promise<void> {
     const sftp = await this.connected();
-    for (let index = 0; index < keys.length; index += 16) {
-      await Promise.all(
-        keys.slice(index, index + 16).map(async (key) => {
-          const file = this.pathOf(key);
-          try {
-            await this.request<void>(key, (done) => sftp.unlink(file, done));
-          } catch (error) {
-            const wrapped = this.wrap(error, key);
-            if (wrapped.kind !== 'not-found') throw wrapped;
-          }
-        }),
-      );
-    }
+    await inBatches(keys, 16, async (key) => {
+      const file = this.pathOf(key);
+      try {
+        await this.request<void>(key, (done) => sftp.unlink(file, done));
+      } catch (error) {
+        const wrapped = this.wrap(error, key);
+        if (wrapped.kind !== 'not-found') throw wrapped;
+      }
+    });
   }
 
   async usage(): Promise<Usage> {
-    let bytesStored = 0;
-    for await (const object of this.list('')) bytesStored += object.size;
+    const bytesStored = await bytesUnder(this);
     const sftp = await this.connected();
     if (!supports(sftp, 'statvfs@openssh.com')) return { bytesStored };
     const vfs = await this.request<{ f_bavail: number; f_frsize: number }>(undefined, (done) =>
