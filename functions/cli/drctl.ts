@@ -13,7 +13,7 @@ import {
   RepositoryLockedError,
   WrongKeyError,
 } from '../engine/errors.ts';
-import { exportSql, exportTar } from '../engine/export.ts';
+import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
 import type { BackupType } from '../engine/manifest.ts';
 import { forget, gc, listBackups, rekey, summarize, verify } from '../engine/maintenance.ts';
 import { connectionFrom } from '../engine/postgres.ts';
@@ -395,17 +395,26 @@ program
 
 program
   .command('export')
-  .description('write a backup as standard artifacts: a plain SQL script for psql, a tar of the files')
+  .description(
+    'write a backup as standard artifacts: a custom-format archive for pg_restore, a plain SQL script for psql, a tar of the files',
+  )
   .argument('<backup>', 'backup id, or latest')
   .addOption(repoOption())
   .addOption(targetOption())
   .addOption(keyOption())
+  .option('--archive <file>', 'write the database as a pg_restore archive (- for stdout)')
   .option('--sql <file>', 'write the database as a SQL script (- for stdout)')
   .option('--tar <file>', 'write the files as a tar archive (- for stdout)')
-  .action(async (id: string, options: Common & { sql?: string; tar?: string }) => {
-    if (!options.sql && !options.tar) throw new InvalidArgumentError('give --sql, --tar, or both');
+  .action(async (id: string, options: Common & { archive?: string; sql?: string; tar?: string }) => {
+    if (!options.archive && !options.sql && !options.tar)
+      throw new InvalidArgumentError('give at least one of --archive, --sql, --tar');
     const repository = await open(options);
     const manifest = await repository.loadManifest(await resolveId(repository, id));
+    if (options.archive) {
+      const out = output(options.archive);
+      await exportArchive(repository, manifest, out.stream);
+      await out.done();
+    }
     if (options.sql) {
       const out = output(options.sql);
       await exportSql(repository, manifest, out.stream);

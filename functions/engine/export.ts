@@ -4,6 +4,7 @@ import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { RestoreError } from './errors.ts';
 import type { Manifest } from './manifest.ts';
+import { readArchiveToc, SECTION_DATA, writeArchive, type OutputEntry, type TocEntry } from './pg-archive.ts';
 import { runTool } from './postgres.ts';
 import type { Repository } from './repository.ts';
 import { readStream } from './restore.ts';
@@ -15,9 +16,7 @@ import { readStream } from './restore.ts';
 export async function exportSql(repository: Repository, manifest: Manifest, out: Writable): Promise<void> {
   const database = manifest.database;
   if (!database) throw new RestoreError(`backup ${manifest.id} holds no database`);
-  const write = async (text: string | Buffer) => {
-    if (!out.write(text)) await new Promise((resolve) => out.once('drain', resolve));
-  };
+  const write = (text: string | Buffer) => writeTo(out, text);
   await write(
     `-- DR Automation backup ${manifest.id} (${manifest.type}) of database ${database.database}, PostgreSQL ${database.serverVersion}\n`,
   );
@@ -46,6 +45,115 @@ export async function exportSql(repository: Repository, manifest: Manifest, out:
   }
   await write('\n');
   await archiveToSql(readStream(repository, database.postData, 'post-data'), write);
+}
+
+/**
+ * Writes the database of a backup as one custom-format archive, the same shape as `pg_dump --format=custom`
+ * to a pipe: `pg_restore -d <database> backup.dump` restores it (or lists it, or picks tables from it) with
+ * nothing but the standard PostgreSQL tools. The schema archives the backup holds give the header and the
+ * TOC; the table data and sequence values are added between them, each table's rows compressed as they are
+ * read from the repository.
+ */
+export async function exportArchive(
+  repository: Repository,
+  manifest: Manifest,
+  out: Writable,
+): Promise<void> {
+  const database = manifest.database;
+  if (!database) throw new RestoreError(`backup ${manifest.id} holds no database`);
+  if (database.schemaOnly) {
+    await pipeline(Readable.from(readStream(repository, database.schemaOnly, 'schema')), out, { end: false });
+    return;
+  }
+  if (!database.preData || !database.postData)
+    throw new RestoreError(`backup ${manifest.id} is missing its schema archives`);
+  const pre = readArchiveToc(await collect(readStream(repository, database.preData, 'pre-data')));
+  const post = readArchiveToc(await collect(readStream(repository, database.postData, 'post-data')));
+  const find = (desc: string, schema: string, name: string) =>
+    pre.entries.find((entry) => entry.desc === desc && entry.namespace === schema && entry.tag === name);
+  let nextId = Math.max(0, ...pre.entries.map((e) => e.dumpId), ...post.entries.map((e) => e.dumpId)) + 1;
+  const dataEntry = (owner: TocEntry | undefined, schema: string, name: string): OutputEntry => ({
+    dumpId: nextId++,
+    hadDumper: false,
+    tableOid: '0',
+    oid: owner?.oid ?? '0',
+    tag: name,
+    desc: '',
+    section: SECTION_DATA,
+    defn: null,
+    dropStmt: null,
+    copyStmt: null,
+    namespace: schema,
+    tablespace: null,
+    tableam: null,
+    relkind: 0,
+    owner: owner?.owner ?? null,
+    dependencies: owner ? [owner.dumpId] : [],
+  });
+  const tables: OutputEntry[] = database.tables.map((table) => ({
+    ...dataEntry(find('TABLE', table.schema, table.name), table.schema, table.name),
+    hadDumper: true,
+    desc: 'TABLE DATA',
+    copyStmt: `COPY ${quote(table.schema)}.${quote(table.name)} (${table.columns.map(quote).join(', ')}) FROM stdin;\n`,
+    data: () => readStream(repository, table, `${table.schema}.${table.name}`),
+  }));
+  const sequences: OutputEntry[] = database.sequences.map((sequence) => ({
+    ...dataEntry(find('SEQUENCE', sequence.schema, sequence.name), sequence.schema, sequence.name),
+    desc: 'SEQUENCE SET',
+    defn: `SELECT pg_catalog.setval('${`${quote(sequence.schema)}.${quote(sequence.name)}`.replace(/'/g, "''")}', ${sequence.lastValue}, ${String(sequence.isCalled)});\n`,
+  }));
+  // A section-only dump drops the dependencies that point outside its section, and `pg_restore --jobs`
+  // orders its work by them: give them back. An index or table constraint waits for its table's data (all
+  // the data when the table is not known); anything else waits for the entry before it and for the indexes
+  // and constraints since, which keeps pg_dump's own order for foreign keys, triggers and the like.
+  const allData = [...tables, ...sequences].map((entry) => entry.dumpId);
+  const dataOf = (entry: TocEntry): number[] => {
+    const index = database.tables.findIndex((table) =>
+      entry.desc === 'INDEX'
+        ? table.schema === entry.namespace && table.indexes.includes(entry.tag ?? '')
+        : table.schema === entry.namespace && (entry.tag ?? '').startsWith(`${table.name} `),
+    );
+    return index < 0 ? allData : [tables[index]!.dumpId];
+  };
+  const seen = new Set(pre.entries.map((entry) => entry.dumpId));
+  const later: OutputEntry[] = [];
+  let barrier = allData;
+  for (const entry of post.entries) {
+    if (seen.has(entry.dumpId)) continue;
+    seen.add(entry.dumpId);
+    const independent = entry.desc === 'INDEX' || entry.desc === 'CONSTRAINT';
+    const needs = independent ? dataOf(entry) : barrier;
+    later.push({ ...entry, dependencies: [...new Set([...entry.dependencies, ...needs])] });
+    barrier = independent ? [...barrier, entry.dumpId] : [entry.dumpId];
+  }
+  const archive = writeArchive(pre.header, [...pre.entries, ...tables, ...sequences, ...later], 6);
+  for await (const chunk of archive) await writeTo(out, chunk);
+}
+
+/** Writes with backpressure; fails (rather than waiting forever) when the output is closed or fails. */
+async function writeTo(out: Writable, data: string | Buffer): Promise<void> {
+  if (out.destroyed) throw new RestoreError('the output was closed before the export finished');
+  if (out.write(data)) return;
+  await new Promise<void>((resolve, reject) => {
+    const settle = (error?: Error) => {
+      out.off('drain', drained);
+      out.off('close', closed);
+      out.off('error', settle);
+      if (error) reject(error);
+      else resolve();
+    };
+    const drained = () => settle();
+    const closed = () => settle(new RestoreError('the output was closed before the export finished'));
+    out.on('drain', drained);
+    out.on('close', closed);
+    out.on('error', settle);
+  });
+}
+
+async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const part of stream) parts.push(part);
+  return Buffer.concat(parts);
 }
 
 /** pg_restore -f - turns a custom-format archive into SQL. */

@@ -113,6 +113,12 @@ describe('drctl', () => {
     const sql = join(work, 'backup.sql');
     expect((await drctl('export', list[0].id, '--repo', repo, '--key-file', key, '--sql', sql)).code).toBe(0);
     expect(await readFile(sql, 'utf8')).toContain('COPY "public"."users"');
+    const archive = join(work, 'backup.dump');
+    expect(
+      (await drctl('export', list[0].id, '--repo', repo, '--key-file', key, '--archive', archive)).code,
+    ).toBe(0);
+    const listing = await promisify(execFile)('pg_restore', ['--list', archive]);
+    expect(listing.stdout).toMatch(/ TABLE DATA public users /);
 
     const gc = await drctl('gc', '--repo', repo, '--key-file', key, '--dry-run');
     expect(gc.stdout).toContain('would delete 0 packs');

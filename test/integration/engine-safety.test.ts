@@ -13,7 +13,7 @@ import {
   SourceError,
   WrongKeyError,
 } from '../../functions/engine/errors.ts';
-import { exportSql, exportTar } from '../../functions/engine/export.ts';
+import { exportArchive, exportSql, exportTar } from '../../functions/engine/export.ts';
 import type { Manifest } from '../../functions/engine/manifest.ts';
 import { forget, gc, listBackups, rekey, verify } from '../../functions/engine/maintenance.ts';
 import { connectionFrom } from '../../functions/engine/postgres.ts';
@@ -322,6 +322,44 @@ describe('other backup types and outputs', () => {
     expect(await describeTree(extracted, { mtimeSeconds: true })).toEqual(
       await describeTree(filesRoot, { mtimeSeconds: true }),
     );
+  });
+
+  it('exports a custom-format archive that pg_restore lists and restores, with one job or several', async () => {
+    const repository = await Repository.open(new LocalStorage(repoDir), testKey());
+    const out = join(await mkdtemp(join(tmpdir(), 'dr-export-')), 'backup.dump');
+    const stream = createWriteStream(out);
+    await exportArchive(repository, full, stream);
+    stream.end();
+    await finished(stream);
+
+    const listing = (await run('pg_restore', ['--list', out])).stdout;
+    const data = listing.split('\n').filter((line) => / TABLE DATA /.test(line));
+    expect(data).toHaveLength(full.database!.tables.length);
+    expect(listing).toMatch(/ SEQUENCE SET public invoice_number /);
+    expect(listing).toMatch(/ FK CONSTRAINT public registrations registrations_user_id_fkey /);
+
+    await pg.createDatabase('from_archive');
+    await run('pg_restore', ['--exit-on-error', '--no-owner', '-d', pg.url('from_archive'), out]);
+    expect(await tableChecksums(pg, 'from_archive')).toEqual(fullSums);
+
+    await pg.createDatabase('from_archive_jobs');
+    await run('pg_restore', [
+      '--exit-on-error',
+      '--no-owner',
+      '--jobs=3',
+      '-d',
+      pg.url('from_archive_jobs'),
+      out,
+    ]);
+    expect(await tableChecksums(pg, 'from_archive_jobs')).toEqual(fullSums);
+    expect(await schemaOf(pg, 'from_archive_jobs')).toEqual(await schemaOf(pg, 'from_archive'));
+
+    // one table picked out of the archive, as an operator would
+    await pg.createDatabase('one_table');
+    await run('pg_restore', ['--exit-on-error', '--no-owner', '-t', 'users', '-d', pg.url('one_table'), out]);
+    const picked = await tableChecksums(pg, 'one_table');
+    expect(Object.keys(picked)).toEqual(['public.users']);
+    expect(picked['public.users']).toBe(fullSums['public.users']);
   });
 
   it('restores chosen tables only, with their indexes and constraints', async () => {
