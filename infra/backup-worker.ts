@@ -16,6 +16,7 @@ import { PolicyStatement, Role, ServicePrincipal, type IGrantable, type IRole } 
 import type { Key } from 'aws-cdk-lib/aws-kms';
 import { Architecture, DockerImageCode, DockerImageFunction, Tracing } from 'aws-cdk-lib/aws-lambda';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
+import { BlockPublicAccess, Bucket, BucketEncryption } from 'aws-cdk-lib/aws-s3';
 import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import type { Table } from 'aws-cdk-lib/aws-dynamodb';
 import { Construct } from 'constructs';
@@ -50,7 +51,9 @@ export interface BackupWorkerProps {
  * - the dispatcher Lambda, invoked every minute by one EventBridge rule, which evaluates the stored cron
  *   expressions (so schedule changes through the API take effect without a redeploy);
  * - a daily EventBridge rule that applies retention;
- * - the repositories' master key, a generated Secrets Manager secret.
+ * - the repositories' master key, a generated Secrets Manager secret;
+ * - the downloads bucket: the worker exports a backup's artifacts there, the API hands out presigned links,
+ *   and a lifecycle rule deletes them after a day.
  * `cdk synth` only stages the image's build context; the image is built at deploy (no Docker at synth).
  */
 export class BackupWorker extends Construct {
@@ -59,6 +62,7 @@ export class BackupWorker extends Construct {
   readonly taskDefinition: FargateTaskDefinition;
   readonly cluster: CfnCluster;
   readonly masterKey: Secret;
+  readonly downloads: Bucket;
   private readonly buckets: readonly string[];
   /** Environment for the functions that start runs (API, dispatcher). */
   readonly launcherEnvironment: Record<string, string>;
@@ -75,6 +79,22 @@ export class BackupWorker extends Construct {
       removalPolicy: RemovalPolicy.RETAIN,
     });
 
+    this.downloads = new Bucket(this, 'Downloads', {
+      encryption: BucketEncryption.KMS,
+      encryptionKey: props.key,
+      bucketKeyEnabled: true,
+      blockPublicAccess: BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      lifecycleRules: [
+        {
+          prefix: 'exports/',
+          expiration: Duration.days(1),
+          abortIncompleteMultipartUploadAfter: Duration.days(1),
+        },
+      ],
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+
     const image = new DockerImageAsset(this, 'Image', {
       directory: ROOT,
       file: 'infra/worker.Dockerfile',
@@ -87,6 +107,7 @@ export class BackupWorker extends Construct {
       SECRETS_KMS_KEY_ID: props.key.keyArn,
       MASTER_KEY_SECRET: this.masterKey.secretArn,
     };
+    const workerEnvironment = { ...environment, DOWNLOAD_BUCKET: this.downloads.bucketName };
 
     const workerLogs = new LogGroup(this, 'WorkerLogs', {
       retention: RetentionDays.ONE_YEAR,
@@ -103,7 +124,7 @@ export class BackupWorker extends Construct {
       }),
     );
     this.workerFunction = new DockerImageFunction(this, 'Worker', {
-      description: 'DR Automation backup worker: backups and retention',
+      description: 'DR Automation backup worker: backups, retention and download exports',
       code: DockerImageCode.fromEcr(image.repository, { tagOrDigest: image.imageTag }),
       architecture: Architecture.ARM_64,
       memorySize: 2048,
@@ -111,7 +132,7 @@ export class BackupWorker extends Construct {
       tracing: Tracing.ACTIVE,
       role: workerRole,
       logGroup: workerLogs,
-      environment,
+      environment: workerEnvironment,
       // Async invocations are not retried: a failed run is recorded FAILED and the next firing starts anew.
       retryAttempts: 0,
     });
@@ -134,7 +155,7 @@ export class BackupWorker extends Construct {
       image: ContainerImage.fromDockerImageAsset(image),
       entryPoint: ['node'],
       command: ['/var/task/index.mjs'],
-      environment,
+      environment: workerEnvironment,
       logging: LogDrivers.awsLogs({ streamPrefix: 'worker', logGroup: taskLogs }),
     });
     this.cluster = new CfnCluster(this, 'Cluster', {
@@ -219,6 +240,34 @@ export class BackupWorker extends Construct {
       ],
     ];
     for (const [id, reason] of findings) Validations.of(this).acknowledge({ id, reason });
+    Validations.of(this.downloads).acknowledge({
+      id: 'AwsSolutions::AwsSolutions-S1',
+      reason:
+        'Exports live one day; who asked for each link is in the DR audit log (backup.download), and CloudTrail data events can be enabled on this bucket.',
+    });
+  }
+
+  /** The API's side of downloads: where exports are, and read access to them to presign links. */
+  grantDownloads(fn: {
+    addEnvironment(name: string, value: string): unknown;
+    role?: IRole | undefined;
+  }): void {
+    fn.addEnvironment('DOWNLOAD_BUCKET', this.downloads.bucketName);
+    const role = fn.role!;
+    // ListBucket makes a missing export a 404 rather than a 403 (HeadObject tells "not yet" from "denied").
+    role.addToPrincipalPolicy(
+      new PolicyStatement({ actions: ['s3:ListBucket'], resources: [this.downloads.bucketArn] }),
+    );
+    role.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['s3:GetObject'],
+        resources: [this.downloads.arnForObjects('exports/*')],
+      }),
+    );
+    Validations.of(role).acknowledge({
+      id: `AwsSolutions::AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(this.downloads.node.defaultChild as CfnElement)}.Arn>/exports/*]`,
+      reason: 'Read only, on the exports of the downloads bucket (presigned links to them).',
+    });
   }
 
   /** The findings a function that starts runs carries (grantLaunch). */
@@ -268,6 +317,16 @@ export class BackupWorker extends Construct {
       }),
     );
     this.grantBuckets(grantee);
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['s3:PutObject', 's3:AbortMultipartUpload'],
+        resources: [this.downloads.arnForObjects('exports/*')],
+      }),
+    );
+    Validations.of(grantee instanceof Construct ? grantee : this).acknowledge({
+      id: `AwsSolutions::AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(this.downloads.node.defaultChild as CfnElement)}.Arn>/exports/*]`,
+      reason: 'Write only, on the exports of the downloads bucket (the worker writes the artifacts there).',
+    });
   }
 
   /** Read and write on the buckets of role-based S3 targets (the worker; the API for check and usage). */

@@ -95,6 +95,7 @@ export class ControlPlaneStack extends Stack {
     this.worker.acknowledgeLaunch(apiFunction.role);
     // check and usage of role-based S3 targets run with the API's role.
     this.worker.grantBuckets(apiFunction.role);
+    this.worker.grantDownloads(fn);
     this.table.grantReadWriteData(fn);
     this.key.grantEncryptDecrypt(fn);
     fn.addToRolePolicy(

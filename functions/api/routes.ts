@@ -270,13 +270,12 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       method: 'GET',
       path: '/api/dr/backups/{id}/download',
       operationId: 'downloadBackup',
-      summary: 'Time-limited links to the backup as standard artifacts: SQL for psql, files as .tar.gz',
+      summary:
+        'Time-limited links to the backup as standard artifacts: SQL for psql, an archive for pg_restore, files as .tar.gz (202 while they are being prepared)',
       tag: 'backups',
       params: idParams,
       status: 200,
-      handle: async ({ params, event }) => ({
-        body: await downloadLinks(cp, cp.downloads, params.id, actorOf(event)),
-      }),
+      handle: ({ params, event }) => downloadLinks(cp, cp.downloads, params.id, actorOf(event)),
     }),
     route({
       method: 'GET',

@@ -8,7 +8,12 @@ import type { Logger } from '../core/log.ts';
 import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-store.ts';
 import { DrTable } from '../core/store/table.ts';
 import { VERSION } from '../core/version.ts';
-import type { DownloadLinks, RunLauncher } from '../core/services/backup-service.ts';
+import {
+  ARTIFACTS,
+  artifactFilename,
+  type DownloadLinks,
+  type RunLauncher,
+} from '../core/services/backup-service.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { signDownload, streamArtifact, verifyDownload } from '../worker/download.ts';
 import { dispatch } from '../core/services/dispatch-service.ts';
@@ -98,12 +103,14 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   const downloadKey = randomBytes(32);
   let baseUrl = '';
   const downloads: DownloadLinks = {
-    link: (backupId, artifact) => {
+    links: (backupId, artifacts) => {
       const expiresAt = new Date(now().getTime() + 15 * 60_000);
-      const token = signDownload(downloadKey, backupId, artifact, expiresAt);
       return Promise.resolve({
-        url: `${baseUrl}/api/dr/downloads/${token}`,
-        expiresAt: expiresAt.toISOString(),
+        ready: true,
+        links: artifacts.map(({ artifact }) => ({
+          url: `${baseUrl}/api/dr/downloads/${signDownload(downloadKey, backupId, artifact, expiresAt)}`,
+          expiresAt: expiresAt.toISOString(),
+        })),
       });
     },
   };
@@ -122,8 +129,8 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       return true;
     }
     response.writeHead(200, {
-      'content-type': claims.artifact === 'database' ? 'application/sql' : 'application/gzip',
-      'content-disposition': `attachment; filename="${claims.artifact === 'database' ? 'backup.sql' : 'files.tar.gz'}"`,
+      'content-type': ARTIFACTS[claims.artifact].contentType,
+      'content-disposition': `attachment; filename="${artifactFilename(claims.artifact, claims.backupId)}"`,
     });
     await streamArtifact(controlPlane, claims.backupId, claims.artifact, response, masterKey).then(
       () => {

@@ -10,12 +10,13 @@ import { getBackup } from '../core/services/backup-service.ts';
 import { targetSecrets, type Target } from '../core/services/target-service.ts';
 import { Partition } from '../core/store/table.ts';
 import type { MasterKey } from '../engine/crypto.ts';
-import { exportSql, exportTar } from '../engine/export.ts';
+import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
 import { Repository } from '../engine/repository.ts';
 import { openTarget } from '../storage/targets.ts';
 
 /**
- * Downloads as standard artifacts: the database as a plain SQL script for `psql`, the files as a .tar.gz.
+ * Downloads as standard artifacts: the database as a plain SQL script for `psql` or a custom-format archive
+ * for `pg_restore`, the files as a .tar.gz.
  * A link is a signed token (the backup, the artifact, an expiry) — the local runtime's stand-in for a
  * presigned S3 URL — and the artifact is produced as it is sent, from the first target holding the backup.
  */
@@ -68,6 +69,7 @@ export async function streamArtifact(
       const repository = await Repository.open(storage, await masterKey());
       const manifest = await repository.loadManifest(backupId);
       if (artifact === 'database') await exportSql(repository, manifest, out);
+      else if (artifact === 'archive') await exportArchive(repository, manifest, out);
       else {
         const tar = new PassThrough();
         await Promise.all([exportTar(repository, manifest, tar), pipeline(tar, createGzip(), out)]);

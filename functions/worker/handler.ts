@@ -2,12 +2,13 @@ import { masterKeyBytesFromSecret, awsControlPlane } from '../core/runs/aws-cont
 import type { WorkerEvent } from '../core/runs/aws-launcher.ts';
 import { requireEnv } from '../core/env.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
+import { exportToBucket } from './export.ts';
 import { applyRetention } from './retention.ts';
 import { executeRun } from './run-backup.ts';
 
 /**
  * The backup worker on AWS, one container image for both runners: the Lambda handler below (`index.handler`)
- * and, on Fargate, `node /var/task/index.mjs` with BACKUP_ID set (see the bottom of this file).
+ * and, on Fargate, `node /var/task/index.mjs` with BACKUP_ID or EXPORT_ID set (see the bottom of this file).
  */
 const controlPlane = awsControlPlane();
 let key: Promise<MasterKey> | undefined;
@@ -16,6 +17,8 @@ const masterKey = () =>
 
 export async function handler(event: WorkerEvent): Promise<unknown> {
   if (event.action === 'retention') return applyRetention(controlPlane, masterKey);
+  if (event.action === 'export')
+    return exportToBucket(controlPlane, event.backupId, { bucket: requireEnv('DOWNLOAD_BUCKET'), masterKey });
   const record = await executeRun(controlPlane, event.backupId, { masterKey });
   // Retention after every run: it may have made older backups unnecessary.
   await applyRetention(controlPlane, masterKey).catch((error: unknown) =>
@@ -24,9 +27,13 @@ export async function handler(event: WorkerEvent): Promise<unknown> {
   return { id: record.id, status: record.status };
 }
 
-const fargateBackup = process.env.BACKUP_ID;
-if (fargateBackup && !process.env.AWS_LAMBDA_FUNCTION_NAME) {
-  handler({ action: 'backup', backupId: fargateBackup }).then(
+const fargateEvent: WorkerEvent | undefined = process.env.BACKUP_ID
+  ? { action: 'backup', backupId: process.env.BACKUP_ID }
+  : process.env.EXPORT_ID
+    ? { action: 'export', backupId: process.env.EXPORT_ID }
+    : undefined;
+if (fargateEvent && !process.env.AWS_LAMBDA_FUNCTION_NAME) {
+  handler(fargateEvent).then(
     (result) => {
       controlPlane.logger.info('fargate run finished', { result: JSON.stringify(result) });
     },

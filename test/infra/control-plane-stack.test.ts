@@ -197,10 +197,56 @@ describe('ControlPlaneStack template', () => {
       expect(statement.Condition).toEqual({
         StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' },
       });
-    // No S3 access unless buckets are named.
+    // No S3 access unless buckets are named, but the downloads bucket's.
+    const downloads = Object.keys(synthesized.template.findResources('AWS::S3::Bucket'))[0]!;
+    const s3 = statements.filter((statement) =>
+      [statement.Action].flat().some((a: string) => a.startsWith('s3:')),
+    );
+    for (const statement of s3) expect(JSON.stringify(statement.Resource)).toContain(`"${downloads}"`);
+  });
+
+  it('keeps download exports one day in an encrypted private bucket: the worker writes them, the API reads them', () => {
+    const { template } = synthesized;
+    const buckets = template.findResources('AWS::S3::Bucket');
+    expect(Object.keys(buckets)).toHaveLength(1);
+    const [id, bucket] = Object.entries(buckets)[0]!;
+    expect(bucket.Properties.LifecycleConfiguration.Rules).toEqual([
+      expect.objectContaining({
+        Prefix: 'exports/',
+        ExpirationInDays: 1,
+        AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 },
+        Status: 'Enabled',
+      }),
+    ]);
+    expect(bucket.Properties.PublicAccessBlockConfiguration).toEqual({
+      BlockPublicAcls: true,
+      BlockPublicPolicy: true,
+      IgnorePublicAcls: true,
+      RestrictPublicBuckets: true,
+    });
     expect(
-      statements.some((statement) => [statement.Action].flat().some((a: string) => a.startsWith('s3:'))),
-    ).toBe(false);
+      bucket.Properties.BucketEncryption.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault
+        .SSEAlgorithm,
+    ).toBe('aws:kms');
+    const policies = Object.values(template.findResources('AWS::IAM::Policy'));
+    const onBucket = policies.flatMap((policy) =>
+      (policy.Properties.PolicyDocument.Statement as any[])
+        .filter((statement) => JSON.stringify(statement.Resource).includes(`"${id}"`))
+        .map((statement) => [statement.Action].flat().sort().join(',')),
+    );
+    // Worker Lambda and Fargate task write; the API lists (404 for a missing export) and reads; nobody deletes.
+    expect(onBucket.sort()).toEqual([
+      's3:AbortMultipartUpload,s3:PutObject',
+      's3:AbortMultipartUpload,s3:PutObject',
+      's3:GetObject',
+      's3:ListBucket',
+    ]);
+    const functions = Object.values(template.findResources('AWS::Lambda::Function'));
+    const withBucket = functions.filter((fn) => fn.Properties.Environment?.Variables?.DOWNLOAD_BUCKET);
+    expect(withBucket.map((fn) => fn.Properties.Description).sort()).toEqual([
+      'DR Automation /api/dr API',
+      'DR Automation backup worker: backups, retention and download exports',
+    ]);
   });
 
   it('grants S3 only on the buckets named for role-based targets', async () => {
@@ -212,8 +258,11 @@ describe('ControlPlaneStack template', () => {
       [statement.Action].flat().some((a: string) => a.startsWith('s3:')),
     );
     expect(s3.length).toBeGreaterThan(0);
+    const downloads = Object.keys(template.findResources('AWS::S3::Bucket'))[0]!;
     for (const statement of s3)
-      expect(JSON.stringify(statement.Resource)).toMatch(/s3:::acme-backups(\/\*)?"/);
+      expect(JSON.stringify(statement.Resource)).toMatch(
+        new RegExp(`s3:::acme-backups(/\\*)?"|"${downloads}"`),
+      );
   });
 
   it('uses a JWT authorizer when given an issuer and audience', async () => {

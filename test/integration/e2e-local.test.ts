@@ -14,7 +14,7 @@ const run = promisify(execFile);
 /**
  * The whole path as an operator takes it, through the local runtime's HTTP API: configure, let the schedule
  * fire (the runtime's own dispatcher timer), find the latest FULL, download it, restore the download with
- * the standard tools (psql for the SQL, tar for the files), compare with the source.
+ * the standard tools (pg_restore for the archive, psql for the SQL, tar for the files), compare with the source.
  */
 let api: TestApi;
 let pg: TestPostgres;
@@ -95,7 +95,19 @@ it('configures, fires on schedule, lists, downloads and restores with standard t
   expect(download.status).toBe(200);
   const artifacts = Object.fromEntries(download.body.artifacts.map((a: any) => [a.artifact, a]));
   expect(artifacts.database.filename).toBe(`backup_2026-11-24.sql`);
+  expect(artifacts.archive.filename).toBe(`backup_2026-11-24.dump`);
   expect(artifacts.files.filename).toBe(`files_2026-11-24.tar.gz`);
+
+  // The custom-format archive, restored with pg_restore (parallel jobs) into an empty database.
+  const dumpFile = join(work, artifacts.archive.filename);
+  const archive = await fetch(artifacts.archive.url);
+  expect(archive.headers.get('content-disposition')).toBe(
+    `attachment; filename="${artifacts.archive.filename}"`,
+  );
+  await writeFile(dumpFile, Buffer.from(await archive.arrayBuffer()));
+  await pg.createDatabase('restored_archive');
+  await run('pg_restore', ['--exit-on-error', '--jobs=2', '-d', pg.url('restored_archive'), dumpFile]);
+  expect(await tableChecksums(pg, 'restored_archive')).toEqual(await tableChecksums(pg, 'event_manager'));
 
   const sqlFile = join(work, artifacts.database.filename);
   await writeFile(sqlFile, Buffer.from(await (await fetch(artifacts.database.url)).arrayBuffer()));

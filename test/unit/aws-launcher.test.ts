@@ -12,14 +12,17 @@ describe('awsLauncher', () => {
     const launcher = awsLauncher({ workerFunction: 'dr-worker', runner: 'lambda', lambda: lambda as never });
     await launcher.launch('20261124T020000000Z-abcdef');
     await launcher.retention!();
+    await launcher.export!('20261124T020000000Z-abcdef');
     const calls = lambda.commandCalls(InvokeCommand).map((call) => call.args[0].input);
     expect(calls.map((input) => [input.FunctionName, input.InvocationType])).toEqual([
+      ['dr-worker', 'Event'],
       ['dr-worker', 'Event'],
       ['dr-worker', 'Event'],
     ]);
     expect(calls.map((input) => JSON.parse(Buffer.from(input.Payload as Uint8Array).toString()))).toEqual([
       { action: 'backup', backupId: '20261124T020000000Z-abcdef' },
       { action: 'retention' },
+      { action: 'export', backupId: '20261124T020000000Z-abcdef' },
     ]);
     lambda.on(InvokeCommand).resolves({ StatusCode: 500 });
     await expect(launcher.launch('x')).rejects.toThrow(/answered 500/);
@@ -55,6 +58,13 @@ describe('awsLauncher', () => {
           { name: 'worker', environment: [{ name: 'BACKUP_ID', value: '20261124T020000000Z-abcdef' }] },
         ],
       },
+    });
+    // A download export reads the whole backup: it runs where backups run, told by EXPORT_ID.
+    await launcher.export!('20261124T020000000Z-abcdef');
+    expect(ecs.commandCalls(RunTaskCommand)[1]!.args[0].input.overrides).toEqual({
+      containerOverrides: [
+        { name: 'worker', environment: [{ name: 'EXPORT_ID', value: '20261124T020000000Z-abcdef' }] },
+      ],
     });
     ecs.on(RunTaskCommand).resolves({ tasks: [], failures: [{ reason: 'RESOURCE:MEMORY' }] });
     await expect(launcher.launch('y')).rejects.toThrow(/did not start: RESOURCE:MEMORY/);

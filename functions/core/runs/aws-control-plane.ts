@@ -7,13 +7,14 @@ import { createLogger, parseLevel } from '../log.ts';
 import { AwsSecretStore } from '../secrets/aws-secret-store.ts';
 import { DrTable } from '../store/table.ts';
 import { awsLauncherFromEnv } from './aws-launcher.ts';
+import { s3DownloadLinks } from './s3-downloads.ts';
 
 /** The control plane of a Lambda or Fargate task, from the environment the CDK stack sets. */
 export function awsControlPlane(): ControlPlane {
   const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
   const table = new DrTable({ tableName: requireEnv('TABLE_NAME') });
   const runs = awsLauncherFromEnv();
-  return {
+  const cp: ControlPlane = {
     table,
     secrets: new AwsSecretStore({ kmsKeyId: optionalEnv('SECRETS_KMS_KEY_ID') }),
     audit: new AuditLog(table, () => new Date(), logger),
@@ -22,6 +23,10 @@ export function awsControlPlane(): ControlPlane {
     secretPrefix: requireEnv('SECRET_PREFIX'),
     ...(runs ? { runs } : {}),
   };
+  const bucket = optionalEnv('DOWNLOAD_BUCKET');
+  if (!bucket || !runs?.export) return cp;
+  const startExport = runs.export.bind(runs);
+  return { ...cp, downloads: s3DownloadLinks(cp, { bucket, startExport }) };
 }
 
 /**

@@ -24,7 +24,9 @@ export interface AwsLauncherOptions {
 }
 
 export type WorkerEvent =
-  { readonly action: 'backup'; readonly backupId: string } | { readonly action: 'retention' };
+  | { readonly action: 'backup'; readonly backupId: string }
+  | { readonly action: 'export'; readonly backupId: string }
+  | { readonly action: 'retention' };
 
 export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
   const lambda = options.lambda ?? new LambdaClient({});
@@ -39,36 +41,40 @@ export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
     );
     if (result.StatusCode !== 202) throw new Error(`the worker invocation answered ${result.StatusCode}`);
   };
-  return {
-    launch: async (backupId) => {
-      if (options.runner === 'lambda' || !options.fargate) return invoke({ action: 'backup', backupId });
-      const { fargate } = options;
-      const result = await ecs.send(
-        new RunTaskCommand({
-          cluster: fargate.cluster,
-          taskDefinition: fargate.taskDefinition,
-          launchType: 'FARGATE',
-          count: 1,
-          networkConfiguration: {
-            awsvpcConfiguration: {
-              subnets: [...fargate.subnets],
-              securityGroups: [...fargate.securityGroups],
-              assignPublicIp: fargate.assignPublicIp ? 'ENABLED' : 'DISABLED',
-            },
+  /** The worker image as a Fargate task, told what to do by one environment variable. */
+  const runTask = async (variable: 'BACKUP_ID' | 'EXPORT_ID', backupId: string) => {
+    const fargate = options.fargate!;
+    const result = await ecs.send(
+      new RunTaskCommand({
+        cluster: fargate.cluster,
+        taskDefinition: fargate.taskDefinition,
+        launchType: 'FARGATE',
+        count: 1,
+        networkConfiguration: {
+          awsvpcConfiguration: {
+            subnets: [...fargate.subnets],
+            securityGroups: [...fargate.securityGroups],
+            assignPublicIp: fargate.assignPublicIp ? 'ENABLED' : 'DISABLED',
           },
-          overrides: {
-            containerOverrides: [
-              { name: fargate.containerName, environment: [{ name: 'BACKUP_ID', value: backupId }] },
-            ],
-          },
-        }),
+        },
+        overrides: {
+          containerOverrides: [
+            { name: fargate.containerName, environment: [{ name: variable, value: backupId }] },
+          ],
+        },
+      }),
+    );
+    const failure = result.failures?.[0];
+    if (failure || !result.tasks?.length)
+      throw new Error(
+        `the Fargate task did not start: ${failure?.reason ?? 'no task'} ${failure?.detail ?? ''}`.trim(),
       );
-      const failure = result.failures?.[0];
-      if (failure || !result.tasks?.length)
-        throw new Error(
-          `the Fargate task did not start: ${failure?.reason ?? 'no task'} ${failure?.detail ?? ''}`.trim(),
-        );
-    },
+  };
+  const fargate = options.runner === 'fargate' && options.fargate !== undefined;
+  return {
+    launch: (backupId) => (fargate ? runTask('BACKUP_ID', backupId) : invoke({ action: 'backup', backupId })),
+    // An export reads the whole backup like a restore: it runs where the backups run.
+    export: (backupId) => (fargate ? runTask('EXPORT_ID', backupId) : invoke({ action: 'export', backupId })),
     retention: () => invoke({ action: 'retention' }),
   };
 }

@@ -87,6 +87,8 @@ export interface RunLauncher {
   launch(backupId: string): Promise<void>;
   /** Applies retention now (asynchronously, where the worker runs). */
   retention?(): Promise<void>;
+  /** Exports a backup's download artifacts to the downloads bucket (AWS). */
+  export?(backupId: string): Promise<void>;
 }
 
 export interface StartRunInput {
@@ -344,41 +346,96 @@ function newBackupId(now: Date): string {
   return `${now.toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
 }
 
-export type DownloadArtifact = 'database' | 'files';
+/**
+ * What a backup downloads as: the database as a plain SQL script for `psql` (the guide's way) and as a
+ * custom-format archive for `pg_restore` (parallel jobs, picking tables), the files as a .tar.gz.
+ */
+export const ARTIFACTS = {
+  database: { prefix: 'backup', extension: 'sql', contentType: 'application/sql' },
+  archive: { prefix: 'backup', extension: 'dump', contentType: 'application/octet-stream' },
+  files: { prefix: 'files', extension: 'tar.gz', contentType: 'application/gzip' },
+} as const;
 
-/** Makes time-limited links to a backup's artifacts (a presigned URL on AWS, a signed local URL locally). */
-export interface DownloadLinks {
-  link(backupId: string, artifact: DownloadArtifact): Promise<{ url: string; expiresAt: string }>;
+export type DownloadArtifact = keyof typeof ARTIFACTS;
+
+/** `backup_2026-11-24.sql`: the guide's names, dated by the backup's start (its id). */
+export function artifactFilename(artifact: DownloadArtifact, backupId: string): string {
+  const day = `${backupId.slice(0, 4)}-${backupId.slice(4, 6)}-${backupId.slice(6, 8)}`;
+  return `${ARTIFACTS[artifact].prefix}_${day}.${ARTIFACTS[artifact].extension}`;
 }
 
-/** GET /api/dr/backups/{id}/download: links to the database (SQL for psql) and files (.tar.gz), audited. */
+export interface Artifact {
+  readonly artifact: DownloadArtifact;
+  readonly filename: string;
+}
+
+/** What a backup can be downloaded as. */
+export function artifactsOf(record: Pick<BackupRecord, 'id' | 'database' | 'files'>): Artifact[] {
+  const kinds: DownloadArtifact[] = [
+    ...(record.database ? (['database', 'archive'] as const) : []),
+    ...(record.files ? (['files'] as const) : []),
+  ];
+  return kinds.map((artifact) => ({ artifact, filename: artifactFilename(artifact, record.id) }));
+}
+
+export interface ArtifactLink {
+  readonly url: string;
+  readonly expiresAt: string;
+}
+
+/**
+ * Makes time-limited links to a backup's artifacts: locally, signed links the runtime streams from at once;
+ * on AWS, presigned S3 URLs once the worker has exported the artifacts to the downloads bucket (until then,
+ * how long to wait before asking again).
+ */
+export interface DownloadLinks {
+  links(
+    backupId: string,
+    artifacts: readonly Artifact[],
+  ): Promise<{ ready: true; links: ArtifactLink[] } | { ready: false; retryAfterSeconds: number }>;
+}
+
+/**
+ * GET /api/dr/backups/{id}/download: links to the database (SQL for psql, archive for pg_restore) and the
+ * files (.tar.gz); 202 with `status: PREPARING` while they are being prepared. Every issue of links is
+ * audited.
+ */
 export async function downloadLinks(
   cp: ControlPlane,
   links: DownloadLinks | undefined,
   id: string,
   actor: Actor,
-): Promise<{
-  backupId: string;
-  artifacts: { artifact: DownloadArtifact; filename: string; url: string; expiresAt: string }[];
-}> {
+): Promise<{ status: number; headers?: Record<string, string>; body: unknown }> {
   if (!links) throw new ServiceUnavailableError('downloads are not configured in this deployment');
   const record = await getBackup(cp, id);
   if (!isRestorePoint(record))
     throw new ConflictError(
       `backup ${id} is ${record.status}${record.review ? ' and flagged for review' : ''}: nothing to download`,
     );
-  const day = (record.restorePoint ?? record.startedAt).slice(0, 10);
-  const wanted: { artifact: DownloadArtifact; filename: string }[] = [
-    ...(record.database ? [{ artifact: 'database' as const, filename: `backup_${day}.sql` }] : []),
-    ...(record.files ? [{ artifact: 'files' as const, filename: `files_${day}.tar.gz` }] : []),
-  ];
-  const artifacts = await Promise.all(
-    wanted.map(async (item) => ({ ...item, ...(await links.link(id, item.artifact)) })),
-  );
+  const wanted = artifactsOf(record);
+  const result = await links.links(id, wanted);
+  if (!result.ready)
+    return {
+      status: 202,
+      headers: { 'retry-after': String(result.retryAfterSeconds) },
+      body: {
+        backupId: id,
+        status: 'PREPARING',
+        retryAfterSeconds: result.retryAfterSeconds,
+        message: 'the artifacts are being exported; ask again to get the links',
+      },
+    };
   await cp.audit.append(actor, {
     action: 'backup.download',
     resource: `backup/${id}`,
     details: { artifacts: wanted.map((item) => item.artifact).join(',') },
   });
-  return { backupId: id, artifacts };
+  return {
+    status: 200,
+    body: {
+      backupId: id,
+      status: 'READY',
+      artifacts: wanted.map((item, index) => ({ ...item, ...result.links[index]! })),
+    },
+  };
 }

@@ -34,6 +34,8 @@ export const Partition = {
   firing: 'FIRING',
   /** How far the dispatcher has evaluated each schedule (sort key = schedule id). */
   cursor: 'CURSOR',
+  /** Download exports under way or failed on AWS (sort key = backup id). */
+  export: 'EXPORT',
 } as const;
 export type PartitionKey = (typeof Partition)[keyof typeof Partition];
 
