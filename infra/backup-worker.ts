@@ -329,10 +329,20 @@ export class BackupWorker extends Construct {
     });
   }
 
-  /** Read and write on the buckets of role-based S3 targets (the worker; the API for check and usage). */
-  grantBuckets(grantee: IGrantable): void {
+  /**
+   * Read and write on the buckets of role-based S3 targets (the worker; the API for check and usage, and
+   * with `lifecycle` for the lifecycle rules it puts on them when a target is saved).
+   */
+  grantBuckets(grantee: IGrantable, options: { lifecycle?: boolean } = {}): void {
     const stack = Stack.of(this);
     for (const bucket of this.buckets) {
+      if (options.lifecycle)
+        grantee.grantPrincipal.addToPrincipalPolicy(
+          new PolicyStatement({
+            actions: ['s3:GetLifecycleConfiguration', 's3:PutLifecycleConfiguration'],
+            resources: [`arn:${stack.partition}:s3:::${bucket}`],
+          }),
+        );
       grantee.grantPrincipal.addToPrincipalPolicy(
         new PolicyStatement({
           actions: ['s3:ListBucket', 's3:GetBucketLocation', 's3:ListBucketMultipartUploads'],

@@ -93,8 +93,8 @@ export class ControlPlaneStack extends Stack {
       fn.addEnvironment(name, value);
     this.worker.grantLaunch(apiFunction.role);
     this.worker.acknowledgeLaunch(apiFunction.role);
-    // check and usage of role-based S3 targets run with the API's role.
-    this.worker.grantBuckets(apiFunction.role);
+    // check, usage and lifecycle rules of role-based S3 targets run with the API's role.
+    this.worker.grantBuckets(apiFunction.role, { lifecycle: true });
     this.worker.grantDownloads(fn);
     this.table.grantReadWriteData(fn);
     this.key.grantEncryptDecrypt(fn);

@@ -108,3 +108,9 @@ export class ServiceUnavailableError extends DrError {
   readonly status = 503;
   readonly code = 'ServiceUnavailable';
 }
+
+/** A service the request had to change (a storage target's bucket, say) refused or failed. */
+export class UpstreamError extends DrError {
+  readonly status = 502;
+  readonly code = 'BadGateway';
+}

@@ -105,6 +105,45 @@ const localConfig = z.strictObject({
   path: absolutePath,
 });
 
+/** Storage classes that still serve a ranged read at once (GLACIER and DEEP_ARCHIVE need a restore first). */
+const INSTANT_CLASSES = ['STANDARD_IA', 'ONEZONE_IA', 'INTELLIGENT_TIERING', 'GLACIER_IR'] as const;
+
+/**
+ * Lifecycle rules an S3 target puts on its bucket, for its prefix. No expiry of current objects: packs are
+ * shared between backups, and retention deletes what no kept backup needs.
+ */
+const s3Lifecycle = z
+  .strictObject({
+    transitions: z
+      .array(
+        z
+          .strictObject({
+            days: wholeRange(0, 36_500, 'days'),
+            storageClass: z.enum(INSTANT_CLASSES, {
+              error: `must be one of ${INSTANT_CLASSES.join(', ')}: classes that serve reads at once (GLACIER and DEEP_ARCHIVE need a restore before any backup in them can be read)`,
+            }),
+          })
+          .refine((step) => !step.storageClass.endsWith('_IA') || step.days >= 30, {
+            error: 'S3 moves objects to STANDARD_IA or ONEZONE_IA only after 30 days or more',
+            path: ['days'],
+          }),
+      )
+      .max(4, { error: 'must have at most 4 steps' })
+      .refine((steps) => steps.every((step, index) => index === 0 || step.days > steps[index - 1]!.days), {
+        error: 'steps must have increasing days',
+      })
+      .optional(),
+    abortIncompleteUploadsAfterDays: wholeRange(1, 365, 'days').optional(),
+    noncurrentVersionExpirationDays: wholeRange(1, 36_500, 'days').optional(),
+    expirationDays: z
+      .never({
+        error:
+          'is not allowed: a pack written for an old backup holds chunks newer backups use; set retentionDays on the schedules, and retention deletes what no kept backup needs',
+      })
+      .optional(),
+  })
+  .optional();
+
 const s3Config = z.strictObject({
   bucket: s3Bucket,
   region: awsRegion,
@@ -137,6 +176,7 @@ const s3Config = z.strictObject({
       days: wholeRange(1, 36_500, 'days'),
     })
     .optional(),
+  lifecycle: s3Lifecycle,
 });
 
 const azureConfig = z.strictObject({

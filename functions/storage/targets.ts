@@ -22,34 +22,37 @@ export interface TargetSpec {
 const str = (value: unknown): string | undefined =>
   typeof value === 'string' && value !== '' ? value : undefined;
 
+/** The S3 adapter itself (no retries), for what only S3 does: lifecycle rules. */
+export function s3Storage(spec: TargetSpec, secrets: Readonly<Record<string, string>> = {}): S3Storage {
+  const config = spec.config;
+  const accessKeyId = str(config.accessKeyId);
+  const secretAccessKey = secrets.secretAccessKey ?? str(config.secretAccessKey);
+  const objectLock = config.objectLock as { mode: 'GOVERNANCE' | 'COMPLIANCE'; days: number } | undefined;
+  return new S3Storage({
+    bucket: String(config.bucket),
+    region: String(config.region),
+    ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
+    ...(accessKeyId && secretAccessKey ? { credentials: { accessKeyId, secretAccessKey } } : {}),
+    ...(str(config.endpoint) ? { endpoint: str(config.endpoint)! } : {}),
+    ...(config.forcePathStyle === true ? { forcePathStyle: true } : {}),
+    ...(config.encryption === 'AES256' || config.encryption === 'aws:kms'
+      ? { encryption: config.encryption }
+      : {}),
+    ...(str(config.kmsKeyId) ? { kmsKeyId: str(config.kmsKeyId)! } : {}),
+    ...(str(config.storageClass) ? { storageClass: str(config.storageClass)! } : {}),
+    ...(objectLock ? { objectLock } : {}),
+    ...(spec.name ? { name: spec.name } : {}),
+  });
+}
+
 export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, string>> = {}): Storage {
   const config = spec.config;
   const name = spec.name;
   switch (spec.targetType) {
     case 'LOCAL':
       return withRetries(new LocalStorage(String(config.path), name ?? `local:${String(config.path)}`));
-    case 'S3': {
-      const accessKeyId = str(config.accessKeyId);
-      const secretAccessKey = secrets.secretAccessKey ?? str(config.secretAccessKey);
-      const objectLock = config.objectLock as { mode: 'GOVERNANCE' | 'COMPLIANCE'; days: number } | undefined;
-      return withRetries(
-        new S3Storage({
-          bucket: String(config.bucket),
-          region: String(config.region),
-          ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
-          ...(accessKeyId && secretAccessKey ? { credentials: { accessKeyId, secretAccessKey } } : {}),
-          ...(str(config.endpoint) ? { endpoint: str(config.endpoint)! } : {}),
-          ...(config.forcePathStyle === true ? { forcePathStyle: true } : {}),
-          ...(config.encryption === 'AES256' || config.encryption === 'aws:kms'
-            ? { encryption: config.encryption }
-            : {}),
-          ...(str(config.kmsKeyId) ? { kmsKeyId: str(config.kmsKeyId)! } : {}),
-          ...(str(config.storageClass) ? { storageClass: str(config.storageClass)! } : {}),
-          ...(objectLock ? { objectLock } : {}),
-          ...(name ? { name } : {}),
-        }),
-      );
-    }
+    case 'S3':
+      return withRetries(s3Storage(spec, secrets));
     case 'AZURE': {
       const accountKey = secrets.accountKey ?? str(config.accountKey);
       const sasToken = secrets.sasToken ?? str(config.sasToken);

@@ -263,6 +263,12 @@ describe('ControlPlaneStack template', () => {
       expect(JSON.stringify(statement.Resource)).toMatch(
         new RegExp(`s3:::acme-backups(/\\*)?"|"${downloads}"`),
       );
+    // Lifecycle rules are put by the API when a target is saved: only it may, only on the named bucket.
+    const lifecycle = s3.filter((statement) =>
+      [statement.Action].flat().includes('s3:PutLifecycleConfiguration'),
+    );
+    expect(lifecycle).toHaveLength(1);
+    expect(JSON.stringify(lifecycle[0].Resource)).toMatch(/s3:::acme-backups"/);
   });
 
   it('uses a JWT authorizer when given an issuer and audience', async () => {

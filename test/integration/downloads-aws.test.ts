@@ -43,7 +43,7 @@ beforeAll(async () => {
   s3 = new S3Client({
     region: 'us-east-1',
     endpoint: s3server.endpoint,
-    credentials: s3server.credentials,
+    credentials: { ...s3server.credentials },
     forcePathStyle: true,
   });
   cp = api.runtime.controlPlane;

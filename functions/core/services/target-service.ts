@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
-import { ConflictError, ValidationError, type FieldIssue } from '../errors.ts';
+import { ConflictError, UpstreamError, ValidationError, type FieldIssue } from '../errors.ts';
 import { SECRET_FIELDS, type TargetInput, type TargetType } from '../schemas.ts';
 import { secretName } from '../secrets/secret-store.ts';
 import { Partition, type Page, type StoredItem } from '../store/table.ts';
@@ -16,7 +16,8 @@ import {
 } from './common.ts';
 import type { StoredSchedule } from './schedule-service.ts';
 import { StorageError, type Storage } from '../../storage/storage.ts';
-import { openTarget, probeTarget, type ProbeResult } from '../../storage/targets.ts';
+import { openTarget, probeTarget, s3Storage, type ProbeResult } from '../../storage/targets.ts';
+import type { S3Lifecycle } from '../../storage/s3/s3-storage.ts';
 
 /** A target as stored and returned: `config` has no secret field; `secretsSet` names those that are set. */
 export interface Target {
@@ -61,6 +62,8 @@ export async function createTarget(cp: ControlPlane, input: TargetInput, actor: 
   throwIfIssues(requirements(input.targetType, publicConfig, new Set(Object.keys(values))));
   if (await cp.table.get(Partition.target, id))
     throw new ConflictError(`a target with id ${id} already exists`);
+  if (input.targetType === 'S3' && publicConfig.lifecycle !== undefined)
+    await applyLifecycle(cp, id, publicConfig, values);
 
   const item = await commitWithSecret(
     cp,
@@ -115,6 +118,11 @@ export async function updateTarget(
   const { values, changed } = mergeSecrets(kept, secretUpdates);
   throwIfIssues(requirements(input.targetType, publicConfig, new Set(Object.keys(values))));
 
+  if (input.targetType === 'S3')
+    await changeLifecycle(cp, id, current.data, publicConfig, () =>
+      touchesSecrets ? Promise.resolve(values) : targetSecrets(cp, current.data),
+    );
+
   const replace = (name: string | undefined) =>
     cp.table.replace(current, describe(id, input, publicConfig, values, name), cp.now());
   const item =
@@ -158,6 +166,13 @@ export async function deleteTarget(
       `target ${id} is used by active schedule(s) ${users.join(', ')}; remove it from them or pause them first`,
     );
   }
+  if (current.data.targetType === 'S3' && current.data.config.lifecycle !== undefined) {
+    // Best effort: the target goes whatever happens; a rule left behind only moves or cleans up objects.
+    await applyLifecycle(cp, id, current.data.config, await targetSecrets(cp, current.data), true).catch(
+      (error: unknown) =>
+        cp.logger.warn('lifecycle rule not removed', { target: id, error: (error as Error).message }),
+    );
+  }
   await cp.table.delete(current);
   if (current.data.secretName !== undefined) await cp.secrets.delete(current.data.secretName);
   await cp.audit.append(actor, {
@@ -165,6 +180,48 @@ export async function deleteTarget(
     resource: `target/${id}`,
     details: { name: current.data.name },
   });
+}
+
+/**
+ * Puts the target's lifecycle rule on its bucket (or removes it): before the target is saved, so a rule
+ * that cannot be applied (no permission, no bucket) fails the request with the reason and changes nothing.
+ */
+async function applyLifecycle(
+  cp: ControlPlane,
+  id: string,
+  config: Readonly<Record<string, unknown>>,
+  secrets: Readonly<Record<string, string>>,
+  remove = false,
+): Promise<void> {
+  const storage = s3Storage({ name: `target ${id}`, targetType: 'S3', config }, secrets);
+  try {
+    await storage.applyLifecycle(remove ? undefined : (config.lifecycle as S3Lifecycle | undefined));
+    cp.logger.info(remove ? 'lifecycle rule removed' : 'lifecycle rule applied', { target: id });
+  } catch (error) {
+    const reason =
+      error instanceof StorageError ? `${error.kind}: ${error.message}` : (error as Error).message;
+    throw new UpstreamError(
+      `the lifecycle rule of target ${id} could not be ${remove ? 'removed from' : 'applied to'} bucket ${String(config.bucket)}: ${reason}`,
+    );
+  }
+}
+
+/** On update: re-applies the rule when it or the repository's place changed (and clears the old place). */
+async function changeLifecycle(
+  cp: ControlPlane,
+  id: string,
+  before: StoredTarget,
+  config: Record<string, unknown>,
+  secrets: () => Promise<Readonly<Record<string, string>>>,
+): Promise<void> {
+  const place = (c: Readonly<Record<string, unknown>>) =>
+    JSON.stringify([c.bucket, c.prefix ?? '', c.endpoint]);
+  const moved = place(before.config) !== place(config);
+  const changed = JSON.stringify(before.config.lifecycle) !== JSON.stringify(config.lifecycle);
+  if (before.config.lifecycle !== undefined && moved)
+    await applyLifecycle(cp, id, before.config, await targetSecrets(cp, before), true);
+  if (config.lifecycle !== undefined ? moved || changed : changed && !moved)
+    await applyLifecycle(cp, id, config, await secrets(), config.lifecycle === undefined);
 }
 
 /** Secret values, for the code that connects to the target (never for API responses). */

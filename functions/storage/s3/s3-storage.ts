@@ -1,5 +1,10 @@
 import {
+  DeleteBucketLifecycleCommand,
   DeleteObjectsCommand,
+  GetBucketLifecycleConfigurationCommand,
+  PutBucketLifecycleConfigurationCommand,
+  type LifecycleRule,
+  type TransitionStorageClass,
   GetObjectCommand,
   HeadObjectCommand,
   paginateListObjectsV2,
@@ -45,6 +50,18 @@ export interface S3StorageOptions {
   readonly name?: string;
   /** Replaces the client (tests). */
   readonly client?: S3Client;
+}
+
+/**
+ * Lifecycle rules for the repository's objects. Only what is safe for a deduplicating repository: moving
+ * objects to classes that still serve ranged reads at once, cleaning up incomplete uploads, and expiring old
+ * versions of deleted objects in a versioned bucket. Never the expiry of current objects: a pack written for
+ * an old backup still holds chunks that newer ones use; retention deletes what no kept backup needs.
+ */
+export interface S3Lifecycle {
+  readonly transitions?: readonly { readonly days: number; readonly storageClass: string }[];
+  readonly abortIncompleteUploadsAfterDays?: number;
+  readonly noncurrentVersionExpirationDays?: number;
 }
 
 const AUTHENTICATION = new Set([
@@ -236,6 +253,64 @@ export class S3Storage implements Storage {
           }
         : {}),
     };
+  }
+
+  /**
+   * Puts this repository's lifecycle rule on the bucket (or removes it, given undefined), keeping every
+   * other rule the bucket has: S3 takes a bucket's rules as one document, so they are read, ours replaced,
+   * and written back. Our rule is the one with id `dr-automation:<bucket>/<prefix>`.
+   */
+  async applyLifecycle(lifecycle: S3Lifecycle | undefined): Promise<void> {
+    const Bucket = this.options.bucket;
+    const id = `dr-automation:${Bucket}/${this.root}`;
+    try {
+      let rules: LifecycleRule[] = [];
+      try {
+        const current = await this.client.send(new GetBucketLifecycleConfigurationCommand({ Bucket }));
+        rules = current.Rules ?? [];
+      } catch (error) {
+        const code = (error as { Code?: string; name?: string }).Code ?? (error as { name?: string }).name;
+        if (code !== 'NoSuchLifecycleConfiguration') throw error;
+      }
+      const others = rules.filter((rule) => rule.ID !== id);
+      const ours: LifecycleRule[] = lifecycle
+        ? [
+            {
+              ID: id,
+              Status: 'Enabled',
+              Filter: { Prefix: this.root },
+              ...(lifecycle.transitions?.length
+                ? {
+                    Transitions: lifecycle.transitions.map((transition) => ({
+                      Days: transition.days,
+                      StorageClass: transition.storageClass as TransitionStorageClass,
+                    })),
+                  }
+                : {}),
+              AbortIncompleteMultipartUpload: {
+                DaysAfterInitiation: lifecycle.abortIncompleteUploadsAfterDays ?? 7,
+              },
+              ...(lifecycle.noncurrentVersionExpirationDays === undefined
+                ? {}
+                : {
+                    NoncurrentVersionExpiration: {
+                      NoncurrentDays: lifecycle.noncurrentVersionExpirationDays,
+                    },
+                  }),
+            },
+          ]
+        : [];
+      const next = [...others, ...ours];
+      if (next.length === 0) {
+        if (rules.length > 0) await this.client.send(new DeleteBucketLifecycleCommand({ Bucket }));
+        return;
+      }
+      await this.client.send(
+        new PutBucketLifecycleConfigurationCommand({ Bucket, LifecycleConfiguration: { Rules: next } }),
+      );
+    } catch (error) {
+      throw this.wrap(error, undefined);
+    }
   }
 
   /** SDK errors to the storage vocabulary; the message keeps the service's code and text, never credentials. */
