@@ -103,7 +103,8 @@ export async function finishEntries(destination: string, entries: readonly FileE
     if (entry.type === 'symlink') continue;
     const target = safeJoin(destination, entry.path);
     if (entry.type === 'dir') await chmod(target, entry.mode);
-    const time = new Date(entry.mtimeMs);
+    // In seconds, not as a Date: a Date keeps whole milliseconds and would drop the microseconds.
+    const time = entry.mtimeMs / 1000;
     await utimes(target, time, time);
   }
 }
