@@ -6,8 +6,9 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  * `npx cdk synth` / `npx cdk deploy`. Context (-c key=value):
  *   jwtIssuer, jwtAudience (comma-separated)  accept OIDC JWTs instead of IAM (SigV4) on the API
  *   backupBuckets (comma-separated)            buckets of S3 targets reached with the worker's role
- *   workerRunner=fargate, workerSubnets, workerSecurityGroups (comma-separated)
- *                                              run backups as Fargate tasks (longer than 15 minutes)
+ *   workerSubnets, workerSecurityGroups (comma-separated)
+ *                                              run the worker (Lambda and Fargate) in these subnets
+ *   workerRunner=fargate                       run backups as Fargate tasks (longer than 15 minutes)
  */
 export function buildApp(app = new App()): { app: App; controlPlane: ControlPlaneStack } {
   const issuer = app.node.tryGetContext('jwtIssuer') as string | undefined;
@@ -19,9 +20,7 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
     worker: {
       backupBuckets: list('backupBuckets'),
       runner: app.node.tryGetContext('workerRunner') === 'fargate' ? 'fargate' : 'lambda',
-      ...(subnets.length > 0
-        ? { fargateNetwork: { subnets, securityGroups: list('workerSecurityGroups') } }
-        : {}),
+      ...(subnets.length > 0 ? { network: { subnets, securityGroups: list('workerSecurityGroups') } } : {}),
     },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',
     ...(issuer

@@ -14,7 +14,13 @@ import { Rule, RuleTargetInput, Schedule } from 'aws-cdk-lib/aws-events';
 import { LambdaFunction } from 'aws-cdk-lib/aws-events-targets';
 import { PolicyStatement, Role, ServicePrincipal, type IGrantable, type IRole } from 'aws-cdk-lib/aws-iam';
 import type { Key } from 'aws-cdk-lib/aws-kms';
-import { Architecture, DockerImageCode, DockerImageFunction, Tracing } from 'aws-cdk-lib/aws-lambda';
+import {
+  Architecture,
+  type CfnFunction,
+  DockerImageCode,
+  DockerImageFunction,
+  Tracing,
+} from 'aws-cdk-lib/aws-lambda';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { BlockPublicAccess, Bucket, BucketEncryption } from 'aws-cdk-lib/aws-s3';
 import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
@@ -35,8 +41,11 @@ export interface BackupWorkerProps {
    * privilege: only these. @default none
    */
   readonly backupBuckets?: readonly string[];
-  /** Where Fargate tasks run (needed for `runner: 'fargate'`): subnets and security groups. */
-  readonly fargateNetwork?: {
+  /**
+   * Where the worker runs, both the Lambda and the Fargate task (needed for `runner: 'fargate'`): subnets
+   * that reach the database, and their security groups. Without it the Lambda runs outside any VPC.
+   */
+  readonly network?: {
     readonly subnets: readonly string[];
     readonly securityGroups: readonly string[];
   };
@@ -137,6 +146,29 @@ export class BackupWorker extends Construct {
       retryAttempts: 0,
     });
 
+    if (props.network) {
+      // In the operator's subnets (where a private database is reachable). Set on the resource itself: the
+      // subnets are all we know (no VPC lookup at synth), and the ENI permissions stay inline, not managed.
+      const cfn = this.workerFunction.node.defaultChild as CfnFunction;
+      cfn.vpcConfig = {
+        subnetIds: [...props.network.subnets],
+        securityGroupIds: [...props.network.securityGroups],
+      };
+      workerRole.addToPolicy(
+        new PolicyStatement({
+          actions: [
+            'ec2:CreateNetworkInterface',
+            'ec2:DescribeNetworkInterfaces',
+            'ec2:DeleteNetworkInterface',
+            'ec2:AssignPrivateIpAddresses',
+            'ec2:UnassignPrivateIpAddresses',
+          ],
+          resources: ['*'],
+        }),
+      );
+      this.workerFunction.node.addDependency(workerRole);
+    }
+
     // The same image as a Fargate task for long backups.
     const taskLogs = new LogGroup(this, 'TaskLogs', {
       retention: RetentionDays.ONE_YEAR,
@@ -164,7 +196,7 @@ export class BackupWorker extends Construct {
 
     for (const grantee of [workerRole, this.taskDefinition.taskRole]) this.grantWorker(grantee, props);
 
-    const runner = props.runner === 'fargate' && props.fargateNetwork ? 'fargate' : 'lambda';
+    const runner = props.runner === 'fargate' && props.network ? 'fargate' : 'lambda';
     this.launcherEnvironment = {
       WORKER_FUNCTION: this.workerFunction.functionName,
       WORKER_RUNNER: runner,
@@ -173,8 +205,8 @@ export class BackupWorker extends Construct {
             WORKER_CLUSTER: this.cluster.attrArn,
             WORKER_TASK_DEFINITION: this.taskDefinition.taskDefinitionArn,
             WORKER_CONTAINER: 'worker',
-            WORKER_SUBNETS: props.fargateNetwork!.subnets.join(','),
-            WORKER_SECURITY_GROUPS: props.fargateNetwork!.securityGroups.join(','),
+            WORKER_SUBNETS: props.network!.subnets.join(','),
+            WORKER_SECURITY_GROUPS: props.network!.securityGroups.join(','),
           }
         : {}),
     };
@@ -212,7 +244,7 @@ export class BackupWorker extends Construct {
     const findings: [string, string][] = [
       [
         'AwsSolutions::AwsSolutions-IAM5[Resource::*]',
-        'X-Ray and ECR authorization (GetAuthorizationToken) have no resource-level permissions.',
+        'X-Ray, ECR authorization (GetAuthorizationToken) and the Lambda network interfaces in the operator subnets (ec2:*NetworkInterface*) have no resource-level permissions.',
       ],
       [
         'AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',

@@ -271,6 +271,41 @@ describe('ControlPlaneStack template', () => {
     expect(JSON.stringify(lifecycle[0].Resource)).toMatch(/s3:::acme-backups"/);
   });
 
+  it('runs the worker Lambda and the Fargate task in the operator subnets when given, with inline ENI permissions', async () => {
+    const { template, report } = await synthesize({
+      workerRunner: 'fargate',
+      workerSubnets: 'subnet-a,subnet-b',
+      workerSecurityGroups: 'sg-1',
+    });
+    const worker = Object.values(
+      template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
+    )[0]!;
+    expect(worker.Properties.VpcConfig).toEqual({
+      SubnetIds: ['subnet-a', 'subnet-b'],
+      SecurityGroupIds: ['sg-1'],
+    });
+    const api = Object.values(template.findResources('AWS::Lambda::Function')).find(
+      (fn) => fn.Properties.Description === 'DR Automation /api/dr API',
+    )!;
+    expect(api.Properties.Environment.Variables).toMatchObject({
+      WORKER_RUNNER: 'fargate',
+      WORKER_SUBNETS: 'subnet-a,subnet-b',
+      WORKER_SECURITY_GROUPS: 'sg-1',
+    });
+    const statements = Object.values(template.findResources('AWS::IAM::Policy')).flatMap(
+      (policy) => policy.Properties.PolicyDocument.Statement as any[],
+    );
+    const eni = statements.filter((statement) =>
+      [statement.Action].flat().includes('ec2:CreateNetworkInterface'),
+    );
+    expect(eni).toHaveLength(1);
+    expect(Object.keys(template.findResources('AWS::IAM::Role')).length).toBeGreaterThan(0);
+    for (const role of Object.values(template.findResources('AWS::IAM::Role')))
+      expect(role.Properties.ManagedPolicyArns ?? []).toEqual([]);
+    const [nag] = report.pluginReports.filter((plugin) => plugin.pluginName === 'AwsSolutions');
+    expect(nag!.violations).toEqual([]);
+  });
+
   it('uses a JWT authorizer when given an issuer and audience', async () => {
     const { template } = await synthesize({ jwtIssuer: 'https://issuer.example.com', jwtAudience: 'dr-api' });
     template.hasResourceProperties('AWS::ApiGatewayV2::Authorizer', {
