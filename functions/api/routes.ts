@@ -4,13 +4,19 @@ import { ValidationError } from '../core/errors.ts';
 import {
   backupListQuery,
   drConfigInput,
+  drTestInput,
+  drTestListQuery,
+  drTestResultsInput,
   idParams,
+  restoreInput,
   listQuery,
   scheduleInput,
   targetInput,
 } from '../core/schemas.ts';
 import { downloadLinks, getBackup, listBackups, startRun } from '../core/services/backup-service.ts';
 import { listFirings } from '../core/services/dispatch-service.ts';
+import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
+import { getRestore, startRestore } from '../core/services/restore-service.ts';
 import { retentionPlan } from '../core/services/retention-service.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
 import { getConfig, replaceConfig } from '../core/services/config-service.ts';
@@ -276,6 +282,94 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       params: idParams,
       status: 200,
       handle: ({ params, event }) => downloadLinks(cp, cp.downloads, params.id, actorOf(event)),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/restore',
+      operationId: 'startRestore',
+      summary:
+        'Restore a backup (by id, or the newest at or before pointInTime) into a database and/or directory; 202 with the restore id and execution ARN',
+      tag: 'restores',
+      body: restoreInput,
+      status: 202,
+      handle: async ({ body, event }) => {
+        const record = await startRestore(cp, body, actorOf(event));
+        return {
+          body: {
+            restoreId: record.id,
+            executionArn: record.executionArn,
+            status: record.status,
+            restore: record,
+          },
+          headers: { location: `/api/dr/restore/${record.id}` },
+        };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/restore/{id}',
+      operationId: 'getRestore',
+      summary: 'One restore: status, plan (backup, chain, bytes, gap to the asked time), result or error',
+      tag: 'restores',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => ({ body: await getRestore(cp, params.id) }),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/test',
+      operationId: 'startDrTest',
+      summary:
+        'Start a DR test (testType, targetEnvironment, notifyOnCompletion); 202 with the test id and execution ARN',
+      tag: 'dr-tests',
+      body: drTestInput,
+      status: 202,
+      handle: async ({ body, event }) => {
+        const record = await startDrTest(cp, body, actorOf(event));
+        return {
+          body: {
+            testId: record.id,
+            ...(record.executionArn ? { executionArn: record.executionArn } : {}),
+            status: record.status,
+            test: record,
+          },
+          headers: { location: `/api/dr/test/${record.id}` },
+        };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/test',
+      operationId: 'listDrTests',
+      summary:
+        'DR tests, newest first (testType, status; paged), with when each type last passed and whether it is overdue',
+      tag: 'dr-tests',
+      query: drTestListQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await listDrTests(cp, query) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/test/{id}',
+      operationId: 'getDrTest',
+      summary: 'One DR test: status, execution, results (success, actual RTO/RPO, issues, phases)',
+      tag: 'dr-tests',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => ({ body: await getDrTest(cp, params.id) }),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/test/{id}/results',
+      operationId: 'recordDrTestResults',
+      summary: "Record the results of a DR test run by hand (the guide's fields)",
+      tag: 'dr-tests',
+      params: idParams,
+      body: drTestResultsInput,
+      status: 200,
+      handle: async ({ params, body, event }) => ({
+        body: await recordDrTestResults(cp, params.id, body, actorOf(event)),
+      }),
     }),
     route({
       method: 'GET',

@@ -4,6 +4,18 @@ import type { Logger } from './log.ts';
 import type { SecretStore } from './secrets/secret-store.ts';
 import type { DrTable } from './store/table.ts';
 
+/** The state machines of the restore and DR-test workflows (files in statemachines/). */
+export type WorkflowName = 'restore' | 'backup-verification' | 'restore-test';
+
+/** Starts workflow executions: Step Functions on AWS, the local ASL interpreter in the local runtime. */
+export interface WorkflowLauncher {
+  start(
+    workflow: WorkflowName,
+    name: string,
+    input: Record<string, unknown>,
+  ): Promise<{ executionArn: string }>;
+}
+
 /**
  * What the domain services need, built once per process (a Lambda container, the local runtime, a test)
  * and passed in, so that every client can be replaced in tests.
@@ -20,4 +32,6 @@ export interface ControlPlane {
   readonly runs?: RunLauncher;
   /** Makes download links (absent where downloads are not deployed: download answers 503). */
   readonly downloads?: DownloadLinks;
+  /** Starts restores and DR tests (absent where the workflows are not deployed: they answer 503). */
+  readonly workflows?: WorkflowLauncher;
 }

@@ -352,6 +352,10 @@ export const drConfigInput = z.strictObject({
       files: filesSource.optional(),
     })
     .optional(),
+  /** Where DR tests and restores may write, besides production: the staging database server. */
+  environments: z
+    .strictObject({ STAGING: z.strictObject({ database: databaseSource }).optional() })
+    .optional(),
   encryption: z
     .strictObject({
       algorithm: z.enum(['AES-256', 'AES-256-GCM']).default('AES-256-GCM'),
@@ -404,3 +408,110 @@ export const backupListQuery = z.strictObject({
     .optional(),
 });
 export type BackupListQuery = z.output<typeof backupListQuery>;
+
+const isoInstant = z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time with a time zone' });
+const relationName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$/, {
+  error: 'must be table or schema.table (letters, digits, _ and $)',
+});
+
+export const ENVIRONMENTS = ['STAGING', 'PRODUCTION'] as const;
+
+/** POST /api/dr/restore. */
+export const restoreInput = z
+  .strictObject({
+    backupId: z
+      .string()
+      .regex(/^\d{8}T\d{9}Z-[0-9a-f]{6}$/, { error: 'must be a backup id' })
+      .optional(),
+    /** Restore the newest backup whose restore point is at or before this instant. */
+    pointInTime: isoInstant.optional(),
+    /** With pointInTime: only this schedule's backups. */
+    scheduleId: z.string().min(1).max(64).optional(),
+    scope: z
+      .strictObject({
+        database: z.boolean().default(true),
+        tables: z.array(relationName).max(500).optional(),
+        schemas: z
+          .array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]*$/, { error: 'must be a schema name' }))
+          .max(100)
+          .optional(),
+        files: z.boolean().default(true),
+        /** Globs over the stored relative paths. */
+        include: z.array(z.string().min(1).max(512)).max(100).optional(),
+      })
+      .default({ database: true, files: true }),
+    destination: z
+      .strictObject({
+        /** Whose database server: STAGING (default) or PRODUCTION (named explicitly). */
+        environment: z.enum(ENVIRONMENTS).default('STAGING'),
+        /** The database on that server (created when missing); default: the environment's own. */
+        database: z
+          .string()
+          .regex(/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/, { error: 'must be a database name' })
+          .optional(),
+        /** Where the files go (an empty or missing directory, unless overwrite). */
+        filesTo: z
+          .string()
+          .max(4096)
+          .refine((value) => value.startsWith('/'), { error: 'must be an absolute path' })
+          .optional(),
+      })
+      .default({ environment: 'STAGING' }),
+    /** Replace what the backup defines in a destination that is not empty. */
+    overwrite: z.boolean().default(false),
+    /** Only plan: which backup, its chain and size, and the gap to pointInTime; nothing is touched. */
+    dryRun: z.boolean().default(false),
+  })
+  .refine((value) => (value.backupId === undefined) !== (value.pointInTime === undefined), {
+    error: 'give exactly one of backupId and pointInTime',
+    path: ['backupId'],
+  });
+export type RestoreInput = z.output<typeof restoreInput>;
+
+export const DR_TEST_TYPES = [
+  'BACKUP_VERIFICATION',
+  'RESTORE_TEST',
+  'FAILOVER_TEST',
+  'RECOVERY_TIME_TEST',
+] as const;
+/** The guide writes "FAILOVER" for FAILOVER_TEST; the short forms are accepted for every type. */
+const TEST_TYPE_ALIASES: Record<string, (typeof DR_TEST_TYPES)[number]> = {
+  VERIFICATION: 'BACKUP_VERIFICATION',
+  BACKUP: 'BACKUP_VERIFICATION',
+  RESTORE: 'RESTORE_TEST',
+  FAILOVER: 'FAILOVER_TEST',
+  RECOVERY_TIME: 'RECOVERY_TIME_TEST',
+};
+
+/** POST /api/dr/test (the guide's fields). */
+export const drTestInput = z.strictObject({
+  testType: z.preprocess(
+    (value) => (typeof value === 'string' ? (TEST_TYPE_ALIASES[value] ?? value) : value),
+    z.enum(DR_TEST_TYPES),
+  ),
+  targetEnvironment: z.enum(ENVIRONMENTS).default('STAGING'),
+  notifyOnCompletion: z.boolean().default(false),
+});
+export type DrTestInput = z.output<typeof drTestInput>;
+
+/** POST /api/dr/test/{testId}/results: a test run by hand (the guide's fields). */
+export const drTestResultsInput = z.strictObject({
+  success: z.boolean(),
+  actualRTO: range(0, 10_000, 'hours').optional(),
+  actualRPO: range(0, 10_000, 'hours').optional(),
+  issues: z.array(z.string().min(1).max(2000)).max(100).default([]),
+  notes: z.string().max(10_000).optional(),
+  participants: z
+    .array(z.email({ error: 'must be an email address' }))
+    .max(50)
+    .default([]),
+});
+export type DrTestResultsInput = z.output<typeof drTestResultsInput>;
+
+/** GET /api/dr/test. */
+export const drTestListQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).default(50),
+  nextToken: z.string().max(2048).optional(),
+  testType: z.enum(DR_TEST_TYPES).optional(),
+  status: z.enum(['RUNNING', 'PASSED', 'FAILED']).optional(),
+});

@@ -3,7 +3,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createApiHandler } from '../api/app.ts';
 import { AuditLog } from '../core/audit.ts';
-import type { ControlPlane } from '../core/context.ts';
+import type { ControlPlane, WorkflowLauncher } from '../core/context.ts';
 import type { Logger } from '../core/log.ts';
 import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-store.ts';
 import { DrTable } from '../core/store/table.ts';
@@ -22,6 +22,8 @@ import { applyRetention } from '../worker/retention.ts';
 import { executeRun } from '../worker/run-backup.ts';
 import { startLocalDynamo } from './dynamodb.ts';
 import { startServer } from './server.ts';
+import { localWorkflows, type LocalWorkflowOptions } from '../workflows/local.ts';
+import { writeToOutbox } from './outbox.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 
@@ -42,6 +44,8 @@ export interface LocalRuntimeOptions {
   readonly heartbeatMs?: number;
   /** How often the dispatcher evaluates the schedules (default 30 s; 0 turns it off, for tests). */
   readonly dispatchIntervalMs?: number;
+  /** Wraps workflow steps by task name (tests only: tamper between two steps). */
+  readonly taskWrappers?: LocalWorkflowOptions['taskWrappers'];
 }
 
 export interface LocalRuntime {
@@ -143,9 +147,27 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     );
     return true;
   };
+  // Restores and DR tests: the statemachines/ definitions run by the local ASL interpreter; the emails a
+  // test sends land in <dataDir>/outbox as .eml files.
+  const outbox = join(dataDir, 'outbox');
+  let workflowRunner: WorkflowLauncher | undefined;
+  const workflows: WorkflowLauncher = {
+    start: (workflow, name, input) => {
+      workflowRunner ??= localWorkflows(controlPlane, {
+        masterKey,
+        track,
+        notify: async (message) => {
+          await writeToOutbox(outbox, message);
+        },
+        ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
+      });
+      return workflowRunner.start(workflow, name, input);
+    },
+  };
   const controlPlane: ControlPlane = {
     runs,
     downloads,
+    workflows,
     table,
     secrets: await LocalSecretStore.open(
       join(dataDir, 'secrets'),

@@ -4,15 +4,10 @@ import { createGzip } from 'node:zlib';
 import { pipeline } from 'node:stream/promises';
 import { PassThrough } from 'node:stream';
 import type { ControlPlane } from '../core/context.ts';
-import { NotFoundError } from '../core/errors.ts';
 import type { DownloadArtifact } from '../core/services/backup-service.ts';
-import { getBackup } from '../core/services/backup-service.ts';
-import { targetSecrets, type Target } from '../core/services/target-service.ts';
-import { Partition } from '../core/store/table.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
-import { Repository } from '../engine/repository.ts';
-import { openTarget } from '../storage/targets.ts';
+import { withBackup } from './open-backup.ts';
 
 /**
  * Downloads as standard artifacts: the database as a plain SQL script for `psql` or a custom-format archive
@@ -57,29 +52,12 @@ export async function streamArtifact(
   out: Writable,
   masterKey: () => Promise<MasterKey>,
 ): Promise<void> {
-  const record = await getBackup(cp, backupId);
-  const holders = record.targets.filter((target) => target.status === 'SUCCESS');
-  let lastError: Error = new NotFoundError(`no target holds backup ${backupId}`);
-  for (const holder of holders) {
-    const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, holder.targetId))
-      ?.data;
-    if (!stored) continue;
-    const storage = openTarget(stored, await targetSecrets(cp, stored));
-    try {
-      const repository = await Repository.open(storage, await masterKey());
-      const manifest = await repository.loadManifest(backupId);
-      if (artifact === 'database') await exportSql(repository, manifest, out);
-      else if (artifact === 'archive') await exportArchive(repository, manifest, out);
-      else {
-        const tar = new PassThrough();
-        await Promise.all([exportTar(repository, manifest, tar), pipeline(tar, createGzip(), out)]);
-      }
-      return;
-    } catch (error) {
-      lastError = error as Error;
-    } finally {
-      await storage.close?.().catch(() => undefined);
+  await withBackup(cp, backupId, masterKey, async (repository, manifest) => {
+    if (artifact === 'database') await exportSql(repository, manifest, out);
+    else if (artifact === 'archive') await exportArchive(repository, manifest, out);
+    else {
+      const tar = new PassThrough();
+      await Promise.all([exportTar(repository, manifest, tar), pipeline(tar, createGzip(), out)]);
     }
-  }
-  throw lastError;
+  });
 }

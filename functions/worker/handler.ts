@@ -2,6 +2,7 @@ import { masterKeyBytesFromSecret, awsControlPlane } from '../core/runs/aws-cont
 import type { WorkerEvent } from '../core/runs/aws-launcher.ts';
 import { requireEnv } from '../core/env.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
+import { runWorkflowTask } from '../workflows/tasks.ts';
 import { exportToBucket } from './export.ts';
 import { applyRetention } from './retention.ts';
 import { executeRun } from './run-backup.ts';
@@ -17,6 +18,8 @@ const masterKey = () =>
 
 export async function handler(event: WorkerEvent): Promise<unknown> {
   if (event.action === 'retention') return applyRetention(controlPlane, masterKey);
+  if (event.action === 'workflow')
+    return runWorkflowTask(controlPlane, { masterKey }, event.task, event.input);
   if (event.action === 'export')
     return exportToBucket(controlPlane, event.backupId, { bucket: requireEnv('DOWNLOAD_BUCKET'), masterKey });
   const record = await executeRun(controlPlane, event.backupId, { masterKey });

@@ -2,7 +2,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../functions/core/log.ts';
-import { startLocalRuntime, type LocalRuntime } from '../../functions/local/runtime.ts';
+import {
+  startLocalRuntime,
+  type LocalRuntime,
+  type LocalRuntimeOptions,
+} from '../../functions/local/runtime.ts';
 
 export interface ApiResponse {
   readonly status: number;
@@ -30,7 +34,12 @@ export interface TestApi {
 
 /** A local runtime on a random loopback port over a fresh data directory, as `npm start` would run it. */
 export async function startTestApi(
-  options: { dataDir?: string; now?: () => Date; dispatchIntervalMs?: number } = {},
+  options: {
+    dataDir?: string;
+    now?: () => Date;
+    dispatchIntervalMs?: number;
+    taskWrappers?: LocalRuntimeOptions['taskWrappers'];
+  } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
   const runtime = await startLocalRuntime({
@@ -40,6 +49,7 @@ export async function startTestApi(
     // Tests fire schedules by calling the dispatcher with their own clock, unless they ask for the timer.
     dispatchIntervalMs: options.dispatchIntervalMs ?? 0,
     ...(options.now ? { now: options.now } : {}),
+    ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
   });
   const api: TestApi = {
     runtime,

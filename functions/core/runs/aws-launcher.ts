@@ -26,7 +26,9 @@ export interface AwsLauncherOptions {
 export type WorkerEvent =
   | { readonly action: 'backup'; readonly backupId: string }
   | { readonly action: 'export'; readonly backupId: string }
-  | { readonly action: 'retention' };
+  | { readonly action: 'retention' }
+  /** A step of a restore or DR-test state machine (Step Functions invokes the worker directly). */
+  | { readonly action: 'workflow'; readonly task: string; readonly input: Record<string, unknown> };
 
 export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
   const lambda = options.lambda ?? new LambdaClient({});

@@ -342,7 +342,7 @@ function decodeAfter(token: string): string {
 }
 
 /** The engine's id format (`20261124T215213123Z-a1b2c3`): the catalog names the backup before the engine runs. */
-function newBackupId(now: Date): string {
+export function newBackupId(now: Date): string {
   return `${now.toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
 }
 

@@ -40,6 +40,8 @@ export interface DrConfig {
     readonly files?: NonNullable<NonNullable<DrConfigInput['source']>['files']>;
   };
   readonly encryption?: DrConfigInput['encryption'];
+  /** Where DR tests and restores may write: STAGING's database server (its password in the secret store). */
+  readonly environments?: { readonly STAGING?: { readonly database: DatabaseSource } };
 }
 
 interface StoredConfig extends DrConfig {
@@ -72,36 +74,10 @@ export async function replaceConfig(
   const current = await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY);
   checkVersion(current, expectedVersion, 'the DR config');
 
-  const { version: _version, source, ...settings } = input;
+  const { version: _version, source, environments, ...settings } = input;
   const issues: FieldIssue[] = [];
-  const database = source?.database;
-  let passwordUpdate: string | null | undefined = database?.password;
-  let storedDatabase: DatabaseSource | undefined;
-
-  if (database !== undefined) {
-    const { password: _password, url, ...parts } = database;
-    let safeUrl: string | undefined;
-    if (url !== undefined) {
-      if (parts.host !== undefined || parts.database !== undefined) {
-        issues.push({
-          field: 'source.database',
-          message: 'give either url or host/database/username, not both',
-        });
-      }
-      const parsed = new URL(url);
-      if (parsed.password !== '') {
-        if (passwordUpdate !== undefined) {
-          issues.push({ field: 'source.database.password', message: 'the url already holds a password' });
-        }
-        passwordUpdate = decodeURIComponent(parsed.password);
-        parsed.password = '';
-      }
-      safeUrl = parsed.toString();
-    } else if (parts.host === undefined || parts.database === undefined || parts.username === undefined) {
-      issues.push({ field: 'source.database', message: 'needs url, or host, database and username' });
-    }
-    storedDatabase = { ...(safeUrl === undefined ? {} : { url: safeUrl }), ...parts, passwordSet: false };
-  }
+  const main = splitDatabase(source?.database, 'source.database', issues);
+  const staging = splitDatabase(environments?.STAGING?.database, 'environments.STAGING.database', issues);
   const rds = source?.rds;
   if (rds !== undefined && (rds.instanceIdentifier === undefined) === (rds.clusterIdentifier === undefined)) {
     issues.push({
@@ -111,16 +87,28 @@ export async function replaceConfig(
   }
   throwIfIssues(issues);
 
-  // The password lives in the secret store; omitted on a replace keeps the stored one, null removes it.
-  const keeps = database !== undefined && passwordUpdate === undefined;
+  // Passwords live in the secret store; omitted on a replace keeps the stored one, null removes it.
   const oldName = current?.data.secretName;
+  const keeps =
+    (main.stored && main.password === undefined) || (staging.stored && staging.password === undefined);
   const stored = oldName !== undefined && keeps ? ((await cp.secrets.get(oldName)) ?? {}) : {};
   const { values, changed } = mergeSecrets(stored, {
-    password: database === undefined ? null : passwordUpdate,
+    password: main.stored === undefined ? null : main.password,
+    [STAGING_PASSWORD]: staging.stored === undefined ? null : staging.password,
   });
-  if (oldName !== undefined && values.password === undefined && !changed.includes('password'))
-    changed.push('password');
-  const passwordSet = values.password !== undefined;
+  for (const field of ['password', STAGING_PASSWORD])
+    if (
+      oldName !== undefined &&
+      values[field] === undefined &&
+      stored[field] !== undefined &&
+      !changed.includes(field)
+    )
+      changed.push(field);
+  const storedDatabase = main.stored && { ...main.stored, passwordSet: values.password !== undefined };
+  const stagingDatabase = staging.stored && {
+    ...staging.stored,
+    passwordSet: values[STAGING_PASSWORD] !== undefined,
+  };
 
   const write = (name: string | undefined) => {
     const data: StoredConfig = {
@@ -129,11 +117,12 @@ export async function replaceConfig(
         ? {}
         : {
             source: {
-              ...(storedDatabase === undefined ? {} : { database: { ...storedDatabase, passwordSet } }),
+              ...(storedDatabase === undefined ? {} : { database: storedDatabase }),
               ...(source.rds === undefined ? {} : { rds: source.rds }),
               ...(source.files === undefined ? {} : { files: source.files }),
             },
           }),
+      ...(stagingDatabase === undefined ? {} : { environments: { STAGING: { database: stagingDatabase } } }),
       ...(name === undefined ? {} : { secretName: name }),
     };
     return current
@@ -154,10 +143,50 @@ export async function replaceConfig(
   await cp.audit.append(actor, {
     action: current ? 'config.replace' : 'config.create',
     resource: 'config',
-    details: { version: item.version, secretsChanged: changed.map((field) => `source.database.${field}`) },
+    details: {
+      version: item.version,
+      secretsChanged: changed.map((field) =>
+        field === STAGING_PASSWORD ? 'environments.STAGING.database.password' : `source.database.${field}`,
+      ),
+    },
   });
   return { view: toView(item), created: current === undefined };
 }
+
+const STAGING_PASSWORD = 'staging.password';
+
+/** A database setting split into what is stored in the table and the password (from the url or the field). */
+function splitDatabase(
+  database: DatabaseInput | undefined,
+  field: string,
+  issues: FieldIssue[],
+): { stored?: Omit<DatabaseSource, 'passwordSet'>; password?: string | null } {
+  if (database === undefined) return {};
+  let password: string | null | undefined = database.password;
+  const { password: _password, url, ...parts } = database;
+  let safeUrl: string | undefined;
+  if (url !== undefined) {
+    if (parts.host !== undefined || parts.database !== undefined) {
+      issues.push({ field, message: 'give either url or host/database/username, not both' });
+    }
+    const parsed = new URL(url);
+    if (parsed.password !== '') {
+      if (password !== undefined)
+        issues.push({ field: `${field}.password`, message: 'the url already holds a password' });
+      password = decodeURIComponent(parsed.password);
+      parsed.password = '';
+    }
+    safeUrl = parsed.toString();
+  } else if (parts.host === undefined || parts.database === undefined || parts.username === undefined) {
+    issues.push({ field, message: 'needs url, or host, database and username' });
+  }
+  return {
+    stored: { ...(safeUrl === undefined ? {} : { url: safeUrl }), ...parts },
+    ...(password === undefined ? {} : { password }),
+  };
+}
+
+type DatabaseInput = NonNullable<NonNullable<DrConfigInput['source']>['database']>;
 
 function toView(item: StoredItem<StoredConfig>): DrConfigView {
   const { secretName: _secretName, ...rest } = versioned(item);
@@ -174,11 +203,34 @@ export async function sourceForRun(cp: ControlPlane): Promise<SourceForRun | und
   const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
   if (!stored?.source) return undefined;
   const { database, files } = stored.source;
-  const password =
-    stored.secretName === undefined ? undefined : (await cp.secrets.get(stored.secretName))?.password;
+  const secrets = stored.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
+  const connection = database && connectionOf(database, secrets.password);
+  return { ...(connection ? { database: connection } : {}), ...(files ? { files } : {}) };
+}
+
+/**
+ * The connection to an environment's database server, with its password, for the workflows (never for API
+ * responses). PRODUCTION is the source database; STAGING the configured staging one.
+ */
+export async function environmentConnection(
+  cp: ControlPlane,
+  environment: 'STAGING' | 'PRODUCTION',
+): Promise<{ readonly url: string; readonly password?: string } | undefined> {
+  const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
+  const database =
+    environment === 'PRODUCTION' ? stored?.source?.database : stored?.environments?.STAGING?.database;
+  if (!stored || !database) return undefined;
+  const secrets = stored.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
+  return connectionOf(database, environment === 'PRODUCTION' ? secrets.password : secrets[STAGING_PASSWORD]);
+}
+
+function connectionOf(
+  database: DatabaseSource,
+  password: string | undefined,
+): { url: string; password?: string } | undefined {
   let url: string | undefined;
-  if (database?.url) url = database.url;
-  else if (database?.host && database.database) {
+  if (database.url) url = database.url;
+  else if (database.host && database.database) {
     const built = new URL('postgres://localhost');
     built.hostname = database.host;
     built.port = String(database.port ?? 5432);
@@ -187,8 +239,5 @@ export async function sourceForRun(cp: ControlPlane): Promise<SourceForRun | und
     if (database.sslMode) built.searchParams.set('sslmode', database.sslMode);
     url = built.toString();
   }
-  return {
-    ...(url ? { database: { url, ...(password === undefined ? {} : { password }) } } : {}),
-    ...(files ? { files } : {}),
-  };
+  return url === undefined ? undefined : { url, ...(password === undefined ? {} : { password }) };
 }

@@ -36,6 +36,10 @@ export const Partition = {
   cursor: 'CURSOR',
   /** Download exports under way or failed on AWS (sort key = backup id). */
   export: 'EXPORT',
+  /** Restores (sort key = restore id, time-ordered). */
+  restore: 'RESTORE',
+  /** DR tests (sort key = test id, time-ordered). */
+  drTest: 'DRTEST',
 } as const;
 export type PartitionKey = (typeof Partition)[keyof typeof Partition];
 

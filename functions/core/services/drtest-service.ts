@@ -1,0 +1,254 @@
+import type { Actor } from '../audit.ts';
+import type { ControlPlane, WorkflowName } from '../context.ts';
+import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
+import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../schemas.ts';
+import { Partition, type StoredItem } from '../store/table.ts';
+import { newBackupId } from './backup-service.ts';
+import { environmentConnection, findConfig } from './config-service.ts';
+
+export type DrTestType = (typeof DR_TEST_TYPES)[number];
+export type DrTestStatus = 'RUNNING' | 'PASSED' | 'FAILED';
+
+/** The guide's result fields, plus what the workflows measure. */
+export interface DrTestResults {
+  readonly success: boolean;
+  /** Hours. */
+  readonly actualRTO?: number;
+  /** Hours. */
+  readonly actualRPO?: number;
+  readonly issues: readonly string[];
+  readonly notes?: string;
+  readonly participants: readonly string[];
+  /** Seconds per phase, where the workflow times them. */
+  readonly phases?: Readonly<Record<string, number>>;
+  readonly rtoViolated?: boolean;
+  readonly rpoViolated?: boolean;
+  /** BACKUP_VERIFICATION: bytes of stored data read and authenticated. */
+  readonly bytesVerified?: number;
+  /** The backup the test used (RESTORE_TEST), or verified (one per schedule and target). */
+  readonly backups?: readonly {
+    readonly backupId: string;
+    readonly targetId?: string;
+    readonly ok: boolean;
+  }[];
+}
+
+export interface DrTestRecord {
+  readonly id: string;
+  readonly testType: DrTestType;
+  readonly targetEnvironment: 'STAGING' | 'PRODUCTION';
+  readonly notifyOnCompletion: boolean;
+  readonly status: DrTestStatus;
+  /** `workflow` when a state machine ran it, `manual` when its results were recorded by hand. */
+  readonly mode: 'workflow' | 'manual';
+  readonly actor: string;
+  readonly startedAt: string;
+  readonly finishedAt?: string;
+  readonly executionArn?: string;
+  /** The objectives in force when the test ran (hours). */
+  readonly objectives?: { readonly rto: number; readonly rpo: number };
+  /** A scratch database the test created (dropped before it ends, on every path). */
+  readonly scratchDatabase?: string;
+  readonly results?: DrTestResults;
+}
+
+const WORKFLOW_OF: Partial<Record<DrTestType, WorkflowName>> = {
+  BACKUP_VERIFICATION: 'backup-verification',
+  RESTORE_TEST: 'restore-test',
+};
+
+/** POST /api/dr/test: records the test and starts its workflow; 202 with the id and the execution ARN. */
+export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: Actor): Promise<DrTestRecord> {
+  const workflow = WORKFLOW_OF[input.testType];
+  if (workflow && !cp.workflows)
+    throw new ServiceUnavailableError('DR tests are not deployed here (no workflows)');
+  const config = await findConfig(cp);
+  if (!config) throw new ConflictError('there is no DR config yet (POST /api/dr/config first)');
+  if (
+    workflow &&
+    input.testType === 'RESTORE_TEST' &&
+    !(await environmentConnection(cp, input.targetEnvironment))
+  )
+    throw ValidationError.forField(
+      'targetEnvironment',
+      input.targetEnvironment === 'STAGING'
+        ? 'has no database to restore into: set environments.STAGING.database in the DR config, or name PRODUCTION explicitly'
+        : 'has no database: set source.database in the DR config',
+    );
+  const now = cp.now();
+  const id = newBackupId(now);
+  const record: DrTestRecord = {
+    id,
+    ...input,
+    status: 'RUNNING',
+    mode: workflow ? 'workflow' : 'manual',
+    actor: actor.principal,
+    startedAt: now.toISOString(),
+    objectives: { rto: config.rto, rpo: config.rpo },
+  };
+  const item = await cp.table.create(Partition.drTest, id, record, now, `DR test ${id} exists`);
+  await cp.audit.append(actor, {
+    action: 'drtest.start',
+    resource: `drtest/${id}`,
+    details: { testType: input.testType, targetEnvironment: input.targetEnvironment, mode: record.mode },
+  });
+  // A type without a workflow is run by people: the entry waits for POST /api/dr/test/{id}/results.
+  if (!workflow || !cp.workflows) return record;
+  try {
+    const { executionArn } = await cp.workflows.start(workflow, id, {
+      testId: id,
+      testType: input.testType,
+      targetEnvironment: input.targetEnvironment,
+      notifyOnCompletion: input.notifyOnCompletion,
+    });
+    return (await cp.table.replace(item, { ...record, executionArn }, cp.now())).data;
+  } catch (error) {
+    await cp.table.replace(
+      item,
+      {
+        ...record,
+        status: 'FAILED',
+        finishedAt: cp.now().toISOString(),
+        results: {
+          success: false,
+          issues: [`the workflow did not start: ${(error as Error).message}`],
+          participants: [],
+        },
+      },
+      cp.now(),
+    );
+    throw error;
+  }
+}
+
+export async function getDrTest(cp: ControlPlane, id: string): Promise<DrTestRecord> {
+  const item = await cp.table.get<DrTestRecord>(Partition.drTest, id);
+  if (!item) throw new NotFoundError(`DR test ${id} not found`);
+  return item.data;
+}
+
+/** Changes a test's entry (the workflow's steps), re-reading on a concurrent change. */
+export async function updateDrTest(
+  cp: ControlPlane,
+  id: string,
+  change: (record: DrTestRecord) => DrTestRecord,
+): Promise<DrTestRecord> {
+  for (let attempt = 0; ; attempt++) {
+    const item = await cp.table.get<DrTestRecord>(Partition.drTest, id);
+    if (!item) throw new NotFoundError(`DR test ${id} not found`);
+    try {
+      return (await cp.table.replace(item, change(item.data), cp.now())).data;
+    } catch (error) {
+      if (!(error instanceof ConflictError) || attempt >= 4) throw error;
+    }
+  }
+}
+
+/** When each type last passed, and whether it is overdue by the config's testFrequencyDays. */
+export interface TestCompliance {
+  readonly testFrequencyDays: number;
+  readonly types: Readonly<
+    Record<
+      DrTestType,
+      {
+        readonly lastPassedAt?: string;
+        readonly lastTestId?: string;
+        readonly dueAt?: string;
+        readonly overdue: boolean;
+      }
+    >
+  >;
+  /** True when any type is overdue. */
+  readonly overdue: boolean;
+}
+
+/** GET /api/dr/test: newest first, paged, with the compliance of each type. */
+export async function listDrTests(
+  cp: ControlPlane,
+  filter: { limit?: number; nextToken?: string; testType?: DrTestType; status?: DrTestStatus },
+): Promise<{ items: DrTestRecord[]; nextToken?: string; compliance: TestCompliance }> {
+  const all = await cp.table.queryAll<StoredItem<DrTestRecord>>(Partition.drTest);
+  const newest = all.map((item) => item.data).sort((a, b) => (a.id < b.id ? 1 : -1));
+  const matching = newest.filter(
+    (test) =>
+      (filter.testType === undefined || test.testType === filter.testType) &&
+      (filter.status === undefined || test.status === filter.status),
+  );
+  const start = filter.nextToken === undefined ? 0 : decodeOffset(filter.nextToken);
+  const limit = filter.limit ?? 50;
+  const items = matching.slice(start, start + limit);
+  const next =
+    start + limit < matching.length ? Buffer.from(String(start + limit)).toString('base64url') : undefined;
+  return { items, ...(next ? { nextToken: next } : {}), compliance: await compliance(cp, newest) };
+}
+
+function decodeOffset(token: string): number {
+  const value = Number(Buffer.from(token, 'base64url').toString('utf8'));
+  if (!Number.isInteger(value) || value < 0)
+    throw ValidationError.forField('nextToken', 'is not a token this API gave');
+  return value;
+}
+
+async function compliance(cp: ControlPlane, newestFirst: readonly DrTestRecord[]): Promise<TestCompliance> {
+  const frequency = (await findConfig(cp))?.testFrequencyDays ?? 90;
+  const now = cp.now().getTime();
+  const types = Object.fromEntries(
+    DR_TEST_TYPES.map((type) => {
+      const passed = newestFirst.find((test) => test.testType === type && test.status === 'PASSED');
+      if (!passed?.finishedAt) return [type, { overdue: true }];
+      const due = Date.parse(passed.finishedAt) + frequency * 86_400_000;
+      return [
+        type,
+        {
+          lastPassedAt: passed.finishedAt,
+          lastTestId: passed.id,
+          dueAt: new Date(due).toISOString(),
+          overdue: due < now,
+        },
+      ];
+    }),
+  ) as TestCompliance['types'];
+  return { testFrequencyDays: frequency, types, overdue: Object.values(types).some((type) => type.overdue) };
+}
+
+/**
+ * POST /api/dr/test/{testId}/results: the results of a test run by hand (started with POST /api/dr/test).
+ * A test its workflow runs, or one that already has results, is refused with 409.
+ */
+export async function recordDrTestResults(
+  cp: ControlPlane,
+  testId: string,
+  input: DrTestResultsInput,
+  actor: Actor,
+): Promise<DrTestRecord> {
+  const current = await cp.table.get<DrTestRecord>(Partition.drTest, testId);
+  if (!current) throw new NotFoundError(`DR test ${testId} not found (start it with POST /api/dr/test)`);
+  if (current.data.mode === 'workflow')
+    throw new ConflictError(`DR test ${testId} is run by its workflow, which records its results`);
+  if (current.data.results) throw new ConflictError(`DR test ${testId} already has results`);
+  const config = await findConfig(cp);
+  const now = cp.now();
+  const results: DrTestResults = {
+    success: input.success,
+    ...(input.actualRTO === undefined ? {} : { actualRTO: input.actualRTO }),
+    ...(input.actualRPO === undefined ? {} : { actualRPO: input.actualRPO }),
+    issues: input.issues,
+    ...(input.notes === undefined ? {} : { notes: input.notes }),
+    participants: input.participants,
+    ...(config && input.actualRTO !== undefined ? { rtoViolated: input.actualRTO > config.rto } : {}),
+    ...(config && input.actualRPO !== undefined ? { rpoViolated: input.actualRPO > config.rpo } : {}),
+  };
+  const record: DrTestRecord = {
+    ...current.data,
+    status: input.success ? 'PASSED' : 'FAILED',
+    finishedAt: now.toISOString(),
+    results,
+  };
+  await cp.table.replace(current, record, now);
+  await cp.audit.append(actor, {
+    action: 'drtest.results',
+    resource: `drtest/${testId}`,
+    details: { success: input.success, testType: record.testType },
+  });
+  return record;
+}

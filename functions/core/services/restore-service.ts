@@ -1,0 +1,154 @@
+import type { Actor } from '../audit.ts';
+import type { ControlPlane } from '../context.ts';
+import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
+import type { RestoreInput } from '../schemas.ts';
+import { Partition } from '../store/table.ts';
+import { getBackup, isRestorePoint, newBackupId } from './backup-service.ts';
+import { environmentConnection, findConfig } from './config-service.ts';
+
+export type RestoreStatus = 'RUNNING' | 'PLANNED' | 'SUCCEEDED' | 'FAILED';
+
+/** What a restore will do (the dry run's answer, and the first step of every restore). */
+export interface RestorePlan {
+  readonly backupId: string;
+  readonly type: string;
+  readonly restorePoint: string;
+  /** Asked time minus the restore point, when restoring to a point in time. */
+  readonly gapSeconds?: number;
+  /** The backups the restored one builds on (it restores on its own; shown for information). */
+  readonly chain: readonly string[];
+  /** Bytes read from the source when the backup was taken: about what the restore writes. */
+  readonly bytes: number;
+  readonly database: boolean;
+  readonly files: boolean;
+  readonly destination: {
+    readonly environment: string;
+    readonly database?: string;
+    readonly filesTo?: string;
+  };
+}
+
+export interface RestoreRecord {
+  readonly id: string;
+  readonly status: RestoreStatus;
+  readonly request: RestoreInput;
+  readonly actor: string;
+  readonly startedAt: string;
+  readonly finishedAt?: string;
+  readonly executionArn?: string;
+  readonly plan?: RestorePlan;
+  readonly result?: {
+    readonly database?: {
+      readonly tables: number;
+      readonly rows: number;
+      readonly bytes: number;
+      readonly consistent: boolean;
+    };
+    readonly files?: { readonly files: number; readonly bytes: number };
+    readonly seconds?: number;
+  };
+  readonly error?: string;
+}
+
+/**
+ * POST /api/dr/restore: checks what can be checked at once (the backup exists and can be restored, the
+ * destination is configured), records the restore and starts its workflow. 202 with the id and execution.
+ */
+export async function startRestore(
+  cp: ControlPlane,
+  input: RestoreInput,
+  actor: Actor,
+): Promise<RestoreRecord> {
+  if (!cp.workflows) throw new ServiceUnavailableError('restores are not deployed here (no workflows)');
+  if (input.backupId !== undefined) {
+    const backup = await getBackup(cp, input.backupId);
+    if (!isRestorePoint(backup))
+      throw ValidationError.forField(
+        'backupId',
+        `backup ${input.backupId} is ${backup.status}${backup.review ? ' and flagged for review' : ''}: it cannot be restored`,
+      );
+  }
+  if (input.pointInTime !== undefined && Date.parse(input.pointInTime) > cp.now().getTime())
+    throw ValidationError.forField('pointInTime', 'is in the future');
+  const wantsDatabase = input.scope.database && !input.dryRun;
+  if (wantsDatabase && !(await environmentConnection(cp, input.destination.environment)))
+    throw ValidationError.forField(
+      'destination.environment',
+      input.destination.environment === 'STAGING'
+        ? 'has no database: set environments.STAGING.database in the DR config (POST /api/dr/config)'
+        : 'has no database: set source.database in the DR config',
+    );
+  if (!input.scope.database && !input.scope.files)
+    throw ValidationError.forField('scope', 'restores neither the database nor the files');
+  if (
+    input.scope.files &&
+    input.destination.filesTo === undefined &&
+    !input.dryRun &&
+    (await findConfig(cp))?.source?.files
+  )
+    throw ValidationError.forField(
+      'destination.filesTo',
+      'is required to restore files (or set scope.files to false)',
+    );
+
+  const now = cp.now();
+  const id = newBackupId(now);
+  const record: RestoreRecord = {
+    id,
+    status: 'RUNNING',
+    request: input,
+    actor: actor.principal,
+    startedAt: now.toISOString(),
+  };
+  const item = await cp.table.create(Partition.restore, id, record, now, `restore ${id} exists`);
+  await cp.audit.append(actor, {
+    action: 'restore.start',
+    resource: `restore/${id}`,
+    details: {
+      ...(input.backupId ? { backupId: input.backupId } : { pointInTime: input.pointInTime ?? '' }),
+      environment: input.destination.environment,
+      dryRun: input.dryRun,
+      overwrite: input.overwrite,
+    },
+  });
+  try {
+    const { executionArn } = await cp.workflows.start('restore', id, { restoreId: id, request: input });
+    const started = await cp.table.replace(item, { ...record, executionArn }, cp.now());
+    return started.data;
+  } catch (error) {
+    await cp.table.replace(
+      item,
+      {
+        ...record,
+        status: 'FAILED',
+        error: `the workflow did not start: ${(error as Error).message}`,
+        finishedAt: cp.now().toISOString(),
+      },
+      cp.now(),
+    );
+    throw error;
+  }
+}
+
+export async function getRestore(cp: ControlPlane, id: string): Promise<RestoreRecord> {
+  const item = await cp.table.get<RestoreRecord>(Partition.restore, id);
+  if (!item) throw new NotFoundError(`restore ${id} not found`);
+  return item.data;
+}
+
+/** Changes a restore's entry (the workflow's steps), re-reading on a concurrent change. */
+export async function updateRestore(
+  cp: ControlPlane,
+  id: string,
+  change: (record: RestoreRecord) => RestoreRecord,
+): Promise<RestoreRecord> {
+  for (let attempt = 0; ; attempt++) {
+    const item = await cp.table.get<RestoreRecord>(Partition.restore, id);
+    if (!item) throw new NotFoundError(`restore ${id} not found`);
+    try {
+      return (await cp.table.replace(item, change(item.data), cp.now())).data;
+    } catch (error) {
+      if (!(error instanceof ConflictError) || attempt >= 4) throw error;
+    }
+  }
+}

@@ -1,0 +1,44 @@
+import { readFileSync } from 'node:fs';
+import type { WorkflowName } from '../core/context.ts';
+
+/** Every workflow, by the file that defines it in statemachines/. */
+export const WORKFLOW_NAMES: readonly WorkflowName[] = ['restore', 'backup-verification', 'restore-test'];
+
+/** What `${…}` in the definitions stands for: CDK's DefinitionSubstitutions give the same keys on AWS. */
+export interface Substitutions {
+  readonly WorkerFunctionArn: string;
+}
+
+export function definitionPath(name: WorkflowName): URL {
+  return new URL(`../../statemachines/${name}.asl.json`, import.meta.url);
+}
+
+/** The definition as written (with its `${…}` placeholders). */
+export function rawDefinition(name: WorkflowName): string {
+  return readFileSync(definitionPath(name), 'utf8');
+}
+
+/** The definition with its placeholders replaced, parsed. */
+export function definition(name: WorkflowName, substitutions: Substitutions): Record<string, unknown> {
+  const text = rawDefinition(name).replace(/\$\{(\w+)\}/g, (whole, key: string) => {
+    const value = (substitutions as unknown as Record<string, string>)[key];
+    if (value === undefined) throw new Error(`statemachines/${name}.asl.json: no substitution for ${whole}`);
+    return value;
+  });
+  return JSON.parse(text) as Record<string, unknown>;
+}
+
+/** The names of every Task state whose Resource is `resource`, nested Map and Parallel states included. */
+export function taskStates(node: unknown, resource: string): string[] {
+  const names: string[] = [];
+  const visit = (states: Record<string, Record<string, unknown>>) => {
+    for (const [name, state] of Object.entries(states)) {
+      if (state.Type === 'Task' && state.Resource === resource) names.push(name);
+      const processor = (state.ItemProcessor ?? state.Iterator) as { States?: never } | undefined;
+      if (processor?.States) visit(processor.States);
+      for (const branch of (state.Branches ?? []) as { States: never }[]) visit(branch.States);
+    }
+  };
+  visit((node as { States: Record<string, Record<string, unknown>> }).States);
+  return names;
+}

@@ -1,0 +1,707 @@
+import { mkdir, readdir } from 'node:fs/promises';
+import type { ControlPlane } from '../core/context.ts';
+import {
+  getBackup,
+  isRestorePoint,
+  listBackups,
+  type BackupRecord,
+} from '../core/services/backup-service.ts';
+import { environmentConnection, findConfig } from '../core/services/config-service.ts';
+import {
+  getDrTest,
+  updateDrTest,
+  type DrTestRecord,
+  type DrTestResults,
+} from '../core/services/drtest-service.ts';
+import {
+  getRestore,
+  updateRestore,
+  type RestorePlan,
+  type RestoreRecord,
+} from '../core/services/restore-service.ts';
+import type { StoredSchedule } from '../core/services/schedule-service.ts';
+import { Partition, type StoredItem } from '../core/store/table.ts';
+import type { MasterKey } from '../engine/crypto.ts';
+import { exportArchive } from '../engine/export.ts';
+import { verify } from '../engine/maintenance.ts';
+import type { Manifest } from '../engine/manifest.ts';
+import { readArchiveToc } from '../engine/pg-archive.ts';
+import {
+  connect,
+  connectionFrom,
+  createDatabase,
+  userRelationCount,
+  withDatabase,
+  runTool,
+  type DatabaseConnection,
+} from '../engine/postgres.ts';
+import { checkTables, readStream, restoreDatabase, restoreFiles } from '../engine/restore.ts';
+import { withBackup } from '../worker/open-backup.ts';
+
+/**
+ * The steps of the restore and DR-test state machines. Each Task state of `statemachines/*.asl.json` invokes
+ * the worker with `{action: "workflow", task, input}`; `input` is the execution's state, and what a step
+ * returns lands where its ResultPath says. Steps record what they learn in the restore's or test's entry as
+ * they go, so the API shows progress and a failure leaves its reason. A step that fails throws an error
+ * whose name the state machine can catch (`DestinationNotEmpty`, `NothingToTest`…).
+ */
+export interface WorkflowDeps {
+  readonly masterKey: () => Promise<MasterKey>;
+  /** Sends the completion email of a test (absent: the notification is recorded as not sent). */
+  readonly notify?: (message: { to: readonly string[]; subject: string; text: string }) => Promise<void>;
+}
+
+/** A Step Functions error as a Catch puts it under ResultPath. */
+interface StepError {
+  readonly Error?: string;
+  readonly Cause?: string;
+}
+
+interface VerifyItem {
+  readonly scheduleId: string;
+  readonly backupId: string;
+  readonly targetId: string;
+}
+
+interface VerifyResult extends VerifyItem {
+  readonly ok: boolean;
+  readonly bytes: number;
+  readonly problems: readonly string[];
+}
+
+/** The execution's state as the definitions build it: each step's result under its ResultPath. */
+interface State {
+  readonly restoreId: string;
+  readonly testId: string;
+  readonly request?: { readonly dryRun?: boolean };
+  readonly plan?: Partial<RestorePlan> & {
+    readonly actualRPO?: number;
+    readonly items?: readonly VerifyItem[];
+  };
+  readonly database?: {
+    readonly skipped?: boolean;
+    readonly tables?: number;
+    readonly rows?: number;
+    readonly bytes?: number;
+    readonly consistent?: boolean;
+  };
+  readonly files?: { readonly skipped?: boolean; readonly files?: number; readonly bytes?: number };
+  readonly scratch?: { readonly database: string };
+  readonly restore?: { readonly usableAt?: string; readonly seconds?: number };
+  readonly check?: { readonly ok?: boolean; readonly issues?: readonly string[]; readonly seconds?: number };
+  readonly item?: VerifyItem;
+  readonly verified?: readonly {
+    readonly item: VerifyItem;
+    readonly result?: VerifyResult;
+    readonly error?: StepError;
+  }[];
+  readonly error?: StepError;
+  readonly cleanupError?: StepError;
+}
+
+type Task = (cp: ControlPlane, deps: WorkflowDeps, state: State) => Promise<unknown>;
+
+export class WorkflowError extends Error {
+  constructor(name: string, message: string) {
+    super(message);
+    this.name = name;
+  }
+}
+
+export async function runWorkflowTask(
+  cp: ControlPlane,
+  deps: WorkflowDeps,
+  task: string,
+  input: Record<string, unknown>,
+): Promise<unknown> {
+  const state = input as unknown as State;
+  const step = TASKS[task];
+  if (!step) throw new WorkflowError('UnknownTask', `no workflow task ${task}`);
+  const started = Date.now();
+  try {
+    return await step(cp, deps, state);
+  } finally {
+    cp.logger.info('workflow task', { task, ms: Date.now() - started });
+  }
+}
+
+// ------------------------------------------------------------------------------------------ restore
+
+async function planRestore(cp: ControlPlane, restore: RestoreRecord): Promise<RestorePlan> {
+  const request = restore.request;
+  let backup: BackupRecord;
+  let gapSeconds: number | undefined;
+  if (request.backupId !== undefined) {
+    backup = await getBackup(cp, request.backupId);
+    if (!isRestorePoint(backup))
+      throw new WorkflowError(
+        'BackupNotRestorable',
+        `backup ${backup.id} is ${backup.status}: it cannot be restored`,
+      );
+  } else {
+    const at = Date.parse(request.pointInTime!);
+    const candidates = await restorePointsBefore(cp, at, request.scheduleId);
+    if (!candidates)
+      throw new WorkflowError(
+        'NoRestorePoint',
+        `no backup${request.scheduleId ? ` of schedule ${request.scheduleId}` : ''} restores to ${request.pointInTime} or earlier`,
+      );
+    backup = candidates;
+    gapSeconds = Math.round((at - Date.parse(backup.restorePoint!)) / 1000);
+  }
+  const chain: string[] = [];
+  for (let parent = backup.parent; parent !== undefined;) {
+    chain.push(parent);
+    parent = (await cp.table.get<BackupRecord>(Partition.backup, parent))?.data.parent;
+  }
+  return {
+    backupId: backup.id,
+    type: backup.type,
+    restorePoint: backup.restorePoint ?? backup.startedAt,
+    ...(gapSeconds === undefined ? {} : { gapSeconds }),
+    chain,
+    bytes: backup.sizes?.sourceBytes ?? 0,
+    database: request.scope.database && backup.database !== undefined,
+    files: request.scope.files && backup.files !== undefined && request.destination.filesTo !== undefined,
+    destination: {
+      environment: request.destination.environment,
+      ...(request.destination.database ? { database: request.destination.database } : {}),
+      ...(request.destination.filesTo ? { filesTo: request.destination.filesTo } : {}),
+    },
+  };
+}
+
+/** The newest restore point whose restore point is at or before `at`. */
+async function restorePointsBefore(
+  cp: ControlPlane,
+  at: number,
+  scheduleId?: string,
+): Promise<BackupRecord | undefined> {
+  let nextToken: string | undefined;
+  do {
+    const page = await listBackups(cp, {
+      ...(scheduleId ? { scheduleId } : {}),
+      limit: 100,
+      ...(nextToken ? { nextToken } : {}),
+    });
+    const found = page.items.find(
+      (backup) =>
+        isRestorePoint(backup) && backup.restorePoint !== undefined && Date.parse(backup.restorePoint) <= at,
+    );
+    if (found) return found;
+    nextToken = page.nextToken;
+  } while (nextToken !== undefined);
+  return undefined;
+}
+
+/** The destination database of a restore: the environment's server, the named database on it. */
+async function destinationOf(cp: ControlPlane, restore: RestoreRecord): Promise<DatabaseConnection> {
+  const server = await environmentConnection(cp, restore.request.destination.environment);
+  if (!server)
+    throw new WorkflowError(
+      'NoDestination',
+      `environment ${restore.request.destination.environment} has no database configured`,
+    );
+  const base = connectionFrom(server.url, server.password);
+  return restore.request.destination.database
+    ? withDatabase(base, restore.request.destination.database)
+    : base;
+}
+
+const restoreTasks: Record<string, Task> = {
+  'restore.plan': async (cp, _deps, state) => {
+    const restore = await getRestore(cp, state.restoreId);
+    const plan = await planRestore(cp, restore);
+    await updateRestore(cp, restore.id, (record) => ({ ...record, plan }));
+    return plan;
+  },
+  'restore.prepare': async (cp, _deps, state) => {
+    const restore = await getRestore(cp, state.restoreId);
+    const plan = state.plan as RestorePlan;
+    const prepared: Record<string, unknown> = {};
+    if (plan.database) {
+      const target = await destinationOf(cp, restore);
+      const exists = await databaseExists(target);
+      if (!exists) {
+        await createDatabase(withDatabase(target, 'postgres'), databaseNameOf(target));
+        prepared.createdDatabase = databaseNameOf(target);
+      } else if (
+        !restore.request.overwrite &&
+        (await userRelationCount(target)) > 0 &&
+        !partialScope(restore)
+      )
+        throw new WorkflowError(
+          'DestinationNotEmpty',
+          `database ${databaseNameOf(target)} on ${restore.request.destination.environment} is not empty: restore into an empty database, or ask for overwrite`,
+        );
+    }
+    if (plan.files && plan.destination.filesTo) {
+      const entries = await readdir(plan.destination.filesTo).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') return [];
+        throw error;
+      });
+      if (entries.length > 0 && !restore.request.overwrite)
+        throw new WorkflowError(
+          'DestinationNotEmpty',
+          `directory ${plan.destination.filesTo} is not empty: restore into an empty directory, or ask for overwrite`,
+        );
+      await mkdir(plan.destination.filesTo, { recursive: true });
+    }
+    return prepared;
+  },
+  'restore.database': async (cp, deps, state) => {
+    const plan = state.plan as RestorePlan;
+    if (!plan.database) return { skipped: true };
+    const restore = await getRestore(cp, state.restoreId);
+    const target = await destinationOf(cp, restore);
+    const started = Date.now();
+    const result = await withBackup(cp, plan.backupId, deps.masterKey, (repository, manifest) =>
+      restoreDatabase(repository, manifest, {
+        target,
+        clean: restore.request.overwrite,
+        ...(restore.request.scope.tables ? { tables: restore.request.scope.tables } : {}),
+        ...(restore.request.scope.schemas ? { schemas: restore.request.scope.schemas } : {}),
+      }),
+    );
+    if (!result.consistent)
+      throw new WorkflowError(
+        'InconsistentRestore',
+        `restored tables differ from the backup: ${result.checks
+          .filter((check) => !check.ok)
+          .map((check) => check.table)
+          .join(', ')}`,
+      );
+    return {
+      tables: result.tables,
+      rows: result.rows,
+      bytes: result.bytes,
+      consistent: result.consistent,
+      seconds: (Date.now() - started) / 1000,
+    };
+  },
+  'restore.files': async (cp, deps, state) => {
+    const plan = state.plan as RestorePlan;
+    if (!plan.files || !plan.destination.filesTo) return { skipped: true };
+    const restore = await getRestore(cp, state.restoreId);
+    const started = Date.now();
+    const result = await withBackup(cp, plan.backupId, deps.masterKey, (repository, manifest) =>
+      restoreFiles(repository, manifest, {
+        destination: plan.destination.filesTo!,
+        ...(restore.request.scope.include ? { include: restore.request.scope.include } : {}),
+      }),
+    );
+    return { ...result, seconds: (Date.now() - started) / 1000 };
+  },
+  'restore.finish': async (cp, _deps, state) => {
+    const failed = state.error !== undefined;
+    const dryRun = !failed && state.request?.dryRun === true;
+    const now = cp.now();
+    const record = await updateRestore(cp, state.restoreId, (current) => ({
+      ...current,
+      status: failed ? 'FAILED' : dryRun ? 'PLANNED' : 'SUCCEEDED',
+      finishedAt: now.toISOString(),
+      ...(state.plan ? { plan: state.plan as RestorePlan } : {}),
+      ...(failed
+        ? { error: errorMessage(state.error) }
+        : dryRun
+          ? {}
+          : {
+              result: {
+                ...(state.database && !state.database.skipped
+                  ? {
+                      database: {
+                        tables: state.database.tables ?? 0,
+                        rows: state.database.rows ?? 0,
+                        bytes: state.database.bytes ?? 0,
+                        consistent: state.database.consistent === true,
+                      },
+                    }
+                  : {}),
+                ...(state.files && !state.files.skipped
+                  ? { files: { files: state.files.files ?? 0, bytes: state.files.bytes ?? 0 } }
+                  : {}),
+                seconds: (now.getTime() - Date.parse(current.startedAt)) / 1000,
+              },
+            }),
+    }));
+    await cp.audit.append(
+      { principal: 'workflow:restore' },
+      {
+        action: 'restore.finish',
+        resource: `restore/${record.id}`,
+        details: { status: record.status, ...(record.plan ? { backupId: record.plan.backupId } : {}) },
+      },
+    );
+    return { status: record.status };
+  },
+};
+
+function partialScope(restore: RestoreRecord): boolean {
+  return (restore.request.scope.tables?.length ?? 0) > 0 || (restore.request.scope.schemas?.length ?? 0) > 0;
+}
+
+// ------------------------------------------------------------------------------------------ DR tests
+
+const testTasks: Record<string, Task> = {
+  'test.verification.plan': async (cp) => {
+    const schedules = await cp.table.queryAll<StoredItem<StoredSchedule>>(Partition.schedule);
+    const items: { scheduleId: string; backupId: string; targetId: string }[] = [];
+    for (const { data: schedule } of schedules) {
+      const newest = (await listBackups(cp, { scheduleId: schedule.id, latest: true })).items[0];
+      if (!newest) continue;
+      for (const target of newest.targets)
+        if (target.status === 'SUCCESS')
+          items.push({ scheduleId: schedule.id, backupId: newest.id, targetId: target.targetId });
+    }
+    return { items };
+  },
+  'test.verify': async (cp, deps, state) => {
+    const item = state.item!;
+    return withBackup(
+      cp,
+      item.backupId,
+      deps.masterKey,
+      async (repository, manifest) => {
+        const report = await verify(repository, item.backupId);
+        const problems = report.problems.map((problem) => `${problem.object}: ${problem.message}`);
+        if (report.ok && manifest.database && !manifest.database.schemaOnly) {
+          const listing = await archiveListing(repository, manifest).catch((error: unknown) => {
+            problems.push(`pg_restore --list refused the database archive: ${(error as Error).message}`);
+            return undefined;
+          });
+          const tables = listing?.split('\n').filter((line) => / TABLE DATA /.test(line)).length;
+          if (listing !== undefined && tables !== manifest.database.tables.length)
+            problems.push(
+              `pg_restore --list shows ${tables} tables, the backup holds ${manifest.database.tables.length}`,
+            );
+        }
+        return {
+          ...item,
+          ok: problems.length === 0,
+          bytes: report.bytes,
+          chunks: report.chunks,
+          problems,
+          brokenItems: report.brokenItems,
+        };
+      },
+      item.targetId,
+    );
+  },
+  'test.restore.plan': async (cp, _deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const newest = (await listBackups(cp, { latest: true, limit: 1 })).items.find(
+      (backup) => backup.database,
+    );
+    const backup = newest ?? (await newestWithDatabase(cp));
+    if (!backup) throw new WorkflowError('NothingToTest', 'no backup with a database can be restored yet');
+    const rpoHours =
+      (Date.parse(test.startedAt) - Date.parse(backup.restorePoint ?? backup.startedAt)) / 3_600_000;
+    return { backupId: backup.id, restorePoint: backup.restorePoint, actualRPO: round(rpoHours) };
+  },
+  'test.scratch.create': async (cp, _deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const server = await serverOf(cp, test);
+    const name = `dr_test_${test.id.toLowerCase().replace(/[^a-z0-9]/g, '_')}`;
+    // Recorded before it exists: a cleanup after any failure knows what to drop.
+    await updateDrTest(cp, test.id, (record) => ({ ...record, scratchDatabase: name }));
+    await createDatabase(server, name);
+    return { database: name };
+  },
+  'test.restore.run': async (cp, deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const target = withDatabase(await serverOf(cp, test), state.scratch!.database);
+    const started = Date.now();
+    const result = await withBackup(cp, state.plan!.backupId!, deps.masterKey, (repository, manifest) =>
+      restoreDatabase(repository, manifest, { target, noOwner: true, check: false }),
+    );
+    // Usable: the restore finished (the test's start to here is the measured RTO).
+    const usableAt = cp.now().toISOString();
+    return {
+      tables: result.tables,
+      rows: result.rows,
+      bytes: result.bytes,
+      seconds: (Date.now() - started) / 1000,
+      usableAt,
+    };
+  },
+  'test.restore.check': async (cp, deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const target = withDatabase(await serverOf(cp, test), state.scratch!.database);
+    const started = Date.now();
+    return withBackup(cp, state.plan!.backupId!, deps.masterKey, async (repository, manifest) => {
+      const issues: string[] = [];
+      const database = manifest.database!;
+      const checks = await checkTables(target, database.tables);
+      for (const check of checks.filter((one) => !one.ok))
+        issues.push(
+          check.rows === check.expectedRows
+            ? `table ${check.table}: the rows differ from the backup (checksum mismatch)`
+            : `table ${check.table}: ${check.rows} rows, the backup holds ${check.expectedRows}`,
+        );
+      issues.push(...(await schemaIssues(repository, manifest, target)));
+      return {
+        ok: issues.length === 0,
+        tablesChecked: checks.length,
+        issues,
+        seconds: (Date.now() - started) / 1000,
+      };
+    });
+  },
+  'test.scratch.drop': async (cp, _deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    if (!test.scratchDatabase) return { dropped: false };
+    const server = await serverOf(cp, test);
+    const client = await connect(server);
+    try {
+      await client.query(
+        `DROP DATABASE IF EXISTS ${client.escapeIdentifier(test.scratchDatabase)} WITH (FORCE)`,
+      );
+    } finally {
+      await client.end();
+    }
+    return { dropped: test.scratchDatabase };
+  },
+  'test.finish': async (cp, _deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const results = resultsOf(test, state, cp.now());
+    const record = await updateDrTest(cp, test.id, (current) => ({
+      ...current,
+      status: results.success ? 'PASSED' : 'FAILED',
+      finishedAt: cp.now().toISOString(),
+      results,
+    }));
+    if (results.success && test.testType !== 'BACKUP_VERIFICATION' && state.plan?.backupId)
+      await markVerified(cp, state.plan.backupId);
+    if (results.success && test.testType === 'BACKUP_VERIFICATION')
+      for (const backup of results.backups ?? []) if (backup.ok) await markVerified(cp, backup.backupId);
+    await cp.audit.append(
+      { principal: `workflow:${test.testType}` },
+      { action: 'drtest.finish', resource: `drtest/${test.id}`, details: { status: record.status } },
+    );
+    return { success: results.success, status: record.status };
+  },
+  'test.notify': async (cp, deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const config = await findConfig(cp);
+    const to = config?.notificationEmails ?? [];
+    if (to.length === 0) return { sent: false, reason: 'no notificationEmails in the DR config' };
+    if (!deps.notify) return { sent: false, reason: 'no mail service in this deployment' };
+    const results = test.results;
+    const subject = `DR test ${test.testType} ${results?.success ? 'passed' : 'FAILED'} (${test.id})`;
+    const lines = [
+      `DR test ${test.id}: ${test.testType} on ${test.targetEnvironment}`,
+      `Result: ${results?.success ? 'passed' : 'failed'}`,
+      ...(results?.actualRTO === undefined
+        ? []
+        : [
+            `Actual RTO: ${results.actualRTO} h (objective ${test.objectives?.rto} h)${results.rtoViolated ? ' — VIOLATED' : ''}`,
+          ]),
+      ...(results?.actualRPO === undefined
+        ? []
+        : [
+            `Actual RPO: ${results.actualRPO} h (objective ${test.objectives?.rpo} h)${results.rpoViolated ? ' — VIOLATED' : ''}`,
+          ]),
+      ...(results?.issues.length ? ['Issues:', ...results.issues.map((issue) => `- ${issue}`)] : []),
+    ];
+    await deps.notify({ to, subject, text: `${lines.join('\n')}\n` });
+    return { sent: true, to: to.length };
+  },
+};
+
+async function newestWithDatabase(cp: ControlPlane): Promise<BackupRecord | undefined> {
+  let nextToken: string | undefined;
+  do {
+    const page = await listBackups(cp, { limit: 100, ...(nextToken ? { nextToken } : {}) });
+    const found = page.items.find((backup) => isRestorePoint(backup) && backup.database);
+    if (found) return found;
+    nextToken = page.nextToken;
+  } while (nextToken !== undefined);
+  return undefined;
+}
+
+/** The test's environment server, connected to its maintenance database (where scratch databases are made). */
+async function serverOf(cp: ControlPlane, test: DrTestRecord): Promise<DatabaseConnection> {
+  const server = await environmentConnection(cp, test.targetEnvironment);
+  if (!server)
+    throw new WorkflowError(
+      'NoEnvironment',
+      `environment ${test.targetEnvironment} has no database configured`,
+    );
+  return connectionFrom(server.url, server.password);
+}
+
+function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
+  const issues: string[] = [];
+  if (state.error !== undefined) issues.push(errorMessage(state.error));
+  if (state.cleanupError !== undefined) issues.push(`cleanup failed: ${errorMessage(state.cleanupError)}`);
+  const base = { issues, participants: [] as string[] };
+  if (test.testType === 'BACKUP_VERIFICATION') {
+    const verified = state.verified ?? [];
+    const backups = verified.map((entry) => ({
+      backupId: entry.item.backupId,
+      targetId: entry.item.targetId,
+      ok: entry.result?.ok === true,
+    }));
+    for (const entry of verified) {
+      if (entry.error)
+        issues.push(`backup ${entry.item.backupId} on ${entry.item.targetId}: ${errorMessage(entry.error)}`);
+      for (const problem of entry.result?.problems ?? [])
+        issues.push(`backup ${entry.item.backupId} on ${entry.item.targetId}: ${problem}`);
+    }
+    if (state.plan && verified.length === 0)
+      issues.push('no backup to verify: no schedule has a restore point yet');
+    const bytesVerified = verified.reduce((sum, entry) => sum + (entry.result?.bytes ?? 0), 0);
+    return { ...base, success: issues.length === 0, bytesVerified, backups };
+  }
+  // RESTORE_TEST
+  if (state.check?.issues) issues.push(...state.check.issues);
+  const actualRTO =
+    state.restore?.usableAt !== undefined
+      ? round((Date.parse(state.restore.usableAt) - Date.parse(test.startedAt)) / 3_600_000)
+      : undefined;
+  const actualRPO = state.plan?.actualRPO;
+  const phases: Record<string, number> = {};
+  if (state.restore?.seconds !== undefined) phases.restore = state.restore.seconds;
+  if (state.check?.seconds !== undefined) phases.check = state.check.seconds;
+  phases.total = (now.getTime() - Date.parse(test.startedAt)) / 1000;
+  return {
+    ...base,
+    success: issues.length === 0 && state.check?.ok === true,
+    ...(actualRTO === undefined
+      ? {}
+      : { actualRTO, rtoViolated: actualRTO > (test.objectives?.rto ?? Infinity) }),
+    ...(actualRPO === undefined
+      ? {}
+      : { actualRPO, rpoViolated: actualRPO > (test.objectives?.rpo ?? Infinity) }),
+    phases,
+    ...(state.plan?.backupId
+      ? { backups: [{ backupId: state.plan.backupId, ok: state.check?.ok === true }] }
+      : {}),
+  };
+}
+
+async function markVerified(cp: ControlPlane, backupId: string): Promise<void> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const item = await cp.table.get<BackupRecord>(Partition.backup, backupId);
+    if (!item) return;
+    try {
+      await cp.table.replace(item, { ...item.data, verifiedAt: cp.now().toISOString() }, cp.now());
+      return;
+    } catch {
+      // changed meanwhile: read again
+    }
+  }
+}
+
+/**
+ * The database archive of a backup as `pg_restore --list` sees it. pg_restore reads the header and TOC and
+ * stops reading: the rest of the archive meets a closed pipe, which is expected (the data itself is what
+ * `verify` authenticates).
+ */
+async function archiveListing(
+  repository: Parameters<typeof exportArchive>[0],
+  manifest: Manifest,
+): Promise<string> {
+  const tool = runTool('pg_restore', ['--list'], { url: 'postgres://localhost/none' }, { stdin: true });
+  tool.stdin.on('error', () => undefined); // EPIPE once pg_restore has what it needs
+  let listing = '';
+  const reading = (async () => {
+    for await (const data of tool.stdout) listing += (data as Buffer).toString('utf8');
+  })();
+  const writing = exportArchive(repository, manifest, tool.stdin).then(
+    () => {
+      tool.stdin.end();
+    },
+    () => undefined,
+  );
+  await Promise.all([reading, tool.done, writing]);
+  return listing;
+}
+
+/** Schema objects the backup defines (from its archives) that the restored database lacks. */
+async function schemaIssues(
+  repository: Parameters<typeof exportArchive>[0],
+  manifest: Manifest,
+  target: DatabaseConnection,
+): Promise<string[]> {
+  const database = manifest.database!;
+  const expected = new Map<string, number>();
+  for (const record of [database.preData, database.postData, database.schemaOnly]) {
+    if (!record) continue;
+    const parts: Buffer[] = [];
+    for await (const part of readStream(repository, record, 'schema')) parts.push(part);
+    for (const entry of readArchiveToc(Buffer.concat(parts)).entries) {
+      const kind = KIND_OF[entry.desc ?? ''];
+      if (kind) expected.set(kind, (expected.get(kind) ?? 0) + 1);
+    }
+  }
+  const client = await connect(target);
+  try {
+    const found = await client.query<{ kind: string; count: string }>(SCHEMA_COUNTS);
+    const actual = new Map(found.rows.map((row) => [row.kind, Number(row.count)]));
+    const issues: string[] = [];
+    for (const [kind, count] of expected) {
+      const have = actual.get(kind) ?? 0;
+      if (have < count) issues.push(`schema: ${count} ${kind} in the backup, ${have} restored`);
+    }
+    return issues;
+  } finally {
+    await client.end();
+  }
+}
+
+/** TOC entry kinds compared after a restore test, and how to count them in the catalog. */
+const KIND_OF: Record<string, string> = {
+  TABLE: 'tables',
+  INDEX: 'indexes',
+  SEQUENCE: 'sequences',
+  VIEW: 'views',
+  TRIGGER: 'triggers',
+  'FK CONSTRAINT': 'foreign keys',
+};
+const SCHEMA_COUNTS = `
+  WITH user_ns AS (SELECT oid FROM pg_namespace WHERE nspname NOT IN ('pg_catalog','information_schema') AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%')
+  SELECT 'tables' AS kind, count(*)::text AS count FROM pg_class WHERE relkind IN ('r','p') AND relnamespace IN (SELECT oid FROM user_ns)
+  UNION ALL SELECT 'indexes', count(*)::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace IN (SELECT oid FROM user_ns) AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p','u','x'))
+  UNION ALL SELECT 'sequences', count(*)::text FROM pg_class WHERE relkind = 'S' AND relnamespace IN (SELECT oid FROM user_ns)
+  UNION ALL SELECT 'views', count(*)::text FROM pg_class WHERE relkind = 'v' AND relnamespace IN (SELECT oid FROM user_ns)
+  UNION ALL SELECT 'triggers', count(*)::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal AND c.relnamespace IN (SELECT oid FROM user_ns)
+  UNION ALL SELECT 'foreign keys', count(*)::text FROM pg_constraint WHERE contype = 'f' AND connamespace IN (SELECT oid FROM user_ns)`;
+
+// ------------------------------------------------------------------------------------------ helpers
+
+async function databaseExists(connection: DatabaseConnection): Promise<boolean> {
+  const client = await connect(withDatabase(connection, 'postgres'));
+  try {
+    const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [
+      databaseNameOf(connection),
+    ]);
+    return (found.rowCount ?? 0) > 0;
+  } finally {
+    await client.end();
+  }
+}
+
+function databaseNameOf(connection: DatabaseConnection): string {
+  return decodeURIComponent(new URL(connection.url).pathname.slice(1));
+}
+
+/** A Step Functions error (`{Error, Cause}`; on AWS the Cause is the Lambda's JSON error) as one line. */
+export function errorMessage(failure: StepError): string {
+  let cause = failure.Cause ?? '';
+  try {
+    const parsed = JSON.parse(cause) as { errorMessage?: string };
+    if (parsed.errorMessage) cause = parsed.errorMessage;
+  } catch {
+    // a plain message
+  }
+  return `${failure.Error ?? 'Error'}: ${cause}`.trim();
+}
+
+function round(hours: number): number {
+  return Math.round(hours * 10_000) / 10_000;
+}
+
+const TASKS: Record<string, Task> = { ...restoreTasks, ...testTasks };
+
+export const WORKFLOW_TASKS = Object.keys(TASKS);
