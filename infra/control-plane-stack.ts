@@ -16,6 +16,7 @@ import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import { TABLE_KEYS } from '../functions/core/store/table.ts';
 import { BackupWorker, type BackupWorkerProps } from './backup-worker.ts';
+import { Workflows } from './workflows.ts';
 import { DrFunction } from './dr-function.ts';
 
 export interface JwtAuthorization {
@@ -45,6 +46,7 @@ export class ControlPlaneStack extends Stack {
   readonly table: Table;
   readonly key: Key;
   readonly worker: BackupWorker;
+  readonly workflows: Workflows;
 
   constructor(scope: Construct, id: string, props: ControlPlaneStackProps = {}) {
     super(scope, id, props);
@@ -96,6 +98,8 @@ export class ControlPlaneStack extends Stack {
     // check, usage and lifecycle rules of role-based S3 targets run with the API's role.
     this.worker.grantBuckets(apiFunction.role, { lifecycle: true });
     this.worker.grantDownloads(fn);
+    this.workflows = new Workflows(this, 'Workflows', { worker: this.worker.workerFunction });
+    this.workflows.grantStart(fn);
     this.table.grantReadWriteData(fn);
     this.key.grantEncryptDecrypt(fn);
     fn.addToRolePolicy(

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -185,7 +186,8 @@ describe('ControlPlaneStack template', () => {
     const invokes = statements.filter((statement) =>
       [statement.Action].flat().includes('lambda:InvokeFunction'),
     );
-    expect(invokes).toHaveLength(2);
+    // The API and the dispatcher start runs; the three state machines run their steps in the worker.
+    expect(invokes).toHaveLength(5);
     for (const statement of invokes) expect(JSON.stringify(statement.Resource)).toContain(`"${workerId}"`);
     const runTask = statements.filter((statement) => [statement.Action].flat().includes('ecs:RunTask'));
     for (const statement of runTask) {
@@ -304,6 +306,47 @@ describe('ControlPlaneStack template', () => {
       expect(role.Properties.ManagedPolicyArns ?? []).toEqual([]);
     const [nag] = report.pluginReports.filter((plugin) => plugin.pluginName === 'AwsSolutions');
     expect(nag!.violations).toEqual([]);
+  });
+
+  it('defines the restore and DR-test state machines from statemachines/ with the worker substituted, logged and traced', () => {
+    const { template } = synthesized;
+    const workerId = Object.keys(
+      template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
+    )[0]!;
+    const machines = Object.values(template.findResources('AWS::StepFunctions::StateMachine'));
+    expect(machines).toHaveLength(3);
+    const files = ['restore', 'backup-verification', 'restore-test'].map((name) =>
+      JSON.parse(readFileSync(join('statemachines', `${name}.asl.json`), 'utf8')),
+    );
+    // Each machine is one of the files, as written (the placeholder substituted by CloudFormation).
+    expect(machines.map((machine) => JSON.parse(machine.Properties.DefinitionString))).toEqual(
+      expect.arrayContaining(files),
+    );
+    for (const machine of machines) {
+      const props = machine.Properties;
+      expect(props.DefinitionSubstitutions).toEqual({
+        WorkerFunctionArn: { 'Fn::GetAtt': [workerId, 'Arn'] },
+      });
+      expect(props.TracingConfiguration).toEqual({ Enabled: true });
+      expect(props.LoggingConfiguration).toMatchObject({ Level: 'ALL', IncludeExecutionData: true });
+    }
+    const statements = Object.values(template.findResources('AWS::IAM::Policy')).flatMap(
+      (policy) => policy.Properties.PolicyDocument.Statement as any[],
+    );
+    const starts = statements.filter((statement) =>
+      [statement.Action].flat().includes('states:StartExecution'),
+    );
+    expect(starts).toHaveLength(3);
+    const machineIds = Object.keys(template.findResources('AWS::StepFunctions::StateMachine'));
+    for (const statement of starts) expect(machineIds).toContain(statement.Resource.Ref);
+    const api = Object.values(template.findResources('AWS::Lambda::Function')).find(
+      (fn) => fn.Properties.Description === 'DR Automation /api/dr API',
+    )!;
+    expect(
+      Object.keys(api.Properties.Environment.Variables)
+        .filter((key) => key.startsWith('STATE_MACHINE_'))
+        .sort(),
+    ).toEqual(['STATE_MACHINE_BACKUP_VERIFICATION', 'STATE_MACHINE_RESTORE', 'STATE_MACHINE_RESTORE_TEST']);
   });
 
   it('uses a JWT authorizer when given an issuer and audience', async () => {

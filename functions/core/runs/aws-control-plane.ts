@@ -8,12 +8,14 @@ import { AwsSecretStore } from '../secrets/aws-secret-store.ts';
 import { DrTable } from '../store/table.ts';
 import { awsLauncherFromEnv } from './aws-launcher.ts';
 import { s3DownloadLinks } from './s3-downloads.ts';
+import { awsWorkflowsFromEnv } from './aws-workflows.ts';
 
 /** The control plane of a Lambda or Fargate task, from the environment the CDK stack sets. */
 export function awsControlPlane(): ControlPlane {
   const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
   const table = new DrTable({ tableName: requireEnv('TABLE_NAME') });
   const runs = awsLauncherFromEnv();
+  const workflows = awsWorkflowsFromEnv();
   const cp: ControlPlane = {
     table,
     secrets: new AwsSecretStore({ kmsKeyId: optionalEnv('SECRETS_KMS_KEY_ID') }),
@@ -22,6 +24,7 @@ export function awsControlPlane(): ControlPlane {
     now: () => new Date(),
     secretPrefix: requireEnv('SECRET_PREFIX'),
     ...(runs ? { runs } : {}),
+    ...(workflows ? { workflows } : {}),
   };
   const bucket = optionalEnv('DOWNLOAD_BUCKET');
   if (!bucket || !runs?.export) return cp;
