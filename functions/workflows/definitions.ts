@@ -2,7 +2,12 @@ import { readFileSync } from 'node:fs';
 import type { WorkflowName } from '../core/context.ts';
 
 /** Every workflow, by the file that defines it in statemachines/. */
-export const WORKFLOW_NAMES: readonly WorkflowName[] = ['restore', 'backup-verification', 'restore-test'];
+export const WORKFLOW_NAMES: readonly WorkflowName[] = [
+  'restore',
+  'backup-verification',
+  'restore-test',
+  'recovery-time-test',
+];
 
 /** What `${…}` in the definitions stands for: CDK's DefinitionSubstitutions give the same keys on AWS. */
 export interface Substitutions {

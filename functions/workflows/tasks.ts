@@ -1,4 +1,6 @@
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { ControlPlane } from '../core/context.ts';
 import {
   getBackup,
@@ -85,9 +87,18 @@ interface State {
     readonly bytes?: number;
     readonly consistent?: boolean;
   };
-  readonly files?: { readonly skipped?: boolean; readonly files?: number; readonly bytes?: number };
+  readonly files?: {
+    readonly skipped?: boolean;
+    readonly files?: number;
+    readonly bytes?: number;
+    readonly seconds?: number;
+    readonly verifySeconds?: number;
+    readonly issues?: readonly string[];
+  };
   readonly scratch?: { readonly database: string };
   readonly restore?: { readonly usableAt?: string; readonly seconds?: number };
+  readonly fetch?: { readonly seconds?: number };
+  readonly health?: { readonly usableAt?: string; readonly seconds?: number };
   readonly check?: { readonly ok?: boolean; readonly issues?: readonly string[]; readonly seconds?: number };
   readonly item?: VerifyItem;
   readonly verified?: readonly {
@@ -447,6 +458,64 @@ const testTasks: Record<string, Task> = {
       };
     });
   },
+  'test.recovery.fetch': async (cp, deps, state) => {
+    // Opening the repository and reading the backup's manifest and index: what a recovery does first.
+    const started = Date.now();
+    const found = await withBackup(
+      cp,
+      state.plan!.backupId!,
+      deps.masterKey,
+      async (repository, manifest) => {
+        await repository.loadIndex(true);
+        return { files: manifest.files?.entries.length ?? 0, tables: manifest.database?.tables.length ?? 0 };
+      },
+    );
+    return { ...found, seconds: (Date.now() - started) / 1000 };
+  },
+  'test.recovery.files': async (cp, deps, state) => {
+    // Restored, checked and removed in one step: steps may run in different worker instances.
+    return withBackup(cp, state.plan!.backupId!, deps.masterKey, async (repository, manifest) => {
+      if (!manifest.files) return { skipped: true, seconds: 0, verifySeconds: 0 };
+      const scratch = await mkdtemp(join(tmpdir(), `dr-test-${state.testId}-`));
+      try {
+        const started = Date.now();
+        const result = await restoreFiles(repository, manifest, { destination: scratch });
+        const restoredAt = Date.now();
+        const expected = manifest.files.entries.filter((entry) => entry.type === 'file').length;
+        const found = (await readdir(scratch, { recursive: true, withFileTypes: true })).filter((entry) =>
+          entry.isFile(),
+        ).length;
+        const issues = found === expected ? [] : [`files: ${found} restored, the backup holds ${expected}`];
+        return {
+          files: result.files,
+          bytes: result.bytes,
+          seconds: (restoredAt - started) / 1000,
+          verifySeconds: (Date.now() - restoredAt) / 1000,
+          issues,
+        };
+      } finally {
+        await rm(scratch, { recursive: true, force: true });
+      }
+    });
+  },
+  'test.recovery.health': async (cp, _deps, state) => {
+    // The application's view: connect, run a query, read the largest table's row count.
+    const test = await getDrTest(cp, state.testId);
+    const target = withDatabase(await serverOf(cp, test), state.scratch!.database);
+    const started = Date.now();
+    const client = await connect(target);
+    try {
+      await client.query('SELECT 1');
+      const tables = await client.query<{ name: string }>(
+        `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY c.relpages DESC, 1 LIMIT 1`,
+      );
+      if (tables.rows[0]) await client.query(`SELECT count(*) FROM ${tables.rows[0].name}`);
+      return { ok: true, seconds: (Date.now() - started) / 1000, usableAt: cp.now().toISOString() };
+    } finally {
+      await client.end();
+    }
+  },
   'test.scratch.drop': async (cp, _deps, state) => {
     const test = await getDrTest(cp, state.testId);
     if (!test.scratchDatabase) return { dropped: false };
@@ -553,20 +622,32 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
     const bytesVerified = verified.reduce((sum, entry) => sum + (entry.result?.bytes ?? 0), 0);
     return { ...base, success: issues.length === 0, bytesVerified, backups };
   }
-  // RESTORE_TEST
+  // RESTORE_TEST and RECOVERY_TIME_TEST: usable when the database is restored (and, for a recovery, the
+  // files too and the health check passed); RTO from the test's start to then.
   if (state.check?.issues) issues.push(...state.check.issues);
+  if (state.files?.issues) issues.push(...state.files.issues);
+  const usableAt = test.testType === 'RECOVERY_TIME_TEST' ? state.health?.usableAt : state.restore?.usableAt;
   const actualRTO =
-    state.restore?.usableAt !== undefined
-      ? round((Date.parse(state.restore.usableAt) - Date.parse(test.startedAt)) / 3_600_000)
-      : undefined;
+    usableAt === undefined
+      ? undefined
+      : round((Date.parse(usableAt) - Date.parse(test.startedAt)) / 3_600_000);
   const actualRPO = state.plan?.actualRPO;
   const phases: Record<string, number> = {};
-  if (state.restore?.seconds !== undefined) phases.restore = state.restore.seconds;
-  if (state.check?.seconds !== undefined) phases.check = state.check.seconds;
+  if (state.fetch?.seconds !== undefined) phases.fetch = state.fetch.seconds;
+  if (state.restore?.seconds !== undefined) phases.databaseRestore = state.restore.seconds;
+  if (state.files?.seconds !== undefined && !state.files.skipped) phases.filesRestore = state.files.seconds;
+  if (state.check?.seconds !== undefined)
+    phases.verification = state.check.seconds + (state.files?.verifySeconds ?? 0);
+  if (state.health?.seconds !== undefined) phases.healthCheck = state.health.seconds;
   phases.total = (now.getTime() - Date.parse(test.startedAt)) / 1000;
+  const recovery = test.testType === 'RECOVERY_TIME_TEST';
+  const complete = recovery ? state.health !== undefined : true;
+  // A recovery slower than the objective fails the recovery-time test (a restore test only flags it).
+  if (recovery && actualRTO !== undefined && test.objectives && actualRTO > test.objectives.rto)
+    issues.push(`recovery took ${actualRTO} h, more than the RTO of ${test.objectives.rto} h`);
   return {
     ...base,
-    success: issues.length === 0 && state.check?.ok === true,
+    success: issues.length === 0 && state.check?.ok === true && complete,
     ...(actualRTO === undefined
       ? {}
       : { actualRTO, rtoViolated: actualRTO > (test.objectives?.rto ?? Infinity) }),

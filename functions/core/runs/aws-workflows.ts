@@ -29,6 +29,7 @@ export function awsWorkflowsFromEnv(env: NodeJS.ProcessEnv = process.env): Workf
     restore: env.STATE_MACHINE_RESTORE,
     'backup-verification': env.STATE_MACHINE_BACKUP_VERIFICATION,
     'restore-test': env.STATE_MACHINE_RESTORE_TEST,
+    'recovery-time-test': env.STATE_MACHINE_RECOVERY_TIME_TEST,
   };
   if (!Object.values(machines).some((arn) => arn)) return undefined;
   return awsWorkflows(Object.fromEntries(Object.entries(machines).filter(([, arn]) => arn)));

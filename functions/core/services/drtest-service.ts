@@ -55,6 +55,7 @@ export interface DrTestRecord {
 const WORKFLOW_OF: Partial<Record<DrTestType, WorkflowName>> = {
   BACKUP_VERIFICATION: 'backup-verification',
   RESTORE_TEST: 'restore-test',
+  RECOVERY_TIME_TEST: 'recovery-time-test',
 };
 
 /** POST /api/dr/test: records the test and starts its workflow; 202 with the id and the execution ARN. */
@@ -66,7 +67,7 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
   if (!config) throw new ConflictError('there is no DR config yet (POST /api/dr/config first)');
   if (
     workflow &&
-    input.testType === 'RESTORE_TEST' &&
+    input.testType !== 'BACKUP_VERIFICATION' &&
     !(await environmentConnection(cp, input.targetEnvironment))
   )
     throw ValidationError.forField(
