@@ -119,6 +119,38 @@ describe('POST /api/dr/config', () => {
     expect(removed.body.source.database.passwordSet).toBe(false);
   });
 
+  it('keeps the STAGING environment password in the secret store too, apart from the source one', async () => {
+    const both = await api.call('POST', '/api/dr/config', {
+      source: { database: { url: 'postgres://events:prod-secret@db.internal/event_manager' } },
+      environments: {
+        STAGING: { database: { url: 'postgres://events:staging-secret@staging.internal/postgres' } },
+      },
+    });
+    expect(both.status).toBe(200);
+    expect(both.body.environments.STAGING.database).toEqual({
+      url: 'postgres://events@staging.internal/postgres',
+      passwordSet: true,
+    });
+    expect(both.text).not.toMatch(/prod-secret|staging-secret/);
+    // Dropping STAGING's password keeps the source's; the audit names what changed, not the values.
+    const changed = await api.call('POST', '/api/dr/config', {
+      source: { database: { url: 'postgres://events@db.internal/event_manager' } },
+      environments: {
+        STAGING: { database: { url: 'postgres://events@staging.internal/postgres', password: null } },
+      },
+    });
+    expect(changed.body.source.database.passwordSet).toBe(true);
+    expect(changed.body.environments.STAGING.database.passwordSet).toBe(false);
+    const audit = await api.call('GET', '/api/dr/audit?limit=1');
+    expect(audit.body.items[0].details.secretsChanged).toEqual(['environments.STAGING.database.password']);
+    const bad = await api.call('POST', '/api/dr/config', {
+      environments: { STAGING: { database: { host: 'x' } } },
+    });
+    expect(fieldsOf(bad)).toEqual(['environments.STAGING.database']);
+    const unknown = await api.call('POST', '/api/dr/config', { environments: { QA: {} } });
+    expect(unknown.status).toBe(400);
+  });
+
   it.each([
     [{ database: { host: 'db' } }, 'source.database'],
     [{ database: { url: 'mysql://db/x' } }, 'source.database.url'],
