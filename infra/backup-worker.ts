@@ -263,6 +263,22 @@ export class BackupWorker extends Construct {
         'grantInvoke covers the worker function and its versions only.',
       ],
       [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:db:*]',
+        'Point-in-time restores read and restore the RDS source configured at run time (describe and restore only).',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:cluster:*]',
+        'Point-in-time restores read and restore the Aurora source configured at run time (describe and restore only).',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:db:dr-restore-*]',
+        'Create, tag and delete only the instances a restore creates (named dr-restore-<restore id>).',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:cluster:dr-restore-*]',
+        'Create, tag and delete only the clusters a restore creates (named dr-restore-<restore id>).',
+      ],
+      [
         'AwsSolutions::AwsSolutions-SMG4',
         'The master key seals every repository; rotating it is a drctl rekey of each repository, not a secret rotation (see README).',
       ],
@@ -346,6 +362,39 @@ export class BackupWorker extends Construct {
             arnFormat: ArnFormat.COLON_RESOURCE_NAME,
           }),
         ],
+      }),
+    );
+    // RDS/Aurora point-in-time restores: read and restore any instance or cluster (the source is
+    // configured at run time), but create, tag and delete only what a restore creates (dr-restore-*): the
+    // worker can never delete a database it did not make.
+    const rdsArn = (resource: 'db' | 'cluster', name: string) =>
+      stack.formatArn({
+        service: 'rds',
+        resource,
+        resourceName: name,
+        region: '*',
+        arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+      });
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: [
+          'rds:DescribeDBInstances',
+          'rds:DescribeDBClusters',
+          'rds:RestoreDBInstanceToPointInTime',
+          'rds:RestoreDBClusterToPointInTime',
+        ],
+        resources: [rdsArn('db', '*'), rdsArn('cluster', '*')],
+      }),
+    );
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: [
+          'rds:CreateDBInstance',
+          'rds:AddTagsToResource',
+          'rds:DeleteDBInstance',
+          'rds:DeleteDBCluster',
+        ],
+        resources: [rdsArn('db', 'dr-restore-*'), rdsArn('cluster', 'dr-restore-*')],
       }),
     );
     this.grantBuckets(grantee);

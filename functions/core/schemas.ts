@@ -457,6 +457,12 @@ export const restoreInput = z
           .optional(),
       })
       .default({ environment: 'STAGING' }),
+    /**
+     * With pointInTime: `rds` restores the RDS/Aurora source with the service's own point-in-time restore
+     * to a new instance; `backup` restores our newest backup at or before the time; `auto` (default) is
+     * `rds` when the config names an RDS/Aurora source, else `backup`.
+     */
+    method: z.enum(['auto', 'rds', 'backup']).default('auto'),
     /** Replace what the backup defines in a destination that is not empty. */
     overwrite: z.boolean().default(false),
     /** Only plan: which backup, its chain and size, and the gap to pointInTime; nothing is touched. */

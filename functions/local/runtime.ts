@@ -46,6 +46,10 @@ export interface LocalRuntimeOptions {
   readonly dispatchIntervalMs?: number;
   /** Wraps workflow steps by task name (tests only: tamper between two steps). */
   readonly taskWrappers?: LocalWorkflowOptions['taskWrappers'];
+  /** Workflow Wait states wait this long instead (tests). */
+  readonly workflowWaitMs?: number;
+  /** The RDS client the workflows use (tests: a local RDS-API server); default: the SDK's, by region. */
+  readonly rds?: LocalWorkflowOptions['rds'];
 }
 
 export interface LocalRuntime {
@@ -160,6 +164,8 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
           await writeToOutbox(outbox, message);
         },
         ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
+        ...(options.workflowWaitMs === undefined ? {} : { waitMs: options.workflowWaitMs }),
+        ...(options.rds ? { rds: options.rds } : {}),
       });
       return workflowRunner.start(workflow, name, input);
     },

@@ -35,10 +35,19 @@ export function definition(name: WorkflowName, substitutions: Substitutions): Re
 
 /** The names of every Task state whose Resource is `resource`, nested Map and Parallel states included. */
 export function taskStates(node: unknown, resource: string): string[] {
+  return statesWhere(node, (state) => state.Type === 'Task' && state.Resource === resource);
+}
+
+/** The names of every Wait state. */
+export function waitStates(node: unknown): string[] {
+  return statesWhere(node, (state) => state.Type === 'Wait');
+}
+
+function statesWhere(node: unknown, wanted: (state: Record<string, unknown>) => boolean): string[] {
   const names: string[] = [];
   const visit = (states: Record<string, Record<string, unknown>>) => {
     for (const [name, state] of Object.entries(states)) {
-      if (state.Type === 'Task' && state.Resource === resource) names.push(name);
+      if (wanted(state)) names.push(name);
       const processor = (state.ItemProcessor ?? state.Iterator) as { States?: never } | undefined;
       if (processor?.States) visit(processor.States);
       for (const branch of (state.Branches ?? []) as { States: never }[]) visit(branch.States);

@@ -1,6 +1,6 @@
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { ControlPlane, WorkflowLauncher, WorkflowName } from '../core/context.ts';
-import { definition, taskStates } from './definitions.ts';
+import { definition, taskStates, waitStates } from './definitions.ts';
 import { runWorkflowTask, type WorkflowDeps } from './tasks.ts';
 
 /** The worker's ARN in the definitions the local runtime runs (any well-formed ARN would do). */
@@ -13,6 +13,8 @@ export interface LocalWorkflowOptions extends WorkflowDeps {
    * Wraps steps by task name (tests: tamper with a restore between two steps, slow a step down). The
    * wrapper gets the real step to call.
    */
+  /** Every Wait state waits this long instead (tests). */
+  readonly waitMs?: number;
   readonly taskWrappers?: Readonly<
     Record<string, (input: Record<string, unknown>, real: () => Promise<unknown>) => Promise<unknown>>
   >;
@@ -24,12 +26,16 @@ export interface LocalWorkflowOptions extends WorkflowDeps {
  * the worker mapped to the same step functions the worker Lambda runs.
  */
 export function localWorkflows(cp: ControlPlane, options: LocalWorkflowOptions): WorkflowLauncher {
-  const machines = new Map<WorkflowName, { machine: StateMachine; tasks: string[] }>();
+  const machines = new Map<WorkflowName, { machine: StateMachine; tasks: string[]; waits: string[] }>();
   const machineOf = (name: WorkflowName) => {
     let found = machines.get(name);
     if (!found) {
       const parsed = definition(name, { WorkerFunctionArn: LOCAL_WORKER_ARN });
-      found = { machine: new StateMachine(parsed as never), tasks: taskStates(parsed, LOCAL_WORKER_ARN) };
+      found = {
+        machine: new StateMachine(parsed as never),
+        tasks: taskStates(parsed, LOCAL_WORKER_ARN),
+        waits: waitStates(parsed),
+      };
       machines.set(name, found);
     }
     return found;
@@ -41,12 +47,17 @@ export function localWorkflows(cp: ControlPlane, options: LocalWorkflowOptions):
   };
   return {
     start: (workflow, name, input) => {
-      const { machine, tasks } = machineOf(workflow);
+      const { machine, tasks, waits } = machineOf(workflow);
       const executionArn = `arn:aws:states:local:000000000000:execution:dr-${workflow}:${name}`;
       const handlers = Object.fromEntries(tasks.map((task) => [task, step]));
       options.track(`workflow ${workflow} ${name}`, async () => {
         const execution = machine.run(input as never, {
-          overrides: { taskResourceLocalHandlers: handlers as never },
+          overrides: {
+            taskResourceLocalHandlers: handlers as never,
+            ...(options.waitMs === undefined
+              ? {}
+              : { waitTimeOverrides: Object.fromEntries(waits.map((wait) => [wait, options.waitMs!])) }),
+          },
           context: {
             Execution: { Id: executionArn, Name: name, Input: input, StartTime: cp.now().toISOString() },
           } as never,

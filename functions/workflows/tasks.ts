@@ -1,6 +1,16 @@
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import {
+  CreateDBInstanceCommand,
+  DeleteDBClusterCommand,
+  DeleteDBInstanceCommand,
+  DescribeDBClustersCommand,
+  DescribeDBInstancesCommand,
+  RDSClient,
+  RestoreDBClusterToPointInTimeCommand,
+  RestoreDBInstanceToPointInTimeCommand,
+} from '@aws-sdk/client-rds';
 import type { ControlPlane } from '../core/context.ts';
 import {
   getBackup,
@@ -49,6 +59,8 @@ import { withBackup } from '../worker/open-backup.ts';
  */
 export interface WorkflowDeps {
   readonly masterKey: () => Promise<MasterKey>;
+  /** The RDS client for a region (tests: one pointed at a local RDS-API server). */
+  readonly rds?: (region: string | undefined) => RDSClient;
   /** Sends the completion email of a test (absent: the notification is recorded as not sent). */
   readonly notify?: (message: { to: readonly string[]; subject: string; text: string }) => Promise<void>;
 }
@@ -98,6 +110,8 @@ interface State {
   readonly scratch?: { readonly database: string };
   readonly restore?: { readonly usableAt?: string; readonly seconds?: number };
   readonly fetch?: { readonly seconds?: number };
+  readonly rds?: { readonly identifier: string; readonly cluster?: boolean };
+  readonly rdsStatus?: { readonly polls?: number; readonly endpoint?: string; readonly available?: boolean };
   readonly health?: { readonly usableAt?: string; readonly seconds?: number };
   readonly check?: { readonly ok?: boolean; readonly issues?: readonly string[]; readonly seconds?: number };
   readonly item?: VerifyItem;
@@ -138,8 +152,15 @@ export async function runWorkflowTask(
 
 // ------------------------------------------------------------------------------------------ restore
 
-async function planRestore(cp: ControlPlane, restore: RestoreRecord): Promise<RestorePlan> {
+async function planRestore(
+  cp: ControlPlane,
+  deps: WorkflowDeps,
+  restore: RestoreRecord,
+): Promise<RestorePlan> {
   const request = restore.request;
+  const rdsSource = (await findConfig(cp))?.source?.rds;
+  if (request.pointInTime !== undefined && request.method !== 'backup' && rdsSource)
+    return planRdsRestore(deps, restore, rdsSource);
   let backup: BackupRecord;
   let gapSeconds: number | undefined;
   if (request.backupId !== undefined) {
@@ -166,6 +187,7 @@ async function planRestore(cp: ControlPlane, restore: RestoreRecord): Promise<Re
     parent = (await cp.table.get<BackupRecord>(Partition.backup, parent))?.data.parent;
   }
   return {
+    method: 'backup',
     backupId: backup.id,
     type: backup.type,
     restorePoint: backup.restorePoint ?? backup.startedAt,
@@ -222,7 +244,7 @@ async function destinationOf(cp: ControlPlane, restore: RestoreRecord): Promise<
 const restoreTasks: Record<string, Task> = {
   'restore.plan': async (cp, _deps, state) => {
     const restore = await getRestore(cp, state.restoreId);
-    const plan = await planRestore(cp, restore);
+    const plan = await planRestore(cp, _deps, restore);
     await updateRestore(cp, restore.id, (record) => ({ ...record, plan }));
     return plan;
   },
@@ -266,7 +288,7 @@ const restoreTasks: Record<string, Task> = {
     const restore = await getRestore(cp, state.restoreId);
     const target = await destinationOf(cp, restore);
     const started = Date.now();
-    const result = await withBackup(cp, plan.backupId, deps.masterKey, (repository, manifest) =>
+    const result = await withBackup(cp, plan.backupId!, deps.masterKey, (repository, manifest) =>
       restoreDatabase(repository, manifest, {
         target,
         clean: restore.request.overwrite,
@@ -295,7 +317,7 @@ const restoreTasks: Record<string, Task> = {
     if (!plan.files || !plan.destination.filesTo) return { skipped: true };
     const restore = await getRestore(cp, state.restoreId);
     const started = Date.now();
-    const result = await withBackup(cp, plan.backupId, deps.masterKey, (repository, manifest) =>
+    const result = await withBackup(cp, plan.backupId!, deps.masterKey, (repository, manifest) =>
       restoreFiles(repository, manifest, {
         destination: plan.destination.filesTo!,
         ...(restore.request.scope.include ? { include: restore.request.scope.include } : {}),
@@ -313,7 +335,12 @@ const restoreTasks: Record<string, Task> = {
       finishedAt: now.toISOString(),
       ...(state.plan ? { plan: state.plan as RestorePlan } : {}),
       ...(failed
-        ? { error: errorMessage(state.error) }
+        ? {
+            error: [
+              errorMessage(state.error),
+              ...(state.cleanupError ? [`cleanup failed: ${errorMessage(state.cleanupError)}`] : []),
+            ].join('; '),
+          }
         : dryRun
           ? {}
           : {
@@ -330,6 +357,15 @@ const restoreTasks: Record<string, Task> = {
                   : {}),
                 ...(state.files && !state.files.skipped
                   ? { files: { files: state.files.files ?? 0, bytes: state.files.bytes ?? 0 } }
+                  : {}),
+                ...(state.rds
+                  ? {
+                      rds: {
+                        identifier: state.rds.identifier,
+                        cluster: state.rds.cluster === true,
+                        ...(state.rdsStatus?.endpoint ? { endpoint: state.rdsStatus.endpoint } : {}),
+                      },
+                    }
                   : {}),
                 seconds: (now.getTime() - Date.parse(current.startedAt)) / 1000,
               },
@@ -350,6 +386,163 @@ const restoreTasks: Record<string, Task> = {
 function partialScope(restore: RestoreRecord): boolean {
   return (restore.request.scope.tables?.length ?? 0) > 0 || (restore.request.scope.schemas?.length ?? 0) > 0;
 }
+
+// ------------------------------------------------------------------------------------------ RDS
+
+/** An RDS client for the source's region (tests give one pointed at a local RDS-API server). */
+function rdsClient(deps: WorkflowDeps, region: string | undefined): RDSClient {
+  return deps.rds?.(region) ?? new RDSClient(region ? { region } : {});
+}
+
+async function planRdsRestore(
+  deps: WorkflowDeps,
+  restore: RestoreRecord,
+  source: { instanceIdentifier?: string; clusterIdentifier?: string; region?: string },
+): Promise<RestorePlan> {
+  const rds = rdsClient(deps, source.region);
+  const asked = new Date(restore.request.pointInTime!);
+  let latest: Date | undefined;
+  try {
+    if (source.clusterIdentifier) {
+      const found = await rds.send(
+        new DescribeDBClustersCommand({ DBClusterIdentifier: source.clusterIdentifier }),
+      );
+      latest = found.DBClusters?.[0]?.LatestRestorableTime;
+    } else {
+      const found = await rds.send(
+        new DescribeDBInstancesCommand({ DBInstanceIdentifier: source.instanceIdentifier }),
+      );
+      latest = found.DBInstances?.[0]?.LatestRestorableTime;
+    }
+  } catch (error) {
+    throw new WorkflowError('RdsSourceNotFound', `RDS source: ${(error as Error).message}`);
+  }
+  if (latest && asked.getTime() > latest.getTime())
+    throw new WorkflowError(
+      'NoRestorePoint',
+      `RDS can restore ${source.clusterIdentifier ?? source.instanceIdentifier} up to ${latest.toISOString()}, not ${asked.toISOString()}`,
+    );
+  const target = `dr-restore-${restore.id.toLowerCase()}`;
+  return {
+    method: 'rds',
+    rds: {
+      ...(source.region ? { region: source.region } : {}),
+      ...(source.clusterIdentifier
+        ? { sourceCluster: source.clusterIdentifier }
+        : { sourceInstance: source.instanceIdentifier! }),
+      target,
+      restoreTime: asked.toISOString(),
+      ...(latest ? { latestRestorableTime: latest.toISOString() } : {}),
+    },
+    restorePoint: asked.toISOString(),
+    gapSeconds: 0,
+    chain: [],
+    bytes: 0,
+    database: true,
+    files: false,
+    destination: { environment: 'RDS', database: target },
+  };
+}
+
+const rdsTasks: Record<string, Task> = {
+  'restore.rds.start': async (_cp, deps, state) => {
+    const plan = state.plan!.rds!;
+    const rds = rdsClient(deps, plan.region);
+    const tags = [{ Key: 'dr-automation:restore', Value: state.restoreId }];
+    if (plan.sourceCluster) {
+      const cluster = await rds.send(
+        new DescribeDBClustersCommand({ DBClusterIdentifier: plan.sourceCluster }),
+      );
+      const writer = cluster.DBClusters?.[0];
+      await rds.send(
+        new RestoreDBClusterToPointInTimeCommand({
+          SourceDBClusterIdentifier: plan.sourceCluster,
+          DBClusterIdentifier: plan.target,
+          RestoreToTime: new Date(plan.restoreTime),
+          Tags: tags,
+        }),
+      );
+      // A restored Aurora cluster has no instance: one is added so that it answers.
+      const sourceInstance = writer?.DBClusterMembers?.find(
+        (member) => member.IsClusterWriter,
+      )?.DBInstanceIdentifier;
+      const instanceClass = sourceInstance
+        ? (await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: sourceInstance })))
+            .DBInstances?.[0]?.DBInstanceClass
+        : undefined;
+      await rds.send(
+        new CreateDBInstanceCommand({
+          DBInstanceIdentifier: `${plan.target}-1`,
+          DBClusterIdentifier: plan.target,
+          Engine: writer?.Engine ?? 'aurora-postgresql',
+          DBInstanceClass: instanceClass ?? 'db.r6g.large',
+          Tags: tags,
+        }),
+      );
+      return { identifier: plan.target, cluster: true };
+    }
+    await rds.send(
+      new RestoreDBInstanceToPointInTimeCommand({
+        SourceDBInstanceIdentifier: plan.sourceInstance,
+        TargetDBInstanceIdentifier: plan.target,
+        RestoreTime: new Date(plan.restoreTime),
+        Tags: tags,
+      }),
+    );
+    return { identifier: plan.target, cluster: false };
+  },
+  'restore.rds.status': async (_cp, deps, state) => {
+    const plan = state.plan!.rds!;
+    const rds = rdsClient(deps, plan.region);
+    const polls = (state.rdsStatus?.polls ?? 0) + 1;
+    const instance = (
+      await rds.send(
+        new DescribeDBInstancesCommand({
+          DBInstanceIdentifier: plan.sourceCluster ? `${plan.target}-1` : plan.target,
+        }),
+      )
+    ).DBInstances?.[0];
+    const status = instance?.DBInstanceStatus ?? 'unknown';
+    if (['failed', 'incompatible-restore', 'incompatible-parameters', 'storage-full'].includes(status))
+      throw new WorkflowError('RdsRestoreFailed', `the restored instance is ${status}`);
+    let endpoint = instance?.Endpoint?.Address
+      ? `${instance.Endpoint.Address}:${instance.Endpoint.Port ?? 5432}`
+      : undefined;
+    if (plan.sourceCluster) {
+      const cluster = (await rds.send(new DescribeDBClustersCommand({ DBClusterIdentifier: plan.target })))
+        .DBClusters?.[0];
+      if (cluster?.Endpoint) endpoint = `${cluster.Endpoint}:${cluster.Port ?? 5432}`;
+    }
+    return { available: status === 'available', status, polls, ...(endpoint ? { endpoint } : {}) };
+  },
+  'restore.rds.cleanup': async (_cp, deps, state) => {
+    const plan = state.plan?.rds;
+    if (!plan) return { deleted: [] };
+    const rds = rdsClient(deps, plan.region);
+    const deleted: string[] = [];
+    const gone = (error: unknown) => /NotFound/.test((error as Error).name);
+    const instance = plan.sourceCluster ? `${plan.target}-1` : plan.target;
+    try {
+      await rds.send(
+        new DeleteDBInstanceCommand({ DBInstanceIdentifier: instance, SkipFinalSnapshot: true }),
+      );
+      deleted.push(instance);
+    } catch (error) {
+      if (!gone(error)) throw error;
+    }
+    if (plan.sourceCluster) {
+      try {
+        await rds.send(
+          new DeleteDBClusterCommand({ DBClusterIdentifier: plan.target, SkipFinalSnapshot: true }),
+        );
+        deleted.push(plan.target);
+      } catch (error) {
+        if (!gone(error)) throw error;
+      }
+    }
+    return { deleted };
+  },
+};
 
 // ------------------------------------------------------------------------------------------ DR tests
 
@@ -783,6 +976,6 @@ function round(hours: number): number {
   return Math.round(hours * 10_000) / 10_000;
 }
 
-const TASKS: Record<string, Task> = { ...restoreTasks, ...testTasks };
+const TASKS: Record<string, Task> = { ...restoreTasks, ...rdsTasks, ...testTasks };
 
 export const WORKFLOW_TASKS = Object.keys(TASKS);

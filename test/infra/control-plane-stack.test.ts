@@ -308,6 +308,20 @@ describe('ControlPlaneStack template', () => {
     expect(nag!.violations).toEqual([]);
   });
 
+  it('lets the worker delete only the RDS instances and clusters a restore created', () => {
+    const statements = Object.values(synthesized.template.findResources('AWS::IAM::Policy')).flatMap(
+      (policy) => policy.Properties.PolicyDocument.Statement as any[],
+    );
+    const deletes = statements.filter((statement) =>
+      [statement.Action].flat().some((action: string) => /^rds:Delete/.test(action)),
+    );
+    expect(deletes.length).toBeGreaterThan(0);
+    for (const statement of deletes)
+      for (const resource of [statement.Resource].flat())
+        expect(JSON.stringify(resource)).toMatch(/:(db|cluster):dr-restore-\*"/);
+    expect(statements.some((statement) => [statement.Action].flat().includes('rds:*'))).toBe(false);
+  });
+
   it('defines the restore and DR-test state machines from statemachines/ with the worker substituted, logged and traced', () => {
     const { template } = synthesized;
     const workerId = Object.keys(

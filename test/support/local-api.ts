@@ -39,6 +39,7 @@ export async function startTestApi(
     now?: () => Date;
     dispatchIntervalMs?: number;
     taskWrappers?: LocalRuntimeOptions['taskWrappers'];
+    rds?: LocalRuntimeOptions['rds'];
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -50,6 +51,7 @@ export async function startTestApi(
     dispatchIntervalMs: options.dispatchIntervalMs ?? 0,
     ...(options.now ? { now: options.now } : {}),
     ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
+    ...(options.rds ? { rds: options.rds, workflowWaitMs: 10 } : {}),
   });
   const api: TestApi = {
     runtime,

@@ -36,16 +36,36 @@ async function waitUntilUp(endpoint: string, child: ChildProcess): Promise<void>
   throw new Error('moto_server did not start within 10 s');
 }
 
-export async function startS3(bucket: string, options: { authenticate?: boolean } = {}): Promise<TestS3> {
+/** A bare moto_server on loopback (any AWS API it emulates: S3, RDS, SES…), with its stop function. */
+export async function startMoto(
+  env: Record<string, string> = {},
+): Promise<{ endpoint: string; stop: () => Promise<void> }> {
   const port = await freePort();
   const endpoint = `http://127.0.0.1:${port}`;
   const child = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], {
     stdio: 'ignore',
-    env: { ...process.env, ...(options.authenticate ? { INITIAL_NO_AUTH_ACTION_COUNT: '4' } : {}) },
+    env: { ...process.env, ...env },
   });
   child.on('error', () => undefined); // reported by waitUntilUp
+  const stop = async () => {
+    child.kill('SIGTERM');
+    await new Promise((resolve) =>
+      child.exitCode === null ? child.once('exit', resolve) : resolve(undefined),
+    );
+  };
   try {
     await waitUntilUp(endpoint, child);
+    return { endpoint, stop };
+  } catch (error) {
+    child.kill('SIGKILL');
+    throw error;
+  }
+}
+
+export async function startS3(bucket: string, options: { authenticate?: boolean } = {}): Promise<TestS3> {
+  const moto = await startMoto(options.authenticate ? { INITIAL_NO_AUTH_ACTION_COUNT: '4' } : {});
+  const { endpoint } = moto;
+  try {
     const setup = {
       region: 'us-east-1',
       endpoint,
@@ -69,18 +89,9 @@ export async function startS3(bucket: string, options: { authenticate?: boolean 
       secretAccessKey: AccessKey!.SecretAccessKey!,
     };
     await new S3Client({ ...setup, forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: bucket }));
-    return {
-      endpoint,
-      credentials,
-      stop: async () => {
-        child.kill('SIGTERM');
-        await new Promise((resolve) =>
-          child.exitCode === null ? child.once('exit', resolve) : resolve(undefined),
-        );
-      },
-    };
+    return { endpoint, credentials, stop: moto.stop };
   } catch (error) {
-    child.kill('SIGKILL');
+    await moto.stop();
     throw error;
   }
 }

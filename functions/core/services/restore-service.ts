@@ -10,8 +10,19 @@ export type RestoreStatus = 'RUNNING' | 'PLANNED' | 'SUCCEEDED' | 'FAILED';
 
 /** What a restore will do (the dry run's answer, and the first step of every restore). */
 export interface RestorePlan {
-  readonly backupId: string;
-  readonly type: string;
+  /** `backup`: from our repository; `rds`: the service's point-in-time restore to a new instance. */
+  readonly method: 'backup' | 'rds';
+  /** For `rds`: what is restored, to what, when. */
+  readonly rds?: {
+    readonly region?: string;
+    readonly sourceInstance?: string;
+    readonly sourceCluster?: string;
+    readonly target: string;
+    readonly restoreTime: string;
+    readonly latestRestorableTime?: string;
+  };
+  readonly backupId?: string;
+  readonly type?: string;
   readonly restorePoint: string;
   /** Asked time minus the restore point, when restoring to a point in time. */
   readonly gapSeconds?: number;
@@ -45,6 +56,8 @@ export interface RestoreRecord {
       readonly consistent: boolean;
     };
     readonly files?: { readonly files: number; readonly bytes: number };
+    /** The instance (or cluster) an RDS point-in-time restore created, and where it answers. */
+    readonly rds?: { readonly identifier: string; readonly cluster?: boolean; readonly endpoint?: string };
     readonly seconds?: number;
   };
   readonly error?: string;
@@ -60,6 +73,15 @@ export async function startRestore(
   actor: Actor,
 ): Promise<RestoreRecord> {
   if (!cp.workflows) throw new ServiceUnavailableError('restores are not deployed here (no workflows)');
+  const rdsSource = (await findConfig(cp))?.source?.rds;
+  if (input.method === 'rds' && (input.pointInTime === undefined || !rdsSource))
+    throw ValidationError.forField(
+      'method',
+      input.pointInTime === undefined
+        ? 'rds restores a point in time: give pointInTime'
+        : 'rds needs source.rds (instanceIdentifier or clusterIdentifier) in the DR config',
+    );
+  const viaRds = input.pointInTime !== undefined && input.method !== 'backup' && rdsSource !== undefined;
   if (input.backupId !== undefined) {
     const backup = await getBackup(cp, input.backupId);
     if (!isRestorePoint(backup))
@@ -70,7 +92,7 @@ export async function startRestore(
   }
   if (input.pointInTime !== undefined && Date.parse(input.pointInTime) > cp.now().getTime())
     throw ValidationError.forField('pointInTime', 'is in the future');
-  const wantsDatabase = input.scope.database && !input.dryRun;
+  const wantsDatabase = input.scope.database && !input.dryRun && !viaRds;
   if (wantsDatabase && !(await environmentConnection(cp, input.destination.environment)))
     throw ValidationError.forField(
       'destination.environment',
