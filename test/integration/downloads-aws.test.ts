@@ -86,9 +86,8 @@ afterAll(async () => {
   await Promise.all([api?.close(), pg?.stop(), s3server?.stop()]);
 });
 
-const masterKey = async () => parseMasterKey(await readFile(join(api.dataDir, 'master.key'), 'utf8'));
-
-it('exports through the worker on the first request, then hands out presigned links that download', async () => {
+/** S3 download links whose export launcher records what it was asked to start. */
+function recordingLinks() {
   const started: string[] = [];
   const links = s3DownloadLinks(cp, {
     bucket: 'dr-downloads',
@@ -98,6 +97,13 @@ it('exports through the worker on the first request, then hands out presigned li
       return Promise.resolve();
     },
   });
+  return { started, links };
+}
+
+const masterKey = async () => parseMasterKey(await readFile(join(api.dataDir, 'master.key'), 'utf8'));
+
+it('exports through the worker on the first request, then hands out presigned links that download', async () => {
+  const { started, links } = recordingLinks();
 
   const first = await downloadLinks(cp, links, backupId, actor);
   expect(first.status).toBe(202);
@@ -155,15 +161,7 @@ it('exports through the worker on the first request, then hands out presigned li
 it('reports a failed export once, then starts it again; an export that stopped answering is restarted', async () => {
   const other = (await api.call('POST', '/api/dr/schedules/nightly/execute')).body.id as string;
   await api.runtime.idle();
-  const started: string[] = [];
-  const links = s3DownloadLinks(cp, {
-    bucket: 'dr-downloads',
-    s3,
-    startExport: (id) => {
-      started.push(id);
-      return Promise.resolve();
-    },
-  });
+  const { started, links } = recordingLinks();
   expect((await downloadLinks(cp, links, other, actor)).status).toBe(202);
   // The worker fails (here: a bucket that does not exist) and records why.
   await expect(exportToBucket(cp, other, { bucket: 'no-such-bucket', masterKey, s3 })).rejects.toThrow();

@@ -114,3 +114,24 @@ export async function commitWithSecret<T>(
   }
   return result;
 }
+
+/**
+ * Changes an item's data with `change`, re-reading and retrying when another writer changed it meanwhile
+ * (optimistic concurrency; for entries that several workflow steps and the API update).
+ */
+export async function updateItem<T>(
+  cp: ControlPlane,
+  partition: PartitionKey,
+  id: string,
+  what: string,
+  change: (current: T) => T,
+): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    const item = requireFound(await cp.table.get<T>(partition, id), what);
+    try {
+      return (await cp.table.replace(item, change(item.data), cp.now())).data;
+    } catch (error) {
+      if (!(error instanceof ConflictError) || attempt >= 4) throw error;
+    }
+  }
+}

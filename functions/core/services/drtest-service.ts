@@ -4,6 +4,7 @@ import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError 
 import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../schemas.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
+import { updateItem } from './common.ts';
 import { environmentConnection, findConfig } from './config-service.ts';
 
 export type DrTestType = (typeof DR_TEST_TYPES)[number];
@@ -134,15 +135,7 @@ export async function updateDrTest(
   id: string,
   change: (record: DrTestRecord) => DrTestRecord,
 ): Promise<DrTestRecord> {
-  for (let attempt = 0; ; attempt++) {
-    const item = await cp.table.get<DrTestRecord>(Partition.drTest, id);
-    if (!item) throw new NotFoundError(`DR test ${id} not found`);
-    try {
-      return (await cp.table.replace(item, change(item.data), cp.now())).data;
-    } catch (error) {
-      if (!(error instanceof ConflictError) || attempt >= 4) throw error;
-    }
-  }
+  return updateItem<DrTestRecord>(cp, Partition.drTest, id, `DR test ${id}`, change);
 }
 
 /** When each type last passed, and whether it is overdue by the config's testFrequencyDays. */

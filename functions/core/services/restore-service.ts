@@ -1,10 +1,11 @@
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
-import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
+import { NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
 import type { RestoreInput } from '../schemas.ts';
 import { Partition } from '../store/table.ts';
 import { getBackup, isRestorePoint, newBackupId } from './backup-service.ts';
 import { environmentConnection, findConfig } from './config-service.ts';
+import { updateItem } from './common.ts';
 
 export type RestoreStatus = 'RUNNING' | 'PLANNED' | 'SUCCEEDED' | 'FAILED';
 
@@ -164,13 +165,5 @@ export async function updateRestore(
   id: string,
   change: (record: RestoreRecord) => RestoreRecord,
 ): Promise<RestoreRecord> {
-  for (let attempt = 0; ; attempt++) {
-    const item = await cp.table.get<RestoreRecord>(Partition.restore, id);
-    if (!item) throw new NotFoundError(`restore ${id} not found`);
-    try {
-      return (await cp.table.replace(item, change(item.data), cp.now())).data;
-    } catch (error) {
-      if (!(error instanceof ConflictError) || attempt >= 4) throw error;
-    }
-  }
+  return updateItem<RestoreRecord>(cp, Partition.restore, id, `restore ${id}`, change);
 }
