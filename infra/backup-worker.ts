@@ -279,6 +279,10 @@ export class BackupWorker extends Construct {
         'Create, tag and delete only the clusters a restore creates (named dr-restore-<restore id>).',
       ],
       [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:route53:::hostedzone/*]',
+        "FAILOVER_TEST switches the staging environment's endpoint record, whose zone is configured at run time, and switches it back.",
+      ],
+      [
         'AwsSolutions::AwsSolutions-SMG4',
         'The master key seals every repository; rotating it is a drctl rekey of each repository, not a secret rotation (see README).',
       ],
@@ -367,6 +371,13 @@ export class BackupWorker extends Construct {
     // RDS/Aurora point-in-time restores: read and restore any instance or cluster (the source is
     // configured at run time), but create, tag and delete only what a restore creates (dr-restore-*): the
     // worker can never delete a database it did not make.
+    // FAILOVER_TEST switches the staging endpoint record (the zone is configured at run time) and back.
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['route53:ListResourceRecordSets', 'route53:ChangeResourceRecordSets'],
+        resources: [`arn:${stack.partition}:route53:::hostedzone/*`],
+      }),
+    );
     const rdsArn = (resource: 'db' | 'cluster', name: string) =>
       stack.formatArn({
         service: 'rds',

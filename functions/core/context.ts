@@ -5,7 +5,8 @@ import type { SecretStore } from './secrets/secret-store.ts';
 import type { DrTable } from './store/table.ts';
 
 /** The state machines of the restore and DR-test workflows (files in statemachines/). */
-export type WorkflowName = 'restore' | 'backup-verification' | 'restore-test' | 'recovery-time-test';
+export type WorkflowName =
+  'restore' | 'backup-verification' | 'restore-test' | 'recovery-time-test' | 'failover-test';
 
 /** Starts workflow executions: Step Functions on AWS, the local ASL interpreter in the local runtime. */
 export interface WorkflowLauncher {

@@ -354,7 +354,25 @@ export const drConfigInput = z.strictObject({
     .optional(),
   /** Where DR tests and restores may write, besides production: the staging database server. */
   environments: z
-    .strictObject({ STAGING: z.strictObject({ database: databaseSource }).optional() })
+    .strictObject({
+      STAGING: z
+        .strictObject({
+          database: databaseSource,
+          /**
+           * The DNS record the application reaches its database by (Route 53): FAILOVER_TEST points it at the
+           * standby, checks, and points it back.
+           */
+          endpoint: z
+            .strictObject({
+              hostedZoneId: z
+                .string()
+                .regex(/^[A-Z0-9]{1,32}$/, { error: 'must be a Route 53 hosted zone id' }),
+              recordName: hostname,
+            })
+            .optional(),
+        })
+        .optional(),
+    })
     .optional(),
   encryption: z
     .strictObject({
@@ -497,6 +515,8 @@ export const drTestInput = z.strictObject({
   ),
   targetEnvironment: z.enum(ENVIRONMENTS).default('STAGING'),
   notifyOnCompletion: z.boolean().default(false),
+  /** Run by people, not by the workflow: the entry waits for POST /api/dr/test/{id}/results. */
+  manual: z.boolean().default(false),
 });
 export type DrTestInput = z.output<typeof drTestInput>;
 

@@ -50,6 +50,8 @@ export interface LocalRuntimeOptions {
   readonly workflowWaitMs?: number;
   /** The RDS client the workflows use (tests: a local RDS-API server); default: the SDK's, by region. */
   readonly rds?: LocalWorkflowOptions['rds'];
+  /** The Route 53 client the failover test uses (tests: a local Route 53 API server). */
+  readonly route53?: LocalWorkflowOptions['route53'];
 }
 
 export interface LocalRuntime {
@@ -166,6 +168,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
         ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
         ...(options.workflowWaitMs === undefined ? {} : { waitMs: options.workflowWaitMs }),
         ...(options.rds ? { rds: options.rds } : {}),
+        ...(options.route53 ? { route53: options.route53 } : {}),
       });
       return workflowRunner.start(workflow, name, input);
     },

@@ -7,6 +7,7 @@ export const WORKFLOW_NAMES: readonly WorkflowName[] = [
   'backup-verification',
   'restore-test',
   'recovery-time-test',
+  'failover-test',
 ];
 
 /** What `${…}` in the definitions stands for: CDK's DefinitionSubstitutions give the same keys on AWS. */

@@ -11,6 +11,12 @@ import {
   RestoreDBClusterToPointInTimeCommand,
   RestoreDBInstanceToPointInTimeCommand,
 } from '@aws-sdk/client-rds';
+import {
+  ChangeResourceRecordSetsCommand,
+  ListResourceRecordSetsCommand,
+  Route53Client,
+  type ResourceRecordSet,
+} from '@aws-sdk/client-route-53';
 import type { ControlPlane } from '../core/context.ts';
 import {
   getBackup,
@@ -59,6 +65,8 @@ import { withBackup } from '../worker/open-backup.ts';
  */
 export interface WorkflowDeps {
   readonly masterKey: () => Promise<MasterKey>;
+  /** The Route 53 client (tests: one pointed at a local Route 53 API server). */
+  readonly route53?: () => Route53Client;
   /** The RDS client for a region (tests: one pointed at a local RDS-API server). */
   readonly rds?: (region: string | undefined) => RDSClient;
   /** Sends the completion email of a test (absent: the notification is recorded as not sent). */
@@ -110,9 +118,16 @@ interface State {
   readonly scratch?: { readonly database: string };
   readonly restore?: { readonly usableAt?: string; readonly seconds?: number };
   readonly fetch?: { readonly seconds?: number };
+  readonly switch?: { readonly switched?: boolean; readonly seconds?: number; readonly note?: string };
+  readonly failback?: { readonly seconds?: number; readonly restored?: boolean };
   readonly rds?: { readonly identifier: string; readonly cluster?: boolean };
   readonly rdsStatus?: { readonly polls?: number; readonly endpoint?: string; readonly available?: boolean };
-  readonly health?: { readonly usableAt?: string; readonly seconds?: number };
+  readonly health?: {
+    readonly usableAt?: string;
+    readonly seconds?: number;
+    readonly ok?: boolean;
+    readonly issues?: readonly string[];
+  };
   readonly check?: { readonly ok?: boolean; readonly issues?: readonly string[]; readonly seconds?: number };
   readonly item?: VerifyItem;
   readonly verified?: readonly {
@@ -544,6 +559,123 @@ const rdsTasks: Record<string, Task> = {
   },
 };
 
+// ------------------------------------------------------------------------------------------ failover
+
+/** The environment's endpoint record as it is now (the first record set of that name), if any. */
+async function currentRecord(
+  route53: Route53Client,
+  endpoint: { hostedZoneId: string; recordName: string },
+): Promise<ResourceRecordSet | undefined> {
+  const name = endpoint.recordName.endsWith('.') ? endpoint.recordName : `${endpoint.recordName}.`;
+  const found = await route53.send(
+    new ListResourceRecordSetsCommand({
+      HostedZoneId: endpoint.hostedZoneId,
+      StartRecordName: name,
+      MaxItems: 1,
+    }),
+  );
+  const record = found.ResourceRecordSets?.[0];
+  return record?.Name === name ? record : undefined;
+}
+
+const failoverTasks: Record<string, Task> = {
+  'test.failover.switch': async (cp, deps, state) => {
+    const endpoint = (await findConfig(cp))?.environments?.STAGING?.endpoint;
+    if (!endpoint)
+      return {
+        switched: false,
+        seconds: 0,
+        note: 'the endpoint was not switched: set environments.STAGING.endpoint (a Route 53 record) in the DR config',
+      };
+    const route53 = deps.route53?.() ?? new Route53Client({});
+    const started = Date.now();
+    const original = await currentRecord(route53, endpoint);
+    if (!original)
+      throw new WorkflowError(
+        'NoEndpointRecord',
+        `record ${endpoint.recordName} not found in zone ${endpoint.hostedZoneId}`,
+      );
+    // Kept in the test's entry before the change: failback restores it on every path.
+    await updateDrTest(cp, state.testId, (record) => ({ ...record, failover: { endpoint, original } }));
+    const test = await getDrTest(cp, state.testId);
+    const standbyHost = new URL((await serverOf(cp, test)).url).hostname;
+    const standby: ResourceRecordSet = {
+      Name: original.Name,
+      Type: 'CNAME',
+      TTL: 60,
+      ResourceRecords: [{ Value: standbyHost }],
+    };
+    // A name holds one CNAME and nothing else: a record of another type is replaced in the same change.
+    await route53.send(
+      new ChangeResourceRecordSetsCommand({
+        HostedZoneId: endpoint.hostedZoneId,
+        ChangeBatch: {
+          Comment: 'DR Automation FAILOVER_TEST: to the standby',
+          Changes:
+            original.Type === 'CNAME'
+              ? [{ Action: 'UPSERT', ResourceRecordSet: standby }]
+              : [
+                  { Action: 'DELETE', ResourceRecordSet: original },
+                  { Action: 'CREATE', ResourceRecordSet: standby },
+                ],
+        },
+      }),
+    );
+    return { switched: true, standby: standbyHost, seconds: (Date.now() - started) / 1000 };
+  },
+  'test.failover.health': async (cp, deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const started = Date.now();
+    const issues: string[] = [];
+    const client = await connect(withDatabase(await serverOf(cp, test), state.scratch!.database));
+    try {
+      await client.query('SELECT 1');
+    } finally {
+      await client.end();
+    }
+    if (state.switch?.switched && test.failover) {
+      const route53 = deps.route53?.() ?? new Route53Client({});
+      const now = await currentRecord(route53, test.failover.endpoint);
+      const standbyHost = new URL((await serverOf(cp, test)).url).hostname;
+      if (now?.ResourceRecords?.[0]?.Value !== standbyHost)
+        issues.push(
+          `endpoint ${test.failover.endpoint.recordName} does not point at the standby after the switch`,
+        );
+    }
+    return {
+      ok: issues.length === 0,
+      issues,
+      seconds: (Date.now() - started) / 1000,
+      usableAt: cp.now().toISOString(),
+    };
+  },
+  'test.failover.back': async (cp, deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    if (!test.failover) return { restored: false, seconds: 0 };
+    const route53 = deps.route53?.() ?? new Route53Client({});
+    const started = Date.now();
+    const { endpoint, original } = test.failover;
+    const current = await currentRecord(route53, endpoint);
+    // Back to what it was, in one change (a record of another type replaces ours).
+    await route53.send(
+      new ChangeResourceRecordSetsCommand({
+        HostedZoneId: endpoint.hostedZoneId,
+        ChangeBatch: {
+          Comment: 'DR Automation FAILOVER_TEST: failback',
+          Changes:
+            current && current.Type !== original.Type
+              ? [
+                  { Action: 'DELETE', ResourceRecordSet: current },
+                  { Action: 'CREATE', ResourceRecordSet: original as ResourceRecordSet },
+                ]
+              : [{ Action: 'UPSERT', ResourceRecordSet: original as ResourceRecordSet }],
+        },
+      }),
+    );
+    return { restored: true, seconds: (Date.now() - started) / 1000 };
+  },
+};
+
 // ------------------------------------------------------------------------------------------ DR tests
 
 const testTasks: Record<string, Task> = {
@@ -819,7 +951,9 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
   // files too and the health check passed); RTO from the test's start to then.
   if (state.check?.issues) issues.push(...state.check.issues);
   if (state.files?.issues) issues.push(...state.files.issues);
-  const usableAt = test.testType === 'RECOVERY_TIME_TEST' ? state.health?.usableAt : state.restore?.usableAt;
+  if (state.health?.issues) issues.push(...state.health.issues);
+  if (state.switch?.note) issues.push(state.switch.note);
+  const usableAt = test.testType === 'RESTORE_TEST' ? state.restore?.usableAt : state.health?.usableAt;
   const actualRTO =
     usableAt === undefined
       ? undefined
@@ -832,9 +966,16 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
   if (state.check?.seconds !== undefined)
     phases.verification = state.check.seconds + (state.files?.verifySeconds ?? 0);
   if (state.health?.seconds !== undefined) phases.healthCheck = state.health.seconds;
+  if (state.switch?.seconds !== undefined) phases.switchEndpoint = state.switch.seconds;
+  if (state.failback?.seconds !== undefined) phases.failback = state.failback.seconds;
   phases.total = (now.getTime() - Date.parse(test.startedAt)) / 1000;
   const recovery = test.testType === 'RECOVERY_TIME_TEST';
-  const complete = recovery ? state.health !== undefined : true;
+  const failover = test.testType === 'FAILOVER_TEST';
+  const complete = recovery
+    ? state.health !== undefined
+    : failover
+      ? state.health?.ok === true && (state.switch?.switched !== true || state.failback?.restored === true)
+      : true;
   // A recovery slower than the objective fails the recovery-time test (a restore test only flags it).
   if (recovery && actualRTO !== undefined && test.objectives && actualRTO > test.objectives.rto)
     issues.push(`recovery took ${actualRTO} h, more than the RTO of ${test.objectives.rto} h`);
@@ -976,6 +1117,6 @@ function round(hours: number): number {
   return Math.round(hours * 10_000) / 10_000;
 }
 
-const TASKS: Record<string, Task> = { ...restoreTasks, ...rdsTasks, ...testTasks };
+const TASKS: Record<string, Task> = { ...restoreTasks, ...rdsTasks, ...failoverTasks, ...testTasks };
 
 export const WORKFLOW_TASKS = Object.keys(TASKS);

@@ -186,8 +186,8 @@ describe('ControlPlaneStack template', () => {
     const invokes = statements.filter((statement) =>
       [statement.Action].flat().includes('lambda:InvokeFunction'),
     );
-    // The API and the dispatcher start runs; the four state machines run their steps in the worker.
-    expect(invokes).toHaveLength(6);
+    // The API and the dispatcher start runs; the five state machines run their steps in the worker.
+    expect(invokes).toHaveLength(7);
     for (const statement of invokes) expect(JSON.stringify(statement.Resource)).toContain(`"${workerId}"`);
     const runTask = statements.filter((statement) => [statement.Action].flat().includes('ecs:RunTask'));
     for (const statement of runTask) {
@@ -328,10 +328,14 @@ describe('ControlPlaneStack template', () => {
       template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
     )[0]!;
     const machines = Object.values(template.findResources('AWS::StepFunctions::StateMachine'));
-    expect(machines).toHaveLength(4);
-    const files = ['restore', 'backup-verification', 'restore-test', 'recovery-time-test'].map((name) =>
-      JSON.parse(readFileSync(join('statemachines', `${name}.asl.json`), 'utf8')),
-    );
+    expect(machines).toHaveLength(5);
+    const files = [
+      'restore',
+      'backup-verification',
+      'restore-test',
+      'recovery-time-test',
+      'failover-test',
+    ].map((name) => JSON.parse(readFileSync(join('statemachines', `${name}.asl.json`), 'utf8')));
     // Each machine is one of the files, as written (the placeholder substituted by CloudFormation).
     expect(machines.map((machine) => JSON.parse(machine.Properties.DefinitionString))).toEqual(
       expect.arrayContaining(files),
@@ -350,7 +354,7 @@ describe('ControlPlaneStack template', () => {
     const starts = statements.filter((statement) =>
       [statement.Action].flat().includes('states:StartExecution'),
     );
-    expect(starts).toHaveLength(4);
+    expect(starts).toHaveLength(5);
     const machineIds = Object.keys(template.findResources('AWS::StepFunctions::StateMachine'));
     for (const statement of starts) expect(machineIds).toContain(statement.Resource.Ref);
     const api = Object.values(template.findResources('AWS::Lambda::Function')).find(
@@ -362,6 +366,7 @@ describe('ControlPlaneStack template', () => {
         .sort(),
     ).toEqual([
       'STATE_MACHINE_BACKUP_VERIFICATION',
+      'STATE_MACHINE_FAILOVER_TEST',
       'STATE_MACHINE_RECOVERY_TIME_TEST',
       'STATE_MACHINE_RESTORE',
       'STATE_MACHINE_RESTORE_TEST',

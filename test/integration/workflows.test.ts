@@ -347,7 +347,8 @@ describe('DR tests', () => {
   it("records tests run by hand with the guide's fields, and shows which types are overdue", async () => {
     const started = await api.call('POST', '/api/dr/test', {
       testType: 'FAILOVER',
-      targetEnvironment: 'STAGING',
+      targetEnvironment: 'PRODUCTION',
+      manual: true,
     });
     expect(started.status).toBe(202);
     expect(started.body.executionArn).toBeUndefined();

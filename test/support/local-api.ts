@@ -40,6 +40,7 @@ export async function startTestApi(
     dispatchIntervalMs?: number;
     taskWrappers?: LocalRuntimeOptions['taskWrappers'];
     rds?: LocalRuntimeOptions['rds'];
+    route53?: LocalRuntimeOptions['route53'];
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -52,6 +53,7 @@ export async function startTestApi(
     ...(options.now ? { now: options.now } : {}),
     ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
     ...(options.rds ? { rds: options.rds, workflowWaitMs: 10 } : {}),
+    ...(options.route53 ? { route53: options.route53 } : {}),
   });
   const api: TestApi = {
     runtime,

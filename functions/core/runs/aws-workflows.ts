@@ -30,6 +30,7 @@ export function awsWorkflowsFromEnv(env: NodeJS.ProcessEnv = process.env): Workf
     'backup-verification': env.STATE_MACHINE_BACKUP_VERIFICATION,
     'restore-test': env.STATE_MACHINE_RESTORE_TEST,
     'recovery-time-test': env.STATE_MACHINE_RECOVERY_TIME_TEST,
+    'failover-test': env.STATE_MACHINE_FAILOVER_TEST,
   };
   if (!Object.values(machines).some((arn) => arn)) return undefined;
   return awsWorkflows(Object.fromEntries(Object.entries(machines).filter(([, arn]) => arn)));

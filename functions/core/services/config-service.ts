@@ -41,7 +41,12 @@ export interface DrConfig {
   };
   readonly encryption?: DrConfigInput['encryption'];
   /** Where DR tests and restores may write: STAGING's database server (its password in the secret store). */
-  readonly environments?: { readonly STAGING?: { readonly database: DatabaseSource } };
+  readonly environments?: {
+    readonly STAGING?: {
+      readonly database: DatabaseSource;
+      readonly endpoint?: { readonly hostedZoneId: string; readonly recordName: string };
+    };
+  };
 }
 
 interface StoredConfig extends DrConfig {
@@ -122,7 +127,16 @@ export async function replaceConfig(
               ...(source.files === undefined ? {} : { files: source.files }),
             },
           }),
-      ...(stagingDatabase === undefined ? {} : { environments: { STAGING: { database: stagingDatabase } } }),
+      ...(stagingDatabase === undefined
+        ? {}
+        : {
+            environments: {
+              STAGING: {
+                database: stagingDatabase,
+                ...(environments?.STAGING?.endpoint ? { endpoint: environments.STAGING.endpoint } : {}),
+              },
+            },
+          }),
       ...(name === undefined ? {} : { secretName: name }),
     };
     return current

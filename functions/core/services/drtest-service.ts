@@ -48,6 +48,16 @@ export interface DrTestRecord {
   readonly executionArn?: string;
   /** The objectives in force when the test ran (hours). */
   readonly objectives?: { readonly rto: number; readonly rpo: number };
+  /** FAILOVER_TEST: the endpoint record as it was before the switch (failback restores it). */
+  readonly failover?: {
+    readonly endpoint: { readonly hostedZoneId: string; readonly recordName: string };
+    readonly original: {
+      readonly Name?: string;
+      readonly Type?: string;
+      readonly TTL?: number;
+      readonly ResourceRecords?: readonly { readonly Value?: string }[];
+    };
+  };
   /** A scratch database the test created (dropped before it ends, on every path). */
   readonly scratchDatabase?: string;
   readonly results?: DrTestResults;
@@ -57,15 +67,22 @@ const WORKFLOW_OF: Partial<Record<DrTestType, WorkflowName>> = {
   BACKUP_VERIFICATION: 'backup-verification',
   RESTORE_TEST: 'restore-test',
   RECOVERY_TIME_TEST: 'recovery-time-test',
+  FAILOVER_TEST: 'failover-test',
 };
 
 /** POST /api/dr/test: records the test and starts its workflow; 202 with the id and the execution ARN. */
 export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: Actor): Promise<DrTestRecord> {
-  const workflow = WORKFLOW_OF[input.testType];
+  const { manual, ...fields } = input;
+  const workflow = manual ? undefined : WORKFLOW_OF[input.testType];
   if (workflow && !cp.workflows)
     throw new ServiceUnavailableError('DR tests are not deployed here (no workflows)');
   const config = await findConfig(cp);
   if (!config) throw new ConflictError('there is no DR config yet (POST /api/dr/config first)');
+  if (workflow && input.testType === 'FAILOVER_TEST' && input.targetEnvironment === 'PRODUCTION')
+    throw ValidationError.forField(
+      'targetEnvironment',
+      'the FAILOVER_TEST workflow runs against STAGING only: fail production over by hand (POST with manual: true, then record the results)',
+    );
   if (
     workflow &&
     input.testType !== 'BACKUP_VERIFICATION' &&
@@ -81,7 +98,7 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
   const id = newBackupId(now);
   const record: DrTestRecord = {
     id,
-    ...input,
+    ...fields,
     status: 'RUNNING',
     mode: workflow ? 'workflow' : 'manual',
     actor: actor.principal,
