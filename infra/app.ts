@@ -9,6 +9,7 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *   workerSubnets, workerSecurityGroups (comma-separated)
  *                                              run the worker (Lambda and Fargate) in these subnets
  *   workerRunner=fargate                       run backups as Fargate tasks (longer than 15 minutes)
+ *   mailFrom                                   verified SES address DR-test emails are sent from
  */
 export function buildApp(app = new App()): { app: App; controlPlane: ControlPlaneStack } {
   const issuer = app.node.tryGetContext('jwtIssuer') as string | undefined;
@@ -20,6 +21,9 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
     worker: {
       backupBuckets: list('backupBuckets'),
       runner: app.node.tryGetContext('workerRunner') === 'fargate' ? 'fargate' : 'lambda',
+      ...(app.node.tryGetContext('mailFrom')
+        ? { mailFrom: app.node.tryGetContext('mailFrom') as string }
+        : {}),
       ...(subnets.length > 0 ? { network: { subnets, securityGroups: list('workerSecurityGroups') } } : {}),
     },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',

@@ -49,6 +49,11 @@ export interface BackupWorkerProps {
     readonly subnets: readonly string[];
     readonly securityGroups: readonly string[];
   };
+  /**
+   * The SES identity (a verified address) the worker sends DR-test completion emails from. Without it no
+   * email is sent on AWS (the test records why).
+   */
+  readonly mailFrom?: string;
   /** Which runner starts backups: the worker Lambda (≤ 15 minutes) or the Fargate task. @default 'lambda' */
   readonly runner?: 'lambda' | 'fargate';
 }
@@ -116,7 +121,11 @@ export class BackupWorker extends Construct {
       SECRETS_KMS_KEY_ID: props.key.keyArn,
       MASTER_KEY_SECRET: this.masterKey.secretArn,
     };
-    const workerEnvironment = { ...environment, DOWNLOAD_BUCKET: this.downloads.bucketName };
+    const workerEnvironment = {
+      ...environment,
+      DOWNLOAD_BUCKET: this.downloads.bucketName,
+      ...(props.mailFrom ? { MAIL_FROM: props.mailFrom } : {}),
+    };
 
     const workerLogs = new LogGroup(this, 'WorkerLogs', {
       retention: RetentionDays.ONE_YEAR,
@@ -371,6 +380,19 @@ export class BackupWorker extends Construct {
     // RDS/Aurora point-in-time restores: read and restore any instance or cluster (the source is
     // configured at run time), but create, tag and delete only what a restore creates (dr-restore-*): the
     // worker can never delete a database it did not make.
+    if (props.mailFrom) {
+      // SES authorizes a send on the identity used: the address, or its verified domain.
+      const domain = props.mailFrom.split('@')[1]!;
+      grantee.grantPrincipal.addToPrincipalPolicy(
+        new PolicyStatement({
+          actions: ['ses:SendEmail'],
+          resources: [
+            stack.formatArn({ service: 'ses', resource: 'identity', resourceName: props.mailFrom }),
+            stack.formatArn({ service: 'ses', resource: 'identity', resourceName: domain }),
+          ],
+        }),
+      );
+    }
     // FAILOVER_TEST switches the staging endpoint record (the zone is configured at run time) and back.
     grantee.grantPrincipal.addToPrincipalPolicy(
       new PolicyStatement({

@@ -2,7 +2,8 @@ import { masterKeyBytesFromSecret, awsControlPlane } from '../core/runs/aws-cont
 import type { WorkerEvent } from '../core/runs/aws-launcher.ts';
 import { requireEnv } from '../core/env.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
-import { runWorkflowTask } from '../workflows/tasks.ts';
+import { sesMailer } from '../core/mail/ses-mailer.ts';
+import { runWorkflowTask, type WorkflowDeps } from '../workflows/tasks.ts';
 import { exportToBucket } from './export.ts';
 import { applyRetention } from './retention.ts';
 import { executeRun } from './run-backup.ts';
@@ -16,10 +17,17 @@ let key: Promise<MasterKey> | undefined;
 const masterKey = () =>
   (key ??= masterKeyBytesFromSecret(requireEnv('MASTER_KEY_SECRET')).then(masterKeyFrom));
 
+// Completion emails through SES when the stack names a sender (-c mailFrom=…).
+const mailFrom = process.env.MAIL_FROM;
+const workflowDeps: WorkflowDeps = {
+  masterKey,
+  ...(mailFrom ? { notify: sesMailer({ from: mailFrom }) } : {}),
+};
+
 export async function handler(event: WorkerEvent): Promise<unknown> {
   if (event.action === 'retention') return applyRetention(controlPlane, masterKey);
   if (event.action === 'workflow')
-    return runWorkflowTask(controlPlane, { masterKey }, event.task, event.input);
+    return runWorkflowTask(controlPlane, workflowDeps, event.task, event.input);
   if (event.action === 'export')
     return exportToBucket(controlPlane, event.backupId, { bucket: requireEnv('DOWNLOAD_BUCKET'), masterKey });
   const record = await executeRun(controlPlane, event.backupId, { masterKey });

@@ -373,6 +373,28 @@ describe('ControlPlaneStack template', () => {
     ]);
   });
 
+  it('sends DR-test emails through SES from the named address only, when one is named', async () => {
+    const { template } = await synthesize({ mailFrom: 'dr@example.com' });
+    const worker = Object.values(
+      template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
+    )[0]!;
+    expect(worker.Properties.Environment.Variables.MAIL_FROM).toBe('dr@example.com');
+    const statements = Object.values(template.findResources('AWS::IAM::Policy')).flatMap(
+      (policy) => policy.Properties.PolicyDocument.Statement as any[],
+    );
+    const sends = statements.filter((statement) => [statement.Action].flat().includes('ses:SendEmail'));
+    expect(sends.length).toBeGreaterThan(0);
+    for (const statement of sends) {
+      const resources = JSON.stringify(statement.Resource);
+      expect(resources).toContain(':identity/dr@example.com');
+      expect(resources).toContain(':identity/example.com');
+    }
+    const plain = Object.values(synthesized.template.findResources('AWS::IAM::Policy')).flatMap(
+      (policy) => policy.Properties.PolicyDocument.Statement as any[],
+    );
+    expect(plain.some((statement) => [statement.Action].flat().includes('ses:SendEmail'))).toBe(false);
+  });
+
   it('uses a JWT authorizer when given an issuer and audience', async () => {
     const { template } = await synthesize({ jwtIssuer: 'https://issuer.example.com', jwtAudience: 'dr-api' });
     template.hasResourceProperties('AWS::ApiGatewayV2::Authorizer', {
