@@ -8,6 +8,7 @@ import {
   drTestListQuery,
   drTestResultsInput,
   idParams,
+  metricsQuery,
   restoreInput,
   listQuery,
   scheduleInput,
@@ -17,6 +18,12 @@ import { downloadLinks, getBackup, listBackups, startRun } from '../core/service
 import { listFirings } from '../core/services/dispatch-service.ts';
 import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
 import { getRestore, startRestore } from '../core/services/restore-service.ts';
+import {
+  metricsRange,
+  metricsSuccessRate,
+  metricsSummary,
+  metricsViolations,
+} from '../core/services/metrics-service.ts';
 import { retentionPlan } from '../core/services/retention-service.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
 import { getConfig, replaceConfig } from '../core/services/config-service.ts';
@@ -370,6 +377,38 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       handle: async ({ params, body, event }) => ({
         body: await recordDrTestResults(cp, params.id, body, actorOf(event)),
       }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/metrics',
+      operationId: 'getMetrics',
+      summary:
+        'Key figures over startDate..endDate: backup success rate, durations, storage per target, RTO/RPO violations, last restore points, DR-test compliance',
+      tag: 'metrics',
+      query: metricsQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await metricsSummary(cp, metricsRange(cp, query)) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/metrics/violations',
+      operationId: 'getViolations',
+      summary:
+        'RPO and RTO violations overlapping the range: kind, start, end or ongoing, objective, achieved',
+      tag: 'metrics',
+      query: metricsQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await metricsViolations(cp, metricsRange(cp, query)) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/metrics/success-rate',
+      operationId: 'getSuccessRate',
+      summary: 'Backup success rate over the range: overall, per schedule, per target, per day',
+      tag: 'metrics',
+      query: metricsQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await metricsSuccessRate(cp, metricsRange(cp, query)) }),
     }),
     route({
       method: 'GET',

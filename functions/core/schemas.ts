@@ -541,3 +541,9 @@ export const drTestListQuery = z.strictObject({
   testType: z.enum(DR_TEST_TYPES).optional(),
   status: z.enum(['RUNNING', 'PASSED', 'FAILED']).optional(),
 });
+
+/** GET /api/dr/metrics…: the date range (ISO dates or date-times), checked by the service. */
+export const metricsQuery = z.strictObject({
+  startDate: z.string().max(64).optional(),
+  endDate: z.string().max(64).optional(),
+});

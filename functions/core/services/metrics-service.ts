@@ -1,0 +1,174 @@
+import type { ControlPlane } from '../context.ts';
+import { ValidationError } from '../errors.ts';
+import {
+  durations,
+  isGood,
+  rpoViolations,
+  rtoViolations,
+  successRate,
+  type Range,
+  type Violation,
+} from '../metrics.ts';
+import { Partition, type StoredItem } from '../store/table.ts';
+import type { BackupRecord } from './backup-service.ts';
+import { findConfig } from './config-service.ts';
+import type { FiringRecord } from './dispatch-service.ts';
+import { listDrTests, type DrTestRecord } from './drtest-service.ts';
+
+/** `startDate` / `endDate` of the metrics routes: ISO instants or dates; default the last 30 days. */
+export function metricsRange(cp: ControlPlane, query: { startDate?: string; endDate?: string }): Range {
+  const parse = (value: string | undefined, field: string, fallback: number) => {
+    if (value === undefined) return fallback;
+    const parsed = Date.parse(value);
+    if (Number.isNaN(parsed)) throw ValidationError.forField(field, 'must be an ISO 8601 date or date-time');
+    return parsed;
+  };
+  const now = cp.now().getTime();
+  const to = parse(query.endDate, 'endDate', now);
+  const from = parse(query.startDate, 'startDate', to - 30 * 86_400_000);
+  if (from > to) throw ValidationError.forField('startDate', 'must not be after endDate');
+  if (to - from > 366 * 86_400_000)
+    throw ValidationError.forField('startDate', 'the range must be at most 366 days');
+  return { from, to };
+}
+
+interface Facts {
+  readonly backups: BackupRecord[];
+  readonly tests: DrTestRecord[];
+  readonly missed: number[];
+  readonly rpo: number;
+  readonly rto: number;
+}
+
+async function facts(cp: ControlPlane): Promise<Facts> {
+  const [backups, tests, firings, config] = await Promise.all([
+    cp.table.queryAll<StoredItem<BackupRecord>>(Partition.backup),
+    cp.table.queryAll<StoredItem<DrTestRecord>>(Partition.drTest),
+    cp.table.queryAll<StoredItem<FiringRecord>>(Partition.firing),
+    findConfig(cp),
+  ]);
+  return {
+    backups: backups.map((item) => item.data),
+    tests: tests.map((item) => item.data),
+    missed: firings
+      .filter((item) => item.data.status === 'MISSED')
+      .map((item) => Date.parse(item.data.firingTime)),
+    rpo: config?.rpo ?? 1,
+    rto: config?.rto ?? 4,
+  };
+}
+
+function violationsOf(data: Facts, range: Range, now: number): Violation[] {
+  // Only schedules that back up the database protect it against data loss (the RPO is about the database).
+  const database = data.backups.filter(
+    (backup) => backup.database !== undefined || backup.status === 'FAILED',
+  );
+  return [
+    ...rpoViolations(database, data.rpo, range, now, data.missed),
+    ...rtoViolations(
+      data.tests.map((test) => ({
+        id: test.id,
+        testType: test.testType,
+        startedAt: test.startedAt,
+        ...(test.finishedAt ? { finishedAt: test.finishedAt } : {}),
+        ...(test.results?.actualRTO === undefined ? {} : { actualRTO: test.results.actualRTO }),
+        ...(test.objectives ? { objectiveRTO: test.objectives.rto } : {}),
+      })),
+      range,
+    ),
+  ].sort((a, b) => a.start.localeCompare(b.start));
+}
+
+/** GET /api/dr/metrics/violations. */
+export async function metricsViolations(
+  cp: ControlPlane,
+  range: Range,
+): Promise<{ startDate: string; endDate: string; items: Violation[] }> {
+  const data = await facts(cp);
+  return { ...window(range), items: violationsOf(data, range, cp.now().getTime()) };
+}
+
+/** GET /api/dr/metrics/success-rate. */
+export async function metricsSuccessRate(cp: ControlPlane, range: Range) {
+  return { ...window(range), ...successRate((await facts(cp)).backups, range) };
+}
+
+/** GET /api/dr/metrics: the guide's key figures over the range. */
+export async function metricsSummary(cp: ControlPlane, range: Range) {
+  const data = await facts(cp);
+  const now = cp.now().getTime();
+  const violations = violationsOf(data, range, now);
+  const good = data.backups.filter(isGood);
+  const lastRestorePoint = Object.fromEntries(
+    [...new Set(data.backups.map((backup) => backup.scheduleId))].sort().map((scheduleId) => {
+      const newest = good
+        .filter((backup) => backup.scheduleId === scheduleId && backup.restorePoint)
+        .sort((a, b) => (a.restorePoint! < b.restorePoint! ? 1 : -1))[0];
+      return [
+        scheduleId,
+        newest
+          ? {
+              backupId: newest.id,
+              restorePoint: newest.restorePoint,
+              ageHours: Math.round(((now - Date.parse(newest.restorePoint!)) / 3_600_000) * 100) / 100,
+            }
+          : null,
+      ];
+    }),
+  );
+  return {
+    ...window(range),
+    objectives: { rpo: data.rpo, rto: data.rto },
+    backupSuccessRate: successRate(data.backups, range).overall,
+    backupDuration: durations(data.backups, range),
+    storage: storageByTarget(data.backups, range),
+    rpoViolations: violations.filter((violation) => violation.kind === 'RPO').length,
+    rtoViolations: violations.filter((violation) => violation.kind === 'RTO').length,
+    ongoingRpoViolation: violations.some((violation) => violation.kind === 'RPO' && violation.ongoing),
+    lastRestorePoint,
+    testCompliance: (await listDrTests(cp, { limit: 1 })).compliance,
+  };
+}
+
+/**
+ * Per target, from the catalog: bytes written by the backups it still holds, what its newest backup
+ * protects (bytes read from the source), the deduplication and compression ratio (source bytes / bytes
+ * written, over the backups it holds) and the growth over the range (bytes written by backups finished in it).
+ */
+function storageByTarget(backups: readonly BackupRecord[], range: Range) {
+  const byTarget = new Map<
+    string,
+    { stored: number; source: number; growth: number; newest?: BackupRecord }
+  >();
+  for (const backup of backups) {
+    for (const target of backup.targets) {
+      if (target.status !== 'SUCCESS') continue;
+      const entry = byTarget.get(target.targetId) ?? { stored: 0, source: 0, growth: 0 };
+      const written = target.bytesWritten ?? 0;
+      entry.stored += written;
+      entry.source += backup.sizes?.sourceBytes ?? 0;
+      const finished = backup.finishedAt ? Date.parse(backup.finishedAt) : NaN;
+      if (finished >= range.from && finished <= range.to) entry.growth += written;
+      if (!entry.newest || backup.id > entry.newest.id) entry.newest = backup;
+      byTarget.set(target.targetId, entry);
+    }
+  }
+  return Object.fromEntries(
+    [...byTarget]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([targetId, entry]) => [
+        targetId,
+        {
+          bytesStored: entry.stored,
+          bytesProtected: entry.newest?.sizes?.sourceBytes ?? 0,
+          dedupCompressionRatio:
+            entry.stored > 0 ? Math.round((entry.source / entry.stored) * 100) / 100 : null,
+          growthBytes: entry.growth,
+        },
+      ]),
+  );
+}
+
+function window(range: Range): { startDate: string; endDate: string } {
+  return { startDate: new Date(range.from).toISOString(), endDate: new Date(range.to).toISOString() };
+}

@@ -1,0 +1,176 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { Partition } from '../../functions/core/store/table.ts';
+import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
+
+/**
+ * The metrics routes over a synthetic history written into the store, with the runtime's clock fixed:
+ * every figure is exact.
+ */
+const H = 3_600_000;
+const T0 = Date.parse('2026-11-01T00:00:00Z');
+const at = (hours: number) => new Date(T0 + hours * H).toISOString();
+const now = T0 + 30 * H;
+let api: TestApi;
+
+function backup(
+  id: string,
+  start: number,
+  took: number,
+  status: string,
+  extra: Record<string, unknown> = {},
+) {
+  return {
+    id: `2026110${id}T000000000Z-abcdef`,
+    scheduleId: 'hourly',
+    scheduleName: 'hourly',
+    requestedType: 'FULL',
+    type: 'FULL',
+    status,
+    trigger: { kind: 'schedule' },
+    startedAt: at(start),
+    heartbeatAt: at(start + took),
+    finishedAt: at(start + took),
+    restorePoint: at(start),
+    database: { name: 'app', serverVersion: '15', tables: 3 },
+    sizes: { sourceBytes: 1000, storedBytes: 100, chunks: 1, newChunks: 1 },
+    targets: [
+      {
+        targetId: 'primary',
+        name: 'primary',
+        targetType: 'LOCAL',
+        status: status === 'FAILED' ? 'FAILED' : 'SUCCESS',
+        bytesWritten: 100,
+      },
+    ],
+    ...extra,
+  };
+}
+
+beforeAll(async () => {
+  api = await startTestApi({ now: () => new Date(now) });
+  expect((await api.call('POST', '/api/dr/config', { rto: 4, rpo: 2 })).status).toBe(201);
+  const cp = api.runtime.controlPlane;
+  const history = [
+    backup('1', 0, 0.5, 'SUCCESS'),
+    backup('2', 1, 0.5, 'SUCCESS'),
+    backup('3', 5, 0.25, 'FAILED'),
+    backup('4', 10, 1, 'SUCCESS'),
+    backup('5', 11, 0.5, 'PARTIAL'),
+  ];
+  for (const item of history) await cp.table.create(Partition.backup, item.id, item, new Date(now), 'exists');
+  for (const firing of [6, 7])
+    await cp.table.create(
+      Partition.firing,
+      `hourly#${at(firing)}`,
+      { scheduleId: 'hourly', firingTime: at(firing), status: 'MISSED', recordedAt: at(firing) },
+      new Date(now),
+      'exists',
+    );
+  const test = {
+    id: '20261101T200000000Z-abcdef',
+    testType: 'RESTORE_TEST',
+    targetEnvironment: 'STAGING',
+    notifyOnCompletion: false,
+    status: 'PASSED',
+    mode: 'workflow',
+    actor: 'ops',
+    startedAt: at(20),
+    finishedAt: at(25),
+    objectives: { rto: 4, rpo: 2 },
+    results: { success: true, actualRTO: 5, actualRPO: 1, issues: [], participants: [] },
+  };
+  await cp.table.create(Partition.drTest, test.id, test, new Date(now), 'exists');
+});
+afterAll(async () => {
+  await api?.close();
+});
+
+it('lists RPO and RTO violations with their spans, one still going on', async () => {
+  const response = await api.call('GET', `/api/dr/metrics/violations?startDate=${at(0)}&endDate=${at(30)}`);
+  expect(response.status).toBe(200);
+  expect(response.body.items).toEqual([
+    // Newest point 1 h (finished 1.5 h): too old from 3 h until the backup of 10 h finished at 11 h.
+    {
+      kind: 'RPO',
+      start: at(3),
+      end: at(11),
+      ongoing: false,
+      objective: 2,
+      achieved: 10,
+      startsBeforeRange: false,
+      endsAfterRange: false,
+      missedFirings: 2,
+    },
+    // Newest point 11 h (the PARTIAL, finished 11.5 h): too old from 13 h, still so at 30 h.
+    {
+      kind: 'RPO',
+      start: at(13),
+      ongoing: true,
+      objective: 2,
+      achieved: 19,
+      startsBeforeRange: false,
+      endsAfterRange: true,
+      missedFirings: 0,
+    },
+    {
+      kind: 'RTO',
+      start: at(20),
+      end: at(25),
+      ongoing: false,
+      objective: 4,
+      achieved: 5,
+      startsBeforeRange: false,
+      endsAfterRange: false,
+      testId: '20261101T200000000Z-abcdef',
+    },
+  ]);
+  const later = await api.call('GET', `/api/dr/metrics/violations?startDate=${at(12)}&endDate=${at(30)}`);
+  expect(later.body.items.map((item: { kind: string }) => item.kind)).toEqual(['RPO', 'RTO']);
+});
+
+it('gives the success rate overall, per schedule, per target and per day', async () => {
+  const response = await api.call('GET', `/api/dr/metrics/success-rate?startDate=${at(0)}&endDate=${at(30)}`);
+  expect(response.body.overall).toEqual({ total: 5, succeeded: 3, partial: 1, failed: 1, rate: 0.6 });
+  expect(response.body.byTarget.primary).toEqual({
+    total: 5,
+    succeeded: 4,
+    partial: 0,
+    failed: 1,
+    rate: 0.8,
+  });
+  expect(Object.keys(response.body.byDay)).toEqual(['2026-11-01']);
+});
+
+it('summarizes the key figures over the range', async () => {
+  const response = await api.call('GET', `/api/dr/metrics?startDate=${at(0)}&endDate=${at(30)}`);
+  expect(response.status).toBe(200);
+  expect(response.body).toMatchObject({
+    startDate: at(0),
+    endDate: at(30),
+    objectives: { rpo: 2, rto: 4 },
+    backupSuccessRate: { rate: 0.6 },
+    backupDuration: { count: 4, average: 2250, p95: 3600 },
+    storage: {
+      primary: { bytesStored: 400, bytesProtected: 1000, dedupCompressionRatio: 10, growthBytes: 400 },
+    },
+    rpoViolations: 2,
+    rtoViolations: 1,
+    ongoingRpoViolation: true,
+    lastRestorePoint: {
+      hourly: { backupId: '20261105T000000000Z-abcdef', restorePoint: at(11), ageHours: 19 },
+    },
+  });
+  expect(response.body.testCompliance.types.RESTORE_TEST.overdue).toBe(false);
+});
+
+it('validates the date range, naming the field', async () => {
+  const reversed = await api.call('GET', `/api/dr/metrics?startDate=${at(10)}&endDate=${at(0)}`);
+  expect(reversed.status).toBe(400);
+  expect(fieldsOf(reversed)).toEqual(['startDate']);
+  const garbage = await api.call('GET', '/api/dr/metrics/violations?endDate=yesterday');
+  expect(fieldsOf(garbage)).toEqual(['endDate']);
+  const long = await api.call('GET', '/api/dr/metrics?startDate=2020-01-01&endDate=2026-01-01');
+  expect(long.body.error.details[0].message).toBe('the range must be at most 366 days');
+  const unknown = await api.call('GET', '/api/dr/metrics?from=2026-01-01');
+  expect(fieldsOf(unknown)).toEqual(['from']);
+});
