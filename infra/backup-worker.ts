@@ -224,11 +224,17 @@ export class BackupWorker extends Construct {
       entry: 'functions/dispatcher/handler.ts',
       description: 'DR Automation dispatcher: fires due schedules every minute',
       timeout: Duration.seconds(60),
-      environment: { ...environment, ...this.launcherEnvironment },
+      environment: {
+        ...environment,
+        ...this.launcherEnvironment,
+        ...(props.mailFrom ? { MAIL_FROM: props.mailFrom } : {}),
+      },
     });
     props.table.grantReadWriteData(this.dispatcher.function);
     props.key.grantEncryptDecrypt(this.dispatcher.function);
     this.grantLaunch(this.dispatcher.role);
+    // The dispatcher also runs the alert checks every minute, and emails what starts and ends.
+    this.grantMail(this.dispatcher.role, props);
     new Rule(this, 'EveryMinute', {
       description: 'DR Automation: evaluate the backup schedules',
       schedule: Schedule.rate(Duration.minutes(1)),
@@ -380,19 +386,7 @@ export class BackupWorker extends Construct {
     // RDS/Aurora point-in-time restores: read and restore any instance or cluster (the source is
     // configured at run time), but create, tag and delete only what a restore creates (dr-restore-*): the
     // worker can never delete a database it did not make.
-    if (props.mailFrom) {
-      // SES authorizes a send on the identity used: the address, or its verified domain.
-      const domain = props.mailFrom.split('@')[1]!;
-      grantee.grantPrincipal.addToPrincipalPolicy(
-        new PolicyStatement({
-          actions: ['ses:SendEmail'],
-          resources: [
-            stack.formatArn({ service: 'ses', resource: 'identity', resourceName: props.mailFrom }),
-            stack.formatArn({ service: 'ses', resource: 'identity', resourceName: domain }),
-          ],
-        }),
-      );
-    }
+    this.grantMail(grantee, props);
     // FAILOVER_TEST switches the staging endpoint record (the zone is configured at run time) and back.
     grantee.grantPrincipal.addToPrincipalPolicy(
       new PolicyStatement({
@@ -441,6 +435,22 @@ export class BackupWorker extends Construct {
       id: `AwsSolutions::AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(this.downloads.node.defaultChild as CfnElement)}.Arn>/exports/*]`,
       reason: 'Write only, on the exports of the downloads bucket (the worker writes the artifacts there).',
     });
+  }
+
+  /** SES sending from the configured address (or its domain) only, where one is configured. */
+  private grantMail(grantee: IGrantable, props: BackupWorkerProps): void {
+    if (!props.mailFrom) return;
+    const stack = Stack.of(this);
+    const domain = props.mailFrom.split('@')[1]!;
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['ses:SendEmail'],
+        resources: [
+          stack.formatArn({ service: 'ses', resource: 'identity', resourceName: props.mailFrom }),
+          stack.formatArn({ service: 'ses', resource: 'identity', resourceName: domain }),
+        ],
+      }),
+    );
   }
 
   /**

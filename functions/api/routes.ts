@@ -18,6 +18,7 @@ import { downloadLinks, getBackup, listBackups, startRun } from '../core/service
 import { listFirings } from '../core/services/dispatch-service.ts';
 import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
 import { getRestore, startRestore } from '../core/services/restore-service.ts';
+import { listAlerts } from '../core/services/alert-service.ts';
 import {
   metricsRange,
   metricsSuccessRate,
@@ -409,6 +410,16 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       query: metricsQuery,
       status: 200,
       handle: async ({ query }) => ({ body: await metricsSuccessRate(cp, metricsRange(cp, query)) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/alerts',
+      operationId: 'listAlerts',
+      summary:
+        'Alert episodes: open ones first (a failing schedule, the RPO, an overdue DR test type…), since when',
+      tag: 'metrics',
+      status: 200,
+      handle: async () => ({ body: { items: await listAlerts(cp) } }),
     }),
     route({
       method: 'GET',

@@ -24,6 +24,8 @@ import { startLocalDynamo } from './dynamodb.ts';
 import { startServer } from './server.ts';
 import { localWorkflows, type LocalWorkflowOptions } from '../workflows/local.ts';
 import { writeToOutbox } from './outbox.ts';
+import type { MailMessage } from '../core/mail/ses-mailer.ts';
+import { runAlertChecks } from '../core/services/alert-service.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 
@@ -101,6 +103,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
           ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
         });
         await retention();
+        await runAlertChecks(controlPlane, mailer);
       });
       return Promise.resolve();
     },
@@ -153,18 +156,19 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     );
     return true;
   };
-  // Restores and DR tests: the statemachines/ definitions run by the local ASL interpreter; the emails a
-  // test sends land in <dataDir>/outbox as .eml files.
+  // Restores and DR tests: the statemachines/ definitions run by the local ASL interpreter. Emails (test
+  // results, alerts) land in <dataDir>/outbox as .eml files.
   const outbox = join(dataDir, 'outbox');
+  const mailer = async (message: MailMessage) => {
+    await writeToOutbox(outbox, message);
+  };
   let workflowRunner: WorkflowLauncher | undefined;
   const workflows: WorkflowLauncher = {
     start: (workflow, name, input) => {
       workflowRunner ??= localWorkflows(controlPlane, {
         masterKey,
         track,
-        notify: async (message) => {
-          await writeToOutbox(outbox, message);
-        },
+        notify: mailer,
         ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
         ...(options.workflowWaitMs === undefined ? {} : { waitMs: options.workflowWaitMs }),
         ...(options.rds ? { rds: options.rds } : {}),
@@ -197,6 +201,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     intervalMs > 0
       ? setInterval(() => {
           dispatching ??= dispatch(controlPlane, runs)
+            .then(() => runAlertChecks(controlPlane, mailer))
             .then(async () => {
               if (Date.now() - lastRetention < 24 * 60 * 60_000) return;
               lastRetention = Date.now();

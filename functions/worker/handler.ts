@@ -3,6 +3,7 @@ import type { WorkerEvent } from '../core/runs/aws-launcher.ts';
 import { requireEnv } from '../core/env.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
 import { sesMailer } from '../core/mail/ses-mailer.ts';
+import { runAlertChecks } from '../core/services/alert-service.ts';
 import { runWorkflowTask, type WorkflowDeps } from '../workflows/tasks.ts';
 import { exportToBucket } from './export.ts';
 import { applyRetention } from './retention.ts';
@@ -34,6 +35,10 @@ export async function handler(event: WorkerEvent): Promise<unknown> {
   // Retention after every run: it may have made older backups unnecessary.
   await applyRetention(controlPlane, masterKey).catch((error: unknown) =>
     controlPlane.logger.error('retention failed', { error: (error as Error).message }),
+  );
+  // A failed run alerts at once rather than at the dispatcher's next minute.
+  await runAlertChecks(controlPlane, workflowDeps.notify).catch((error: unknown) =>
+    controlPlane.logger.error('alert checks failed', { error: (error as Error).message }),
   );
   return { id: record.id, status: record.status };
 }

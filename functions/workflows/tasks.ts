@@ -18,6 +18,7 @@ import {
   type ResourceRecordSet,
 } from '@aws-sdk/client-route-53';
 import type { ControlPlane } from '../core/context.ts';
+import { runAlertChecks } from '../core/services/alert-service.ts';
 import {
   getBackup,
   isRestorePoint,
@@ -855,7 +856,7 @@ const testTasks: Record<string, Task> = {
     }
     return { dropped: test.scratchDatabase };
   },
-  'test.finish': async (cp, _deps, state) => {
+  'test.finish': async (cp, deps, state) => {
     const test = await getDrTest(cp, state.testId);
     const results = resultsOf(test, state, cp.now());
     const record = await updateDrTest(cp, test.id, (current) => ({
@@ -871,6 +872,10 @@ const testTasks: Record<string, Task> = {
     await cp.audit.append(
       { principal: `workflow:${test.testType}` },
       { action: 'drtest.finish', resource: `drtest/${test.id}`, details: { status: record.status } },
+    );
+    // An RTO violation, or an overdue type that passed again, is alerted now rather than at the next minute.
+    await runAlertChecks(cp, deps.notify).catch((error: unknown) =>
+      cp.logger.error('alert checks failed', { error: (error as Error).message }),
     );
     return { success: results.success, status: record.status };
   },

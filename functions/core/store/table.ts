@@ -40,6 +40,8 @@ export const Partition = {
   restore: 'RESTORE',
   /** DR tests (sort key = test id, time-ordered). */
   drTest: 'DRTEST',
+  /** Alert episodes (sort key = the condition's key): whether one is open, since when. */
+  alert: 'ALERT',
 } as const;
 export type PartitionKey = (typeof Partition)[keyof typeof Partition];
 

@@ -1,0 +1,218 @@
+import type { MailMessage } from '../mail/ses-mailer.ts';
+import type { ControlPlane } from '../context.ts';
+import { ConflictError } from '../errors.ts';
+import { isGood, rpoViolations } from '../metrics.ts';
+import { Partition, type StoredItem } from '../store/table.ts';
+import type { BackupRecord } from './backup-service.ts';
+import { findConfig } from './config-service.ts';
+import { listDrTests, type DrTestRecord } from './drtest-service.ts';
+
+/**
+ * Alerts by email, one per episode: a condition that starts (a schedule's backups fail, the RPO is
+ * violated, a DR test type is overdue) sends one email, repeated checks while it lasts send nothing, and its
+ * end sends a recovery email. One-off events (a DR test that exceeded the RTO) send one email each. The
+ * state of each episode is an `ALERT` item written with conditional writes, so two checks running at once
+ * send one email, not two.
+ */
+export type Mailer = (message: MailMessage) => Promise<void>;
+
+export interface Condition {
+  /** The episode's identity: `backup-failed:<schedule>`, `rpo`, `rto:<test>`, `test-overdue:<type>`. */
+  readonly key: string;
+  readonly active: boolean;
+  /** Events have no end (and no recovery email). */
+  readonly event?: boolean;
+  readonly subject: string;
+  readonly lines: readonly string[];
+  readonly recoverySubject?: string;
+  readonly recoveryLines?: readonly string[];
+}
+
+interface AlertState {
+  readonly key: string;
+  readonly active: boolean;
+  readonly since: string;
+  readonly sentAt: string;
+}
+
+export interface AlertReport {
+  readonly opened: string[];
+  readonly recovered: string[];
+  readonly failed: { key: string; error: string }[];
+}
+
+/** The conditions as they stand now, from the catalog, the firings, the tests and the config. */
+export async function currentConditions(cp: ControlPlane): Promise<Condition[]> {
+  const config = await findConfig(cp);
+  if (!config) return [];
+  const configItem = await cp.table.get(Partition.config, 'CONFIG');
+  const now = cp.now().getTime();
+  const backups = (await cp.table.queryAll<StoredItem<BackupRecord>>(Partition.backup)).map(
+    (item) => item.data,
+  );
+  const conditions: Condition[] = [];
+
+  // A schedule whose newest finished backup failed (or reached only some targets).
+  const schedules = [...new Set(backups.map((backup) => backup.scheduleId))].sort();
+  for (const scheduleId of schedules) {
+    const newest = backups
+      .filter((backup) => backup.scheduleId === scheduleId && backup.status !== 'RUNNING')
+      .sort((a, b) => (a.id < b.id ? 1 : -1))[0];
+    if (!newest) continue;
+    const failing = newest.status === 'FAILED' || newest.status === 'PARTIAL';
+    const reasons = newest.targets
+      .filter((target) => target.status !== 'SUCCESS')
+      .map((target) => `- ${target.name} (${target.targetType}): ${target.error?.message ?? target.status}`);
+    conditions.push({
+      key: `backup-failed:${scheduleId}`,
+      active: failing,
+      subject: `[DR] Backup ${newest.status} — schedule ${newest.scheduleName}`,
+      lines: [
+        `The newest backup of schedule ${newest.scheduleName} (${scheduleId}) is ${newest.status}.`,
+        `Backup ${newest.id}, started ${newest.startedAt}.`,
+        ...(newest.error ? [`Error: ${newest.error}`] : []),
+        ...(reasons.length ? ['Targets that do not hold it:', ...reasons] : []),
+      ],
+      recoverySubject: `[DR] Recovered — backups of schedule ${newest.scheduleName} succeed again`,
+      recoveryLines: [`Backup ${newest.id} of schedule ${newest.scheduleName} succeeded on every target.`],
+    });
+  }
+
+  // The RPO: is it being violated right now?
+  const database = backups.filter((backup) => backup.database !== undefined);
+  const ongoing = rpoViolations(database, config.rpo, { from: 0, to: now + 1 }, now).find(
+    (span) => span.ongoing,
+  );
+  const newestPoint = database
+    .filter((backup) => isGood(backup) && backup.restorePoint)
+    .map((backup) => backup.restorePoint!)
+    .sort()
+    .at(-1);
+  conditions.push({
+    key: 'rpo',
+    active: ongoing !== undefined,
+    subject: `[DR] RPO violated — the newest restore point is older than ${config.rpo} h`,
+    lines: [
+      `Since ${ongoing?.start ?? '?'} the newest restore point (${newestPoint ?? 'none'}) has been older than the RPO of ${config.rpo} h: it is ${ongoing?.achieved ?? '?'} h old now.`,
+      'Check the schedules and the latest backups (GET /api/dr/backups).',
+    ],
+    recoverySubject: `[DR] Recovered — the RPO of ${config.rpo} h is met again`,
+    recoveryLines: [`The newest restore point is ${newestPoint ?? 'none'}.`],
+  });
+
+  // DR tests: RTO violations (one email each), and types overdue (once the config is older than the period).
+  const tests = (await cp.table.queryAll<StoredItem<DrTestRecord>>(Partition.drTest)).map(
+    (item) => item.data,
+  );
+  for (const test of tests) {
+    if (!test.results?.rtoViolated) continue;
+    conditions.push({
+      key: `rto:${test.id}`,
+      active: true,
+      event: true,
+      subject: `[DR] RTO violated — ${test.testType} took ${test.results.actualRTO} h (objective ${test.objectives?.rto} h)`,
+      lines: [
+        `DR test ${test.id} (${test.testType} on ${test.targetEnvironment}) measured an actual RTO of ${test.results.actualRTO} h, more than the objective of ${test.objectives?.rto} h.`,
+        ...test.results.issues.map((issue) => `- ${issue}`),
+      ],
+    });
+  }
+  const compliance = (await listDrTests(cp, { limit: 1 })).compliance;
+  const configured = configItem ? Date.parse(configItem.createdAt) : now;
+  const grace = config.testFrequencyDays * 86_400_000;
+  for (const [type, state] of Object.entries(compliance.types)) {
+    const overdue = state.overdue && now - configured > grace;
+    conditions.push({
+      key: `test-overdue:${type}`,
+      active: overdue,
+      subject: `[DR] DR test overdue — ${type} has not passed in ${config.testFrequencyDays} days`,
+      lines: [
+        state.lastPassedAt
+          ? `${type} last passed at ${state.lastPassedAt} (test ${state.lastTestId}); it was due at ${state.dueAt}.`
+          : `${type} has never passed since the DR config was created.`,
+        `Start one with POST /api/dr/test {"testType": "${type}"}.`,
+      ],
+      recoverySubject: `[DR] Recovered — ${type} passed again`,
+      recoveryLines: [`${type} passed at ${state.lastPassedAt ?? '?'}.`],
+    });
+  }
+  return conditions;
+}
+
+/** The episodes on record, open ones first (GET /api/dr/alerts). */
+export async function listAlerts(cp: ControlPlane): Promise<AlertState[]> {
+  const items = await cp.table.queryAll<StoredItem<AlertState>>(Partition.alert);
+  return items
+    .map((item) => item.data)
+    .sort((a, b) => Number(b.active) - Number(a.active) || b.since.localeCompare(a.since));
+}
+
+/** Compares the conditions with the episodes on record and sends what changed. */
+export async function runAlertChecks(cp: ControlPlane, mailer: Mailer | undefined): Promise<AlertReport> {
+  const report: AlertReport = { opened: [], recovered: [], failed: [] };
+  const config = await findConfig(cp);
+  const to = config?.notificationEmails ?? [];
+  const conditions = await currentConditions(cp);
+  const now = cp.now().toISOString();
+  for (const condition of conditions) {
+    const stored = await cp.table.get<AlertState>(Partition.alert, condition.key);
+    try {
+      if (condition.active && !stored?.data.active) {
+        // Claim the episode first: a concurrent check that loses the claim sends nothing.
+        const state: AlertState = { key: condition.key, active: true, since: now, sentAt: now };
+        const claimed = stored
+          ? await cp.table.replace(stored, state, cp.now())
+          : await cp.table.create(Partition.alert, condition.key, state, cp.now(), 'claimed');
+        try {
+          await send(mailer, to, condition.subject, condition.lines);
+        } catch (error) {
+          // Not sent: give the claim back, so the next check tries again.
+          await cp.table.delete(claimed).catch(() => undefined);
+          throw error;
+        }
+        report.opened.push(condition.key);
+      } else if (!condition.active && stored?.data.active && !condition.event) {
+        const closed = await cp.table.replace(
+          stored,
+          { ...stored.data, active: false, sentAt: now },
+          cp.now(),
+        );
+        try {
+          await send(
+            mailer,
+            to,
+            condition.recoverySubject ?? `[DR] Recovered — ${condition.key}`,
+            condition.recoveryLines ?? [],
+          );
+        } catch (error) {
+          await cp.table.replace(closed, stored.data, cp.now()).catch(() => undefined);
+          throw error;
+        }
+        report.recovered.push(condition.key);
+      }
+    } catch (error) {
+      if (error instanceof ConflictError) continue; // another check handled this transition
+      report.failed.push({ key: condition.key, error: (error as Error).message });
+      cp.logger.error('alert not sent', { key: condition.key, error: (error as Error).message });
+    }
+  }
+  if (report.opened.length + report.recovered.length > 0)
+    cp.logger.info('alerts sent', { opened: report.opened.length, recovered: report.recovered.length });
+  return report;
+}
+
+async function send(
+  mailer: Mailer | undefined,
+  to: readonly string[],
+  subject: string,
+  lines: readonly string[],
+) {
+  if (!mailer || to.length === 0) return;
+  const text = `${lines.join('\n')}\n\n— DR Automation\n`;
+  const html = `<html><body>${lines.map((line) => `<p>${escapeHtml(line)}</p>`).join('')}<p>— DR Automation</p></body></html>`;
+  await mailer({ to, subject, text, html });
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
+}
