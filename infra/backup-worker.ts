@@ -124,6 +124,7 @@ export class BackupWorker extends Construct {
     const workerEnvironment = {
       ...environment,
       DOWNLOAD_BUCKET: this.downloads.bucketName,
+      DR_METRICS: 'emf',
       ...(props.mailFrom ? { MAIL_FROM: props.mailFrom } : {}),
     };
 
@@ -196,7 +197,8 @@ export class BackupWorker extends Construct {
       image: ContainerImage.fromDockerImageAsset(image),
       entryPoint: ['node'],
       command: ['/var/task/index.mjs'],
-      environment: workerEnvironment,
+      // EMF lines to stdout (awslogs ships them); no CloudWatch agent sidecar needed.
+      environment: { ...workerEnvironment, AWS_EMF_ENVIRONMENT: 'Local' },
       logging: LogDrivers.awsLogs({ streamPrefix: 'worker', logGroup: taskLogs }),
     });
     this.cluster = new CfnCluster(this, 'Cluster', {
@@ -227,6 +229,7 @@ export class BackupWorker extends Construct {
       environment: {
         ...environment,
         ...this.launcherEnvironment,
+        DR_METRICS: 'emf',
         ...(props.mailFrom ? { MAIL_FROM: props.mailFrom } : {}),
       },
     });

@@ -17,6 +17,7 @@ import type { Construct } from 'constructs';
 import { TABLE_KEYS } from '../functions/core/store/table.ts';
 import { BackupWorker, type BackupWorkerProps } from './backup-worker.ts';
 import { Workflows } from './workflows.ts';
+import { Monitoring } from './monitoring.ts';
 import { DrFunction } from './dr-function.ts';
 
 export interface JwtAuthorization {
@@ -47,6 +48,7 @@ export class ControlPlaneStack extends Stack {
   readonly key: Key;
   readonly worker: BackupWorker;
   readonly workflows: Workflows;
+  readonly monitoring: Monitoring;
 
   constructor(scope: Construct, id: string, props: ControlPlaneStackProps = {}) {
     super(scope, id, props);
@@ -100,6 +102,7 @@ export class ControlPlaneStack extends Stack {
     this.worker.grantDownloads(fn);
     this.workflows = new Workflows(this, 'Workflows', { worker: this.worker.workerFunction });
     this.workflows.grantStart(fn);
+    this.monitoring = new Monitoring(this, 'Monitoring');
     this.table.grantReadWriteData(fn);
     this.key.grantEncryptDecrypt(fn);
     fn.addToRolePolicy(

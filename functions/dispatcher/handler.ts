@@ -1,6 +1,7 @@
 import { awsControlPlane } from '../core/runs/aws-control-plane.ts';
 import { sesMailer } from '../core/mail/ses-mailer.ts';
-import { runAlertChecks } from '../core/services/alert-service.ts';
+import { emitHealthMetrics } from '../core/cloudwatch.ts';
+import { healthFigures, runAlertChecks } from '../core/services/alert-service.ts';
 import { dispatch } from '../core/services/dispatch-service.ts';
 
 /**
@@ -19,6 +20,9 @@ export async function handler(): Promise<unknown> {
   // Every minute too: the alert checks (one email per episode, a recovery email when it ends).
   await runAlertChecks(controlPlane, mailer).catch((error: unknown) =>
     controlPlane.logger.error('alert checks failed', { error: (error as Error).message }),
+  );
+  await emitHealthMetrics(await healthFigures(controlPlane)).catch((error: unknown) =>
+    controlPlane.logger.error('metrics not emitted', { error: (error as Error).message }),
   );
   controlPlane.logger.info('dispatched', {
     started: result.started.length,

@@ -4,6 +4,7 @@ import { requireEnv } from '../core/env.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
 import { sesMailer } from '../core/mail/ses-mailer.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
+import { emitBackupMetrics } from '../core/cloudwatch.ts';
 import { runWorkflowTask, type WorkflowDeps } from '../workflows/tasks.ts';
 import { exportToBucket } from './export.ts';
 import { applyRetention } from './retention.ts';
@@ -32,6 +33,9 @@ export async function handler(event: WorkerEvent): Promise<unknown> {
   if (event.action === 'export')
     return exportToBucket(controlPlane, event.backupId, { bucket: requireEnv('DOWNLOAD_BUCKET'), masterKey });
   const record = await executeRun(controlPlane, event.backupId, { masterKey });
+  await emitBackupMetrics(record).catch((error: unknown) =>
+    controlPlane.logger.error('metrics not emitted', { error: (error as Error).message }),
+  );
   // Retention after every run: it may have made older backups unnecessary.
   await applyRetention(controlPlane, masterKey).catch((error: unknown) =>
     controlPlane.logger.error('retention failed', { error: (error as Error).message }),

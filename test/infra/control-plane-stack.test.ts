@@ -395,6 +395,51 @@ describe('ControlPlaneStack template', () => {
     expect(plain.some((statement) => [statement.Action].flat().includes('ses:SendEmail'))).toBe(false);
   });
 
+  it('alarms on failed backups, the RPO (and a silent dispatcher) and overdue DR tests, with a dashboard', () => {
+    const { template } = synthesized;
+    const alarms = Object.values(template.findResources('AWS::CloudWatch::Alarm')).map(
+      (alarm) => alarm.Properties,
+    );
+    expect(
+      alarms
+        .map((alarm) => [
+          alarm.Namespace,
+          alarm.MetricName,
+          alarm.Statistic,
+          alarm.Threshold,
+          alarm.TreatMissingData,
+        ])
+        .sort(),
+    ).toEqual([
+      ['DrAutomation', 'BackupFailed', 'Sum', 1, 'notBreaching'],
+      ['DrAutomation', 'DrTestsOverdue', 'Maximum', 1, 'notBreaching'],
+      ['DrAutomation', 'RpoViolated', 'Maximum', 1, 'breaching'],
+    ]);
+    const dashboards = Object.values(template.findResources('AWS::CloudWatch::Dashboard'));
+    expect(dashboards).toHaveLength(1);
+    const body = JSON.stringify(dashboards[0]!.Properties.DashboardBody);
+    for (const name of [
+      'BackupSucceeded',
+      'BackupFailed',
+      'BackupDuration',
+      'BackupBytesStored',
+      'RpoAgeHours',
+      'DrTestsOverdue',
+    ])
+      expect(body).toContain(name);
+    // The worker and the dispatcher write the metrics (EMF); the Fargate task to stdout.
+    const functions = Object.values(template.findResources('AWS::Lambda::Function'));
+    const emitting = functions.filter((fn) => fn.Properties.Environment?.Variables?.DR_METRICS === 'emf');
+    expect(emitting).toHaveLength(2);
+    const task = Object.values(template.findResources('AWS::ECS::TaskDefinition'))[0]!;
+    expect(task.Properties.ContainerDefinitions[0].Environment).toEqual(
+      expect.arrayContaining([
+        { Name: 'DR_METRICS', Value: 'emf' },
+        { Name: 'AWS_EMF_ENVIRONMENT', Value: 'Local' },
+      ]),
+    );
+  });
+
   it('uses a JWT authorizer when given an issuer and audience', async () => {
     const { template } = await synthesize({ jwtIssuer: 'https://issuer.example.com', jwtAudience: 'dr-api' });
     template.hasResourceProperties('AWS::ApiGatewayV2::Authorizer', {

@@ -139,6 +139,30 @@ export async function currentConditions(cp: ControlPlane): Promise<Condition[]> 
   return conditions;
 }
 
+/** The figures the dispatcher publishes every minute (CloudWatch), from the same conditions. */
+export async function healthFigures(
+  cp: ControlPlane,
+): Promise<{ rpoAgeHours: number | undefined; rpoViolated: boolean; testsOverdue: number }> {
+  const conditions = await currentConditions(cp);
+  const backups = (await cp.table.queryAll<StoredItem<BackupRecord>>(Partition.backup)).map(
+    (item) => item.data,
+  );
+  const newest = backups
+    .filter((backup) => backup.database !== undefined && isGood(backup) && backup.restorePoint)
+    .map((backup) => Date.parse(backup.restorePoint!))
+    .sort((a, b) => b - a)[0];
+  return {
+    rpoAgeHours:
+      newest === undefined
+        ? undefined
+        : Math.round(((cp.now().getTime() - newest) / 3_600_000) * 1000) / 1000,
+    rpoViolated: conditions.some((condition) => condition.key === 'rpo' && condition.active),
+    testsOverdue: conditions.filter(
+      (condition) => condition.key.startsWith('test-overdue:') && condition.active,
+    ).length,
+  };
+}
+
 /** The episodes on record, open ones first (GET /api/dr/alerts). */
 export async function listAlerts(cp: ControlPlane): Promise<AlertState[]> {
   const items = await cp.table.queryAll<StoredItem<AlertState>>(Partition.alert);
