@@ -20,6 +20,7 @@ import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../cor
 import { getRestore, startRestore } from '../core/services/restore-service.ts';
 import { listAlerts } from '../core/services/alert-service.ts';
 import {
+  complianceView,
   metricsRange,
   metricsSuccessRate,
   metricsSummary,
@@ -410,6 +411,16 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       query: metricsQuery,
       status: 200,
       handle: async ({ query }) => ({ body: await metricsSuccessRate(cp, metricsRange(cp, query)) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/metrics/compliance',
+      operationId: 'getCompliance',
+      summary:
+        'The 3-2-1 view per schedule: copies, media, off-site and immutable copies of the newest restore point, the newest restore test, and what is missing',
+      tag: 'metrics',
+      status: 200,
+      handle: async () => ({ body: await complianceView(cp) }),
     }),
     route({
       method: 'GET',

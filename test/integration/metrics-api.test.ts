@@ -174,3 +174,61 @@ it('validates the date range, naming the field', async () => {
   const unknown = await api.call('GET', '/api/dr/metrics?from=2026-01-01');
   expect(fieldsOf(unknown)).toEqual(['from']);
 });
+
+it('shows the 3-2-1 view per schedule, with what is missing to comply', async () => {
+  const targets = [
+    {
+      id: 'offsite-s3',
+      targetType: 'S3',
+      config: { bucket: 'dr-offsite', region: 'eu-west-1', objectLock: { mode: 'GOVERNANCE', days: 30 } },
+    },
+    {
+      id: 'nas',
+      targetType: 'SFTP',
+      config: { host: 'nas.internal', username: 'backup', password: 'x', path: '/dr' },
+    },
+  ];
+  for (const target of targets) expect((await api.call('POST', '/api/dr/targets', target)).status).toBe(201);
+  const nightly = {
+    ...backup('6', 12, 0.5, 'SUCCESS'),
+    scheduleId: 'nightly',
+    scheduleName: 'nightly',
+    targets: ['primary', 'offsite-s3', 'nas'].map((targetId) => ({
+      targetId,
+      name: targetId,
+      targetType: targetId === 'primary' ? 'LOCAL' : 'recorded by the run',
+      status: 'SUCCESS',
+      bytesWritten: 100,
+    })),
+  };
+  await api.runtime.controlPlane.table.create(Partition.backup, nightly.id, nightly, new Date(now), 'exists');
+
+  const response = await api.call('GET', '/api/dr/metrics/compliance');
+  expect(response.status).toBe(200);
+  const [hourly, full] = response.body.items;
+  expect(full).toMatchObject({
+    scheduleId: 'nightly',
+    copies: 4,
+    media: 3,
+    offsite: 2,
+    immutable: 1,
+    newestRestoreTestPassed: true,
+    compliant: true,
+    missing: [],
+  });
+  expect(full.targets).toEqual([
+    { targetId: 'primary', targetType: 'LOCAL', medium: 'local disk', offsite: false, immutable: false },
+    { targetId: 'offsite-s3', targetType: 'S3', medium: 'Amazon S3', offsite: true, immutable: true },
+    { targetId: 'nas', targetType: 'SFTP', medium: 'server nas.internal', offsite: true, immutable: false },
+  ]);
+  expect(hourly).toMatchObject({
+    scheduleId: 'hourly',
+    copies: 2,
+    compliant: false,
+    missing: [
+      '1 more copy (a target holding the backup)',
+      'a second medium or provider among the targets',
+      'an off-site copy (another provider, region or host)',
+    ],
+  });
+});

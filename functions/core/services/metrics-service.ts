@@ -172,3 +172,99 @@ function storageByTarget(backups: readonly BackupRecord[], range: Range) {
 function window(range: Range): { startDate: string; endDate: string } {
   return { startDate: new Date(range.from).toISOString(), endDate: new Date(range.to).toISOString() };
 }
+
+/**
+ * The 3-2-1 view, per schedule, for its newest restore point: copies (the source plus each target holding
+ * it), distinct media/providers among the targets, copies off-site, copies immutable, and whether the newest
+ * restore test passed. Compliant = at least 3 copies, 2 media, 1 off-site, and a passing restore test.
+ *
+ * Off-site: another provider than the source, or another region of it (an S3 target in another region than
+ * an RDS source; any S3 target when the source is not RDS), or another host (FTP/SFTP); a LOCAL target never
+ * is. Immutable: S3 with Object Lock.
+ */
+export async function complianceView(cp: ControlPlane) {
+  const [backups, targets, tests, config] = await Promise.all([
+    cp.table.queryAll<StoredItem<BackupRecord>>(Partition.backup),
+    cp.table.queryAll<StoredItem<{ id: string; targetType: string; config: Record<string, unknown> }>>(
+      Partition.target,
+    ),
+    cp.table.queryAll<StoredItem<DrTestRecord>>(Partition.drTest),
+    findConfig(cp),
+  ]);
+  const byId = new Map(targets.map((item) => [item.data.id, item.data]));
+  const sourceRegion = config?.source?.rds?.region;
+  const rds = config?.source?.rds !== undefined;
+  const databaseHost = (() => {
+    const url = config?.source?.database?.url;
+    return url ? new URL(url).hostname : config?.source?.database?.host;
+  })();
+  const restoreTest = tests
+    .map((item) => item.data)
+    .filter(
+      (test) =>
+        (test.testType === 'RESTORE_TEST' || test.testType === 'RECOVERY_TIME_TEST') && test.finishedAt,
+    )
+    .sort((a, b) => (a.id < b.id ? 1 : -1))[0];
+  const schedules = [...new Set(backups.map((item) => item.data.scheduleId))].sort();
+  const items = schedules.map((scheduleId) => {
+    const newest = backups
+      .map((item) => item.data)
+      .filter((backup) => backup.scheduleId === scheduleId && isGood(backup))
+      .sort((a, b) => (a.id < b.id ? 1 : -1))[0];
+    const holding = (newest?.targets ?? []).filter((target) => target.status === 'SUCCESS');
+    const described = holding.map((target) => {
+      const stored = byId.get(target.targetId);
+      const type = stored?.targetType ?? target.targetType;
+      const targetConfig = stored?.config ?? {};
+      const medium =
+        type === 'LOCAL'
+          ? 'local disk'
+          : type === 'FTP' || type === 'SFTP'
+            ? `server ${String(targetConfig.host)}`
+            : type === 'S3'
+              ? 'Amazon S3'
+              : type === 'AZURE'
+                ? 'Azure Blob'
+                : type === 'GCP'
+                  ? 'Google Cloud Storage'
+                  : `unknown (${type})`;
+      const offsite =
+        type === 'LOCAL'
+          ? false
+          : type === 'S3'
+            ? !rds || (sourceRegion !== undefined && targetConfig.region !== sourceRegion)
+            : type === 'FTP' || type === 'SFTP'
+              ? targetConfig.host !== databaseHost
+              : type === 'AZURE' || type === 'GCP';
+      const immutable = type === 'S3' && targetConfig.objectLock !== undefined;
+      return { targetId: target.targetId, targetType: type, medium, offsite, immutable };
+    });
+    const copies = newest ? 1 + described.length : 1;
+    const media = new Set(described.map((target) => target.medium)).size;
+    const offsite = described.filter((target) => target.offsite).length;
+    const immutable = described.filter((target) => target.immutable).length;
+    const tested = restoreTest?.status === 'PASSED';
+    const missing = [
+      ...(newest ? [] : ['no restore point yet']),
+      ...(copies < 3
+        ? [`${3 - copies} more cop${3 - copies === 1 ? 'y' : 'ies'} (a target holding the backup)`]
+        : []),
+      ...(media < 2 ? ['a second medium or provider among the targets'] : []),
+      ...(offsite < 1 ? ['an off-site copy (another provider, region or host)'] : []),
+      ...(tested ? [] : ['a passing restore test (RESTORE_TEST or RECOVERY_TIME_TEST)']),
+    ];
+    return {
+      scheduleId,
+      backupId: newest?.id ?? null,
+      copies,
+      media,
+      offsite,
+      immutable,
+      newestRestoreTestPassed: tested,
+      targets: described,
+      compliant: missing.length === 0,
+      missing,
+    };
+  });
+  return { rule: '3 copies, 2 media, 1 off-site, and a passing restore test', items };
+}
