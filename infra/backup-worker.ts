@@ -236,8 +236,23 @@ export class BackupWorker extends Construct {
     props.table.grantReadWriteData(this.dispatcher.function);
     props.key.grantEncryptDecrypt(this.dispatcher.function);
     this.grantLaunch(this.dispatcher.role);
-    // The dispatcher also runs the alert checks every minute, and emails what starts and ends.
+    // The dispatcher also runs the alert checks every minute, and emails what starts and ends; the
+    // storage-capacity checks open targets (their secrets, the named buckets), at most hourly each.
     this.grantMail(this.dispatcher.role, props);
+    this.dispatcher.role.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
+        resources: [
+          Stack.of(this).formatArn({
+            service: 'secretsmanager',
+            resource: 'secret',
+            resourceName: `${props.secretPrefix}/*`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ],
+      }),
+    );
+    this.grantBuckets(this.dispatcher.role);
     new Rule(this, 'EveryMinute', {
       description: 'DR Automation: evaluate the backup schedules',
       schedule: Schedule.rate(Duration.minutes(1)),

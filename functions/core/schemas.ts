@@ -272,6 +272,17 @@ const targetOf = <T extends TargetType, C extends z.ZodType>(targetType: T, conf
     name: label.optional(),
     targetType: z.literal(targetType),
     config,
+    /**
+     * Storage-capacity warnings: an alert when the target's free space falls below `minFreeBytes` (where
+     * the medium tells: LOCAL, SFTP, FTP with AVBL) or what it stores exceeds `maxStoredBytes`. Measured at
+     * most hourly.
+     */
+    capacity: z
+      .strictObject({
+        minFreeBytes: z.number().int().min(0).optional(),
+        maxStoredBytes: z.number().int().min(1).optional(),
+      })
+      .optional(),
     /** The version the client last read; a mismatch is refused with 409 (optimistic concurrency). */
     version: z.number().int().min(1).optional(),
   });

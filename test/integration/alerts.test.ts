@@ -152,6 +152,52 @@ it('sends one email per DR test that exceeded the RTO, and says when a test type
   expect(mail.text).not.toMatch(/password|secret/i);
 });
 
+it('warns when a target stores more, or has less free space, than its thresholds, and when it is back within them', async () => {
+  const cp = api.runtime.controlPlane;
+  sent.length = 0;
+  const dir = await mkdtemp(join(tmpdir(), 'dr-capacity-'));
+  await writeFile(join(dir, 'pack'), Buffer.alloc(2 * 1024 * 1024));
+  const target = (capacity: Record<string, number>) => ({
+    id: 'disk',
+    name: 'disk',
+    targetType: 'LOCAL',
+    config: { path: dir },
+    capacity,
+  });
+  expect((await api.call('POST', '/api/dr/targets', target({ maxStoredBytes: 1024 * 1024 }))).status).toBe(
+    201,
+  );
+  expect((await runAlertChecks(cp, mailer)).opened).toContain('capacity:disk');
+  const warning = sent.find((mail) => mail.subject === '[DR] Storage capacity warning — target disk')!;
+  expect(warning.text).toContain('- it stores 2.0 MiB, more than the threshold of 1.0 MiB');
+
+  // A higher threshold: back within it (the hourly measurement is reused), one recovery email.
+  const current = await api.call('GET', '/api/dr/targets/disk');
+  expect(
+    (
+      await api.call('PUT', '/api/dr/targets/disk', {
+        ...target({ maxStoredBytes: 10 * 1024 * 1024 }),
+        version: current.body.version,
+      })
+    ).status,
+  ).toBe(200);
+  expect((await runAlertChecks(cp, mailer)).recovered).toEqual(['capacity:disk']);
+
+  // Free space below a (huge) minimum, measured again an hour later.
+  const again = await api.call('GET', '/api/dr/targets/disk');
+  const huge = await api.call('PUT', '/api/dr/targets/disk', {
+    ...target({ minFreeBytes: 2 ** 50 }),
+    version: again.body.version,
+  });
+  expect(huge.status).toBe(200);
+  clock += 61 * 60_000;
+  expect((await runAlertChecks(cp, mailer)).opened).toEqual(['capacity:disk']);
+  expect(sent.at(-1)!.text).toMatch(/- free space .* is below the threshold of 1\.0 PiB/);
+  const episodes = (await api.call('GET', '/api/dr/alerts')).body.items;
+  expect(episodes[0]).toMatchObject({ key: 'capacity:disk', active: true });
+  expect(episodes.some((item: { key: string }) => item.key.startsWith('usage:'))).toBe(false);
+});
+
 it('in the local runtime, a failed run puts an alert in the outbox', async () => {
   const local = await startTestApi();
   try {

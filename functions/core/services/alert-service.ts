@@ -6,6 +6,7 @@ import { Partition, type StoredItem } from '../store/table.ts';
 import type { BackupRecord } from './backup-service.ts';
 import { findConfig } from './config-service.ts';
 import { listDrTests, type DrTestRecord } from './drtest-service.ts';
+import { targetUsage, type Target } from './target-service.ts';
 
 /**
  * Alerts by email, one per episode: a condition that starts (a schedule's backups fail, the RPO is
@@ -136,7 +137,92 @@ export async function currentConditions(cp: ControlPlane): Promise<Condition[]> 
       recoveryLines: [`${type} passed at ${state.lastPassedAt ?? '?'}.`],
     });
   }
+  conditions.push(...(await capacityConditions(cp)));
   return conditions;
+}
+
+const USAGE_MAX_AGE_MS = 60 * 60_000;
+
+interface UsageMeasurement {
+  readonly measuredAt: string;
+  readonly bytesStored?: number;
+  readonly bytesFree?: number;
+}
+
+/**
+ * Storage capacity of the targets that have thresholds: measured (by listing the target) at most hourly,
+ * the measurement kept in the `ALERT` partition (`usage:<target>`). A target that cannot be measured now
+ * keeps its episode as it is.
+ */
+async function capacityConditions(cp: ControlPlane): Promise<Condition[]> {
+  const targets = (await cp.table.queryAll<StoredItem<Target>>(Partition.target)).map((item) => item.data);
+  const conditions: Condition[] = [];
+  for (const target of targets) {
+    const { minFreeBytes, maxStoredBytes } = target.capacity ?? {};
+    if (minFreeBytes === undefined && maxStoredBytes === undefined) continue;
+    const key = `usage:${target.id}`;
+    const stored = await cp.table.get<UsageMeasurement>(Partition.alert, key);
+    let usage = stored?.data;
+    if (!usage || cp.now().getTime() - Date.parse(usage.measuredAt) > USAGE_MAX_AGE_MS) {
+      const measured = await targetUsage(cp, target.id);
+      if (!measured.ok) {
+        cp.logger.warn('capacity not measured', { target: target.id, error: measured.error?.message ?? '' });
+        const previous = await cp.table.get<AlertState>(Partition.alert, `capacity:${target.id}`);
+        if (previous?.data.active)
+          conditions.push({ key: `capacity:${target.id}`, active: true, subject: '', lines: [] });
+        continue;
+      }
+      usage = {
+        measuredAt: cp.now().toISOString(),
+        ...(measured.bytesStored === undefined ? {} : { bytesStored: measured.bytesStored }),
+        ...(measured.bytesFree === undefined ? {} : { bytesFree: measured.bytesFree }),
+      };
+      if (stored) await cp.table.replace(stored, usage, cp.now()).catch(() => undefined);
+      else await cp.table.create(Partition.alert, key, usage, cp.now(), 'measured').catch(() => undefined);
+    }
+    const problems = [
+      ...(minFreeBytes !== undefined && usage.bytesFree !== undefined && usage.bytesFree < minFreeBytes
+        ? [
+            `free space ${formatBytes(usage.bytesFree)} is below the threshold of ${formatBytes(minFreeBytes)}`,
+          ]
+        : []),
+      ...(maxStoredBytes !== undefined &&
+      usage.bytesStored !== undefined &&
+      usage.bytesStored > maxStoredBytes
+        ? [
+            `it stores ${formatBytes(usage.bytesStored)}, more than the threshold of ${formatBytes(maxStoredBytes)}`,
+          ]
+        : []),
+    ];
+    conditions.push({
+      key: `capacity:${target.id}`,
+      active: problems.length > 0,
+      subject: `[DR] Storage capacity warning — target ${target.name}`,
+      lines: [
+        `Target ${target.name} (${target.targetType}), measured ${usage.measuredAt}:`,
+        ...problems.map((problem) => `- ${problem}`),
+        'Free space on the target, or raise its thresholds (capacity in PUT /api/dr/targets/{id}).',
+      ],
+      recoverySubject: `[DR] Recovered — target ${target.name} is within its capacity thresholds`,
+      recoveryLines: [
+        `Target ${target.name}: ${usage.bytesStored === undefined ? '' : `${formatBytes(usage.bytesStored)} stored`}${
+          usage.bytesFree === undefined ? '' : `, ${formatBytes(usage.bytesFree)} free`
+        }.`,
+      ],
+    });
+  }
+  return conditions;
+}
+
+function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
 /** The figures the dispatcher publishes every minute (CloudWatch), from the same conditions. */
@@ -167,6 +253,7 @@ export async function healthFigures(
 export async function listAlerts(cp: ControlPlane): Promise<AlertState[]> {
   const items = await cp.table.queryAll<StoredItem<AlertState>>(Partition.alert);
   return items
+    .filter((item) => !item.sk.startsWith('usage:'))
     .map((item) => item.data)
     .sort((a, b) => Number(b.active) - Number(a.active) || b.since.localeCompare(a.since));
 }

@@ -28,6 +28,8 @@ export interface Target {
   readonly secretsSet: readonly string[];
   /** Things an operator should know about this target's settings (credentials in clear, no pinned key…). */
   readonly warnings: readonly string[];
+  /** Storage-capacity alert thresholds. */
+  readonly capacity?: { readonly minFreeBytes?: number; readonly maxStoredBytes?: number };
 }
 
 interface StoredTarget extends Target {
@@ -266,6 +268,7 @@ function describe(
     config: publicConfig,
     secretsSet,
     warnings: warnings(input.targetType, publicConfig),
+    ...(input.capacity ? { capacity: input.capacity } : {}),
     ...(name === undefined ? {} : { secretName: name }),
   };
 }
