@@ -19,6 +19,7 @@ import {
 } from '@aws-sdk/client-route-53';
 import type { ControlPlane } from '../core/context.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
+import { mailBody, type MailMessage } from '../core/mail/ses-mailer.ts';
 import {
   getBackup,
   isRestorePoint,
@@ -71,7 +72,7 @@ export interface WorkflowDeps {
   /** The RDS client for a region (tests: one pointed at a local RDS-API server). */
   readonly rds?: (region: string | undefined) => RDSClient;
   /** Sends the completion email of a test (absent: the notification is recorded as not sent). */
-  readonly notify?: (message: { to: readonly string[]; subject: string; text: string }) => Promise<void>;
+  readonly notify?: (message: MailMessage) => Promise<void>;
 }
 
 /** A Step Functions error as a Catch puts it under ResultPath. */
@@ -902,7 +903,7 @@ const testTasks: Record<string, Task> = {
           ]),
       ...(results?.issues.length ? ['Issues:', ...results.issues.map((issue) => `- ${issue}`)] : []),
     ];
-    await deps.notify({ to, subject, text: `${lines.join('\n')}\n` });
+    await deps.notify({ to, subject, ...mailBody(lines) });
     return { sent: true, to: to.length };
   },
 };

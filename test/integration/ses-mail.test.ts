@@ -1,6 +1,8 @@
 import { CreateEmailIdentityCommand, SESv2Client } from '@aws-sdk/client-sesv2';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { sesMailer } from '../../functions/core/mail/ses-mailer.ts';
+import { runAlertChecks } from '../../functions/core/services/alert-service.ts';
+import { Partition } from '../../functions/core/store/table.ts';
 import { runWorkflowTask } from '../../functions/workflows/tasks.ts';
 import { testKey } from '../support/engine.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
@@ -80,4 +82,49 @@ it('says why nothing was sent when there is no mail service', async () => {
     { testId: started.body.testId },
   );
   expect(result).toEqual({ sent: false, reason: 'no mail service in this deployment' });
+});
+
+it('sends alerts through SES too: one per episode, text and HTML', async () => {
+  const cp = api.runtime.controlPlane;
+  const failed = {
+    id: '20261124T020000000Z-abcdef',
+    scheduleId: 'nightly',
+    scheduleName: 'nightly',
+    requestedType: 'FULL',
+    type: 'FULL',
+    status: 'FAILED',
+    trigger: { kind: 'schedule' },
+    startedAt: '2026-11-24T02:00:00.000Z',
+    heartbeatAt: '2026-11-24T02:00:05.000Z',
+    finishedAt: '2026-11-24T02:00:05.000Z',
+    error: 'every target failed',
+    targets: [
+      {
+        targetId: 's3',
+        name: 'offsite',
+        targetType: 'S3',
+        status: 'FAILED',
+        error: { kind: 'permission', message: 'AccessDenied' },
+      },
+    ],
+  };
+  await cp.table.create(Partition.backup, failed.id, failed, cp.now(), 'exists');
+  const mailer = sesMailer({ from: 'dr@example.com', client: ses });
+  const before = (await sent()).length;
+  // (The manual test above exceeded the RTO: its alert goes out in the same check.)
+  expect((await runAlertChecks(cp, mailer)).opened.sort()).toEqual([
+    'backup-failed:nightly',
+    expect.stringMatching(/^rto:/),
+  ]);
+  expect((await runAlertChecks(cp, mailer)).opened).toEqual([]);
+  const messages = (await sent())
+    .slice(before)
+    .filter((message) => message.subject.includes('Backup FAILED'));
+  expect(messages).toHaveLength(1);
+  expect(messages[0]).toMatchObject({
+    source: 'dr@example.com',
+    destinations: { ToAddresses: ['ops@example.com', 'cto@example.com'] },
+    subject: '[DR] Backup FAILED — schedule nightly',
+  });
+  expect(messages[0]!.body).toContain('- offsite (S3): AccessDenied');
 });

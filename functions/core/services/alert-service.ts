@@ -1,4 +1,4 @@
-import type { MailMessage } from '../mail/ses-mailer.ts';
+import { mailBody, type MailMessage } from '../mail/ses-mailer.ts';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError } from '../errors.ts';
 import { isGood, rpoViolations } from '../metrics.ts';
@@ -319,11 +319,5 @@ async function send(
   lines: readonly string[],
 ) {
   if (!mailer || to.length === 0) return;
-  const text = `${lines.join('\n')}\n\n— DR Automation\n`;
-  const html = `<html><body>${lines.map((line) => `<p>${escapeHtml(line)}</p>`).join('')}<p>— DR Automation</p></body></html>`;
-  await mailer({ to, subject, text, html });
-}
-
-function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
+  await mailer({ to, subject, ...mailBody(lines) });
 }
