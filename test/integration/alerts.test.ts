@@ -5,6 +5,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { MailMessage } from '../../functions/core/mail/ses-mailer.ts';
 import { runAlertChecks } from '../../functions/core/services/alert-service.ts';
 import { Partition } from '../../functions/core/store/table.ts';
+import { catalogEntry } from '../support/catalog.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 
 /**
@@ -23,31 +24,14 @@ const mailer = (message: MailMessage) => {
 };
 
 function backup(n: number, start: number, status: string) {
-  return {
+  return catalogEntry({
     id: `20261101T${String(n).padStart(2, '0')}0000000Z-abcdef`,
-    scheduleId: 'hourly',
-    scheduleName: 'hourly',
-    requestedType: 'FULL',
-    type: 'FULL',
-    status,
-    trigger: { kind: 'schedule' },
     startedAt: at(start),
-    heartbeatAt: at(start + 0.1),
     finishedAt: at(start + 0.1),
-    restorePoint: at(start),
-    database: { name: 'app', serverVersion: '15', tables: 3 },
-    targets: [
-      {
-        targetId: 'primary',
-        name: 'primary',
-        targetType: 'S3',
-        status: status === 'SUCCESS' ? 'SUCCESS' : 'FAILED',
-        ...(status === 'SUCCESS'
-          ? {}
-          : { error: { kind: 'permission', message: 'AccessDenied: no PutObject' } }),
-      },
-    ],
-  };
+    status,
+    targetType: 'S3',
+    ...(status === 'SUCCESS' ? {} : { targetError: 'AccessDenied: no PutObject' }),
+  });
 }
 
 async function add(item: { id: string }) {

@@ -10,6 +10,7 @@ import {
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createEventManager } from '../support/event-manager.ts';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
+import { nightlySchedule } from '../support/catalog.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { startMoto } from '../support/s3-server.ts';
 
@@ -84,16 +85,7 @@ beforeAll(async () => {
       },
     ],
     ['/api/dr/targets', { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'repo') } }],
-    [
-      '/api/dr/schedules',
-      {
-        id: 'nightly',
-        name: 'nightly',
-        scheduleType: 'FULL',
-        cronExpression: '0 2 * * *',
-        targets: ['primary'],
-      },
-    ],
+    ['/api/dr/schedules', nightlySchedule(['primary'])],
   ];
   for (const [path, body] of setup) expect((await api.call('POST', path, body)).status).toBe(201);
   expect((await api.call('POST', '/api/dr/schedules/nightly/execute')).status).toBe(202);

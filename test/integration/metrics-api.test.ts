@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Partition } from '../../functions/core/store/table.ts';
+import { catalogEntry } from '../support/catalog.ts';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
 
 /**
@@ -12,38 +13,13 @@ const at = (hours: number) => new Date(T0 + hours * H).toISOString();
 const now = T0 + 30 * H;
 let api: TestApi;
 
-function backup(
-  id: string,
-  start: number,
-  took: number,
-  status: string,
-  extra: Record<string, unknown> = {},
-) {
-  return {
+function backup(id: string, start: number, took: number, status: string) {
+  return catalogEntry({
     id: `2026110${id}T000000000Z-abcdef`,
-    scheduleId: 'hourly',
-    scheduleName: 'hourly',
-    requestedType: 'FULL',
-    type: 'FULL',
-    status,
-    trigger: { kind: 'schedule' },
     startedAt: at(start),
-    heartbeatAt: at(start + took),
     finishedAt: at(start + took),
-    restorePoint: at(start),
-    database: { name: 'app', serverVersion: '15', tables: 3 },
-    sizes: { sourceBytes: 1000, storedBytes: 100, chunks: 1, newChunks: 1 },
-    targets: [
-      {
-        targetId: 'primary',
-        name: 'primary',
-        targetType: 'LOCAL',
-        status: status === 'FAILED' ? 'FAILED' : 'SUCCESS',
-        bytesWritten: 100,
-      },
-    ],
-    ...extra,
-  };
+    status,
+  });
 }
 
 beforeAll(async () => {

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeTree, makeFilesTree } from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
+import { nightlySchedule } from '../support/catalog.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 
 /**
@@ -63,17 +64,7 @@ beforeAll(async () => {
       '/api/dr/targets',
       { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'primary') } },
     ],
-    [
-      'POST',
-      '/api/dr/schedules',
-      {
-        id: 'nightly',
-        name: 'nightly',
-        scheduleType: 'FULL',
-        cronExpression: '0 2 * * *',
-        targets: ['primary'],
-      },
-    ],
+    ['POST', '/api/dr/schedules', nightlySchedule(['primary'])],
   ];
   for (const [method, path, body] of setup) expect((await api.call(method, path, body)).status).toBe(201);
   first = await backup();
