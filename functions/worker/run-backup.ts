@@ -169,6 +169,7 @@ export async function executeRun(
       sizes: {
         sourceBytes: stats.bytesRead,
         storedBytes: stats.bytesStored,
+        newBytes: stats.bytesNew,
         chunks: stats.chunks,
         newChunks: stats.newChunks,
         ...(stats.bytesStored > 0

@@ -88,6 +88,8 @@ describe('POST /api/dr/schedules/{id}/execute', () => {
     });
     expect(full.sizes.sourceBytes).toBeGreaterThan(full.sizes.storedBytes);
     expect(full.sizes.dedupRatio).toBeGreaterThan(1);
+    // Compression: the new chunks take more bytes than what the repository stored for them.
+    expect(full.sizes.newBytes).toBeGreaterThan(full.sizes.storedBytes);
     expect(Date.parse(full.restorePoint)).not.toBeNaN();
     expect(full.files.entries).toBeGreaterThan(0);
 

@@ -127,7 +127,14 @@ it('summarizes the key figures over the range', async () => {
     backupSuccessRate: { rate: 0.6 },
     backupDuration: { count: 4, average: 2250, p95: 3600 },
     storage: {
-      primary: { bytesStored: 400, bytesProtected: 1000, dedupCompressionRatio: 10, growthBytes: 400 },
+      primary: {
+        bytesStored: 400,
+        bytesProtected: 1000,
+        dedupCompressionRatio: 10,
+        dedupRatio: 5,
+        compressionRatio: 2,
+        growthBytes: 400,
+      },
     },
     rpoViolations: 2,
     rtoViolations: 1,

@@ -25,7 +25,7 @@ export function catalogEntry(options: {
     finishedAt: options.finishedAt,
     restorePoint: options.startedAt,
     database: { name: 'app', serverVersion: '15', tables: 3 },
-    sizes: { sourceBytes: 1000, storedBytes: 100, chunks: 1, newChunks: 1 },
+    sizes: { sourceBytes: 1000, storedBytes: 100, newBytes: 200, chunks: 1, newChunks: 1 },
     targets: [
       {
         targetId: 'primary',

@@ -61,6 +61,8 @@ export interface BackupRecord {
     readonly sourceBytes: number;
     /** Bytes this backup added to the repository (after deduplication, compression and encryption). */
     readonly storedBytes: number;
+    /** Bytes of the chunks this backup added, before compression and encryption (after deduplication). */
+    readonly newBytes?: number;
     readonly chunks: number;
     readonly newChunks: number;
     /** sourceBytes / storedBytes (higher is better), when anything was stored. */

@@ -138,15 +138,17 @@ export async function metricsSummary(cp: ControlPlane, range: Range) {
 function storageByTarget(backups: readonly BackupRecord[], range: Range) {
   const byTarget = new Map<
     string,
-    { stored: number; source: number; growth: number; newest?: BackupRecord }
+    { stored: number; source: number; added: number; growth: number; newest?: BackupRecord }
   >();
   for (const backup of backups) {
     for (const target of backup.targets) {
       if (target.status !== 'SUCCESS') continue;
-      const entry = byTarget.get(target.targetId) ?? { stored: 0, source: 0, growth: 0 };
+      const entry = byTarget.get(target.targetId) ?? { stored: 0, source: 0, added: 0, growth: 0 };
       const written = target.bytesWritten ?? 0;
       entry.stored += written;
       entry.source += backup.sizes?.sourceBytes ?? 0;
+      // Before compression: the chunks the backup added (the bytes written when the run did not say).
+      entry.added += backup.sizes?.newBytes ?? written;
       const finished = backup.finishedAt ? Date.parse(backup.finishedAt) : NaN;
       if (finished >= range.from && finished <= range.to) entry.growth += written;
       if (!entry.newest || backup.id > entry.newest.id) entry.newest = backup;
@@ -163,6 +165,9 @@ function storageByTarget(backups: readonly BackupRecord[], range: Range) {
           bytesProtected: entry.newest?.sizes?.sourceBytes ?? 0,
           dedupCompressionRatio:
             entry.stored > 0 ? Math.round((entry.source / entry.stored) * 100) / 100 : null,
+          // Source bytes per byte of new chunks (deduplication), new chunk bytes per byte written (compression).
+          dedupRatio: entry.added > 0 ? Math.round((entry.source / entry.added) * 100) / 100 : null,
+          compressionRatio: entry.stored > 0 ? Math.round((entry.added / entry.stored) * 100) / 100 : null,
           growthBytes: entry.growth,
         },
       ]),
