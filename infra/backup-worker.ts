@@ -303,6 +303,12 @@ export class BackupWorker extends Construct {
         'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:cluster:*]',
         'Point-in-time restores read and restore the Aurora source configured at run time (describe and restore only).',
       ],
+      ...(['snapshot', 'cluster-snapshot', 'subgrp', 'og', 'pg', 'cluster-pg'] as const).map(
+        (kind): [string, string] => [
+          `AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:${kind}:*]`,
+          "Restore and recovery-time tests on RDS read the source's snapshots and restore the newest into a temporary dr-restore-* instance in the source's subnet group, option and parameter groups (configured at run time).",
+        ],
+      ),
       [
         'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:db:dr-restore-*]',
         'Create, tag and delete only the instances a restore creates (named dr-restore-<restore id>).',
@@ -412,7 +418,10 @@ export class BackupWorker extends Construct {
         resources: [`arn:${stack.partition}:route53:::hostedzone/*`],
       }),
     );
-    const rdsArn = (resource: 'db' | 'cluster', name: string) =>
+    const rdsArn = (
+      resource: 'db' | 'cluster' | 'snapshot' | 'cluster-snapshot' | 'subgrp' | 'og' | 'pg' | 'cluster-pg',
+      name: string,
+    ) =>
       stack.formatArn({
         service: 'rds',
         resource,
@@ -429,6 +438,33 @@ export class BackupWorker extends Construct {
           'rds:RestoreDBClusterToPointInTime',
         ],
         resources: [rdsArn('db', '*'), rdsArn('cluster', '*')],
+      }),
+    );
+    // RESTORE_TEST / RECOVERY_TIME_TEST on RDS: the source's newest snapshot into a temporary dr-restore-*.
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['rds:DescribeDBSnapshots', 'rds:DescribeDBClusterSnapshots'],
+        resources: [
+          rdsArn('db', '*'),
+          rdsArn('cluster', '*'),
+          rdsArn('snapshot', '*'),
+          rdsArn('cluster-snapshot', '*'),
+        ],
+      }),
+    );
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['rds:RestoreDBInstanceFromDBSnapshot', 'rds:RestoreDBClusterFromSnapshot'],
+        resources: [
+          rdsArn('db', 'dr-restore-*'),
+          rdsArn('cluster', 'dr-restore-*'),
+          rdsArn('snapshot', '*'),
+          rdsArn('cluster-snapshot', '*'),
+          rdsArn('subgrp', '*'),
+          rdsArn('og', '*'),
+          rdsArn('pg', '*'),
+          rdsArn('cluster-pg', '*'),
+        ],
       }),
     );
     grantee.grantPrincipal.addToPrincipalPolicy(

@@ -528,6 +528,13 @@ export const drTestInput = z.strictObject({
   notifyOnCompletion: z.boolean().default(false),
   /** Run by people, not by the workflow: the entry waits for POST /api/dr/test/{id}/results. */
   manual: z.boolean().default(false),
+  /**
+   * RESTORE_TEST and RECOVERY_TIME_TEST: where the backup is restored. `scratch`: a scratch database on the
+   * target environment's server. `rds`: a temporary RDS instance (or Aurora cluster) restored from the newest
+   * snapshot of the RDS/Aurora source and deleted afterwards. `auto`: `rds` when the config names an
+   * RDS/Aurora source, else `scratch`.
+   */
+  method: z.enum(['auto', 'scratch', 'rds']).default('auto'),
 });
 export type DrTestInput = z.output<typeof drTestInput>;
 

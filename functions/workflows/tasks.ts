@@ -3,7 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   CreateDBInstanceCommand,
+  type DBCluster,
   DeleteDBClusterCommand,
+  DescribeDBClusterSnapshotsCommand,
+  DescribeDBSnapshotsCommand,
+  RestoreDBClusterFromSnapshotCommand,
+  RestoreDBInstanceFromDBSnapshotCommand,
   DeleteDBInstanceCommand,
   DescribeDBClustersCommand,
   DescribeDBInstancesCommand,
@@ -98,7 +103,8 @@ interface State {
   readonly restoreId: string;
   readonly testId: string;
   readonly request?: { readonly dryRun?: boolean };
-  readonly plan?: Partial<RestorePlan> & {
+  readonly plan?: Omit<Partial<RestorePlan>, 'rds'> & {
+    readonly rds?: RdsPlan;
     readonly actualRPO?: number;
     readonly items?: readonly VerifyItem[];
   };
@@ -122,8 +128,13 @@ interface State {
   readonly fetch?: { readonly seconds?: number };
   readonly switch?: { readonly switched?: boolean; readonly seconds?: number; readonly note?: string };
   readonly failback?: { readonly seconds?: number; readonly restored?: boolean };
-  readonly rds?: { readonly identifier: string; readonly cluster?: boolean };
-  readonly rdsStatus?: { readonly polls?: number; readonly endpoint?: string; readonly available?: boolean };
+  readonly rds?: { readonly identifier: string; readonly cluster?: boolean; readonly startedAt?: string };
+  readonly rdsStatus?: {
+    readonly polls?: number;
+    readonly endpoint?: string;
+    readonly available?: boolean;
+    readonly checkedAt?: string;
+  };
   readonly health?: {
     readonly usableAt?: string;
     readonly seconds?: number;
@@ -139,6 +150,22 @@ interface State {
   }[];
   readonly error?: StepError;
   readonly cleanupError?: StepError;
+  readonly rdsCleanupError?: StepError;
+}
+
+/**
+ * A new RDS instance (or Aurora cluster with one instance, `<target>-1`) the workflow makes: from the
+ * source's point-in-time restore (restores), or from its newest snapshot (restore and recovery-time tests).
+ */
+interface RdsPlan {
+  readonly region?: string;
+  readonly sourceInstance?: string;
+  readonly sourceCluster?: string;
+  readonly target: string;
+  readonly restoreTime?: string;
+  readonly latestRestorableTime?: string;
+  readonly snapshot?: string;
+  readonly snapshotTime?: string;
 }
 
 type Task = (cp: ControlPlane, deps: WorkflowDeps, state: State) => Promise<unknown>;
@@ -461,6 +488,82 @@ async function planRdsRestore(
   };
 }
 
+/**
+ * A restored Aurora cluster has no instance: one is added (`<target>-1`, the class of the source's writer) so
+ * that it answers.
+ */
+async function addClusterInstance(
+  rds: RDSClient,
+  source: DBCluster | undefined,
+  target: string,
+  tags: { Key: string; Value: string }[],
+): Promise<void> {
+  const writer = source?.DBClusterMembers?.find((member) => member.IsClusterWriter)?.DBInstanceIdentifier;
+  const instanceClass = writer
+    ? (await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: writer }))).DBInstances?.[0]
+        ?.DBInstanceClass
+    : undefined;
+  await rds.send(
+    new CreateDBInstanceCommand({
+      DBInstanceIdentifier: `${target}-1`,
+      DBClusterIdentifier: target,
+      Engine: source?.Engine ?? 'aurora-postgresql',
+      DBInstanceClass: instanceClass ?? 'db.r6g.large',
+      Tags: tags,
+    }),
+  );
+}
+
+/** The source's VPC security groups for a copy of it (omitted when it has none listed). */
+function securityGroupsOf(groups: readonly { VpcSecurityGroupId?: string }[] | undefined): {
+  VpcSecurityGroupIds?: string[];
+} {
+  const ids = (groups ?? []).flatMap((group) => (group.VpcSecurityGroupId ? [group.VpcSecurityGroupId] : []));
+  return ids.length > 0 ? { VpcSecurityGroupIds: ids } : {};
+}
+
+/** The newest available snapshot (automated or manual) of the RDS/Aurora source. */
+async function newestSnapshot(
+  rds: RDSClient,
+  source: { instanceIdentifier?: string; clusterIdentifier?: string },
+): Promise<{ identifier: string; createdAt: Date } | undefined> {
+  const found: { identifier: string; createdAt: Date }[] = [];
+  let marker: string | undefined;
+  do {
+    if (source.clusterIdentifier) {
+      const page = await rds.send(
+        new DescribeDBClusterSnapshotsCommand({
+          DBClusterIdentifier: source.clusterIdentifier,
+          ...(marker ? { Marker: marker } : {}),
+        }),
+      );
+      for (const snapshot of page.DBClusterSnapshots ?? [])
+        if (
+          snapshot.Status === 'available' &&
+          snapshot.DBClusterSnapshotIdentifier &&
+          snapshot.SnapshotCreateTime
+        )
+          found.push({
+            identifier: snapshot.DBClusterSnapshotIdentifier,
+            createdAt: snapshot.SnapshotCreateTime,
+          });
+      marker = page.Marker;
+    } else {
+      const page = await rds.send(
+        new DescribeDBSnapshotsCommand({
+          DBInstanceIdentifier: source.instanceIdentifier,
+          ...(marker ? { Marker: marker } : {}),
+        }),
+      );
+      for (const snapshot of page.DBSnapshots ?? [])
+        if (snapshot.Status === 'available' && snapshot.DBSnapshotIdentifier && snapshot.SnapshotCreateTime)
+          found.push({ identifier: snapshot.DBSnapshotIdentifier, createdAt: snapshot.SnapshotCreateTime });
+      marker = page.Marker;
+    }
+  } while (marker);
+  return found.sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime())[0];
+}
+
 const rdsTasks: Record<string, Task> = {
   'restore.rds.start': async (_cp, deps, state) => {
     const plan = state.plan!.rds!;
@@ -475,40 +578,70 @@ const rdsTasks: Record<string, Task> = {
         new RestoreDBClusterToPointInTimeCommand({
           SourceDBClusterIdentifier: plan.sourceCluster,
           DBClusterIdentifier: plan.target,
-          RestoreToTime: new Date(plan.restoreTime),
+          RestoreToTime: new Date(plan.restoreTime!),
           Tags: tags,
         }),
       );
-      // A restored Aurora cluster has no instance: one is added so that it answers.
-      const sourceInstance = writer?.DBClusterMembers?.find(
-        (member) => member.IsClusterWriter,
-      )?.DBInstanceIdentifier;
-      const instanceClass = sourceInstance
-        ? (await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: sourceInstance })))
-            .DBInstances?.[0]?.DBInstanceClass
-        : undefined;
-      await rds.send(
-        new CreateDBInstanceCommand({
-          DBInstanceIdentifier: `${plan.target}-1`,
-          DBClusterIdentifier: plan.target,
-          Engine: writer?.Engine ?? 'aurora-postgresql',
-          DBInstanceClass: instanceClass ?? 'db.r6g.large',
-          Tags: tags,
-        }),
-      );
+      await addClusterInstance(rds, writer, plan.target, tags);
       return { identifier: plan.target, cluster: true };
     }
     await rds.send(
       new RestoreDBInstanceToPointInTimeCommand({
         SourceDBInstanceIdentifier: plan.sourceInstance,
         TargetDBInstanceIdentifier: plan.target,
-        RestoreTime: new Date(plan.restoreTime),
+        RestoreTime: new Date(plan.restoreTime!),
         Tags: tags,
       }),
     );
     return { identifier: plan.target, cluster: false };
   },
-  'restore.rds.status': async (_cp, deps, state) => {
+  'test.rds.start': async (cp, deps, state) => {
+    // A temporary copy of the source from its newest snapshot, in the source's subnets and security groups,
+    // private and without deletion protection (the test deletes it on every path).
+    const plan = state.plan!.rds!;
+    const rds = rdsClient(deps, plan.region);
+    const tags = [{ Key: 'dr-automation:test', Value: state.testId }];
+    const startedAt = cp.now().toISOString();
+    if (plan.sourceCluster) {
+      const source = (
+        await rds.send(new DescribeDBClustersCommand({ DBClusterIdentifier: plan.sourceCluster }))
+      ).DBClusters?.[0];
+      await rds.send(
+        new RestoreDBClusterFromSnapshotCommand({
+          DBClusterIdentifier: plan.target,
+          SnapshotIdentifier: plan.snapshot,
+          Engine: source?.Engine ?? 'aurora-postgresql',
+          ...(source?.EngineVersion ? { EngineVersion: source.EngineVersion } : {}),
+          ...(source?.DBSubnetGroup ? { DBSubnetGroupName: source.DBSubnetGroup } : {}),
+          ...securityGroupsOf(source?.VpcSecurityGroups),
+          DeletionProtection: false,
+          Tags: tags,
+        }),
+      );
+      await addClusterInstance(rds, source, plan.target, tags);
+      return { identifier: plan.target, cluster: true, startedAt };
+    }
+    const source = (
+      await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: plan.sourceInstance }))
+    ).DBInstances?.[0];
+    await rds.send(
+      new RestoreDBInstanceFromDBSnapshotCommand({
+        DBInstanceIdentifier: plan.target,
+        DBSnapshotIdentifier: plan.snapshot,
+        ...(source?.DBInstanceClass ? { DBInstanceClass: source.DBInstanceClass } : {}),
+        ...(source?.DBSubnetGroup?.DBSubnetGroupName
+          ? { DBSubnetGroupName: source.DBSubnetGroup.DBSubnetGroupName }
+          : {}),
+        ...securityGroupsOf(source?.VpcSecurityGroups),
+        PubliclyAccessible: false,
+        MultiAZ: false,
+        DeletionProtection: false,
+        Tags: tags,
+      }),
+    );
+    return { identifier: plan.target, cluster: false, startedAt };
+  },
+  'restore.rds.status': async (cp, deps, state) => {
     const plan = state.plan!.rds!;
     const rds = rdsClient(deps, plan.region);
     const polls = (state.rdsStatus?.polls ?? 0) + 1;
@@ -530,7 +663,13 @@ const rdsTasks: Record<string, Task> = {
         .DBClusters?.[0];
       if (cluster?.Endpoint) endpoint = `${cluster.Endpoint}:${cluster.Port ?? 5432}`;
     }
-    return { available: status === 'available', status, polls, ...(endpoint ? { endpoint } : {}) };
+    return {
+      available: status === 'available',
+      status,
+      polls,
+      checkedAt: cp.now().toISOString(),
+      ...(endpoint ? { endpoint } : {}),
+    };
   },
   'restore.rds.cleanup': async (_cp, deps, state) => {
     const plan = state.plan?.rds;
@@ -600,7 +739,7 @@ const failoverTasks: Record<string, Task> = {
     // Kept in the test's entry before the change: failback restores it on every path.
     await updateDrTest(cp, state.testId, (record) => ({ ...record, failover: { endpoint, original } }));
     const test = await getDrTest(cp, state.testId);
-    const standbyHost = new URL((await serverOf(cp, test)).url).hostname;
+    const standbyHost = new URL((await serverOf(cp, test, state)).url).hostname;
     const standby: ResourceRecordSet = {
       Name: original.Name,
       Type: 'CNAME',
@@ -629,7 +768,7 @@ const failoverTasks: Record<string, Task> = {
     const test = await getDrTest(cp, state.testId);
     const started = Date.now();
     const issues: string[] = [];
-    const client = await connect(withDatabase(await serverOf(cp, test), state.scratch!.database));
+    const client = await connect(withDatabase(await serverOf(cp, test, state), state.scratch!.database));
     try {
       await client.query('SELECT 1');
     } finally {
@@ -638,7 +777,7 @@ const failoverTasks: Record<string, Task> = {
     if (state.switch?.switched && test.failover) {
       const route53 = deps.route53?.() ?? new Route53Client({});
       const now = await currentRecord(route53, test.failover.endpoint);
-      const standbyHost = new URL((await serverOf(cp, test)).url).hostname;
+      const standbyHost = new URL((await serverOf(cp, test, state)).url).hostname;
       if (now?.ResourceRecords?.[0]?.Value !== standbyHost)
         issues.push(
           `endpoint ${test.failover.endpoint.recordName} does not point at the standby after the switch`,
@@ -725,7 +864,7 @@ const testTasks: Record<string, Task> = {
       item.targetId,
     );
   },
-  'test.restore.plan': async (cp, _deps, state) => {
+  'test.restore.plan': async (cp, deps, state) => {
     const test = await getDrTest(cp, state.testId);
     const newest = (await listBackups(cp, { latest: true, limit: 1 })).items.find(
       (backup) => backup.database,
@@ -734,11 +873,36 @@ const testTasks: Record<string, Task> = {
     if (!backup) throw new WorkflowError('NothingToTest', 'no backup with a database can be restored yet');
     const rpoHours =
       (Date.parse(test.startedAt) - Date.parse(backup.restorePoint ?? backup.startedAt)) / 3_600_000;
-    return { backupId: backup.id, restorePoint: backup.restorePoint, actualRPO: round(rpoHours) };
+    const planned = { backupId: backup.id, restorePoint: backup.restorePoint, actualRPO: round(rpoHours) };
+    if (test.method !== 'rds') return { ...planned, method: 'backup' };
+    // The environment is a temporary copy of the RDS source, from its newest snapshot.
+    const source = (await findConfig(cp))?.source?.rds;
+    if (!source) throw new WorkflowError('NoRdsSource', 'the DR config no longer names an RDS/Aurora source');
+    const snapshot = await newestSnapshot(rdsClient(deps, source.region), source).catch((error: unknown) => {
+      throw new WorkflowError('RdsSourceNotFound', `RDS source: ${(error as Error).message}`);
+    });
+    if (!snapshot)
+      throw new WorkflowError(
+        'NoSnapshot',
+        `${source.clusterIdentifier ?? source.instanceIdentifier} has no available snapshot to restore a temporary instance from`,
+      );
+    return {
+      ...planned,
+      method: 'rds',
+      rds: {
+        ...(source.region ? { region: source.region } : {}),
+        ...(source.clusterIdentifier
+          ? { sourceCluster: source.clusterIdentifier }
+          : { sourceInstance: source.instanceIdentifier! }),
+        target: `dr-restore-${test.id.toLowerCase()}`,
+        snapshot: snapshot.identifier,
+        snapshotTime: snapshot.createdAt.toISOString(),
+      },
+    };
   },
   'test.scratch.create': async (cp, _deps, state) => {
     const test = await getDrTest(cp, state.testId);
-    const server = await serverOf(cp, test);
+    const server = await serverOf(cp, test, state);
     const name = `dr_test_${test.id.toLowerCase().replace(/[^a-z0-9]/g, '_')}`;
     // Recorded before it exists: a cleanup after any failure knows what to drop.
     await updateDrTest(cp, test.id, (record) => ({ ...record, scratchDatabase: name }));
@@ -747,7 +911,7 @@ const testTasks: Record<string, Task> = {
   },
   'test.restore.run': async (cp, deps, state) => {
     const test = await getDrTest(cp, state.testId);
-    const target = withDatabase(await serverOf(cp, test), state.scratch!.database);
+    const target = withDatabase(await serverOf(cp, test, state), state.scratch!.database);
     const started = Date.now();
     const result = await withBackup(cp, state.plan!.backupId!, deps.masterKey, (repository, manifest) =>
       restoreDatabase(repository, manifest, { target, noOwner: true, check: false }),
@@ -764,7 +928,7 @@ const testTasks: Record<string, Task> = {
   },
   'test.restore.check': async (cp, deps, state) => {
     const test = await getDrTest(cp, state.testId);
-    const target = withDatabase(await serverOf(cp, test), state.scratch!.database);
+    const target = withDatabase(await serverOf(cp, test, state), state.scratch!.database);
     const started = Date.now();
     return withBackup(cp, state.plan!.backupId!, deps.masterKey, async (repository, manifest) => {
       const issues: string[] = [];
@@ -777,8 +941,11 @@ const testTasks: Record<string, Task> = {
             : `table ${check.table}: ${check.rows} rows, the backup holds ${check.expectedRows}`,
         );
       issues.push(...(await schemaIssues(repository, manifest, target)));
+      const snapshot = state.plan?.method === 'rds' ? await snapshotHealth(cp, test, state) : undefined;
+      if (snapshot?.issue) issues.push(snapshot.issue);
       return {
         ok: issues.length === 0,
+        ...(snapshot ? { snapshotRelations: snapshot.relations } : {}),
         tablesChecked: checks.length,
         issues,
         seconds: (Date.now() - started) / 1000,
@@ -828,7 +995,7 @@ const testTasks: Record<string, Task> = {
   'test.recovery.health': async (cp, _deps, state) => {
     // The application's view: connect, run a query, read the largest table's row count.
     const test = await getDrTest(cp, state.testId);
-    const target = withDatabase(await serverOf(cp, test), state.scratch!.database);
+    const target = withDatabase(await serverOf(cp, test, state), state.scratch!.database);
     const started = Date.now();
     const client = await connect(target);
     try {
@@ -846,7 +1013,9 @@ const testTasks: Record<string, Task> = {
   'test.scratch.drop': async (cp, _deps, state) => {
     const test = await getDrTest(cp, state.testId);
     if (!test.scratchDatabase) return { dropped: false };
-    const server = await serverOf(cp, test);
+    // A temporary instance that never answered holds nothing: deleting it is the cleanup.
+    if (state.plan?.method === 'rds' && !state.rdsStatus?.endpoint) return { dropped: false };
+    const server = await serverOf(cp, test, state);
     const client = await connect(server);
     try {
       await client.query(
@@ -908,6 +1077,27 @@ const testTasks: Record<string, Task> = {
   },
 };
 
+/** The source database as the snapshot brought it back on the temporary instance: it answers, with tables. */
+async function snapshotHealth(
+  cp: ControlPlane,
+  test: DrTestRecord,
+  state: State,
+): Promise<{ relations: number; issue?: string }> {
+  const server = await serverOf(cp, test, state);
+  const name = databaseNameOf(server);
+  try {
+    const relations = await userRelationCount(server);
+    return relations > 0
+      ? { relations }
+      : { relations, issue: `snapshot ${state.plan?.rds?.snapshot}: database ${name} has no tables` };
+  } catch (error) {
+    return {
+      relations: 0,
+      issue: `snapshot ${state.plan?.rds?.snapshot}: database ${name} does not answer: ${(error as Error).message}`,
+    };
+  }
+}
+
 async function newestWithDatabase(cp: ControlPlane): Promise<BackupRecord | undefined> {
   let nextToken: string | undefined;
   do {
@@ -919,8 +1109,26 @@ async function newestWithDatabase(cp: ControlPlane): Promise<BackupRecord | unde
   return undefined;
 }
 
-/** The test's environment server, connected to its maintenance database (where scratch databases are made). */
-async function serverOf(cp: ControlPlane, test: DrTestRecord): Promise<DatabaseConnection> {
+/**
+ * The test's environment server, connected to its maintenance database (where scratch databases are made):
+ * the temporary RDS instance once it answers (with the source's credentials, which its snapshot holds), else
+ * the target environment's server.
+ */
+async function serverOf(cp: ControlPlane, test: DrTestRecord, state?: State): Promise<DatabaseConnection> {
+  if (state?.plan?.method === 'rds') {
+    const endpoint = state.rdsStatus?.endpoint;
+    const source = await environmentConnection(cp, 'PRODUCTION');
+    if (!endpoint || !source)
+      throw new WorkflowError('NoEnvironment', 'the temporary RDS instance has no endpoint yet');
+    const url = new URL(source.url);
+    const [host, port] = [
+      endpoint.slice(0, endpoint.lastIndexOf(':')),
+      endpoint.slice(endpoint.lastIndexOf(':') + 1),
+    ];
+    url.hostname = host;
+    url.port = port;
+    return connectionFrom(url.toString(), source.password);
+  }
   const server = await environmentConnection(cp, test.targetEnvironment);
   if (!server)
     throw new WorkflowError(
@@ -934,6 +1142,10 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
   const issues: string[] = [];
   if (state.error !== undefined) issues.push(errorMessage(state.error));
   if (state.cleanupError !== undefined) issues.push(`cleanup failed: ${errorMessage(state.cleanupError)}`);
+  if (state.rdsCleanupError !== undefined)
+    issues.push(
+      `the temporary instance ${state.plan?.rds?.target} was not deleted: ${errorMessage(state.rdsCleanupError)}`,
+    );
   const base = { issues, participants: [] as string[] };
   if (test.testType === 'BACKUP_VERIFICATION') {
     const verified = state.verified ?? [];
@@ -966,6 +1178,8 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
       : round((Date.parse(usableAt) - Date.parse(test.startedAt)) / 3_600_000);
   const actualRPO = state.plan?.actualRPO;
   const phases: Record<string, number> = {};
+  if (state.rds?.startedAt && state.rdsStatus?.available && state.rdsStatus.checkedAt)
+    phases.instanceRestore = (Date.parse(state.rdsStatus.checkedAt) - Date.parse(state.rds.startedAt)) / 1000;
   if (state.fetch?.seconds !== undefined) phases.fetch = state.fetch.seconds;
   if (state.restore?.seconds !== undefined) phases.databaseRestore = state.restore.seconds;
   if (state.files?.seconds !== undefined && !state.files.skipped) phases.filesRestore = state.files.seconds;
@@ -997,6 +1211,15 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
     phases,
     ...(state.plan?.backupId
       ? { backups: [{ backupId: state.plan.backupId, ok: state.check?.ok === true }] }
+      : {}),
+    ...(state.plan?.rds?.snapshot && state.plan.rds.snapshotTime
+      ? {
+          rdsSnapshot: {
+            identifier: state.plan.rds.snapshot,
+            createdAt: state.plan.rds.snapshotTime,
+            instance: state.plan.rds.target,
+          },
+        }
       : {}),
   };
 }

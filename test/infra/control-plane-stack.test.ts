@@ -308,7 +308,7 @@ describe('ControlPlaneStack template', () => {
     expect(nag!.violations).toEqual([]);
   });
 
-  it('lets the worker delete only the RDS instances and clusters a restore created', () => {
+  it('lets the worker create from snapshots and delete only the RDS instances and clusters a restore or test created', () => {
     const statements = Object.values(synthesized.template.findResources('AWS::IAM::Policy')).flatMap(
       (policy) => policy.Properties.PolicyDocument.Statement as any[],
     );
@@ -320,6 +320,19 @@ describe('ControlPlaneStack template', () => {
       for (const resource of [statement.Resource].flat())
         expect(JSON.stringify(resource)).toMatch(/:(db|cluster):dr-restore-\*"/);
     expect(statements.some((statement) => [statement.Action].flat().includes('rds:*'))).toBe(false);
+    // Snapshots are restored only into temporary dr-restore-* instances and clusters.
+    const fromSnapshot = statements.filter((statement) =>
+      [statement.Action].flat().includes('rds:RestoreDBInstanceFromDBSnapshot'),
+    );
+    expect(fromSnapshot.length).toBeGreaterThan(0); // the worker Lambda's role and the Fargate task's
+    for (const statement of fromSnapshot) {
+      const targets = [statement.Resource]
+        .flat()
+        .map((resource: unknown) => JSON.stringify(resource))
+        .filter((resource: string) => /:(db|cluster):/.test(resource));
+      expect(targets).toHaveLength(2);
+      for (const resource of targets) expect(resource).toMatch(/:(db|cluster):dr-restore-\*"/);
+    }
   });
 
   it('defines the restore and DR-test state machines from statemachines/ with the worker substituted, logged and traced', () => {

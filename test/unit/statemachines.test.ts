@@ -54,16 +54,24 @@ describe.each(WORKFLOW_NAMES)('statemachines/%s.asl.json', (name) => {
     for (const [task, state] of Object.entries(states)) {
       if (state.Type !== 'Task' || recorders.has(state.Parameters.task)) continue;
       expect(state.Catch, `${task} has no Catch`).toBeDefined();
-      // Follow the catch to a step that records (possibly through a cleanup step first).
-      let next = states[state.Catch[0].Next];
-      for (
-        let hops = 0;
-        next && next.Type === 'Task' && !recorders.has(next.Parameters.task) && hops < 3;
-        hops++
-      )
-        next = states[next.Next];
-      if (next?.Type === 'Pass') continue; // a Map item's failure, recorded by the step after the Map
-      expect(recorders.has(next?.Parameters?.task), `${task}'s failure is not recorded`).toBe(true);
+      // Every way on from the catch (through cleanup steps, waits and choices) reaches a recording step
+      // before the execution can end.
+      const seen = new Set<string>();
+      const queue: string[] = [state.Catch[0].Next];
+      while (queue.length > 0) {
+        const name = queue.shift()!;
+        if (seen.has(name)) continue;
+        seen.add(name);
+        const next = states[name];
+        if (!next) throw new Error(`${task}: ${name} is not a state`);
+        if (next.Type === 'Task' && recorders.has(next.Parameters.task)) continue;
+        if (next.Type === 'Pass' && next.Next === undefined) continue; // a Map item's failure, recorded after the Map
+        expect(['Succeed', 'Fail'], `${task}'s failure ends at ${name} unrecorded`).not.toContain(next.Type);
+        expect(next.End, `${task}'s failure ends at ${name} unrecorded`).not.toBe(true);
+        if (next.Type === 'Choice')
+          queue.push(...next.Choices.map((choice: { Next: string }) => choice.Next), next.Default);
+        else queue.push(next.Next);
+      }
     }
   });
 });

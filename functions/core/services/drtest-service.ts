@@ -24,6 +24,12 @@ export interface DrTestResults {
   readonly phases?: Readonly<Record<string, number>>;
   readonly rtoViolated?: boolean;
   readonly rpoViolated?: boolean;
+  /** RESTORE_TEST / RECOVERY_TIME_TEST with method rds: the snapshot the temporary instance came from. */
+  readonly rdsSnapshot?: {
+    readonly identifier: string;
+    readonly createdAt: string;
+    readonly instance: string;
+  };
   /** BACKUP_VERIFICATION: bytes of stored data read and authenticated. */
   readonly bytesVerified?: number;
   /** The backup the test used (RESTORE_TEST), or verified (one per schedule and target). */
@@ -58,6 +64,11 @@ export interface DrTestRecord {
       readonly ResourceRecords?: readonly { readonly Value?: string }[];
     };
   };
+  /**
+   * RESTORE_TEST / RECOVERY_TIME_TEST: `scratch` restores into a scratch database on the environment's server,
+   * `rds` into one on a temporary instance restored from the RDS source's newest snapshot.
+   */
+  readonly method?: 'scratch' | 'rds';
   /** A scratch database the test created (dropped before it ends, on every path). */
   readonly scratchDatabase?: string;
   readonly results?: DrTestResults;
@@ -83,9 +94,31 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
       'targetEnvironment',
       'the FAILOVER_TEST workflow runs against STAGING only: fail production over by hand (POST with manual: true, then record the results)',
     );
+  const restores = input.testType === 'RESTORE_TEST' || input.testType === 'RECOVERY_TIME_TEST';
+  const rdsSource = config.source?.rds;
+  if (input.method !== 'auto' && !restores)
+    throw ValidationError.forField('method', 'applies to RESTORE_TEST and RECOVERY_TIME_TEST only');
+  if (input.method === 'rds' && !rdsSource)
+    throw ValidationError.forField(
+      'method',
+      'rds needs an RDS/Aurora source: set source.rds in the DR config (or use scratch)',
+    );
+  const method = restores
+    ? input.method === 'auto'
+      ? rdsSource
+        ? 'rds'
+        : 'scratch'
+      : input.method
+    : undefined;
+  if (workflow && method === 'rds' && !(await environmentConnection(cp, 'PRODUCTION')))
+    throw ValidationError.forField(
+      'method',
+      'rds connects to the instance restored from the snapshot with the source credentials: set source.database in the DR config',
+    );
   if (
     workflow &&
     input.testType !== 'BACKUP_VERIFICATION' &&
+    method !== 'rds' &&
     !(await environmentConnection(cp, input.targetEnvironment))
   )
     throw ValidationError.forField(
@@ -96,9 +129,11 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
     );
   const now = cp.now();
   const id = newBackupId(now);
+  const { method: _asked, ...rest } = fields;
   const record: DrTestRecord = {
     id,
-    ...fields,
+    ...rest,
+    ...(method ? { method } : {}),
     status: 'RUNNING',
     mode: workflow ? 'workflow' : 'manual',
     actor: actor.principal,
@@ -119,6 +154,7 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
       testType: input.testType,
       targetEnvironment: input.targetEnvironment,
       notifyOnCompletion: input.notifyOnCompletion,
+      ...(method ? { method } : {}),
     });
     return (await cp.table.replace(item, { ...record, executionArn }, cp.now())).data;
   } catch (error) {
