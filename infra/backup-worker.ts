@@ -310,6 +310,14 @@ export class BackupWorker extends Construct {
         ],
       ),
       [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:global-cluster:*]',
+        'FAILOVER_TEST switches the staging Aurora global database (configured at run time) over to its secondary and back.',
+      ],
+      [
+        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:snapshot:dr-failover-*]',
+        'The final snapshot of a promoted standby replica before it is re-created (named dr-failover-<test id>).',
+      ],
+      [
         'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:db:dr-restore-*]',
         'Create, tag and delete only the instances a restore creates (named dr-restore-<restore id>).',
       ],
@@ -419,7 +427,16 @@ export class BackupWorker extends Construct {
       }),
     );
     const rdsArn = (
-      resource: 'db' | 'cluster' | 'snapshot' | 'cluster-snapshot' | 'subgrp' | 'og' | 'pg' | 'cluster-pg',
+      resource:
+        | 'db'
+        | 'cluster'
+        | 'global-cluster'
+        | 'snapshot'
+        | 'cluster-snapshot'
+        | 'subgrp'
+        | 'og'
+        | 'pg'
+        | 'cluster-pg',
       name: string,
     ) =>
       stack.formatArn({
@@ -438,6 +455,27 @@ export class BackupWorker extends Construct {
           'rds:RestoreDBClusterToPointInTime',
         ],
         resources: [rdsArn('db', '*'), rdsArn('cluster', '*')],
+      }),
+    );
+    // FAILOVER_TEST with an RDS standby: only instances tagged dr-automation:standby=true are promoted, deleted
+    // (with a final snapshot) and re-created (with that tag); Aurora global databases are switched over.
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['rds:PromoteReadReplica', 'rds:DeleteDBInstance'],
+        resources: [rdsArn('db', '*')],
+        conditions: { StringEquals: { 'aws:ResourceTag/dr-automation:standby': 'true' } },
+      }),
+    );
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['rds:CreateDBInstanceReadReplica', 'rds:CreateDBSnapshot'],
+        resources: [rdsArn('db', '*'), rdsArn('snapshot', 'dr-failover-*'), rdsArn('subgrp', '*')],
+      }),
+    );
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['rds:DescribeGlobalClusters', 'rds:SwitchoverGlobalCluster'],
+        resources: [rdsArn('global-cluster', '*'), rdsArn('cluster', '*')],
       }),
     );
     // RESTORE_TEST / RECOVERY_TIME_TEST on RDS: the source's newest snapshot into a temporary dr-restore-*.

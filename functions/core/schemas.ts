@@ -381,6 +381,33 @@ export const drConfigInput = z.strictObject({
               recordName: hostname,
             })
             .optional(),
+          /**
+           * The standby FAILOVER_TEST fails over to, when the staging database has one in RDS: a (cross-region)
+           * read replica that is promoted and then re-created, or an Aurora global database's secondary
+           * cluster that is switched over to and back. Absent: a standby restored from the newest backup.
+           */
+          standby: z
+            .discriminatedUnion(
+              'type',
+              [
+                z.strictObject({
+                  type: z.literal('rds-replica'),
+                  instanceIdentifier: rdsIdentifier,
+                  region: awsRegion.optional(),
+                }),
+                z.strictObject({
+                  type: z.literal('aurora-global'),
+                  globalClusterIdentifier: rdsIdentifier,
+                  secondaryClusterArn: z
+                    .string()
+                    .regex(/^arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:cluster:[A-Za-z][A-Za-z0-9-]{0,62}$/, {
+                      error: 'must be an Aurora cluster ARN (arn:aws:rds:<region>:<account>:cluster:<name>)',
+                    }),
+                }),
+              ],
+              { error: 'type must be rds-replica or aurora-global' },
+            )
+            .optional(),
         })
         .optional(),
     })

@@ -15,6 +15,10 @@ import {
   RDSClient,
   RestoreDBClusterToPointInTimeCommand,
   RestoreDBInstanceToPointInTimeCommand,
+  CreateDBInstanceReadReplicaCommand,
+  DescribeGlobalClustersCommand,
+  PromoteReadReplicaCommand,
+  SwitchoverGlobalClusterCommand,
 } from '@aws-sdk/client-rds';
 import {
   ChangeResourceRecordSetsCommand,
@@ -45,6 +49,7 @@ import {
   type RestoreRecord,
 } from '../core/services/restore-service.ts';
 import type { StoredSchedule } from '../core/services/schedule-service.ts';
+import type { DrConfigInput } from '../core/schemas.ts';
 import { Partition, type StoredItem } from '../core/store/table.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { exportArchive } from '../engine/export.ts';
@@ -128,6 +133,21 @@ interface State {
   readonly fetch?: { readonly seconds?: number };
   readonly switch?: { readonly switched?: boolean; readonly seconds?: number; readonly note?: string };
   readonly failback?: { readonly seconds?: number; readonly restored?: boolean };
+  /** FAILOVER_TEST with an RDS standby (the execution's input names its type). */
+  readonly standby?: { readonly type: string };
+  readonly promote?: { readonly startedAt?: string };
+  readonly promoted?: {
+    readonly done?: boolean;
+    readonly polls?: number;
+    readonly endpoint?: string;
+    readonly checkedAt?: string;
+  };
+  readonly standbyRestore?: { readonly startedAt?: string; readonly skipped?: boolean };
+  readonly standbyRestored?: {
+    readonly done?: boolean;
+    readonly polls?: number;
+    readonly checkedAt?: string;
+  };
   readonly rds?: { readonly identifier: string; readonly cluster?: boolean; readonly startedAt?: string };
   readonly rdsStatus?: {
     readonly polls?: number;
@@ -739,7 +759,7 @@ const failoverTasks: Record<string, Task> = {
     // Kept in the test's entry before the change: failback restores it on every path.
     await updateDrTest(cp, state.testId, (record) => ({ ...record, failover: { endpoint, original } }));
     const test = await getDrTest(cp, state.testId);
-    const standbyHost = new URL((await serverOf(cp, test, state)).url).hostname;
+    const standbyHost = await standbyHostOf(cp, test, state);
     const standby: ResourceRecordSet = {
       Name: original.Name,
       Type: 'CNAME',
@@ -768,16 +788,27 @@ const failoverTasks: Record<string, Task> = {
     const test = await getDrTest(cp, state.testId);
     const started = Date.now();
     const issues: string[] = [];
-    const client = await connect(withDatabase(await serverOf(cp, test, state), state.scratch!.database));
+    const client = await connect(await standbyDatabase(cp, test, state));
     try {
       await client.query('SELECT 1');
+      if (state.promoted?.endpoint) {
+        // A promoted standby takes writes, and holds the application's tables.
+        const recovery = await client.query<{ reading: boolean }>('SELECT pg_is_in_recovery() AS reading');
+        if (recovery.rows[0]?.reading)
+          issues.push('the standby is still read-only (in recovery) after the failover');
+        const tables = await client.query<{ count: string }>(
+          `SELECT count(*)::text AS count FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')`,
+        );
+        if (Number(tables.rows[0]?.count ?? 0) === 0) issues.push('the standby holds no tables');
+      }
     } finally {
       await client.end();
     }
     if (state.switch?.switched && test.failover) {
       const route53 = deps.route53?.() ?? new Route53Client({});
       const now = await currentRecord(route53, test.failover.endpoint);
-      const standbyHost = new URL((await serverOf(cp, test, state)).url).hostname;
+      const standbyHost = await standbyHostOf(cp, test, state);
       if (now?.ResourceRecords?.[0]?.Value !== standbyHost)
         issues.push(
           `endpoint ${test.failover.endpoint.recordName} does not point at the standby after the switch`,
@@ -816,6 +847,258 @@ const failoverTasks: Record<string, Task> = {
     return { restored: true, seconds: (Date.now() - started) / 1000 };
   },
 };
+
+/**
+ * The standby's database: the STAGING database on the promoted RDS standby (STAGING's credentials), or the
+ * standby database restored from the newest backup on the STAGING server.
+ */
+async function standbyDatabase(
+  cp: ControlPlane,
+  test: DrTestRecord,
+  state: State,
+): Promise<DatabaseConnection> {
+  if (state.promoted?.endpoint) {
+    const staging = await environmentConnection(cp, 'STAGING');
+    if (!staging) throw new WorkflowError('NoEnvironment', 'environment STAGING has no database configured');
+    return connectionFrom(atEndpoint(staging.url, state.promoted.endpoint), staging.password);
+  }
+  return withDatabase(await serverOf(cp, test, state), state.scratch!.database);
+}
+
+async function standbyHostOf(cp: ControlPlane, test: DrTestRecord, state: State): Promise<string> {
+  return new URL((await standbyDatabase(cp, test, state)).url).hostname;
+}
+
+/** A connection URL moved to another `host:port`. */
+function atEndpoint(connectionUrl: string, endpoint: string): string {
+  const url = new URL(connectionUrl);
+  const colon = endpoint.lastIndexOf(':');
+  url.hostname = endpoint.slice(0, colon);
+  url.port = endpoint.slice(colon + 1);
+  return url.toString();
+}
+
+// ------------------------------------------------------------------------------------------ RDS standby
+
+/** The tag an operator puts on an RDS standby that FAILOVER_TEST may promote, delete and re-create. */
+export const STANDBY_TAG = 'dr-automation:standby';
+
+type StandbyConfig = NonNullable<
+  NonNullable<NonNullable<DrConfigInput['environments']>['STAGING']>['standby']
+>;
+
+async function standbyConfig(cp: ControlPlane): Promise<StandbyConfig> {
+  const standby = (await findConfig(cp))?.environments?.STAGING?.standby;
+  if (!standby) throw new WorkflowError('NoStandby', 'environments.STAGING.standby is no longer configured');
+  return standby;
+}
+
+function regionOfArn(arn: string): string {
+  return arn.split(':')[3]!;
+}
+
+function endpointOf(address: string | undefined, port: number | undefined): string | undefined {
+  return address ? `${address}:${port ?? 5432}` : undefined;
+}
+
+const standbyTasks: Record<string, Task> = {
+  'test.standby.promote': async (cp, deps, state) => {
+    const standby = await standbyConfig(cp);
+    const startedAt = cp.now().toISOString();
+    if (standby.type === 'rds-replica') {
+      const rds = rdsClient(deps, standby.region);
+      const replica = (
+        await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: standby.instanceIdentifier }))
+      ).DBInstances?.[0];
+      if (!replica?.ReadReplicaSourceDBInstanceIdentifier)
+        throw new WorkflowError('NotAReplica', `${standby.instanceIdentifier} is not a read replica`);
+      if (!replica.TagList?.some((tag) => tag.Key === STANDBY_TAG && tag.Value === 'true'))
+        throw new WorkflowError(
+          'StandbyNotTagged',
+          `${standby.instanceIdentifier} is not tagged ${STANDBY_TAG}=true: tag it to let FAILOVER_TEST promote and re-create it`,
+        );
+      // Kept in the test's entry before anything changes: the failback re-creates the replica from it.
+      await updateDrTest(cp, state.testId, (record) => ({
+        ...record,
+        standby: {
+          type: 'rds-replica',
+          ...(standby.region ? { region: standby.region } : {}),
+          instance: standby.instanceIdentifier,
+          source: replica.ReadReplicaSourceDBInstanceIdentifier!,
+          ...(replica.DBInstanceClass ? { instanceClass: replica.DBInstanceClass } : {}),
+          ...(replica.DBSubnetGroup?.DBSubnetGroupName
+            ? { subnetGroup: replica.DBSubnetGroup.DBSubnetGroupName }
+            : {}),
+          securityGroups: securityGroupsOf(replica.VpcSecurityGroups).VpcSecurityGroupIds ?? [],
+        },
+      }));
+      await rds.send(new PromoteReadReplicaCommand({ DBInstanceIdentifier: standby.instanceIdentifier }));
+      await markPromoted(cp, state.testId, startedAt);
+      return { startedAt };
+    }
+    const rds = rdsClient(deps, regionOfArn(standby.secondaryClusterArn));
+    const global = (
+      await rds.send(
+        new DescribeGlobalClustersCommand({ GlobalClusterIdentifier: standby.globalClusterIdentifier }),
+      )
+    ).GlobalClusters?.[0];
+    const primary = global?.GlobalClusterMembers?.find((member) => member.IsWriter)?.DBClusterArn;
+    if (!primary)
+      throw new WorkflowError('NoPrimary', `${standby.globalClusterIdentifier} has no writer cluster`);
+    if (primary === standby.secondaryClusterArn)
+      throw new WorkflowError(
+        'StandbyIsPrimary',
+        `${standby.secondaryClusterArn} is already the primary of ${standby.globalClusterIdentifier}`,
+      );
+    if (!global?.GlobalClusterMembers?.some((member) => member.DBClusterArn === standby.secondaryClusterArn))
+      throw new WorkflowError(
+        'NotAMember',
+        `${standby.secondaryClusterArn} is not a member of ${standby.globalClusterIdentifier}`,
+      );
+    await updateDrTest(cp, state.testId, (record) => ({
+      ...record,
+      standby: {
+        type: 'aurora-global',
+        globalCluster: standby.globalClusterIdentifier,
+        primaryArn: primary,
+        secondaryArn: standby.secondaryClusterArn,
+      },
+    }));
+    await rds.send(
+      new SwitchoverGlobalClusterCommand({
+        GlobalClusterIdentifier: standby.globalClusterIdentifier,
+        TargetDbClusterIdentifier: standby.secondaryClusterArn,
+      }),
+    );
+    await markPromoted(cp, state.testId, startedAt);
+    return { startedAt };
+  },
+  'test.standby.promoted': async (cp, deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const polls = (state.promoted?.polls ?? 0) + 1;
+    const checkedAt = cp.now().toISOString();
+    const standby = test.standby!;
+    if (standby.type === 'rds-replica') {
+      const instance = (
+        await rdsClient(deps, standby.region).send(
+          new DescribeDBInstancesCommand({ DBInstanceIdentifier: standby.instance }),
+        )
+      ).DBInstances?.[0];
+      const done =
+        instance?.DBInstanceStatus === 'available' && !instance.ReadReplicaSourceDBInstanceIdentifier;
+      const endpoint = endpointOf(instance?.Endpoint?.Address, instance?.Endpoint?.Port);
+      return {
+        done,
+        polls,
+        checkedAt,
+        status: instance?.DBInstanceStatus,
+        ...(endpoint ? { endpoint } : {}),
+      };
+    }
+    const writer = await globalWriter(deps, standby);
+    if (writer.arn !== standby.secondaryArn || !writer.settled) return { done: false, polls, checkedAt };
+    const endpoint = await clusterEndpoint(deps, standby.secondaryArn!);
+    return { done: endpoint !== undefined, polls, checkedAt, ...(endpoint ? { endpoint } : {}) };
+  },
+  'test.standby.restore': async (cp, _deps, state) => {
+    // The failback of the standby itself, on every path: each poll of `test.standby.restored` takes the next
+    // step from what the standby is now (not from what the test believes it did), so a promotion asked for
+    // just before a crash is undone too, and a replica that was never promoted is left alone.
+    const test = await getDrTest(cp, state.testId);
+    return test.standby ? { startedAt: cp.now().toISOString() } : { skipped: true };
+  },
+  'test.standby.restored': async (cp, deps, state) => {
+    const test = await getDrTest(cp, state.testId);
+    const polls = (state.standbyRestored?.polls ?? 0) + 1;
+    const checkedAt = cp.now().toISOString();
+    const standby = test.standby;
+    if (!standby || state.standbyRestore?.skipped) return { done: true, polls, checkedAt };
+    if (standby.type === 'aurora-global') {
+      const writer = await globalWriter(deps, standby);
+      if (writer.arn === standby.primaryArn) return { done: writer.settled, polls, checkedAt };
+      if (writer.settled)
+        await rdsClient(deps, regionOfArn(standby.secondaryArn!)).send(
+          new SwitchoverGlobalClusterCommand({
+            GlobalClusterIdentifier: standby.globalCluster,
+            TargetDbClusterIdentifier: standby.primaryArn,
+          }),
+        );
+      return { done: false, polls, checkedAt, status: 'switching back' };
+    }
+    const rds = rdsClient(deps, standby.region);
+    const instance = await rds
+      .send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: standby.instance }))
+      .then((found) => found.DBInstances?.[0])
+      .catch((error: unknown) => {
+        if (/NotFound/.test((error as Error).name)) return undefined;
+        throw error;
+      });
+    const status = instance?.DBInstanceStatus;
+    if (instance?.ReadReplicaSourceDBInstanceIdentifier)
+      // A replica: never promoted, or re-created; done once it is available.
+      return { done: status === 'available', polls, checkedAt, status };
+    if (!instance) {
+      // Deleted: the replica is re-created with its former source and settings.
+      const sourceRegion = standby.source?.startsWith('arn:') ? regionOfArn(standby.source) : undefined;
+      await rds.send(
+        new CreateDBInstanceReadReplicaCommand({
+          DBInstanceIdentifier: standby.instance,
+          SourceDBInstanceIdentifier: standby.source,
+          ...(standby.instanceClass ? { DBInstanceClass: standby.instanceClass } : {}),
+          ...(standby.subnetGroup ? { DBSubnetGroupName: standby.subnetGroup } : {}),
+          ...(standby.securityGroups?.length ? { VpcSecurityGroupIds: [...standby.securityGroups] } : {}),
+          ...(sourceRegion && sourceRegion !== standby.region ? { SourceRegion: sourceRegion } : {}),
+          Tags: [{ Key: STANDBY_TAG, Value: 'true' }],
+        }),
+      );
+      return { done: false, polls, checkedAt, status: 'creating' };
+    }
+    // Promoted: a standalone instance cannot replicate again. Deleted (a final snapshot kept) once it is
+    // available, then re-created.
+    if (status === 'available')
+      await rds.send(
+        new DeleteDBInstanceCommand({
+          DBInstanceIdentifier: standby.instance,
+          SkipFinalSnapshot: false,
+          FinalDBSnapshotIdentifier: `dr-failover-${test.id.toLowerCase()}`,
+        }),
+      );
+    return { done: false, polls, checkedAt, status };
+  },
+};
+
+async function markPromoted(cp: ControlPlane, testId: string, at: string): Promise<void> {
+  await updateDrTest(cp, testId, (record) => ({
+    ...record,
+    ...(record.standby ? { standby: { ...record.standby, promotedAt: at } } : {}),
+  }));
+}
+
+/** The writer of the standby's Aurora global database, and whether no switchover is under way. */
+async function globalWriter(
+  deps: WorkflowDeps,
+  standby: NonNullable<DrTestRecord['standby']>,
+): Promise<{ arn?: string; settled: boolean }> {
+  const global = (
+    await rdsClient(deps, regionOfArn(standby.secondaryArn!)).send(
+      new DescribeGlobalClustersCommand({ GlobalClusterIdentifier: standby.globalCluster }),
+    )
+  ).GlobalClusters?.[0];
+  const arn = global?.GlobalClusterMembers?.find((member) => member.IsWriter)?.DBClusterArn;
+  return {
+    ...(arn ? { arn } : {}),
+    settled: global?.Status === 'available' && global.FailoverState === undefined,
+  };
+}
+
+async function clusterEndpoint(deps: WorkflowDeps, clusterArn: string): Promise<string | undefined> {
+  const cluster = (
+    await rdsClient(deps, regionOfArn(clusterArn)).send(
+      new DescribeDBClustersCommand({ DBClusterIdentifier: clusterArn }),
+    )
+  ).DBClusters?.[0];
+  return endpointOf(cluster?.Endpoint, cluster?.Port);
+}
 
 // ------------------------------------------------------------------------------------------ DR tests
 
@@ -1120,14 +1403,7 @@ async function serverOf(cp: ControlPlane, test: DrTestRecord, state?: State): Pr
     const source = await environmentConnection(cp, 'PRODUCTION');
     if (!endpoint || !source)
       throw new WorkflowError('NoEnvironment', 'the temporary RDS instance has no endpoint yet');
-    const url = new URL(source.url);
-    const [host, port] = [
-      endpoint.slice(0, endpoint.lastIndexOf(':')),
-      endpoint.slice(endpoint.lastIndexOf(':') + 1),
-    ];
-    url.hostname = host;
-    url.port = port;
-    return connectionFrom(url.toString(), source.password);
+    return connectionFrom(atEndpoint(source.url, endpoint), source.password);
   }
   const server = await environmentConnection(cp, test.targetEnvironment);
   if (!server)
@@ -1188,20 +1464,31 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
   if (state.health?.seconds !== undefined) phases.healthCheck = state.health.seconds;
   if (state.switch?.seconds !== undefined) phases.switchEndpoint = state.switch.seconds;
   if (state.failback?.seconds !== undefined) phases.failback = state.failback.seconds;
+  if (state.promote?.startedAt && state.promoted?.done && state.promoted.checkedAt)
+    phases.promoteStandby =
+      (Date.parse(state.promoted.checkedAt) - Date.parse(state.promote.startedAt)) / 1000;
+  if (state.standbyRestore?.startedAt && state.standbyRestored?.done && state.standbyRestored.checkedAt)
+    phases.restoreStandby =
+      (Date.parse(state.standbyRestored.checkedAt) - Date.parse(state.standbyRestore.startedAt)) / 1000;
   phases.total = (now.getTime() - Date.parse(test.startedAt)) / 1000;
   const recovery = test.testType === 'RECOVERY_TIME_TEST';
   const failover = test.testType === 'FAILOVER_TEST';
+  // With an RDS standby the data is staging's own (no backup to compare with): the health check is the
+  // check, and the standby must be back as it was (replicating again, or the primary switched back).
+  const rdsStandby = failover && state.standby !== undefined;
   const complete = recovery
     ? state.health !== undefined
     : failover
-      ? state.health?.ok === true && (state.switch?.switched !== true || state.failback?.restored === true)
+      ? state.health?.ok === true &&
+        (state.switch?.switched !== true || state.failback?.restored === true) &&
+        (!rdsStandby || state.standbyRestored?.done === true)
       : true;
   // A recovery slower than the objective fails the recovery-time test (a restore test only flags it).
   if (recovery && actualRTO !== undefined && test.objectives && actualRTO > test.objectives.rto)
     issues.push(`recovery took ${actualRTO} h, more than the RTO of ${test.objectives.rto} h`);
   return {
     ...base,
-    success: issues.length === 0 && state.check?.ok === true && complete,
+    success: issues.length === 0 && (state.check?.ok === true || rdsStandby) && complete,
     ...(actualRTO === undefined
       ? {}
       : { actualRTO, rtoViolated: actualRTO > (test.objectives?.rto ?? Infinity) }),
@@ -1346,6 +1633,12 @@ function round(hours: number): number {
   return Math.round(hours * 10_000) / 10_000;
 }
 
-const TASKS: Record<string, Task> = { ...restoreTasks, ...rdsTasks, ...failoverTasks, ...testTasks };
+const TASKS: Record<string, Task> = {
+  ...restoreTasks,
+  ...rdsTasks,
+  ...failoverTasks,
+  ...standbyTasks,
+  ...testTasks,
+};
 
 export const WORKFLOW_TASKS = Object.keys(TASKS);

@@ -316,9 +316,18 @@ describe('ControlPlaneStack template', () => {
       [statement.Action].flat().some((action: string) => /^rds:Delete/.test(action)),
     );
     expect(deletes.length).toBeGreaterThan(0);
-    for (const statement of deletes)
+    for (const statement of deletes) {
+      // A standby replica FAILOVER_TEST re-creates: any instance, but only one tagged for it.
+      if (statement.Condition) {
+        expect(statement.Condition).toEqual({
+          StringEquals: { 'aws:ResourceTag/dr-automation:standby': 'true' },
+        });
+        expect([statement.Action].flat().sort()).toEqual(['rds:DeleteDBInstance', 'rds:PromoteReadReplica']);
+        continue;
+      }
       for (const resource of [statement.Resource].flat())
         expect(JSON.stringify(resource)).toMatch(/:(db|cluster):dr-restore-\*"/);
+    }
     expect(statements.some((statement) => [statement.Action].flat().includes('rds:*'))).toBe(false);
     // Snapshots are restored only into temporary dr-restore-* instances and clusters.
     const fromSnapshot = statements.filter((statement) =>

@@ -7,7 +7,21 @@ import {
   ListResourceRecordSetsCommand,
   Route53Client,
 } from '@aws-sdk/client-route-53';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import {
+  CreateDBInstanceCommand,
+  CreateDBInstanceReadReplicaCommand,
+  DescribeDBClustersCommand,
+  DescribeDBInstancesCommand,
+  DescribeGlobalClustersCommand,
+  SwitchoverGlobalClusterCommand,
+  DescribeDBSnapshotsCommand,
+  RDSClient,
+  RemoveTagsFromResourceCommand,
+  AddTagsToResourceCommand,
+  type DBInstance,
+} from '@aws-sdk/client-rds';
+import { mockClient } from 'aws-sdk-client-mock';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEventManager } from '../support/event-manager.ts';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
 import { nightlySchedule } from '../support/catalog.ts';
@@ -36,6 +50,7 @@ beforeAll(async () => {
   });
   api = await startTestApi({
     route53: () => route53,
+    rds: rdsClient,
     taskWrappers: {
       'test.restore.run': async (input, real) => {
         const result = await real();
@@ -94,6 +109,54 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([api?.close(), pg?.stop(), moto?.stop()]);
 });
+
+/**
+ * RDS through moto (metadata only): the standby replica's endpoint is reported as the throwaway PostgreSQL, so
+ * the health check reaches a real database. moto 5 keeps reporting a promoted replica's source
+ * (ReadReplicaSourceDBInstanceIdentifier) after PromoteReadReplica, which RDS clears: the instances moto
+ * promoted are tracked here and reported without it, until a replica of that name is created again.
+ */
+const promoted = new Set<string>();
+function rdsClient(region: string | undefined): RDSClient {
+  const client = new RDSClient({
+    region: region ?? 'eu-west-1',
+    endpoint: moto.endpoint,
+    credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+  });
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const result = await next(args);
+      const identifier = (args.input as { DBInstanceIdentifier?: string }).DBInstanceIdentifier;
+      if (identifier && context.commandName === 'PromoteReadReplicaCommand') promoted.add(identifier);
+      if (identifier && context.commandName === 'CreateDBInstanceReadReplicaCommand')
+        promoted.delete(identifier);
+      for (const instance of (result.output as { DBInstances?: DBInstance[] }).DBInstances ?? []) {
+        if (instance.DBInstanceIdentifier === 'staging-replica')
+          instance.Endpoint = { Address: '127.0.0.1', Port: pg.port };
+        if (promoted.has(instance.DBInstanceIdentifier!))
+          delete instance.ReadReplicaSourceDBInstanceIdentifier;
+      }
+      return result;
+    },
+    { step: 'initialize', name: 'pointStandbyAtTestPostgres' },
+  );
+  return client;
+}
+
+async function configure(standby?: Record<string, string>): Promise<void> {
+  const response = await api.call('POST', '/api/dr/config', {
+    notificationEmails: ['ops@example.com'],
+    source: { database: { url: pg.url('app') } },
+    environments: {
+      STAGING: {
+        database: { url: pg.url('staging') },
+        endpoint: { hostedZoneId: zoneId, recordName: RECORD },
+        ...(standby ? { standby } : {}),
+      },
+    },
+  });
+  expect(response.status, response.text).toBe(200);
+}
 
 async function record(): Promise<{ type?: string; value?: string; ttl?: number }> {
   const found = await route53.send(
@@ -177,4 +240,219 @@ it('runs against STAGING only: production is failed over by hand', async () => {
     status: 'RUNNING',
     targetEnvironment: 'PRODUCTION',
   });
+});
+
+describe('with an RDS read replica as the standby', () => {
+  let rds: RDSClient;
+  let replicaArn: string;
+  beforeAll(async () => {
+    rds = rdsClient('eu-west-1');
+    await rds.send(
+      new CreateDBInstanceCommand({
+        DBInstanceIdentifier: 'staging-primary',
+        DBInstanceClass: 'db.t4g.medium',
+        Engine: 'postgres',
+        AllocatedStorage: 20,
+        MasterUsername: 'events',
+        MasterUserPassword: 'not-a-real-password',
+      }),
+    );
+    const replica = await rds.send(
+      new CreateDBInstanceReadReplicaCommand({
+        DBInstanceIdentifier: 'staging-replica',
+        SourceDBInstanceIdentifier: 'staging-primary',
+        DBInstanceClass: 'db.t4g.medium',
+        Tags: [{ Key: 'dr-automation:standby', Value: 'true' }],
+      }),
+    );
+    replicaArn = replica.DBInstance!.DBInstanceArn!;
+    await pg.sql('staging', 'CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY)');
+    await configure({ type: 'rds-replica', instanceIdentifier: 'staging-replica', region: 'eu-west-1' });
+  });
+  afterAll(async () => {
+    await configure();
+  });
+
+  async function replica(): Promise<DBInstance> {
+    return (await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: 'staging-replica' })))
+      .DBInstances![0]!;
+  }
+
+  it('promotes the replica, switches the endpoint to it, checks it takes writes, then re-creates the replica', async () => {
+    const test = await failoverTest();
+    expect(test.status, JSON.stringify(test.results)).toBe('PASSED');
+    expect(Object.keys(test.results.phases).sort()).toEqual([
+      'failback',
+      'healthCheck',
+      'promoteStandby',
+      'restoreStandby',
+      'switchEndpoint',
+      'total',
+    ]);
+    expect(test.standby).toMatchObject({
+      type: 'rds-replica',
+      instance: 'staging-replica',
+      source: 'staging-primary',
+      instanceClass: 'db.t4g.medium',
+      promotedAt: expect.any(String),
+    });
+    // The endpoint pointed at the promoted replica during the test (its previous value kept), and back after.
+    expect(test.failover.original.ResourceRecords).toEqual([{ Value: 'staging-primary.internal' }]);
+    expect(await record()).toEqual({ type: 'CNAME', value: 'staging-primary.internal', ttl: 300 });
+    // A replica of the same primary again, tagged for the next test; the promoted one kept as a final snapshot.
+    const again = await replica();
+    expect(again.ReadReplicaSourceDBInstanceIdentifier).toBe('staging-primary');
+    expect(again.DBInstanceStatus).toBe('available');
+    expect(again.TagList).toContainEqual({ Key: 'dr-automation:standby', Value: 'true' });
+    const snapshots = await rds.send(
+      new DescribeDBSnapshotsCommand({ DBSnapshotIdentifier: `dr-failover-${test.id.toLowerCase()}` }),
+    );
+    expect(snapshots.DBSnapshots).toHaveLength(1);
+    replicaArn = again.DBInstanceArn!;
+  });
+
+  it('refuses a replica that is not tagged for it, and changes nothing', async () => {
+    await rds.send(
+      new RemoveTagsFromResourceCommand({ ResourceName: replicaArn, TagKeys: ['dr-automation:standby'] }),
+    );
+    try {
+      const test = await failoverTest();
+      expect(test.status).toBe('FAILED');
+      expect(test.results.issues).toEqual([
+        'StandbyNotTagged: staging-replica is not tagged dr-automation:standby=true: tag it to let FAILOVER_TEST promote and re-create it',
+      ]);
+      expect((await replica()).ReadReplicaSourceDBInstanceIdentifier).toBe('staging-primary');
+      expect(await record()).toEqual({ type: 'CNAME', value: 'staging-primary.internal', ttl: 300 });
+    } finally {
+      await rds.send(
+        new AddTagsToResourceCommand({
+          ResourceName: replicaArn,
+          Tags: [{ Key: 'dr-automation:standby', Value: 'true' }],
+        }),
+      );
+    }
+  });
+});
+
+/**
+ * moto has no SwitchoverGlobalCluster: the Aurora global database is played by aws-sdk-client-mock, with a
+ * switchover that is in progress for one poll and then settled; the secondary's writer endpoint is the
+ * throwaway PostgreSQL.
+ */
+describe('with an Aurora global database secondary as the standby', () => {
+  const PRIMARY = 'arn:aws:rds:eu-west-1:123456789012:cluster:staging-eu';
+  const SECONDARY = 'arn:aws:rds:us-east-1:123456789012:cluster:staging-us';
+  let mock: ReturnType<typeof mockClient>;
+  let writer = PRIMARY;
+  let switching = false;
+  let healthy = true;
+  beforeAll(async () => {
+    mock = mockClient(RDSClient);
+    mock.on(DescribeGlobalClustersCommand).callsFake(() => {
+      const answer = {
+        GlobalClusters: [
+          {
+            GlobalClusterIdentifier: 'staging-global',
+            Status: 'available',
+            ...(switching ? { FailoverState: { Status: 'switching-over' } } : {}),
+            GlobalClusterMembers: [PRIMARY, SECONDARY].map((arn) => ({
+              DBClusterArn: arn,
+              IsWriter: arn === writer,
+            })),
+          },
+        ],
+      };
+      switching = false;
+      return answer;
+    });
+    mock.on(SwitchoverGlobalClusterCommand).callsFake((input: { TargetDbClusterIdentifier: string }) => {
+      writer = input.TargetDbClusterIdentifier;
+      switching = true;
+      return {};
+    });
+    mock.on(DescribeDBClustersCommand).callsFake((input: { DBClusterIdentifier: string }) => ({
+      DBClusters: [
+        {
+          DBClusterArn: input.DBClusterIdentifier,
+          Endpoint: healthy ? '127.0.0.1' : 'unreachable.invalid',
+          Port: pg.port,
+        },
+      ],
+    }));
+    await configure({
+      type: 'aurora-global',
+      globalClusterIdentifier: 'staging-global',
+      secondaryClusterArn: SECONDARY,
+    });
+  });
+  afterAll(async () => {
+    mock.restore();
+    await configure();
+  });
+
+  it('switches over to the secondary, moves the endpoint, checks it, and switches back', async () => {
+    mock.resetHistory();
+    const test = await failoverTest();
+    expect(test.status, JSON.stringify(test.results)).toBe('PASSED');
+    expect(mock.commandCalls(SwitchoverGlobalClusterCommand).map((call) => call.args[0].input)).toEqual([
+      { GlobalClusterIdentifier: 'staging-global', TargetDbClusterIdentifier: SECONDARY },
+      { GlobalClusterIdentifier: 'staging-global', TargetDbClusterIdentifier: PRIMARY },
+    ]);
+    expect(writer).toBe(PRIMARY);
+    expect(test.standby).toMatchObject({
+      type: 'aurora-global',
+      primaryArn: PRIMARY,
+      secondaryArn: SECONDARY,
+    });
+    expect(test.results.phases).toMatchObject({
+      promoteStandby: expect.any(Number),
+      restoreStandby: expect.any(Number),
+      switchEndpoint: expect.any(Number),
+    });
+    expect(await record()).toEqual({ type: 'CNAME', value: 'staging-primary.internal', ttl: 300 });
+  });
+
+  it('switches back and restores the record when the secondary does not answer', async () => {
+    mock.resetHistory();
+    healthy = false;
+    try {
+      const test = await failoverTest();
+      expect(test.status).toBe('FAILED');
+      expect(test.results.issues).toEqual([expect.stringMatching(/unreachable\.invalid/)]);
+      expect(mock.commandCalls(SwitchoverGlobalClusterCommand)).toHaveLength(2);
+      expect(writer).toBe(PRIMARY);
+      expect(await record()).toEqual({ type: 'CNAME', value: 'staging-primary.internal', ttl: 300 });
+    } finally {
+      healthy = true;
+    }
+  });
+
+  it('refuses a secondary that is not in the global database', async () => {
+    await configure({
+      type: 'aurora-global',
+      globalClusterIdentifier: 'staging-global',
+      secondaryClusterArn: 'arn:aws:rds:us-west-2:123456789012:cluster:elsewhere',
+    });
+    mock.resetHistory();
+    const test = await failoverTest();
+    expect(test.status).toBe('FAILED');
+    expect(test.results.issues).toEqual([
+      'NotAMember: arn:aws:rds:us-west-2:123456789012:cluster:elsewhere is not a member of staging-global',
+    ]);
+    expect(mock.commandCalls(SwitchoverGlobalClusterCommand)).toHaveLength(0);
+  });
+});
+
+it('refuses a standby the config cannot use, naming the field', async () => {
+  const response = await api.call('POST', '/api/dr/config', {
+    source: { database: { url: pg.url('app') } },
+    environments: {
+      STAGING: {
+        database: { url: pg.url('staging') },
+        standby: { type: 'aurora-global', globalClusterIdentifier: 'g', secondaryClusterArn: 'staging-us' },
+      },
+    },
+  });
+  expect(response.status).toBe(400);
+  expect(fieldsOf(response)).toEqual(['environments.STAGING.standby.secondaryClusterArn']);
 });

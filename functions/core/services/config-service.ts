@@ -45,6 +45,7 @@ export interface DrConfig {
     readonly STAGING?: {
       readonly database: DatabaseSource;
       readonly endpoint?: { readonly hostedZoneId: string; readonly recordName: string };
+      readonly standby?: NonNullable<NonNullable<DrConfigInput['environments']>['STAGING']>['standby'];
     };
   };
 }
@@ -134,6 +135,7 @@ export async function replaceConfig(
               STAGING: {
                 database: stagingDatabase,
                 ...(environments?.STAGING?.endpoint ? { endpoint: environments.STAGING.endpoint } : {}),
+                ...(environments?.STAGING?.standby ? { standby: environments.STAGING.standby } : {}),
               },
             },
           }),

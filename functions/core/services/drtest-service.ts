@@ -65,6 +65,24 @@ export interface DrTestRecord {
     };
   };
   /**
+   * FAILOVER_TEST with an RDS standby: what it was before the test (the failback puts it back): the replica's
+   * source and settings, or the Aurora global database's primary.
+   */
+  readonly standby?: {
+    readonly type: 'rds-replica' | 'aurora-global';
+    readonly region?: string;
+    readonly instance?: string;
+    readonly source?: string;
+    readonly instanceClass?: string;
+    readonly subnetGroup?: string;
+    readonly securityGroups?: readonly string[];
+    readonly globalCluster?: string;
+    readonly primaryArn?: string;
+    readonly secondaryArn?: string;
+    /** Set once the failover was asked for: from then on the failback must undo it. */
+    readonly promotedAt?: string;
+  };
+  /**
    * RESTORE_TEST / RECOVERY_TIME_TEST: `scratch` restores into a scratch database on the environment's server,
    * `rds` into one on a temporary instance restored from the RDS source's newest snapshot.
    */
@@ -155,6 +173,9 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
       targetEnvironment: input.targetEnvironment,
       notifyOnCompletion: input.notifyOnCompletion,
       ...(method ? { method } : {}),
+      ...(input.testType === 'FAILOVER_TEST' && config.environments?.STAGING?.standby
+        ? { standby: { type: config.environments.STAGING.standby.type } }
+        : {}),
     });
     return (await cp.table.replace(item, { ...record, executionArn }, cp.now())).data;
   } catch (error) {
