@@ -26,6 +26,7 @@ import { createEventManager } from '../support/event-manager.ts';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
 import { nightlySchedule } from '../support/catalog.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+import { motoRds } from '../support/rds.ts';
 import { startMoto } from '../support/s3-server.ts';
 
 /**
@@ -118,29 +119,16 @@ afterAll(async () => {
  */
 const promoted = new Set<string>();
 function rdsClient(region: string | undefined): RDSClient {
-  const client = new RDSClient({
-    region: region ?? 'eu-west-1',
-    endpoint: moto.endpoint,
-    credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+  return motoRds(moto.endpoint, region, ({ command, input, instances }) => {
+    const identifier = input.DBInstanceIdentifier as string | undefined;
+    if (identifier && command === 'PromoteReadReplicaCommand') promoted.add(identifier);
+    if (identifier && command === 'CreateDBInstanceReadReplicaCommand') promoted.delete(identifier);
+    for (const instance of instances) {
+      if (instance.DBInstanceIdentifier === 'staging-replica')
+        instance.Endpoint = { Address: '127.0.0.1', Port: pg.port };
+      if (promoted.has(instance.DBInstanceIdentifier!)) delete instance.ReadReplicaSourceDBInstanceIdentifier;
+    }
   });
-  client.middlewareStack.add(
-    (next, context) => async (args) => {
-      const result = await next(args);
-      const identifier = (args.input as { DBInstanceIdentifier?: string }).DBInstanceIdentifier;
-      if (identifier && context.commandName === 'PromoteReadReplicaCommand') promoted.add(identifier);
-      if (identifier && context.commandName === 'CreateDBInstanceReadReplicaCommand')
-        promoted.delete(identifier);
-      for (const instance of (result.output as { DBInstances?: DBInstance[] }).DBInstances ?? []) {
-        if (instance.DBInstanceIdentifier === 'staging-replica')
-          instance.Endpoint = { Address: '127.0.0.1', Port: pg.port };
-        if (promoted.has(instance.DBInstanceIdentifier!))
-          delete instance.ReadReplicaSourceDBInstanceIdentifier;
-      }
-      return result;
-    },
-    { step: 'initialize', name: 'pointStandbyAtTestPostgres' },
-  );
-  return client;
 }
 
 async function configure(standby?: Record<string, string>): Promise<void> {

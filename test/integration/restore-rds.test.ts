@@ -1,12 +1,12 @@
+import type { RDSClient } from '@aws-sdk/client-rds';
 import {
-  CreateDBClusterCommand,
   CreateDBInstanceCommand,
   DescribeDBClustersCommand,
   DescribeDBInstancesCommand,
-  RDSClient,
 } from '@aws-sdk/client-rds';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
+import { createAuroraCluster, motoRds } from '../support/rds.ts';
 import { startMoto } from '../support/s3-server.ts';
 
 /**
@@ -20,12 +20,7 @@ let failStatus = false;
 
 beforeAll(async () => {
   moto = await startMoto();
-  const client = (region: string | undefined) =>
-    new RDSClient({
-      region: region ?? 'eu-west-1',
-      endpoint: moto.endpoint,
-      credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
-    });
+  const client = (region: string | undefined) => motoRds(moto.endpoint, region);
   rds = client('eu-west-1');
   api = await startTestApi({
     rds: client,
@@ -134,22 +129,7 @@ it('uses our backups instead when asked (method backup), and refuses rds without
 });
 
 it('restores an Aurora cluster to a point in time, with an instance to answer, and cleans both up on failure', async () => {
-  await rds.send(
-    new CreateDBClusterCommand({
-      DBClusterIdentifier: 'event-manager-aurora',
-      Engine: 'aurora-postgresql',
-      MasterUsername: 'events',
-      MasterUserPassword: 'not-a-real-password',
-    }),
-  );
-  await rds.send(
-    new CreateDBInstanceCommand({
-      DBInstanceIdentifier: 'event-manager-aurora-1',
-      DBClusterIdentifier: 'event-manager-aurora',
-      DBInstanceClass: 'db.r6g.large',
-      Engine: 'aurora-postgresql',
-    }),
-  );
+  await createAuroraCluster(rds, 'event-manager-aurora');
   await configure({ clusterIdentifier: 'event-manager-aurora', region: 'eu-west-1' });
   try {
     const record = await restore({ pointInTime: minuteAgo(), scope: { files: false } });

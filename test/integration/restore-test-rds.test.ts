@@ -1,5 +1,5 @@
+import type { RDSClient } from '@aws-sdk/client-rds';
 import {
-  CreateDBClusterCommand,
   CreateDBClusterSnapshotCommand,
   CreateDBInstanceCommand,
   CreateDBSnapshotCommand,
@@ -7,8 +7,6 @@ import {
   DescribeDBClustersCommand,
   DescribeDBInstancesCommand,
   DescribeDBSnapshotsCommand,
-  RDSClient,
-  type DBCluster,
   type DBInstance,
 } from '@aws-sdk/client-rds';
 import { mkdtemp } from 'node:fs/promises';
@@ -19,6 +17,7 @@ import { nightlySchedule } from '../support/catalog.ts';
 import { createEventManager } from '../support/event-manager.ts';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+import { createAuroraCluster, motoRds } from '../support/rds.ts';
 import { startMoto } from '../support/s3-server.ts';
 
 /**
@@ -38,27 +37,15 @@ let failStatus = false;
 const temporaryInstances = new Map<string, DBInstance>();
 
 function rdsClient(region: string | undefined): RDSClient {
-  const client = new RDSClient({
-    region: region ?? 'eu-west-1',
-    endpoint: moto.endpoint,
-    credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+  return motoRds(moto.endpoint, region, ({ instances, clusters }) => {
+    const temporary = (id: string | undefined) => id?.startsWith('dr-restore-') === true;
+    for (const instance of instances)
+      if (temporary(instance.DBInstanceIdentifier))
+        instance.Endpoint = { Address: '127.0.0.1', Port: pg.port };
+    for (const cluster of clusters)
+      if (temporary(cluster.DBClusterIdentifier))
+        Object.assign(cluster, { Endpoint: '127.0.0.1', Port: pg.port });
   });
-  client.middlewareStack.add(
-    (next) => async (args) => {
-      const result = await next(args);
-      const output = result.output as { DBInstances?: DBInstance[]; DBClusters?: DBCluster[] };
-      const temporary = (id: string | undefined) => id?.startsWith('dr-restore-') === true;
-      for (const instance of output.DBInstances ?? [])
-        if (temporary(instance.DBInstanceIdentifier))
-          instance.Endpoint = { Address: '127.0.0.1', Port: pg.port };
-      for (const cluster of output.DBClusters ?? [])
-        if (temporary(cluster.DBClusterIdentifier))
-          Object.assign(cluster, { Endpoint: '127.0.0.1', Port: pg.port });
-      return result;
-    },
-    { step: 'initialize', name: 'pointTemporaryInstancesAtTestPostgres' },
-  );
-  return client;
 }
 
 beforeAll(async () => {
@@ -246,22 +233,7 @@ it('deletes the instance when it never becomes available, and says why', async (
 });
 
 it('restores an Aurora cluster snapshot with an instance to answer, and deletes both', async () => {
-  await rds.send(
-    new CreateDBClusterCommand({
-      DBClusterIdentifier: 'event-manager-aurora',
-      Engine: 'aurora-postgresql',
-      MasterUsername: 'events',
-      MasterUserPassword: 'not-a-real-password',
-    }),
-  );
-  await rds.send(
-    new CreateDBInstanceCommand({
-      DBInstanceIdentifier: 'event-manager-aurora-1',
-      DBClusterIdentifier: 'event-manager-aurora',
-      DBInstanceClass: 'db.r6g.large',
-      Engine: 'aurora-postgresql',
-    }),
-  );
+  await createAuroraCluster(rds, 'event-manager-aurora');
   await rds.send(
     new CreateDBClusterSnapshotCommand({
       DBClusterIdentifier: 'event-manager-aurora',
