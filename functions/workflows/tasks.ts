@@ -1211,7 +1211,8 @@ const testTasks: Record<string, Task> = {
   },
   'test.restore.check': async (cp, deps, state) => {
     const test = await getDrTest(cp, state.testId);
-    const target = withDatabase(await serverOf(cp, test, state), state.scratch!.database);
+    const server = await serverOf(cp, test, state);
+    const target = withDatabase(server, state.scratch!.database);
     const started = Date.now();
     return withBackup(cp, state.plan!.backupId!, deps.masterKey, async (repository, manifest) => {
       const issues: string[] = [];
@@ -1224,7 +1225,8 @@ const testTasks: Record<string, Task> = {
             : `table ${check.table}: ${check.rows} rows, the backup holds ${check.expectedRows}`,
         );
       issues.push(...(await schemaIssues(repository, manifest, target)));
-      const snapshot = state.plan?.method === 'rds' ? await snapshotHealth(cp, test, state) : undefined;
+      const snapshot =
+        state.plan?.method === 'rds' ? await snapshotHealth(server, state.plan.rds?.snapshot) : undefined;
       if (snapshot?.issue) issues.push(snapshot.issue);
       return {
         ok: issues.length === 0,
@@ -1362,21 +1364,19 @@ const testTasks: Record<string, Task> = {
 
 /** The source database as the snapshot brought it back on the temporary instance: it answers, with tables. */
 async function snapshotHealth(
-  cp: ControlPlane,
-  test: DrTestRecord,
-  state: State,
+  server: DatabaseConnection,
+  snapshotId: string | undefined,
 ): Promise<{ relations: number; issue?: string }> {
-  const server = await serverOf(cp, test, state);
   const name = databaseNameOf(server);
   try {
     const relations = await userRelationCount(server);
     return relations > 0
       ? { relations }
-      : { relations, issue: `snapshot ${state.plan?.rds?.snapshot}: database ${name} has no tables` };
+      : { relations, issue: `snapshot ${snapshotId}: database ${name} has no tables` };
   } catch (error) {
     return {
       relations: 0,
-      issue: `snapshot ${state.plan?.rds?.snapshot}: database ${name} does not answer: ${(error as Error).message}`,
+      issue: `snapshot ${snapshotId}: database ${name} does not answer: ${(error as Error).message}`,
     };
   }
 }

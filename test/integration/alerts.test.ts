@@ -5,7 +5,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { MailMessage } from '../../functions/core/mail/ses-mailer.ts';
 import { runAlertChecks } from '../../functions/core/services/alert-service.ts';
 import { Partition } from '../../functions/core/store/table.ts';
-import { catalogEntry } from '../support/catalog.ts';
+import { catalogEntry, slowRestoreTest } from '../support/catalog.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 
 /**
@@ -99,19 +99,12 @@ it('sends one email when a schedule starts failing, none while it goes on, and o
 it('sends one email per DR test that exceeded the RTO, and says when a test type is overdue', async () => {
   const cp = api.runtime.controlPlane;
   sent.length = 0;
-  const test = {
+  const test = slowRestoreTest({
     id: '20261101T050000000Z-abcdef',
-    testType: 'RESTORE_TEST',
-    targetEnvironment: 'STAGING',
-    notifyOnCompletion: false,
-    status: 'PASSED',
-    mode: 'workflow',
-    actor: 'ops',
     startedAt: at(5),
     finishedAt: at(10),
-    objectives: { rto: 4, rpo: 2 },
-    results: { success: true, actualRTO: 5, actualRPO: 1, issues: [], participants: [], rtoViolated: true },
-  };
+    rtoViolated: true,
+  });
   await cp.table.create(Partition.drTest, test.id, test, new Date(clock), 'exists');
   clock = T0 + 10.5 * H;
   await add(backup(10, 10, 'SUCCESS'));

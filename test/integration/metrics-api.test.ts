@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Partition } from '../../functions/core/store/table.ts';
-import { catalogEntry } from '../support/catalog.ts';
+import { catalogEntry, slowRestoreTest } from '../support/catalog.ts';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
 
 /**
@@ -42,19 +42,7 @@ beforeAll(async () => {
       new Date(now),
       'exists',
     );
-  const test = {
-    id: '20261101T200000000Z-abcdef',
-    testType: 'RESTORE_TEST',
-    targetEnvironment: 'STAGING',
-    notifyOnCompletion: false,
-    status: 'PASSED',
-    mode: 'workflow',
-    actor: 'ops',
-    startedAt: at(20),
-    finishedAt: at(25),
-    objectives: { rto: 4, rpo: 2 },
-    results: { success: true, actualRTO: 5, actualRPO: 1, issues: [], participants: [] },
-  };
+  const test = slowRestoreTest({ id: '20261101T200000000Z-abcdef', startedAt: at(20), finishedAt: at(25) });
   await cp.table.create(Partition.drTest, test.id, test, new Date(now), 'exists');
 });
 afterAll(async () => {

@@ -45,3 +45,35 @@ export function catalogEntry(options: {
 export function nightlySchedule(targets: readonly string[]): Record<string, unknown> {
   return { id: 'nightly', name: 'nightly', scheduleType: 'FULL', cronExpression: '0 2 * * *', targets };
 }
+
+/**
+ * A finished RESTORE_TEST entry as the workflow writes it (objectives RTO 4 h / RPO 2 h) that took 5 h: the
+ * RTO violation the metrics and alerts must see.
+ */
+export function slowRestoreTest(options: {
+  readonly id: string;
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly rtoViolated?: boolean;
+}): Record<string, unknown> & { id: string } {
+  return {
+    id: options.id,
+    testType: 'RESTORE_TEST',
+    targetEnvironment: 'STAGING',
+    notifyOnCompletion: false,
+    status: 'PASSED',
+    mode: 'workflow',
+    actor: 'ops',
+    startedAt: options.startedAt,
+    finishedAt: options.finishedAt,
+    objectives: { rto: 4, rpo: 2 },
+    results: {
+      success: true,
+      actualRTO: 5,
+      actualRPO: 1,
+      issues: [],
+      participants: [],
+      ...(options.rtoViolated === undefined ? {} : { rtoViolated: options.rtoViolated }),
+    },
+  };
+}

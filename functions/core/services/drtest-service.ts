@@ -101,7 +101,7 @@ const WORKFLOW_OF: Partial<Record<DrTestType, WorkflowName>> = {
 
 /** POST /api/dr/test: records the test and starts its workflow; 202 with the id and the execution ARN. */
 export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: Actor): Promise<DrTestRecord> {
-  const { manual, ...fields } = input;
+  const { manual, method: askedMethod, ...fields } = input;
   const workflow = manual ? undefined : WORKFLOW_OF[input.testType];
   if (workflow && !cp.workflows)
     throw new ServiceUnavailableError('DR tests are not deployed here (no workflows)');
@@ -114,20 +114,15 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
     );
   const restores = input.testType === 'RESTORE_TEST' || input.testType === 'RECOVERY_TIME_TEST';
   const rdsSource = config.source?.rds;
-  if (input.method !== 'auto' && !restores)
+  if (askedMethod !== 'auto' && !restores)
     throw ValidationError.forField('method', 'applies to RESTORE_TEST and RECOVERY_TIME_TEST only');
-  if (input.method === 'rds' && !rdsSource)
+  if (askedMethod === 'rds' && !rdsSource)
     throw ValidationError.forField(
       'method',
       'rds needs an RDS/Aurora source: set source.rds in the DR config (or use scratch)',
     );
-  const method = restores
-    ? input.method === 'auto'
-      ? rdsSource
-        ? 'rds'
-        : 'scratch'
-      : input.method
-    : undefined;
+  const resolved = askedMethod === 'auto' ? (rdsSource ? 'rds' : 'scratch') : askedMethod;
+  const method = restores ? resolved : undefined;
   if (workflow && method === 'rds' && !(await environmentConnection(cp, 'PRODUCTION')))
     throw ValidationError.forField(
       'method',
@@ -147,10 +142,9 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
     );
   const now = cp.now();
   const id = newBackupId(now);
-  const { method: _asked, ...rest } = fields;
   const record: DrTestRecord = {
     id,
-    ...rest,
+    ...fields,
     ...(method ? { method } : {}),
     status: 'RUNNING',
     mode: workflow ? 'workflow' : 'manual',
