@@ -34,8 +34,10 @@ export function verifyDownload(
 ): { backupId: string; artifact: DownloadArtifact } | undefined {
   const [payload, signature] = token.split('.');
   if (!payload || !signature) return undefined;
-  const expected = createHmac('sha256', secret).update(payload).digest();
-  const given = Buffer.from(signature, 'base64url');
+  // Compared as the text that was signed out: decoding first would accept another spelling of the same bytes
+  // (the last base64url character carries unused bits), so a changed link could still pass.
+  const expected = Buffer.from(createHmac('sha256', secret).update(payload).digest('base64url'));
+  const given = Buffer.from(signature);
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
   const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as {
     b: string;
