@@ -1,4 +1,15 @@
 import { createHash } from 'node:crypto';
+import {
+  changeStreamReadiness,
+  createSlot,
+  lsnValue,
+  readChanges,
+  schemaFingerprint,
+  SchemaChangedError,
+  slotStatus,
+  type ChangeStream,
+  type ReadSummary,
+} from './changes.ts';
 import { chunkStream } from './chunker.ts';
 import { EngineError, SourceError } from './errors.ts';
 import { readFileStream, walk } from './files.ts';
@@ -6,16 +17,19 @@ import {
   isBackupId,
   newBackupId,
   type BackupType,
+  type ChangesManifest,
   type FileEntry,
   type Manifest,
   type StreamRecord,
   type TableRecord,
 } from './manifest.ts';
 import {
+  connect,
   copyTable,
   CopyDigest,
   dumpArchive,
   openSnapshot,
+  readSequences,
   type DatabaseConnection,
   type Snapshot,
   type Tool,
@@ -55,12 +69,28 @@ export interface BackupOptions {
   readonly packSize?: number;
   /** Chunks compressed and sealed at once (default 4). */
   readonly chunkConcurrency?: number;
+  /**
+   * Change-stream mode: a FULL (re)creates this slot and dumps in its snapshot; an INCREMENTAL stores the
+   * changes read from it since its parent. Where the database cannot do it, dump mode, with a notice.
+   */
+  readonly changeStream?: ChangeStream;
 }
 
 export interface BackupResult {
   readonly manifest: Manifest;
-  /** Why the type differs from the one asked for (an INCREMENTAL with no parent becomes a FULL). */
+  /** Why the type or mode differs from the one asked for (an INCREMENTAL with no parent becomes a FULL…). */
   readonly notice?: string;
+  /** Set when an INCREMENTAL was taken as a FULL because the schema changed: what changed. */
+  readonly schemaChanged?: string;
+}
+
+/** A change-stream INCREMENTAL that found it cannot go on: the backup is taken again as a FULL. */
+class RestartAsFull extends Error {
+  readonly schemaChanged: boolean;
+  constructor(message: string, schemaChanged: boolean) {
+    super(message);
+    this.schemaChanged = schemaChanged;
+  }
 }
 
 /**
@@ -69,6 +99,22 @@ export interface BackupResult {
  * `gc` removes.
  */
 export async function backup(repository: Repository, options: BackupOptions): Promise<BackupResult> {
+  try {
+    return await backupOnce(repository, options, []);
+  } catch (error) {
+    if (!(error instanceof RestartAsFull)) throw error;
+    const result = await backupOnce(repository, { ...options, type: 'FULL' }, [
+      `${error.message}: this INCREMENTAL was taken as a FULL`,
+    ]);
+    return error.schemaChanged ? { ...result, schemaChanged: error.message } : result;
+  }
+}
+
+async function backupOnce(
+  repository: Repository,
+  options: BackupOptions,
+  notices: string[],
+): Promise<BackupResult> {
   const now = options.now ?? (() => new Date());
   const startedAt = now();
   if (options.id !== undefined && !isBackupId(options.id))
@@ -81,13 +127,43 @@ export async function backup(repository: Repository, options: BackupOptions): Pr
     throw new SourceError('a SCHEMA backup needs a database');
 
   let type = options.type;
-  let notice: string | undefined;
   let parent: Manifest | undefined;
   if (type === 'INCREMENTAL') {
     parent = await findParent(repository, options.parent, options.tags?.series);
     if (!parent) {
       type = 'FULL';
-      notice = 'no earlier backup to build on: this INCREMENTAL was taken as a FULL';
+      notices.push('no earlier backup to build on: this INCREMENTAL was taken as a FULL');
+    }
+  }
+  // Change-stream mode: go on from the parent's stream, or start one with this FULL, or say why not.
+  let mode: 'dump' | 'slot' | 'changes' = 'dump';
+  const stream = options.changeStream;
+  let schemaChanged: string | undefined;
+  if (stream && source.database && type !== 'SCHEMA') {
+    if (type === 'INCREMENTAL' && parent?.changes?.slot === stream.slot) {
+      const stop = await continuationProblem(source.database, parent);
+      if (stop === undefined) mode = 'changes';
+      else {
+        type = 'FULL';
+        parent = undefined;
+        notices.push(`${stop.reason}: this INCREMENTAL was taken as a FULL`);
+        if (stop.schemaChanged) schemaChanged = stop.reason;
+      }
+    }
+    if (mode === 'dump') {
+      const readiness = await changeStreamReadiness(source.database);
+      if (!readiness.available)
+        notices.push(
+          `changes cannot be captured from this database (${readiness.reasons.join('; ')}): ${type === 'INCREMENTAL' ? 'this INCREMENTAL deduplicates a dump instead' : 'no change stream was started'}`,
+        );
+      else {
+        if (type === 'INCREMENTAL') {
+          type = 'FULL';
+          parent = undefined;
+          notices.push('a change stream starts with a FULL: this INCREMENTAL was taken as a FULL');
+        }
+        mode = 'slot';
+      }
     }
   }
   // A FULL is self-contained: it shares no chunk with earlier backups. An INCREMENTAL stores only chunks
@@ -110,16 +186,28 @@ export async function backup(repository: Repository, options: BackupOptions): Pr
     };
 
     let database: Manifest['database'];
+    let changes: ChangesManifest | undefined;
     let restorePoint = startedAt.toISOString();
-    if (source.database) {
-      database = await backupDatabase(
+    if (source.database && mode === 'changes') {
+      ({ changes, restorePoint } = await backupChanges(
+        sink,
+        repository,
+        source.database,
+        id,
+        parent!,
+        progress('database', 'changes'),
+      ));
+      database = parent!.database;
+    } else if (source.database) {
+      ({ database, changes } = await backupDatabase(
         sink,
         repository,
         source.database,
         type,
         options.tableConcurrency ?? 2,
         progress,
-      );
+        mode === 'slot' ? { stream: stream!, id } : undefined,
+      ));
       restorePoint = database.snapshotTime;
     }
     const files = source.files
@@ -144,12 +232,17 @@ export async function backup(repository: Repository, options: BackupOptions): Pr
       restorePoint,
       ...(database ? { database } : {}),
       ...(files ? { files } : {}),
+      ...(changes ? { changes } : {}),
       stats: { ...sink.stats },
       ...(review ? { review: { reason: review } } : {}),
       ...(options.tags ? { tags: options.tags } : {}),
     };
     await repository.writeManifest(manifest);
-    return notice ? { manifest, notice } : { manifest };
+    return {
+      manifest,
+      ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
+      ...(schemaChanged ? { schemaChanged } : {}),
+    };
   } finally {
     await lock.release().catch(() => undefined);
   }
@@ -178,7 +271,100 @@ export function referencedChunks(manifest: Manifest): Set<string> {
   add(manifest.database?.schemaOnly);
   manifest.database?.tables.forEach(add);
   manifest.files?.entries.forEach(add);
+  manifest.changes?.sets.forEach((set) => add(set.records));
   return all;
+}
+
+/** Why an INCREMENTAL cannot go on from its parent's change stream (undefined when it can). */
+async function continuationProblem(
+  connection: DatabaseConnection,
+  parent: Manifest,
+): Promise<{ reason: string; schemaChanged?: boolean } | undefined> {
+  const changes = parent.changes!;
+  const slot = await slotStatus(connection, changes.slot);
+  if (!slot) return { reason: `replication slot ${changes.slot} no longer exists` };
+  if (slot.walStatus === 'lost')
+    return { reason: `replication slot ${changes.slot} lost WAL it needed (max_slot_wal_keep_size)` };
+  if (lsnValue(slot.confirmedLsn) > lsnValue(changes.endLsn))
+    return {
+      reason: `replication slot ${changes.slot} has moved past backup ${parent.id} (${slot.confirmedLsn} > ${changes.endLsn})`,
+    };
+  const client = await connect(connection);
+  try {
+    if ((await schemaFingerprint(client)) !== changes.schema)
+      return { reason: `the schema changed since backup ${changes.base}`, schemaChanged: true };
+  } finally {
+    await client.end();
+  }
+  return undefined;
+}
+
+/**
+ * An INCREMENTAL in change-stream mode: the changes committed since the parent's `endLsn`, peeked from the
+ * slot (which moves only when the caller confirms the committed backup), then the sequences. A schema change
+ * seen in the stream, or by the fingerprint after reading, restarts the backup as a FULL.
+ */
+async function backupChanges(
+  sink: ChunkSink,
+  repository: Repository,
+  connection: DatabaseConnection,
+  id: string,
+  parent: Manifest,
+  onBytes: (size: number) => void,
+): Promise<{ changes: ChangesManifest; restorePoint: string }> {
+  const before = parent.changes!;
+  const expected = new Map(
+    (parent.database?.tables ?? []).map((table) => [`${table.schema}.${table.name}`, table.columns]),
+  );
+  const summary: ReadSummary = {
+    transactions: 0,
+    changes: 0,
+    endLsn: before.endLsn,
+    at: '',
+    relations: new Map(),
+  };
+  let records: StreamRecord;
+  try {
+    records = await storeStream(
+      sink,
+      readChanges(connection, before, before.endLsn, summary, expected),
+      repository,
+      onBytes,
+    );
+  } catch (error) {
+    if (error instanceof SchemaChangedError) throw new RestartAsFull(error.message, true);
+    throw error;
+  }
+  const client = await connect(connection);
+  let sequences;
+  try {
+    if ((await schemaFingerprint(client)) !== before.schema)
+      throw new RestartAsFull(`the schema changed since backup ${before.base}`, true);
+    sequences = await readSequences(client);
+  } finally {
+    await client.end();
+  }
+  return {
+    restorePoint: summary.at,
+    changes: {
+      ...before,
+      endLsn: summary.endLsn,
+      sets: [
+        ...before.sets,
+        {
+          backupId: id,
+          startLsn: before.endLsn,
+          endLsn: summary.endLsn,
+          records,
+          transactions: summary.transactions,
+          changes: summary.changes,
+          ...(summary.firstCommit ? { firstCommit: summary.firstCommit } : {}),
+          ...(summary.lastCommit ? { lastCommit: summary.lastCommit } : {}),
+          sequences,
+        },
+      ],
+    },
+  };
 }
 
 /** Chunks a stream into the sink; returns its chunk list, size and SHA-256. */
@@ -225,10 +411,24 @@ async function backupDatabase(
   type: BackupType,
   concurrency: number,
   progress: ProgressFactory,
-): Promise<NonNullable<Manifest['database']>> {
+  slot?: { stream: ChangeStream; id: string },
+): Promise<{ database: NonNullable<Manifest['database']>; changes?: ChangesManifest }> {
   let snapshot: Snapshot | undefined;
+  let created: Awaited<ReturnType<typeof createSlot>> | undefined;
   try {
-    snapshot = await openSnapshot(connection);
+    if (slot) created = await createSlot(connection, slot.stream);
+    snapshot = await openSnapshot(connection, created?.snapshotId);
+    const changes: ChangesManifest | undefined =
+      slot && created
+        ? {
+            ...slot.stream,
+            base: slot.id,
+            startLsn: created.consistentPoint,
+            endLsn: created.consistentPoint,
+            schema: await snapshot.inSnapshot(schemaFingerprint),
+            sets: [],
+          }
+        : undefined;
     const base = {
       serverVersion: snapshot.serverVersion,
       database: snapshot.database,
@@ -241,7 +441,7 @@ async function backupDatabase(
         repository,
         progress('database', 'schema'),
       );
-      return { ...base, schemaOnly, tables: [], sequences: [] };
+      return { database: { ...base, schemaOnly, tables: [], sequences: [] } };
     }
     const preData = await storeTool(
       sink,
@@ -289,9 +489,13 @@ async function backupDatabase(
       repository,
       progress('database', 'post-data'),
     );
-    return { ...base, preData, postData, tables, sequences: snapshot.sequences };
+    return {
+      database: { ...base, preData, postData, tables, sequences: snapshot.sequences },
+      ...(changes ? { changes } : {}),
+    };
   } finally {
     await snapshot?.close();
+    await created?.close();
   }
 }
 

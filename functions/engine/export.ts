@@ -10,12 +10,25 @@ import type { Repository } from './repository.ts';
 import { readStream } from './restore.ts';
 
 /**
+ * The dump a backup holds. A change-stream INCREMENTAL holds row changes on top of its FULL, which only a
+ * restore applies: it has no dump to export.
+ */
+function dumpOf(manifest: Manifest): NonNullable<Manifest['database']> {
+  const database = manifest.database;
+  if (!database) throw new RestoreError(`backup ${manifest.id} holds no database`);
+  if ((manifest.changes?.sets.length ?? 0) > 0)
+    throw new RestoreError(
+      `backup ${manifest.id} holds the database as row changes since FULL ${manifest.changes!.base}: restore it (POST /api/dr/restore or drctl restore), or download the FULL`,
+    );
+  return database;
+}
+
+/**
  * Writes the database of a backup as one plain SQL script, the same shape as `pg_dump --format=plain`:
  * `psql -d <empty database> -f script.sql` restores it with nothing but the standard PostgreSQL tools.
  */
 export async function exportSql(repository: Repository, manifest: Manifest, out: Writable): Promise<void> {
-  const database = manifest.database;
-  if (!database) throw new RestoreError(`backup ${manifest.id} holds no database`);
+  const database = dumpOf(manifest);
   const write = (text: string | Buffer) => writeTo(out, text);
   await write(
     `-- DR Automation backup ${manifest.id} (${manifest.type}) of database ${database.database}, PostgreSQL ${database.serverVersion}\n`,
@@ -59,8 +72,7 @@ export async function exportArchive(
   manifest: Manifest,
   out: Writable,
 ): Promise<void> {
-  const database = manifest.database;
-  if (!database) throw new RestoreError(`backup ${manifest.id} holds no database`);
+  const database = dumpOf(manifest);
   if (database.schemaOnly) {
     await pipeline(Readable.from(readStream(repository, database.schemaOnly, 'schema')), out, { end: false });
     return;

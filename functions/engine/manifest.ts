@@ -18,6 +18,8 @@ export interface Manifest {
   readonly restorePoint: string;
   readonly database?: DatabaseManifest;
   readonly files?: FilesManifest;
+  /** Change-stream mode: where the stream stands, and (INCREMENTAL) the change sets since the FULL. */
+  readonly changes?: ChangesManifest;
   readonly stats: {
     readonly chunks: number;
     readonly newChunks: number;
@@ -69,6 +71,41 @@ export interface DatabaseManifest {
   readonly schemaOnly?: StreamRecord;
   readonly tables: readonly TableRecord[];
   readonly sequences: readonly SequenceRecord[];
+}
+
+/** The changes one INCREMENTAL read from the slot: every transaction committed in (startLsn, endLsn]. */
+export interface ChangeSet {
+  /** The backup that stored this set. */
+  readonly backupId: string;
+  readonly startLsn: string;
+  readonly endLsn: string;
+  /** JSON lines: relation definitions, then begin / changes / commit per transaction, in commit order. */
+  readonly records: StreamRecord;
+  readonly transactions: number;
+  readonly changes: number;
+  readonly firstCommit?: { readonly lsn: string; readonly time: string };
+  readonly lastCommit?: { readonly lsn: string; readonly time: string; readonly xid: number };
+  /** Sequence values read after the changes (sequences are not in the stream). */
+  readonly sequences: readonly SequenceRecord[];
+}
+
+/**
+ * A backup in change-stream mode. The FULL records the slot and where it started; each INCREMENTAL carries
+ * the FULL's `database` record and the ordered list of every change set since it (its own last), so it
+ * restores by its id alone: the FULL, then the sets.
+ */
+export interface ChangesManifest {
+  readonly slot: string;
+  readonly publication: string;
+  /** The FULL the chain starts from (this backup's own id for the FULL). */
+  readonly base: string;
+  /** The slot's consistent point: the FULL's snapshot. */
+  readonly startLsn: string;
+  /** The stream is stored up to here. */
+  readonly endLsn: string;
+  /** Schema fingerprint when the FULL was taken: an INCREMENTAL with another one is taken as a FULL. */
+  readonly schema: string;
+  readonly sets: readonly ChangeSet[];
 }
 
 export interface FileEntry {

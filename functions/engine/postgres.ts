@@ -136,6 +136,8 @@ export interface Snapshot {
   readonly database: string;
   readonly tables: readonly TableInfo[];
   readonly sequences: readonly SequenceInfo[];
+  /** Runs a query in the snapshot's own transaction. */
+  inSnapshot<T>(use: (client: pg.Client) => Promise<T>): Promise<T>;
   /** Ends the snapshot's transaction (after every reader has started). */
   close(): Promise<void>;
 }
@@ -151,12 +153,15 @@ const USER_RELATIONS = `
  * columns and key, every sequence's value. Every reader of this backup (pg_dump, the COPY sessions) joins
  * the same snapshot, so the backup is one consistent instant.
  */
-export async function openSnapshot(connection: DatabaseConnection): Promise<Snapshot> {
+export async function openSnapshot(connection: DatabaseConnection, imported?: string): Promise<Snapshot> {
   const client = await connect(connection);
   try {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    // A snapshot exported elsewhere (a replication slot's) is joined; otherwise this transaction exports one.
+    if (imported !== undefined)
+      await client.query(`SET TRANSACTION SNAPSHOT ${client.escapeLiteral(imported)}`);
     const head = await client.query<{ id: string; time: Date; version: string; database: string }>(
-      "SELECT pg_export_snapshot() AS id, now() AS time, current_setting('server_version') AS version, current_database() AS database",
+      `SELECT ${imported === undefined ? 'pg_export_snapshot()' : client.escapeLiteral(imported)} AS id, now() AS time, current_setting('server_version') AS version, current_database() AS database`,
     );
     const tables = await client.query<{
       schema: string;
@@ -174,19 +179,7 @@ export async function openSnapshot(connection: DatabaseConnection): Promise<Snap
       FROM pg_class c, pg_namespace n
       WHERE c.relkind = 'r' AND ${USER_RELATIONS}
       ORDER BY 1, 2`);
-    const sequenceNames = await client.query<{ schema: string; name: string }>(`
-      SELECT n.nspname AS schema, c.relname AS name FROM pg_class c, pg_namespace n WHERE c.relkind = 'S' AND ${USER_RELATIONS} ORDER BY 1, 2`);
-    const sequences: SequenceInfo[] = [];
-    for (const sequence of sequenceNames.rows) {
-      const value = await client.query<{ last_value: string; is_called: boolean }>(
-        `SELECT last_value::text, is_called FROM ${qualified(client, sequence.schema, sequence.name)}`,
-      );
-      sequences.push({
-        ...sequence,
-        lastValue: value.rows[0]!.last_value,
-        isCalled: value.rows[0]!.is_called,
-      });
-    }
+    const sequences = await readSequences(client);
     const row = head.rows[0]!;
     return {
       id: row.id,
@@ -201,6 +194,7 @@ export async function openSnapshot(connection: DatabaseConnection): Promise<Snap
         indexes: table.indexes ?? [],
       })),
       sequences,
+      inSnapshot: (use) => use(client),
       close: async () => {
         await client.query('COMMIT').catch(() => undefined);
         await client.end();
@@ -211,6 +205,20 @@ export async function openSnapshot(connection: DatabaseConnection): Promise<Snap
     if (error instanceof SourceError) throw error;
     throw new SourceError(`reading the catalog failed: ${redact((error as Error).message, connection)}`);
   }
+}
+
+/** Every user sequence's value as this session sees it. */
+export async function readSequences(client: pg.Client): Promise<SequenceInfo[]> {
+  const sequenceNames = await client.query<{ schema: string; name: string }>(`
+    SELECT n.nspname AS schema, c.relname AS name FROM pg_class c, pg_namespace n WHERE c.relkind = 'S' AND ${USER_RELATIONS} ORDER BY 1, 2`);
+  const sequences: SequenceInfo[] = [];
+  for (const sequence of sequenceNames.rows) {
+    const value = await client.query<{ last_value: string; is_called: boolean }>(
+      `SELECT last_value::text, is_called FROM ${qualified(client, sequence.schema, sequence.name)}`,
+    );
+    sequences.push({ ...sequence, lastValue: value.rows[0]!.last_value, isCalled: value.rows[0]!.is_called });
+  }
+  return sequences;
 }
 
 export function qualified(client: pg.Client, schema: string, name: string): string {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { RestoreError } from './errors.ts';
 import { finishEntries, globFilter, makeEntry, writeFile } from './files.ts';
+import { ChangeApplier, changeLines } from './changes.ts';
 import type { Manifest, SequenceRecord, StreamRecord, TableRecord } from './manifest.ts';
 import {
   connect,
@@ -61,6 +62,11 @@ export interface DatabaseRestoreOptions {
   readonly noOwner?: boolean;
   readonly jobs?: number;
   readonly onProgress?: ProgressListener;
+  /**
+   * Change-stream backups: apply the changes committed at or before this instant only (ISO 8601, to the
+   * microsecond); default all the backup holds.
+   */
+  readonly until?: string;
 }
 
 export interface TableCheck {
@@ -76,9 +82,66 @@ export interface DatabaseRestoreResult {
   readonly bytes: number;
   readonly checks: readonly TableCheck[];
   readonly consistent: boolean;
+  /** Change-stream backups: what was applied on top of the FULL, and the last commit applied. */
+  readonly changes?: {
+    readonly transactions: number;
+    readonly changes: number;
+    readonly lastCommit?: { readonly lsn: string; readonly time: string; readonly xid: number };
+  };
 }
 
 export async function restoreDatabase(
+  repository: Repository,
+  manifest: Manifest,
+  options: DatabaseRestoreOptions,
+): Promise<DatabaseRestoreResult> {
+  const result = await restoreSnapshot(repository, manifest, options);
+  const sets = manifest.changes?.sets ?? [];
+  if (sets.length === 0) return result;
+  // The FULL is in and checked against its checksums: now its changes, in commit order, up to `until`.
+  const wanted = new Set(
+    manifest
+      .database!.tables.filter((table) => selects(table, options))
+      .map((table) => `${table.schema}.${table.name}`),
+  );
+  const applier = await ChangeApplier.open(options.target, options.until, (schema, name) =>
+    wanted.has(`${schema}.${name}`),
+  );
+  let bytes = result.bytes;
+  try {
+    let sequences: readonly SequenceRecord[] = [];
+    for (const set of sets) {
+      applier.beginSet();
+      sequences = set.sequences;
+      const what = `changes of backup ${set.backupId}`;
+      const source = tap(readStream(repository, set.records, what), (size) => {
+        bytes += size;
+        options.onProgress?.({ phase: 'restore', item: what, bytes });
+      });
+      let going = true;
+      for await (const line of changeLines(source)) if (!(going = await applier.apply(line))) break;
+      if (!going) break;
+    }
+    const partial = (options.tables?.length ?? 0) > 0 || (options.schemas?.length ?? 0) > 0;
+    await applier.setSequences(
+      sequences.filter((sequence) => !partial || (options.schemas ?? []).includes(sequence.schema)),
+    );
+  } finally {
+    await applier.close();
+  }
+  const applied = applier.result;
+  return {
+    ...result,
+    bytes,
+    changes: {
+      transactions: applied.transactions,
+      changes: applied.changes,
+      ...(applied.lastCommit ? { lastCommit: applied.lastCommit } : {}),
+    },
+  };
+}
+
+async function restoreSnapshot(
   repository: Repository,
   manifest: Manifest,
   options: DatabaseRestoreOptions,

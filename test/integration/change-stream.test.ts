@@ -1,0 +1,219 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backup } from '../../functions/engine/backup.ts';
+import {
+  changeStreamReadiness,
+  confirmChanges,
+  isoToMicros,
+  microsToIso,
+  slotStatus,
+} from '../../functions/engine/changes.ts';
+import { verify } from '../../functions/engine/maintenance.ts';
+import type { Manifest } from '../../functions/engine/manifest.ts';
+import type { Repository } from '../../functions/engine/repository.ts';
+import { restoreDatabase } from '../../functions/engine/restore.ts';
+import { newRepository } from '../support/engine.ts';
+import { createEventManager, tableChecksums } from '../support/event-manager.ts';
+import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+
+const STREAM = { slot: 'dr_test', publication: 'dr_test' };
+/** Slot names are unique in the whole cluster: one per test database. */
+const streamOf = (database: string) => ({ slot: `dr_test_${database}`, publication: 'dr_test' });
+
+let pg: TestPostgres;
+beforeAll(async () => {
+  pg = await startPostgres();
+  await pg.createDatabase('app');
+  await createEventManager(pg, 'app');
+  // page_views has no primary key: captured once its whole row is the identity.
+  await pg.sql('app', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+});
+afterAll(async () => {
+  await pg?.stop();
+});
+
+/** Runs one transaction, then reads the clock: an instant after this commit and before the next. */
+async function commit(sql: string): Promise<string> {
+  await pg.sql('app', `BEGIN; ${sql}; COMMIT;`);
+  const after = await pg.sql('app', 'SELECT clock_timestamp() AS at');
+  return (after.rows[0] as { at: Date }).at.toISOString();
+}
+
+async function restoreTo(
+  repository: Repository,
+  manifest: Manifest,
+  database: string,
+  until?: string,
+): Promise<Awaited<ReturnType<typeof restoreDatabase>>> {
+  const target = await pg.createDatabase(database);
+  return restoreDatabase(repository, manifest, { target, ...(until ? { until } : {}) });
+}
+
+describe('change-stream mode', () => {
+  it('restores every recorded instant exactly, from a FULL and the changes after it', async () => {
+    // Prepare: a FULL that starts the stream
+    const { repository } = await newRepository();
+    const database = pg.connection('app');
+    const full = await backup(repository, { type: 'FULL', source: { database }, changeStream: STREAM });
+    expect(full.notice).toBeUndefined();
+    expect(full.manifest.changes).toMatchObject({ slot: 'dr_test', base: full.manifest.id, sets: [] });
+    const states: { at: string; sums: Record<string, string> }[] = [];
+    const record = async (sql: string) =>
+      states.push({ at: await commit(sql), sums: await tableChecksums(pg, 'app') });
+
+    // Act: transactions of every kind, with INCREMENTALs between them
+    await record(
+      "INSERT INTO users (email, name, created_at) VALUES ('new1@example.com', E'Tab\\there', '2025-08-01 10:00:00.123456+00')",
+    );
+    await record(
+      "UPDATE registrations SET status = 'confirmed' WHERE id % 50 = 0; INSERT INTO audit_log (at, actor, payload) VALUES (now(), NULL, '{\"k\": [1, 2]}')",
+    );
+    const first = await backup(repository, {
+      type: 'INCREMENTAL',
+      source: { database },
+      changeStream: STREAM,
+    });
+    await confirmChanges(database, { slot: STREAM.slot, endLsn: first.manifest.changes!.endLsn });
+    await record(
+      "DELETE FROM tickets WHERE registration_id % 7 = 0; DELETE FROM page_views WHERE path = '/events/3'",
+    );
+    await record(
+      "UPDATE page_views SET path = NULL WHERE path = '/events/4'; UPDATE users SET email = 'moved@example.com' WHERE id = 5",
+    );
+    await record("TRUNCATE page_views; INSERT INTO page_views VALUES ('/after-truncate', NULL)");
+    await record(
+      "SELECT nextval('invoice_number'); UPDATE events SET price_cents = price_cents + 1 WHERE id <= 3",
+    );
+    const second = await backup(repository, {
+      type: 'INCREMENTAL',
+      source: { database },
+      changeStream: STREAM,
+    });
+
+    // Assess: the INCREMENTALs hold only the changes, and everything verifies
+    expect(first.manifest.type).toBe('INCREMENTAL');
+    expect(first.manifest.changes!.sets).toHaveLength(1);
+    expect(first.manifest.changes!.sets[0]).toMatchObject({ transactions: 2 });
+    expect(second.manifest.changes!.sets.map((set) => set.transactions)).toEqual([2, 4]);
+    expect(second.manifest.stats.bytesStored).toBeLessThan(full.manifest.stats.bytesStored / 20);
+    expect((await verify(repository, second.manifest.id)).ok).toBe(true);
+
+    // Each recorded instant restores to exactly the state then (restores from the newest backup, stopping at T).
+    // Sequences are not transactional and not in the stream: restored to the value read with the change set,
+    // never below the value at T.
+    for (const [index, state] of states.entries()) {
+      const result = await restoreTo(repository, second.manifest, `at_${index}`, state.at);
+      expect(result.consistent).toBe(true);
+      const { 'sequence invoice_number': sequence, ...tables } = await tableChecksums(pg, `at_${index}`);
+      const { 'sequence invoice_number': expectedSequence, ...expectedTables } = state.sums;
+      expect(tables, `instant ${index}`).toEqual(expectedTables);
+      expect(Number(sequence)).toBeGreaterThanOrEqual(Number(expectedSequence));
+      expect(result.changes?.transactions).toBe(index + 1);
+    }
+    // Before the first change: the FULL as it was
+    const before = await restoreTo(repository, second.manifest, 'at_full', full.manifest.restorePoint);
+    expect(before.changes?.transactions).toBe(0);
+    // Restore by id: each backup to its own end
+    const byId = await restoreTo(repository, second.manifest, 'by_id');
+    expect(await tableChecksums(pg, 'by_id')).toEqual(states.at(-1)!.sums);
+    expect(byId.changes?.lastCommit?.time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/);
+    const firstOnly = await restoreTo(repository, first.manifest, 'first_id');
+    expect(await tableChecksums(pg, 'first_id')).toEqual(states[1]!.sums);
+    // The exact commit time restores that commit; one microsecond earlier does not
+    const exact = firstOnly.changes!.lastCommit!.time;
+    const atCommit = await restoreTo(repository, second.manifest, 'exact', exact);
+    expect(atCommit.changes?.transactions).toBe(2);
+    const justBefore = microsToIso(isoToMicros(exact) - 1n);
+    const earlier = await restoreTo(repository, second.manifest, 'just_before', justBefore);
+    expect(earlier.changes?.transactions).toBe(1);
+    expect(await tableChecksums(pg, 'just_before')).toEqual(states[0]!.sums);
+  });
+
+  it('takes a FULL, and says why, when the schema changed since the last backup', async () => {
+    await pg.createDatabase('ddl');
+    await createEventManager(pg, 'ddl');
+    await pg.sql('ddl', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+    const { repository } = await newRepository();
+    const source = { database: pg.connection('ddl') };
+    const full = await backup(repository, { type: 'FULL', source, changeStream: streamOf('ddl') });
+    await pg.sql(
+      'ddl',
+      "UPDATE users SET name = 'x' WHERE id = 1; ALTER TABLE users ADD COLUMN nickname text",
+    );
+    await pg.sql('ddl', "UPDATE users SET nickname = 'nick' WHERE id = 2");
+
+    const next = await backup(repository, { type: 'INCREMENTAL', source, changeStream: streamOf('ddl') });
+
+    expect(next.manifest.type).toBe('FULL');
+    expect(next.schemaChanged).toContain(`the schema changed since backup ${full.manifest.id}`);
+    expect(next.notice).toContain('this INCREMENTAL was taken as a FULL');
+    expect(next.manifest.changes?.base).toBe(next.manifest.id);
+    const target = await pg.createDatabase('ddl_restored');
+    await restoreDatabase(repository, next.manifest, { target });
+    expect(await tableChecksums(pg, 'ddl_restored')).toEqual(await tableChecksums(pg, 'ddl'));
+  });
+
+  it('loses and repeats nothing when a run dies between reading the changes and committing', async () => {
+    await pg.createDatabase('crash');
+    await createEventManager(pg, 'crash');
+    await pg.sql('crash', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+    const { repository } = await newRepository();
+    const database = pg.connection('crash');
+    const incremental = () =>
+      backup(repository, { type: 'INCREMENTAL', source: { database }, changeStream: streamOf('crash') });
+    await backup(repository, { type: 'FULL', source: { database }, changeStream: streamOf('crash') });
+    await pg.sql('crash', "UPDATE users SET name = 'first' WHERE id <= 10");
+
+    // A run that read the changes and died before its manifest: nothing committed, the slot did not move
+    const slotBefore = await slotStatus(database, streamOf('crash').slot);
+    await expect(
+      backup(repository, {
+        type: 'INCREMENTAL',
+        source: { database },
+        changeStream: streamOf('crash'),
+        onProgress: (event) => {
+          if (event.phase === 'finishing') throw new Error('killed');
+        },
+      }),
+    ).rejects.toThrow('killed');
+    expect((await slotStatus(database, streamOf('crash').slot))?.confirmedLsn).toBe(slotBefore?.confirmedLsn);
+    // The next run stores those changes; it commits but dies before confirming (the slot stays behind)
+    const committed = await incremental();
+    expect(committed.manifest.changes!.sets.at(-1)).toMatchObject({ transactions: 1, changes: 10 });
+    await pg.sql('crash', "UPDATE users SET name = 'second' WHERE id <= 5");
+    const after = await incremental();
+
+    // The run after it reads from the older slot position and still stores only the new transaction
+    expect(after.manifest.changes!.sets.map((set) => [set.transactions, set.changes])).toEqual([
+      [1, 10],
+      [1, 5],
+    ]);
+    const target = await pg.createDatabase('crash_restored');
+    await restoreDatabase(repository, after.manifest, { target });
+    expect(await tableChecksums(pg, 'crash_restored')).toEqual(await tableChecksums(pg, 'crash'));
+  });
+
+  it('reports tables it cannot capture, and falls back to dump mode on them', async () => {
+    await pg.createDatabase('nokey');
+    await createEventManager(pg, 'nokey');
+    const readiness = await changeStreamReadiness(pg.connection('nokey'));
+    expect(readiness.available).toBe(false);
+    expect(readiness.tablesWithoutIdentity).toEqual([
+      expect.objectContaining({
+        table: 'public.page_views',
+        fix: expect.stringContaining('REPLICA IDENTITY FULL'),
+      }),
+    ]);
+    const { repository } = await newRepository();
+    const source = { database: pg.connection('nokey') };
+    await backup(repository, { type: 'FULL', source, changeStream: streamOf('nokey') });
+    const incremental = await backup(repository, {
+      type: 'INCREMENTAL',
+      source,
+      changeStream: streamOf('nokey'),
+    });
+    expect(incremental.manifest.changes).toBeUndefined();
+    expect(incremental.notice).toContain('public.page_views');
+    expect(incremental.notice).toContain('deduplicates a dump instead');
+    expect(await slotStatus(pg.connection('nokey'), streamOf('nokey').slot)).toBeUndefined();
+  });
+});
