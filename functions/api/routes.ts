@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { ControlPlane } from '../core/context.ts';
-import { ValidationError } from '../core/errors.ts';
+import { NotFoundError, ValidationError } from '../core/errors.ts';
 import {
   backupListQuery,
   drConfigInput,
@@ -19,6 +19,7 @@ import { listFirings } from '../core/services/dispatch-service.ts';
 import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
 import { getRestore, startRestore } from '../core/services/restore-service.ts';
 import { listAlerts } from '../core/services/alert-service.ts';
+import { changeStreamReport } from '../core/services/change-stream-service.ts';
 import {
   complianceView,
   metricsRange,
@@ -440,6 +441,20 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       tag: 'backups',
       status: 200,
       handle: async () => ({ body: await retentionPlan(cp) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/change-stream',
+      operationId: 'changeStream',
+      summary:
+        'Change-stream mode on the source database: what it allows (wal_level, privileges, tables without a primary key or replica identity, each with the fix) and where the replication slot stands (retained WAL, confirmed position)',
+      tag: 'schedules',
+      status: 200,
+      handle: async () => {
+        const report = await changeStreamReport(cp);
+        if (!report) throw new NotFoundError('the DR config names no source database');
+        return { body: report };
+      },
     }),
     route({
       method: 'POST',

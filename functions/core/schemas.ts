@@ -436,6 +436,12 @@ export const scheduleInput = z.strictObject({
   active: z.boolean().default(true),
   retentionDays: wholeRange(1, 365, 'days').optional(),
   targets: z.array(resourceId).max(10, { error: 'must list at most 10 targets' }).default([]),
+  /**
+   * How INCREMENTALs capture the database. `change-stream`: row changes from a logical replication slot
+   * (recovery to any commit); `dump`: deduplicated dumps; `auto` (default): the change stream where the
+   * database allows it, else dumps. A FULL starts the stream when an INCREMENTAL schedule reads it.
+   */
+  mode: z.enum(['auto', 'change-stream', 'dump']).default('auto'),
   version: z.number().int().min(1).optional(),
 });
 export type ScheduleInput = z.output<typeof scheduleInput>;

@@ -344,8 +344,8 @@ async function slotStatusWith(client: pg.Client, slot: string): Promise<SlotStat
     safe: string | null;
     wal_status: string | null;
   }>(
-    `SELECT active, confirmed_flush_lsn::text AS confirmed, pg_current_wal_lsn()::text AS current,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text AS retained,
+    `SELECT active, confirmed_flush_lsn::text AS confirmed, pg_current_wal_insert_lsn()::text AS current,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint::text AS retained,
        safe_wal_size::text AS safe, wal_status
      FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`,
     [slot],

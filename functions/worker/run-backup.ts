@@ -15,7 +15,10 @@ import { sourceForRun } from '../core/services/config-service.ts';
 import type { StoredSchedule } from '../core/services/schedule-service.ts';
 import { targetSecrets, type Target } from '../core/services/target-service.ts';
 import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
+import { streamForRun } from '../core/services/change-stream-service.ts';
 import { backup, type BackupSource } from '../engine/backup.ts';
+import { confirmChanges } from '../engine/changes.ts';
+import type { ChangesManifest } from '../engine/manifest.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { connectionFrom } from '../engine/postgres.ts';
 import { Repository } from '../engine/repository.ts';
@@ -125,11 +128,15 @@ export async function executeRun(
         );
       }
     }
-    const { manifest } = await backup(repository, {
+    const changeStream = engineSource.database
+      ? await streamForRun(cp, schedule, type, engineSource.database)
+      : undefined;
+    const { manifest, notice, schemaChanged } = await backup(repository, {
       id: backupId,
       type,
       source: engineSource,
       ...(parent ? { parent } : {}),
+      ...(changeStream ? { changeStream } : {}),
       tags: { schedule: schedule.id, series: 'dr' },
       onProgress: (event) => {
         progress = { phase: event.phase, bytes: event.bytes, ...(event.item ? { item: event.item } : {}) };
@@ -145,6 +152,7 @@ export async function executeRun(
         ...(member.error ? { error: member.error } : {}),
       });
     }
+    if (notice) notices.push(notice);
     const targets = schedule.targets.map((id) => results.get(id)!);
     const succeeded = targets.filter((target) => target.status === 'SUCCESS').length;
     const status: BackupStatus =
@@ -166,6 +174,8 @@ export async function executeRun(
           }
         : {}),
       ...(manifest.files ? { files: { entries: manifest.files.entries.length } } : {}),
+      ...(manifest.changes ? { changes: changeSummary(manifest.changes) } : {}),
+      ...(schemaChanged ? { schemaChanged } : {}),
       sizes: {
         sourceBytes: stats.bytesRead,
         storedBytes: stats.bytesStored,
@@ -180,6 +190,16 @@ export async function executeRun(
       ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
       ...(status === 'FAILED' ? { error: 'no target holds the backup' } : {}),
     });
+    // The slot moves only now that the backup is committed (in the catalog, on at least one target).
+    const set = manifest.changes?.sets.at(-1);
+    if (status !== 'FAILED' && set?.backupId === backupId && engineSource.database)
+      await confirmChanges(engineSource.database, { slot: manifest.changes!.slot, endLsn: set.endLsn }).catch(
+        (error: unknown) =>
+          cp.logger.warn('replication slot not advanced: the next INCREMENTAL skips what this one holds', {
+            backup: backupId,
+            error: (error as Error).message,
+          }),
+      );
     await cp.audit.append(
       { principal: 'backup-worker' },
       {
@@ -202,6 +222,17 @@ export async function executeRun(
     await mirror?.close();
     await releaseRun(cp, record.scheduleId, backupId);
   }
+}
+
+function changeSummary(changes: ChangesManifest): NonNullable<BackupRecord['changes']> {
+  const set = changes.sets.at(-1);
+  return {
+    base: changes.base,
+    endLsn: changes.endLsn,
+    transactions: set?.transactions ?? 0,
+    changes: set?.changes ?? 0,
+    ...(set?.lastCommit ? { lastCommit: set.lastCommit } : {}),
+  };
 }
 
 async function fail(

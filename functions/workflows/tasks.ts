@@ -65,7 +65,13 @@ import {
   runTool,
   type DatabaseConnection,
 } from '../engine/postgres.ts';
-import { checkTables, readStream, restoreDatabase, restoreFiles } from '../engine/restore.ts';
+import {
+  checkTables,
+  readStream,
+  restoreDatabase,
+  restoreFiles,
+  type DatabaseRestoreResult,
+} from '../engine/restore.ts';
 import { withBackup } from '../worker/open-backup.ts';
 
 /**
@@ -119,6 +125,7 @@ interface State {
     readonly rows?: number;
     readonly bytes?: number;
     readonly consistent?: boolean;
+    readonly changes?: NonNullable<DatabaseRestoreResult['changes']>;
   };
   readonly files?: {
     readonly skipped?: boolean;
@@ -129,7 +136,11 @@ interface State {
     readonly issues?: readonly string[];
   };
   readonly scratch?: { readonly database: string };
-  readonly restore?: { readonly usableAt?: string; readonly seconds?: number };
+  readonly restore?: {
+    readonly usableAt?: string;
+    readonly seconds?: number;
+    readonly baseMismatch?: readonly string[];
+  };
   readonly fetch?: { readonly seconds?: number };
   readonly switch?: { readonly switched?: boolean; readonly seconds?: number; readonly note?: string };
   readonly failback?: { readonly seconds?: number; readonly restored?: boolean };
@@ -227,6 +238,7 @@ async function planRestore(
     return planRdsRestore(deps, restore, rdsSource);
   let backup: BackupRecord;
   let gapSeconds: number | undefined;
+  let until: string | undefined;
   if (request.backupId !== undefined) {
     backup = await getBackup(cp, request.backupId);
     if (!isRestorePoint(backup))
@@ -244,6 +256,13 @@ async function planRestore(
       );
     backup = candidates;
     gapSeconds = Math.round((at - Date.parse(backup.restorePoint!)) / 1000);
+    if (backup.changes) {
+      // Change-stream chain: its newest backup, applied up to the asked instant (the apply stops at the first
+      // commit after it, so a later backup of the chain is always as good, and never misses a late commit).
+      backup = (await newestOfChain(cp, backup.changes.base, request.scheduleId)) ?? backup;
+      until = request.pointInTime;
+      gapSeconds = undefined;
+    }
   }
   const chain: string[] = [];
   for (let parent = backup.parent; parent !== undefined;) {
@@ -256,6 +275,7 @@ async function planRestore(
     type: backup.type,
     restorePoint: backup.restorePoint ?? backup.startedAt,
     ...(gapSeconds === undefined ? {} : { gapSeconds }),
+    ...(until === undefined ? {} : { until }),
     chain,
     bytes: backup.sizes?.sourceBytes ?? 0,
     database: request.scope.database && backup.database !== undefined,
@@ -266,6 +286,27 @@ async function planRestore(
       ...(request.destination.filesTo ? { filesTo: request.destination.filesTo } : {}),
     },
   };
+}
+
+/** The newest restore point of a change-stream chain (the FULL `base` and the INCREMENTALs on it). */
+async function newestOfChain(
+  cp: ControlPlane,
+  base: string,
+  scheduleId?: string,
+): Promise<BackupRecord | undefined> {
+  let nextToken: string | undefined;
+  do {
+    const page = await listBackups(cp, {
+      ...(scheduleId ? { scheduleId } : {}),
+      limit: 100,
+      ...(nextToken ? { nextToken } : {}),
+    });
+    const found = page.items.find((backup) => isRestorePoint(backup) && backup.changes?.base === base);
+    if (found) return found;
+    if (page.items.some((backup) => backup.id <= base)) return undefined;
+    nextToken = page.nextToken;
+  } while (nextToken !== undefined);
+  return undefined;
 }
 
 /** The newest restore point whose restore point is at or before `at`. */
@@ -356,6 +397,7 @@ const restoreTasks: Record<string, Task> = {
       restoreDatabase(repository, manifest, {
         target,
         clean: restore.request.overwrite,
+        ...(plan.until ? { until: plan.until } : {}),
         ...(restore.request.scope.tables ? { tables: restore.request.scope.tables } : {}),
         ...(restore.request.scope.schemas ? { schemas: restore.request.scope.schemas } : {}),
       }),
@@ -373,6 +415,7 @@ const restoreTasks: Record<string, Task> = {
       rows: result.rows,
       bytes: result.bytes,
       consistent: result.consistent,
+      ...(result.changes ? { changes: result.changes } : {}),
       seconds: (Date.now() - started) / 1000,
     };
   },
@@ -416,6 +459,7 @@ const restoreTasks: Record<string, Task> = {
                         rows: state.database.rows ?? 0,
                         bytes: state.database.bytes ?? 0,
                         consistent: state.database.consistent === true,
+                        ...(state.database.changes ? { changes: state.database.changes } : {}),
                       },
                     }
                   : {}),
@@ -1196,8 +1240,14 @@ const testTasks: Record<string, Task> = {
     const test = await getDrTest(cp, state.testId);
     const target = withDatabase(await serverOf(cp, test, state), state.scratch!.database);
     const started = Date.now();
+    // A change-stream backup is checked while it restores: the FULL's tables against their checksums before
+    // the changes go on (the check step cannot: no checksum exists for the state after them).
     const result = await withBackup(cp, state.plan!.backupId!, deps.masterKey, (repository, manifest) =>
-      restoreDatabase(repository, manifest, { target, noOwner: true, check: false }),
+      restoreDatabase(repository, manifest, {
+        target,
+        noOwner: true,
+        check: (manifest.changes?.sets.length ?? 0) > 0,
+      }),
     );
     // Usable: the restore finished (the test's start to here is the measured RTO).
     const usableAt = cp.now().toISOString();
@@ -1205,6 +1255,10 @@ const testTasks: Record<string, Task> = {
       tables: result.tables,
       rows: result.rows,
       bytes: result.bytes,
+      ...(result.changes ? { changes: result.changes.transactions } : {}),
+      ...(result.checks.some((check) => !check.ok)
+        ? { baseMismatch: result.checks.filter((check) => !check.ok).map((check) => check.table) }
+        : {}),
       seconds: (Date.now() - started) / 1000,
       usableAt,
     };
@@ -1217,7 +1271,10 @@ const testTasks: Record<string, Task> = {
     return withBackup(cp, state.plan!.backupId!, deps.masterKey, async (repository, manifest) => {
       const issues: string[] = [];
       const database = manifest.database!;
-      const checks = await checkTables(target, database.tables);
+      const applied = (manifest.changes?.sets.length ?? 0) > 0;
+      for (const table of state.restore?.baseMismatch ?? [])
+        issues.push(`table ${table}: the FULL's rows differ from the backup (checksum mismatch)`);
+      const checks = applied ? [] : await checkTables(target, database.tables);
       for (const check of checks.filter((one) => !one.ok))
         issues.push(
           check.rows === check.expectedRows

@@ -4,6 +4,7 @@ import { ConflictError } from '../errors.ts';
 import { isGood, rpoViolations } from '../metrics.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import type { BackupRecord } from './backup-service.ts';
+import { slotConditions } from './change-stream-service.ts';
 import { findConfig } from './config-service.ts';
 import { listDrTests, type DrTestRecord } from './drtest-service.ts';
 import { targetUsage, type Target } from './target-service.ts';
@@ -138,6 +139,20 @@ export async function currentConditions(cp: ControlPlane): Promise<Condition[]> 
     });
   }
   conditions.push(...(await capacityConditions(cp)));
+
+  // Change stream: a schema change forced a FULL (one email each); the slot's WAL and consumption.
+  for (const backup of backups.filter((one) => one.schemaChanged !== undefined))
+    conditions.push({
+      key: `schema-change:${backup.id}`,
+      active: true,
+      event: true,
+      subject: `[DR] Schema change — backup ${backup.id} was taken as a FULL`,
+      lines: [
+        `${backup.schemaChanged ?? ''}: the change stream does not carry DDL, so backup ${backup.id} of schedule ${backup.scheduleName} was taken as a FULL instead of an INCREMENTAL.`,
+        'Restores to instants before it use the previous FULL and its changes; after it, this FULL and the changes that follow.',
+      ],
+    });
+  conditions.push(...(await slotConditions(cp)));
   return conditions;
 }
 
@@ -253,7 +268,7 @@ export async function healthFigures(
 export async function listAlerts(cp: ControlPlane): Promise<AlertState[]> {
   const items = await cp.table.queryAll<StoredItem<AlertState>>(Partition.alert);
   return items
-    .filter((item) => !item.sk.startsWith('usage:'))
+    .filter((item) => !item.sk.startsWith('usage:') && !item.sk.startsWith('watch:'))
     .map((item) => item.data)
     .sort((a, b) => Number(b.active) - Number(a.active) || b.since.localeCompare(a.since));
 }

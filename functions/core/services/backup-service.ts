@@ -56,6 +56,16 @@ export interface BackupRecord {
   readonly restorePoint?: string;
   readonly database?: { readonly name: string; readonly serverVersion: string; readonly tables: number };
   readonly files?: { readonly entries: number };
+  /** Change-stream mode: the FULL the stream starts from, and (INCREMENTAL) the changes this backup holds. */
+  readonly changes?: {
+    readonly base: string;
+    readonly endLsn: string;
+    readonly transactions: number;
+    readonly changes: number;
+    readonly lastCommit?: { readonly lsn: string; readonly time: string; readonly xid: number };
+  };
+  /** Set when a schema change made this backup a FULL instead of an INCREMENTAL: what changed. */
+  readonly schemaChanged?: string;
   readonly sizes?: {
     /** Bytes read from the source. */
     readonly sourceBytes: number;
@@ -413,6 +423,10 @@ export async function downloadLinks(
   if (!isRestorePoint(record))
     throw new ConflictError(
       `backup ${id} is ${record.status}${record.review ? ' and flagged for review' : ''}: nothing to download`,
+    );
+  if (record.type === 'INCREMENTAL' && record.changes)
+    throw new ConflictError(
+      `backup ${id} holds the database as row changes since FULL ${record.changes.base}, which only a restore applies: restore it (POST /api/dr/restore), or download the FULL`,
     );
   const wanted = artifactsOf(record);
   const result = await links.links(id, wanted);

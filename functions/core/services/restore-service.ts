@@ -27,6 +27,8 @@ export interface RestorePlan {
   readonly restorePoint: string;
   /** Asked time minus the restore point, when restoring to a point in time. */
   readonly gapSeconds?: number;
+  /** Change-stream backups: the changes committed at or before this instant are applied. */
+  readonly until?: string;
   /** The backups the restored one builds on (it restores on its own; shown for information). */
   readonly chain: readonly string[];
   /** Bytes read from the source when the backup was taken: about what the restore writes. */
@@ -55,6 +57,12 @@ export interface RestoreRecord {
       readonly rows: number;
       readonly bytes: number;
       readonly consistent: boolean;
+      /** Change-stream backups: the transactions applied on the FULL, and the last commit applied. */
+      readonly changes?: {
+        readonly transactions: number;
+        readonly changes: number;
+        readonly lastCommit?: { readonly lsn: string; readonly time: string; readonly xid: number };
+      };
     };
     readonly files?: { readonly files: number; readonly bytes: number };
     /** The instance (or cluster) an RDS point-in-time restore created, and where it answers. */

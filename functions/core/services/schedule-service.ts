@@ -5,6 +5,12 @@ import { checkCron, nextRuns } from '../cron.ts';
 import type { FieldIssue } from '../errors.ts';
 import type { ScheduleInput } from '../schemas.ts';
 import { Partition, type Page, type StoredItem } from '../store/table.ts';
+import {
+  changeStreamReport,
+  dropUnusedSlot,
+  modeOf,
+  type ChangeStreamReport,
+} from './change-stream-service.ts';
 import { findConfig } from './config-service.ts';
 import { loadForChange, requireFound, throwIfIssues, versioned, type Versioned } from './common.ts';
 import { targetIds } from './target-service.ts';
@@ -24,6 +30,8 @@ export interface StoredSchedule {
   readonly active: boolean;
   readonly retentionDays: number;
   readonly targets: readonly string[];
+  /** Absent on schedules saved before change-stream mode existed: `auto`. */
+  readonly mode?: ScheduleInput['mode'];
 }
 
 export type ScheduleView = StoredSchedule &
@@ -31,6 +39,8 @@ export type ScheduleView = StoredSchedule &
     /** The next firing times (UTC), empty while the schedule is paused. */
     readonly nextRuns: readonly string[];
     readonly warnings: readonly string[];
+    /** On save of a change-stream INCREMENTAL schedule: what the source database allows. */
+    readonly changeStream?: ChangeStreamReport;
   };
 
 export async function getSchedule(cp: ControlPlane, id: string): Promise<ScheduleView> {
@@ -70,7 +80,7 @@ export async function createSchedule(
       active: data.active,
     },
   });
-  return toView(cp, item);
+  return withReport(cp, toView(cp, item));
 }
 
 export async function updateSchedule(
@@ -100,7 +110,29 @@ export async function updateSchedule(
       active: data.active,
     },
   });
-  return toView(cp, item);
+  return withReport(cp, toView(cp, item));
+}
+
+/**
+ * A change-stream INCREMENTAL schedule is checked against the source when saved: tables without a primary key
+ * or replica identity, wal_level, privileges — each with what to do. The save itself never depends on it.
+ */
+async function withReport(cp: ControlPlane, view: ScheduleView): Promise<ScheduleView> {
+  if (view.scheduleType !== 'INCREMENTAL' || modeOf(view) === 'dump') return view;
+  const report = await changeStreamReport(cp);
+  if (!report) return view;
+  const warnings = [...view.warnings];
+  if (report.error)
+    warnings.push(`the source database could not be checked for change-stream mode: ${report.error}`);
+  else if (report.readiness && !report.readiness.available)
+    warnings.push(
+      `changes cannot be captured from the source (${report.readiness.reasons.join('; ')}): INCREMENTALs deduplicate dumps until this is fixed`,
+    );
+  if (report.readiness?.unloggedTables.length)
+    warnings.push(
+      `unlogged tables are not in the WAL, so a restore gives them as the FULL left them: ${report.readiness.unloggedTables.join(', ')}`,
+    );
+  return { ...view, warnings, changeStream: report };
 }
 
 export async function deleteSchedule(
@@ -117,10 +149,11 @@ export async function deleteSchedule(
     expectedVersion,
   );
   await cp.table.delete(current);
+  const slot = await dropUnusedSlot(cp, current.data);
   await cp.audit.append(actor, {
     action: 'schedule.delete',
     resource: `schedule/${id}`,
-    details: { name: current.data.name },
+    details: { name: current.data.name, ...(slot ? { slot } : {}) },
   });
 }
 
