@@ -1,26 +1,32 @@
 /**
  * Runs one engine operation in its own process and prints {seconds, maxRssMB, ...} as JSON, so that peak
  * memory is the operation's alone. Used by bench/run.ts.
- *   node bench/measure.ts backup  <repo> <keyhex> <db-url> <FULL|INCREMENTAL>
+ *   node bench/measure.ts backup  <repo> <keyhex> <db-url> <FULL|INCREMENTAL> [changes]
  *   node bench/measure.ts restore <repo> <keyhex> <db-url> <backup-id>
  */
 import { backup } from '../functions/engine/backup.ts';
 import { parseMasterKey } from '../functions/engine/crypto.ts';
 import type { BackupType } from '../functions/engine/manifest.ts';
-import { connectionFrom } from '../functions/engine/postgres.ts';
+import { changeStreamFor, confirmChanges } from '../functions/engine/changes.ts';
+import { connectionFrom, databaseName } from '../functions/engine/postgres.ts';
 import { Repository } from '../functions/engine/repository.ts';
 import { restoreDatabase } from '../functions/engine/restore.ts';
 import { LocalStorage } from '../functions/storage/local/local-storage.ts';
 
-const [operation, repo, key, url, arg] = process.argv.slice(2);
+const [operation, repo, key, url, arg, mode] = process.argv.slice(2);
 const repository = await Repository.open(new LocalStorage(repo!), parseMasterKey(key!));
 const started = performance.now();
 let result: Record<string, unknown>;
 if (operation === 'backup') {
+  const database = connectionFrom(url!);
+  const changeStream = mode === 'changes' ? changeStreamFor(databaseName(database)) : undefined;
   const { manifest } = await backup(repository, {
     type: arg as BackupType,
-    source: { database: connectionFrom(url!) },
+    source: { database },
+    ...(changeStream ? { changeStream } : {}),
   });
+  const set = manifest.changes?.sets.at(-1);
+  if (changeStream && set) await confirmChanges(database, { slot: changeStream.slot, endLsn: set.endLsn });
   result = { id: manifest.id, bytesStored: manifest.stats.bytesStored, bytesRead: manifest.stats.bytesRead };
 } else {
   const restored = await restoreDatabase(repository, await repository.loadManifest(arg!), {

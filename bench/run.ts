@@ -113,6 +113,10 @@ try {
   const repo = join(work, 'repo');
   await Repository.init(new LocalStorage(repo), parseMasterKey(key));
   const full = await measure('backup', repo, key, url, 'FULL');
+  // Change-stream mode, in a repository of its own: a FULL that starts the slot, then the same workloads.
+  const repoChanges = join(work, 'repo-changes');
+  await Repository.init(new LocalStorage(repoChanges), parseMasterKey(key));
+  const fullChanges = await measure('backup', repoChanges, key, url, 'FULL', 'changes');
 
   console.log('FULL backup (ours | reference)');
   report(
@@ -133,7 +137,13 @@ try {
   await client.query('VACUUM');
   await realisticHour(client);
   const hour = await measure('backup', repo, key, url, 'INCREMENTAL');
+  const hourChanges = await measure('backup', repoChanges, key, url, 'INCREMENTAL', 'changes');
   const resticHour = restic ? await resticBackup() : undefined;
+  report(
+    'stored, change stream',
+    `${mb(hourChanges.bytesStored!)} = ${((hourChanges.bytesStored! / fullChanges.bytesStored!) * 100).toFixed(1)}% of its FULL, ${hourChanges.seconds.toFixed(1)} s`,
+    '',
+  );
   report(
     'stored',
     `${mb(hour.bytesStored!)} = ${((hour.bytesStored! / full.bytesStored!) * 100).toFixed(1)}% of the FULL, ${hour.seconds.toFixed(1)} s`,
@@ -146,7 +156,13 @@ try {
   await client.query('VACUUM');
   await uniformUpdate(client);
   const uniform = await measure('backup', repo, key, url, 'INCREMENTAL');
+  const uniformChanges = await measure('backup', repoChanges, key, url, 'INCREMENTAL', 'changes');
   const resticUniform = restic ? await resticBackup() : undefined;
+  report(
+    'stored, change stream',
+    `${mb(uniformChanges.bytesStored!)} = ${((uniformChanges.bytesStored! / fullChanges.bytesStored!) * 100).toFixed(1)}% of its FULL, ${uniformChanges.seconds.toFixed(1)} s`,
+    '',
+  );
   report(
     'stored',
     `${mb(uniform.bytesStored!)} = ${((uniform.bytesStored! / full.bytesStored!) * 100).toFixed(1)}% of the FULL, ${uniform.seconds.toFixed(1)} s`,
