@@ -259,7 +259,7 @@ async function planRestore(
     if (backup.changes) {
       // Change-stream chain: its newest backup, applied up to the asked instant (the apply stops at the first
       // commit after it, so a later backup of the chain is always as good, and never misses a late commit).
-      backup = (await newestOfChain(cp, backup.changes.base, request.scheduleId)) ?? backup;
+      backup = (await newestOfChain(cp, backup.changes.base)) ?? backup;
       until = request.pointInTime;
       gapSeconds = undefined;
     }
@@ -288,33 +288,39 @@ async function planRestore(
   };
 }
 
-/** The newest restore point of a change-stream chain (the FULL `base` and the INCREMENTALs on it). */
-async function newestOfChain(
-  cp: ControlPlane,
-  base: string,
-  scheduleId?: string,
-): Promise<BackupRecord | undefined> {
-  let nextToken: string | undefined;
-  do {
-    const page = await listBackups(cp, {
-      ...(scheduleId ? { scheduleId } : {}),
-      limit: 100,
-      ...(nextToken ? { nextToken } : {}),
-    });
-    const found = page.items.find((backup) => isRestorePoint(backup) && backup.changes?.base === base);
-    if (found) return found;
-    if (page.items.some((backup) => backup.id <= base)) return undefined;
-    nextToken = page.nextToken;
-  } while (nextToken !== undefined);
-  return undefined;
+/**
+ * The newest restore point of a change-stream chain (the FULL `base` and the INCREMENTALs on it, of any
+ * schedule: the FULL and the INCREMENTALs are usually different schedules).
+ */
+function newestOfChain(cp: ControlPlane, base: string): Promise<BackupRecord | undefined> {
+  return newestWhere(
+    cp,
+    undefined,
+    (backup) => backup.changes?.base === base,
+    (backup) => backup.id < base,
+  );
 }
 
 /** The newest restore point whose restore point is at or before `at`. */
-async function restorePointsBefore(
+function restorePointsBefore(
   cp: ControlPlane,
   at: number,
   scheduleId?: string,
 ): Promise<BackupRecord | undefined> {
+  return newestWhere(
+    cp,
+    scheduleId,
+    (backup) => backup.restorePoint !== undefined && Date.parse(backup.restorePoint) <= at,
+  );
+}
+
+/** The newest restore point that `wanted` accepts, newest first, until one that `past` says is too old. */
+async function newestWhere(
+  cp: ControlPlane,
+  scheduleId: string | undefined,
+  wanted: (backup: BackupRecord) => boolean,
+  past: (backup: BackupRecord) => boolean = () => false,
+): Promise<BackupRecord | undefined> {
   let nextToken: string | undefined;
   do {
     const page = await listBackups(cp, {
@@ -322,11 +328,10 @@ async function restorePointsBefore(
       limit: 100,
       ...(nextToken ? { nextToken } : {}),
     });
-    const found = page.items.find(
-      (backup) =>
-        isRestorePoint(backup) && backup.restorePoint !== undefined && Date.parse(backup.restorePoint) <= at,
-    );
-    if (found) return found;
+    for (const backup of page.items) {
+      if (past(backup)) return undefined;
+      if (isRestorePoint(backup) && wanted(backup)) return backup;
+    }
     nextToken = page.nextToken;
   } while (nextToken !== undefined);
   return undefined;
