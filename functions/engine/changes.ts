@@ -4,7 +4,7 @@ import pg from 'pg';
 import { PgoutputPlugin, type Pgoutput } from 'pg-logical-replication';
 import { RestoreError, SourceError } from './errors.ts';
 import type { ChangeSet, SequenceRecord } from './manifest.ts';
-import { connect, qualified, redact, type DatabaseConnection } from './postgres.ts';
+import { connect, qualified, redact, USER_RELATIONS, type DatabaseConnection } from './postgres.ts';
 
 /**
  * Change-stream mode: row-level changes read from a logical replication slot (the built-in `pgoutput`
@@ -103,44 +103,23 @@ export async function changeStreamReadiness(connection: DatabaseConnection): Pro
   }
 }
 
-const TABLES = `
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+/** The user tables (`pg_class c`, `pg_namespace n`). */
+const TABLES = `FROM pg_class c, pg_namespace n WHERE c.relkind = 'r' AND ${USER_RELATIONS}`;
 
 async function readinessOf(client: pg.Client): Promise<Readiness> {
-  const settings = await client
-    .query<{
-      wal_level: string;
-      keep: string;
-      replication: boolean;
-      superuser: boolean;
-      slots: string;
-    }>(
-      `
+  // rds_replication exists on RDS/Aurora only; pg_has_role fails on a role that does not exist, hence the CASE.
+  const settings = await client.query<{
+    wal_level: string;
+    keep: string;
+    replication: boolean;
+    slots: string;
+  }>(`
     SELECT current_setting('wal_level') AS wal_level,
       (SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size') AS keep,
       (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
-        OR pg_has_role(current_user, 'rds_replication', 'member') IS TRUE AS replication,
-      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
-      current_setting('max_replication_slots') AS slots`,
-    )
-    .catch(async () =>
-      // pg_has_role fails when the role rds_replication does not exist (everywhere but RDS): ask without it.
-      client.query<{
-        wal_level: string;
-        keep: string;
-        replication: boolean;
-        superuser: boolean;
-        slots: string;
-      }>(`
-      SELECT current_setting('wal_level') AS wal_level,
-        (SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size') AS keep,
-        (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user) AS replication,
-        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
-        current_setting('max_replication_slots') AS slots`),
-    );
+        OR CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication')
+             THEN pg_has_role(current_user, 'rds_replication', 'member') ELSE false END AS replication,
+      current_setting('max_replication_slots') AS slots`);
   const row = settings.rows[0]!;
   const tables = await client.query<{
     schema: string;
@@ -209,9 +188,8 @@ async function readinessOf(client: pg.Client): Promise<Readiness> {
 export async function schemaFingerprint(client: pg.Client): Promise<string> {
   const result = await client.query<{ item: string }>(`
     WITH rel AS (
-      SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind IN ('r','p','v','m','S','f') AND c.relpersistence <> 't'
-        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+      SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c, pg_namespace n
+      WHERE c.relkind IN ('r','p','v','m','S','f') AND ${USER_RELATIONS}
     )
     SELECT item FROM (
       SELECT format('rel %s.%s %s %s', nspname, relname, relkind, (SELECT relreplident FROM pg_class WHERE oid = rel.oid)) AS item FROM rel
@@ -321,6 +299,8 @@ export interface SlotStatus {
   readonly safeBytes?: number;
   /** reserved / extended / unreserved / lost. */
   readonly walStatus: string;
+  /** `max_slot_wal_keep_size` in bytes, or undefined when unlimited. */
+  readonly maxKeepBytes?: number;
 }
 
 export async function slotStatus(
@@ -343,10 +323,12 @@ async function slotStatusWith(client: pg.Client, slot: string): Promise<SlotStat
     retained: string | null;
     safe: string | null;
     wal_status: string | null;
+    keep: string;
   }>(
     `SELECT active, confirmed_flush_lsn::text AS confirmed, pg_current_wal_insert_lsn()::text AS current,
        pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint::text AS retained,
-       safe_wal_size::text AS safe, wal_status
+       safe_wal_size::text AS safe, wal_status,
+       (SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size') AS keep
      FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`,
     [slot],
   );
@@ -360,6 +342,7 @@ async function slotStatusWith(client: pg.Client, slot: string): Promise<SlotStat
     retainedBytes: Number(row.retained ?? 0),
     ...(row.safe === null ? {} : { safeBytes: Number(row.safe) }),
     walStatus: row.wal_status ?? 'unknown',
+    ...(Number(row.keep) >= 0 ? { maxKeepBytes: Number(row.keep) * 1024 * 1024 } : {}),
   };
 }
 
@@ -659,9 +642,8 @@ export class ChangeApplier {
   private readonly until: bigint | undefined;
   private readonly relations = new Map<number, Relation>();
   private readonly statements = new Map<string, string>();
-  private pending: ChangeLine[] = [];
-  private xid = 0;
-  private open = false;
+  /** The source transaction being applied: its xid, commit LSN and changes so far. */
+  private open: { xid: number; lsn: string; changes: number } | undefined;
   readonly result: ApplyResult = { transactions: 0, changes: 0, stopped: false };
 
   private readonly wanted: (schema: string, name: string) => boolean;
@@ -718,34 +700,30 @@ export class ChangeApplier {
         this.result.stopped = true;
         return false;
       }
-      this.xid = line.b;
-      this.pending = [];
-      this.open = true;
+      await this.client.query('BEGIN');
+      this.open = { xid: line.b, lsn: line.l, changes: 0 };
       return true;
     }
-    if ('c' in line && 'ts' in line && !('o' in line)) {
-      await this.commitTransaction(line);
-      return true;
-    }
-    if (!this.open) throw new RestoreError('a change outside a transaction: the change set is damaged');
-    this.pending.push(line);
-    return true;
-  }
-
-  private async commitTransaction(commit: { c: string; l: string; ts: string }): Promise<void> {
-    await this.client.query('BEGIN');
+    const open = this.open;
+    if (!open) throw new RestoreError('a change outside a transaction: the change set is damaged');
     try {
-      for (const change of this.pending) await this.applyChange(change, commit.l);
-      await this.client.query('COMMIT');
+      // Applied as read (a source transaction of any size streams through), committed with its commit line.
+      if ('c' in line && 'ts' in line && !('o' in line)) {
+        await this.client.query('COMMIT');
+        this.result.transactions++;
+        this.result.changes += open.changes;
+        this.result.lastCommit = { lsn: line.l, time: line.ts, xid: open.xid };
+        this.open = undefined;
+      } else {
+        await this.applyChange(line, open.lsn);
+        open.changes++;
+      }
     } catch (error) {
       await this.client.query('ROLLBACK').catch(() => undefined);
+      this.open = undefined;
       throw error;
     }
-    this.result.transactions++;
-    this.result.changes += this.pending.length;
-    this.result.lastCommit = { lsn: commit.l, time: commit.ts, xid: this.xid };
-    this.pending = [];
-    this.open = false;
+    return true;
   }
 
   private relation(id: number): Relation {

@@ -142,7 +142,8 @@ export interface Snapshot {
   close(): Promise<void>;
 }
 
-const USER_RELATIONS = `
+/** The user relations among `pg_class c, pg_namespace n`: not catalogs, TOAST, temporary or extension members. */
+export const USER_RELATIONS = `
   c.relnamespace = n.oid
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
   AND c.relpersistence <> 't'

@@ -122,10 +122,7 @@ export async function restoreDatabase(
       for await (const line of changeLines(source)) if (!(going = await applier.apply(line))) break;
       if (!going) break;
     }
-    const partial = (options.tables?.length ?? 0) > 0 || (options.schemas?.length ?? 0) > 0;
-    await applier.setSequences(
-      sequences.filter((sequence) => !partial || (options.schemas ?? []).includes(sequence.schema)),
-    );
+    await applier.setSequences(sequencesFor(sequences, options));
   } finally {
     await applier.close();
   }
@@ -148,7 +145,7 @@ async function restoreSnapshot(
 ): Promise<DatabaseRestoreResult> {
   const database = manifest.database;
   if (!database) throw new RestoreError(`backup ${manifest.id} holds no database`);
-  const partial = (options.tables?.length ?? 0) > 0 || (options.schemas?.length ?? 0) > 0;
+  const partial = isPartial(options);
   const selected = database.tables.filter((table) => selects(table, options));
   if (partial && selected.length === 0)
     throw new RestoreError('no table of the backup matches the given tables and schemas');
@@ -220,10 +217,7 @@ async function restoreSnapshot(
     await Promise.all(
       Array.from({ length: Math.max(1, Math.min(options.jobs ?? 2, selected.length)) }, worker),
     );
-    await setSequences(
-      options.target,
-      database.sequences.filter((sequence) => !partial || (options.schemas ?? []).includes(sequence.schema)),
-    );
+    await setSequences(options.target, sequencesFor(database.sequences, options));
     await builders.finish();
     // Then the rest: foreign keys, triggers, rules, policies… For a partial restore only those of the chosen
     // tables, and a foreign key to a table left out cannot be created: it is skipped, not fatal.
@@ -317,6 +311,20 @@ class IndexBuilders {
       this.running.add(job);
     }
   }
+}
+
+function isPartial(options: DatabaseRestoreOptions): boolean {
+  return (options.tables?.length ?? 0) > 0 || (options.schemas?.length ?? 0) > 0;
+}
+
+/** The sequences a restore sets: all of them, or for a partial restore those of the chosen schemas. */
+function sequencesFor(
+  sequences: readonly SequenceRecord[],
+  options: DatabaseRestoreOptions,
+): readonly SequenceRecord[] {
+  return isPartial(options)
+    ? sequences.filter((sequence) => (options.schemas ?? []).includes(sequence.schema))
+    : sequences;
 }
 
 function common(options: DatabaseRestoreOptions): { clean?: boolean; noOwner?: boolean } {

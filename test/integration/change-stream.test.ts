@@ -22,11 +22,15 @@ const streamOf = (database: string) => ({ slot: `dr_test_${database}`, publicati
 let pg: TestPostgres;
 beforeAll(async () => {
   pg = await startPostgres();
-  await pg.createDatabase('app');
-  await createEventManager(pg, 'app');
-  // page_views has no primary key: captured once its whole row is the identity.
-  await pg.sql('app', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+  await capturable('app');
 });
+
+/** An Event Manager database whose every table can be captured (page_views, without a key, by its whole row). */
+async function capturable(database: string): Promise<void> {
+  await pg.createDatabase(database);
+  await createEventManager(pg, database);
+  await pg.sql(database, 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+}
 afterAll(async () => {
   await pg?.stop();
 });
@@ -129,9 +133,7 @@ describe('change-stream mode', () => {
   });
 
   it('takes a FULL, and says why, when the schema changed since the last backup', async () => {
-    await pg.createDatabase('ddl');
-    await createEventManager(pg, 'ddl');
-    await pg.sql('ddl', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+    await capturable('ddl');
     const { repository } = await newRepository();
     const source = { database: pg.connection('ddl') };
     const full = await backup(repository, { type: 'FULL', source, changeStream: streamOf('ddl') });
@@ -153,9 +155,7 @@ describe('change-stream mode', () => {
   });
 
   it('loses and repeats nothing when a run dies between reading the changes and committing', async () => {
-    await pg.createDatabase('crash');
-    await createEventManager(pg, 'crash');
-    await pg.sql('crash', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+    await capturable('crash');
     const { repository } = await newRepository();
     const database = pg.connection('crash');
     const incremental = () =>

@@ -170,16 +170,14 @@ export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
   if (users.length === 0) return conditions;
 
   let status: SlotStatus | undefined;
-  let maxKeep: number | undefined;
   try {
     status = await withTimeout(slotStatus(database, stream.slot), REPORT_TIMEOUT_MS);
-    if (status)
-      maxKeep = (await withTimeout(changeStreamReadiness(database), REPORT_TIMEOUT_MS)).maxSlotWalKeepBytes;
   } catch (error) {
     cp.logger.warn('replication slot not measured', { slot: stream.slot, error: (error as Error).message });
     return conditions;
   }
   if (!status) return conditions;
+  const maxKeep = status.maxKeepBytes;
 
   const low =
     status.walStatus === 'lost' ||
