@@ -211,6 +211,9 @@ export class BackupWorker extends Construct {
     this.launcherEnvironment = {
       WORKER_FUNCTION: this.workerFunction.functionName,
       WORKER_RUNNER: runner,
+      // The API and the dispatcher run outside the operator's subnets: what they know of the source database
+      // (the change stream's slot and readiness) the worker measures for them (`watch`).
+      ...(props.network ? { SOURCE_FROM_WORKER: 'true' } : {}),
       ...(runner === 'fargate'
         ? {
             WORKER_CLUSTER: this.cluster.attrArn,

@@ -31,6 +31,11 @@ export interface ControlPlane {
   readonly secretPrefix: string;
   /** Starts the backup worker for a run (absent where no worker is deployed: execute answers 503). */
   readonly runs?: RunLauncher;
+  /**
+   * The source database is reachable only from the worker (AWS, worker in the operator's subnets): database
+   * checks here read the worker's measurements and ask it for new ones (`runs.watch`).
+   */
+  readonly sourceFromWorker?: boolean;
   /** Makes download links (absent where downloads are not deployed: download answers 503). */
   readonly downloads?: DownloadLinks;
   /** Starts restores and DR tests (absent where the workflows are not deployed: they answer 503). */

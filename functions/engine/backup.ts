@@ -82,6 +82,8 @@ export interface BackupResult {
   readonly notice?: string;
   /** Set when an INCREMENTAL was taken as a FULL because the schema changed: what changed. */
   readonly schemaChanged?: string;
+  /** Set when change-stream mode was asked for and the database cannot do it: why (dump mode was used). */
+  readonly streamUnavailable?: string;
 }
 
 /** A change-stream INCREMENTAL that found it cannot go on: the backup is taken again as a FULL. */
@@ -139,6 +141,7 @@ async function backupOnce(
   let mode: 'dump' | 'slot' | 'changes' = 'dump';
   const stream = options.changeStream;
   let schemaChanged: string | undefined;
+  let streamUnavailable: string | undefined;
   if (stream && source.database && type !== 'SCHEMA') {
     if (type === 'INCREMENTAL' && parent?.changes?.slot === stream.slot) {
       const stop = await continuationProblem(source.database, parent);
@@ -152,11 +155,12 @@ async function backupOnce(
     }
     if (mode === 'dump') {
       const readiness = await changeStreamReadiness(source.database);
-      if (!readiness.available)
+      if (!readiness.available) {
+        streamUnavailable = `changes cannot be captured from this database (${readiness.reasons.join('; ')})`;
         notices.push(
-          `changes cannot be captured from this database (${readiness.reasons.join('; ')}): ${type === 'INCREMENTAL' ? 'this INCREMENTAL deduplicates a dump instead' : 'no change stream was started'}`,
+          `${streamUnavailable}: ${type === 'INCREMENTAL' ? 'this INCREMENTAL deduplicates a dump instead' : 'no change stream was started'}`,
         );
-      else {
+      } else {
         if (type === 'INCREMENTAL') {
           type = 'FULL';
           parent = undefined;
@@ -242,6 +246,7 @@ async function backupOnce(
       manifest,
       ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
       ...(schemaChanged ? { schemaChanged } : {}),
+      ...(streamUnavailable ? { streamUnavailable } : {}),
     };
   } finally {
     await lock.release().catch(() => undefined);

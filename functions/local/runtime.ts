@@ -26,6 +26,7 @@ import { localWorkflows, type LocalWorkflowOptions } from '../workflows/local.ts
 import { writeToOutbox } from './outbox.ts';
 import type { MailMessage } from '../core/mail/ses-mailer.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
+import { measureSource } from '../core/services/change-stream-service.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 
@@ -54,6 +55,11 @@ export interface LocalRuntimeOptions {
   readonly rds?: LocalWorkflowOptions['rds'];
   /** The Route 53 client the failover test uses (tests: a local Route 53 API server). */
   readonly route53?: LocalWorkflowOptions['route53'];
+  /**
+   * Database checks read the worker's measurements, as on AWS with the worker in the operator's subnets
+   * (tests of that path; the worker in this process still reaches the source itself).
+   */
+  readonly sourceFromWorker?: boolean;
 }
 
 export interface LocalRuntime {
@@ -103,7 +109,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
           ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
         });
         await retention();
-        await runAlertChecks(controlPlane, mailer);
+        await runAlertChecks(worker(), mailer);
       });
       return Promise.resolve();
     },
@@ -111,7 +117,13 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       track('retention', retention);
       return Promise.resolve();
     },
+    watch: () => {
+      track('watch', () => measureSource(worker(), { readiness: true }));
+      return Promise.resolve();
+    },
   };
+  /** The control plane as the worker sees it: it reaches the source database itself. */
+  const worker = (): ControlPlane => ({ ...controlPlane, sourceFromWorker: false });
   // Download links: signed with a key of this process, valid 15 minutes, served by the local server.
   const downloadKey = randomBytes(32);
   let baseUrl = '';
@@ -191,6 +203,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     logger: options.logger,
     now,
     secretPrefix: 'dr',
+    ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
   // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.

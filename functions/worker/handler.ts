@@ -4,6 +4,7 @@ import { requireEnv } from '../core/env.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
 import { sesMailer } from '../core/mail/ses-mailer.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
+import { measureSource } from '../core/services/change-stream-service.ts';
 import { emitBackupMetrics } from '../core/cloudwatch.ts';
 import { runWorkflowTask, type WorkflowDeps } from '../workflows/tasks.ts';
 import { exportToBucket } from './export.ts';
@@ -28,6 +29,10 @@ const workflowDeps: WorkflowDeps = {
 
 export async function handler(event: WorkerEvent): Promise<unknown> {
   if (event.action === 'retention') return applyRetention(controlPlane, masterKey);
+  if (event.action === 'watch') {
+    const measured = await measureSource(controlPlane, { readiness: true });
+    return { measuredAt: measured?.measuredAt, failure: measured?.failure?.error };
+  }
   if (event.action === 'workflow')
     return runWorkflowTask(controlPlane, workflowDeps, event.task, event.input);
   if (event.action === 'export')

@@ -131,7 +131,7 @@ export async function executeRun(
     const changeStream = engineSource.database
       ? await streamForRun(cp, schedule, type, engineSource.database)
       : undefined;
-    const { manifest, notice, schemaChanged } = await backup(repository, {
+    const { manifest, notice, schemaChanged, streamUnavailable } = await backup(repository, {
       id: backupId,
       type,
       source: engineSource,
@@ -176,6 +176,7 @@ export async function executeRun(
       ...(manifest.files ? { files: { entries: manifest.files.entries.length } } : {}),
       ...(manifest.changes ? { changes: changeSummary(manifest.changes) } : {}),
       ...(schemaChanged ? { schemaChanged } : {}),
+      ...(streamUnavailable ? { streamUnavailable } : {}),
       sizes: {
         sourceBytes: stats.bytesRead,
         storedBytes: stats.bytesStored,

@@ -101,6 +101,9 @@ describe('ControlPlaneStack template', () => {
         }),
       },
     });
+    // Outside any VPC, the API and the dispatcher reach the source database themselves
+    for (const fn of Object.values(synthesized.template.findResources('AWS::Lambda::Function')))
+      expect(fn.Properties.Environment?.Variables?.SOURCE_FROM_WORKER).toBeUndefined();
   });
 
   it('authorizes every route with IAM except the health check', () => {
@@ -294,6 +297,15 @@ describe('ControlPlaneStack template', () => {
       WORKER_SUBNETS: 'subnet-a,subnet-b',
       WORKER_SECURITY_GROUPS: 'sg-1',
     });
+    // The API and the dispatcher stay outside the subnets: the worker measures the source for them
+    const dispatcher = Object.values(template.findResources('AWS::Lambda::Function')).find((fn) =>
+      String(fn.Properties.Description).startsWith('DR Automation dispatcher'),
+    )!;
+    for (const fn of [api, dispatcher]) {
+      expect(fn.Properties.Environment.Variables.SOURCE_FROM_WORKER).toBe('true');
+      expect(fn.Properties.VpcConfig).toBeUndefined();
+    }
+    expect(worker.Properties.Environment.Variables.SOURCE_FROM_WORKER).toBeUndefined();
     const statements = Object.values(template.findResources('AWS::IAM::Policy')).flatMap(
       (policy) => policy.Properties.PolicyDocument.Statement as any[],
     );

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { currentConditions } from '../../functions/core/services/alert-service.ts';
+import { Partition } from '../../functions/core/store/table.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
@@ -49,11 +50,11 @@ afterAll(async () => {
   await Promise.all([api?.close(), pg?.stop()]);
 });
 
-async function run(scheduleId: string): Promise<any> {
-  const started = await api.call('POST', `/api/dr/schedules/${scheduleId}/execute`);
+async function run(scheduleId: string, on: TestApi = api): Promise<any> {
+  const started = await on.call('POST', `/api/dr/schedules/${scheduleId}/execute`);
   expect(started.status, started.text).toBe(202);
-  await api.runtime.idle();
-  const done = await api.call('GET', `/api/dr/backups/${started.body.id}`);
+  await on.runtime.idle();
+  const done = await on.call('GET', `/api/dr/backups/${started.body.id}`);
   expect(done.body.status, JSON.stringify(done.body)).toBe('SUCCESS');
   return done.body;
 }
@@ -65,10 +66,10 @@ async function restore(body: unknown): Promise<any> {
   return (await api.call('GET', `/api/dr/restore/${started.body.restoreId}`)).body;
 }
 
-async function slot(): Promise<{ confirmed: string } | undefined> {
+async function slot(database = 'app'): Promise<{ confirmed: string } | undefined> {
   const found = await pg.sql(
-    'app',
-    `SELECT confirmed_flush_lsn::text AS confirmed FROM pg_replication_slots WHERE slot_name = '${SLOT}'`,
+    database,
+    `SELECT confirmed_flush_lsn::text AS confirmed FROM pg_replication_slots WHERE slot_name = 'dr_automation_${database}'`,
   );
   return found.rows[0] as { confirmed: string } | undefined;
 }
@@ -83,9 +84,9 @@ const frequent = {
 
 describe('change-stream schedules', () => {
   it('reports at configuration time the tables it cannot capture, with the fix', async () => {
-    const created = await api.call('POST', '/api/dr/schedules', frequent);
+    const created = await api.call('POST', '/api/dr/schedules', { ...frequent, mode: 'change-stream' });
     expect(created.status).toBe(201);
-    expect(created.body.mode).toBe('auto');
+    expect(created.body.mode).toBe('change-stream');
     expect(created.body.warnings.join('\n')).toContain('public.page_views');
     expect(created.body.changeStream.readiness.tablesWithoutIdentity).toEqual([
       {
@@ -100,6 +101,15 @@ describe('change-stream schedules', () => {
     expect(fallback.type).toBe('INCREMENTAL');
     expect(fallback.changes).toBeUndefined();
     expect(fallback.notice).toContain('deduplicates a dump instead');
+    // Change-stream mode was asked for explicitly: falling back alerts (auto would only say so)
+    expect(fallback.streamUnavailable).toContain('public.page_views');
+    const unavailable = (await currentConditions(api.runtime.controlPlane)).find(
+      (condition) => condition.key === 'stream-unavailable:frequent',
+    );
+    expect(unavailable).toMatchObject({
+      active: true,
+      lines: expect.arrayContaining([expect.stringContaining('public.page_views')]),
+    });
 
     await pg.sql('app', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
     const report = await api.call('GET', '/api/dr/change-stream');
@@ -133,6 +143,10 @@ describe('change-stream schedules', () => {
       changes: { base: full.id, transactions: 3 },
     });
     expect(incremental.sizes.storedBytes).toBeLessThan(full.sizes.storedBytes / 20);
+    const conditions = await currentConditions(api.runtime.controlPlane);
+    expect(conditions.find((condition) => condition.key === 'stream-unavailable:frequent')?.active).toBe(
+      false,
+    );
     expect((await slot())?.confirmed).toBe(incremental.changes.endLsn);
     for (const [index, instant] of instants.entries()) {
       const restored = await restore({
@@ -189,5 +203,85 @@ describe('change-stream schedules', () => {
     // A FULL alone starts no slot
     await run('nightly');
     expect(await slot()).toBeUndefined();
+  });
+});
+
+describe('change stream when only the worker reaches the source (AWS with the worker in the operator subnets)', () => {
+  let remote: TestApi;
+  let remoteSkew = 0;
+  const active = async (key: string) =>
+    (await currentConditions(remote.runtime.controlPlane)).find((condition) => condition.key === key)?.active;
+
+  beforeAll(async () => {
+    remote = await startTestApi({ sourceFromWorker: true, now: () => new Date(Date.now() + remoteSkew) });
+    await pg.createDatabase('shop');
+    await createEventManager(pg, 'shop');
+    await pg.sql('shop', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
+    const work = await mkdtemp(join(tmpdir(), 'dr-changes-remote-'));
+    for (const [path, body] of [
+      ['/api/dr/config', { rto: 4, rpo: 1, source: { database: { url: pg.url('shop') } } }],
+      ['/api/dr/targets', { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'primary') } }],
+      [
+        '/api/dr/schedules',
+        {
+          id: 'nightly',
+          name: 'nightly',
+          scheduleType: 'FULL',
+          cronExpression: '0 2 * * *',
+          targets: ['primary'],
+        },
+      ],
+    ] as const)
+      expect((await remote.call('POST', path, body)).status).toBe(201);
+  });
+  afterAll(async () => {
+    await remote?.close();
+  });
+
+  it('reports, watches and drops the slot through the worker', async () => {
+    // The save answers at once from what the worker measured (nothing yet), and asks it to measure
+    const created = await remote.call('POST', '/api/dr/schedules', frequent);
+    expect(created.status).toBe(201);
+    expect(created.body.changeStream).toEqual({
+      slot: 'dr_automation_shop',
+      error: expect.stringContaining('not measured yet'),
+    });
+    await remote.runtime.idle();
+    const report = await remote.call('GET', '/api/dr/change-stream');
+    expect(report.body).toMatchObject({ readiness: { available: true }, measuredAt: expect.any(String) });
+    expect(report.body.status).toBeUndefined();
+
+    await run('nightly', remote);
+    await pg.sql('shop', "UPDATE users SET name = 'changed' WHERE id = 7");
+    expect(await run('frequent', remote)).toMatchObject({
+      type: 'INCREMENTAL',
+      changes: { transactions: 1 },
+    });
+    // The worker measured the slot after its run: the checks here judge from that measurement
+    expect(await active('slot-wal:dr_automation_shop')).toBe(false);
+    expect(await active('slot-unwatched:dr_automation_shop')).toBe(false);
+
+    // A measurement older than 15 minutes alerts, and says nothing of the slot's WAL any more
+    remoteSkew += 20 * 60_000;
+    const stale = await currentConditions(remote.runtime.controlPlane);
+    expect(stale.find((condition) => condition.key === 'slot-unwatched:dr_automation_shop')).toMatchObject({
+      active: true,
+      lines: [
+        expect.stringContaining('could not be measured since'),
+        expect.stringContaining('The worker measures it'),
+      ],
+    });
+    expect(stale.find((condition) => condition.key === 'slot-wal:dr_automation_shop')).toBeUndefined();
+    await remote.runtime.idle(); // the check asked the worker, which measured
+    expect(await active('slot-unwatched:dr_automation_shop')).toBe(false);
+    expect(await active('slot-wal:dr_automation_shop')).toBe(false);
+
+    // Deleting the schedule: the API cannot reach the source, the worker drops the slot
+    expect(await slot('shop')).toBeDefined();
+    expect((await remote.call('DELETE', '/api/dr/schedules/frequent')).status).toBe(204);
+    await remote.runtime.idle();
+    expect(await slot('shop')).toBeUndefined();
+    expect(await active('slot-orphan:dr_automation_shop')).toBe(false);
+    expect(await remote.runtime.controlPlane.table.get(Partition.alert, 'watch:slot-orphan')).toBeUndefined();
   });
 });

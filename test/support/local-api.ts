@@ -41,6 +41,7 @@ export async function startTestApi(
     taskWrappers?: LocalRuntimeOptions['taskWrappers'];
     rds?: LocalRuntimeOptions['rds'];
     route53?: LocalRuntimeOptions['route53'];
+    sourceFromWorker?: boolean;
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -54,6 +55,7 @@ export async function startTestApi(
     ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
     ...(options.rds ? { rds: options.rds, workflowWaitMs: 10 } : {}),
     ...(options.route53 ? { route53: options.route53 } : {}),
+    ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
   });
   const api: TestApi = {
     runtime,

@@ -6,15 +6,17 @@ import { awsLauncher } from '../../functions/core/runs/aws-launcher.ts';
 
 /** No local server plays Lambda or ECS: aws-sdk-client-mock stands in for both. */
 describe('awsLauncher', () => {
-  it('invokes the worker Lambda asynchronously with the backup id, and retention', async () => {
+  it('invokes the worker Lambda asynchronously with the backup id, retention and the source watch', async () => {
     const lambda = mockClient(LambdaClient);
     lambda.on(InvokeCommand).resolves({ StatusCode: 202 });
     const launcher = awsLauncher({ workerFunction: 'dr-worker', runner: 'lambda', lambda: lambda as never });
     await launcher.launch('20261124T020000000Z-abcdef');
     await launcher.retention!();
     await launcher.export!('20261124T020000000Z-abcdef');
+    await launcher.watch!();
     const calls = lambda.commandCalls(InvokeCommand).map((call) => call.args[0].input);
     expect(calls.map((input) => [input.FunctionName, input.InvocationType])).toEqual([
+      ['dr-worker', 'Event'],
       ['dr-worker', 'Event'],
       ['dr-worker', 'Event'],
       ['dr-worker', 'Event'],
@@ -23,6 +25,7 @@ describe('awsLauncher', () => {
       { action: 'backup', backupId: '20261124T020000000Z-abcdef' },
       { action: 'retention' },
       { action: 'export', backupId: '20261124T020000000Z-abcdef' },
+      { action: 'watch' },
     ]);
     lambda.on(InvokeCommand).resolves({ StatusCode: 500 });
     await expect(launcher.launch('x')).rejects.toThrow(/answered 500/);

@@ -25,6 +25,7 @@ export function awsControlPlane(): ControlPlane {
     secretPrefix: requireEnv('SECRET_PREFIX'),
     ...(runs ? { runs } : {}),
     ...(workflows ? { workflows } : {}),
+    ...(optionalEnv('SOURCE_FROM_WORKER') === 'true' ? { sourceFromWorker: true } : {}),
   };
   const bucket = optionalEnv('DOWNLOAD_BUCKET');
   if (!bucket || !runs?.export) return cp;

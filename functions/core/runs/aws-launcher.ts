@@ -27,6 +27,8 @@ export type WorkerEvent =
   | { readonly action: 'backup'; readonly backupId: string }
   | { readonly action: 'export'; readonly backupId: string }
   | { readonly action: 'retention' }
+  /** Measure the source's change stream (the worker reaches the database; the API and dispatcher may not). */
+  | { readonly action: 'watch' }
   /** A step of a restore or DR-test state machine (Step Functions invokes the worker directly). */
   | { readonly action: 'workflow'; readonly task: string; readonly input: Record<string, unknown> };
 
@@ -78,6 +80,7 @@ export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
     // An export reads the whole backup like a restore: it runs where the backups run.
     export: (backupId) => (fargate ? runTask('EXPORT_ID', backupId) : invoke({ action: 'export', backupId })),
     retention: () => invoke({ action: 'retention' }),
+    watch: () => invoke({ action: 'watch' }),
   };
 }
 

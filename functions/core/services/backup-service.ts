@@ -66,6 +66,8 @@ export interface BackupRecord {
   };
   /** Set when a schema change made this backup a FULL instead of an INCREMENTAL: what changed. */
   readonly schemaChanged?: string;
+  /** Set when the run asked for the change stream and the source cannot do it (it deduplicated a dump): why. */
+  readonly streamUnavailable?: string;
   readonly sizes?: {
     /** Bytes read from the source. */
     readonly sourceBytes: number;
@@ -101,6 +103,8 @@ export interface RunLauncher {
   retention?(): Promise<void>;
   /** Exports a backup's download artifacts to the downloads bucket (AWS). */
   export?(backupId: string): Promise<void>;
+  /** Measures the source database's change stream where it is reachable (asynchronously). */
+  watch?(): Promise<void>;
 }
 
 export interface StartRunInput {

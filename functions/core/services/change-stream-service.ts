@@ -14,6 +14,7 @@ import { Partition, type StoredItem } from '../store/table.ts';
 import type { Condition } from './alert-service.ts';
 import { findConfig, sourceForRun } from './config-service.ts';
 import type { StoredSchedule } from './schedule-service.ts';
+import type { BackupRecord } from './backup-service.ts';
 
 /**
  * The deployment's change stream on the source database: which runs use it, what the database allows, and
@@ -61,13 +62,33 @@ export interface ChangeStreamReport {
   readonly readiness?: Readiness;
   readonly status?: SlotStatus;
   readonly error?: string;
+  /** When the worker measured it (where the source is reachable only from the worker). */
+  readonly measuredAt?: string;
 }
 
-/** What the source database allows, and where the slot stands (GET /api/dr/change-stream; schedule saves). */
+/**
+ * What the source database allows, and where the slot stands (GET /api/dr/change-stream; schedule saves).
+ * Where the source is reachable only from the worker, the worker's newest measurement, and a fresh one asked
+ * for when it is older than a minute.
+ */
 export async function changeStreamReport(cp: ControlPlane): Promise<ChangeStreamReport | undefined> {
   const database = (await sourceForRun(cp))?.database;
   if (!database) return undefined;
   const { slot } = changeStreamFor(databaseName(database));
+  if (cp.sourceFromWorker) {
+    const measured = (await cp.table.get<SourceMeasurement>(Partition.alert, MEASUREMENT_KEY))?.data;
+    const current = measured?.slot === slot ? measured : undefined;
+    if (!current?.measuredAt || ageMs(cp, current.measuredAt) > REPORT_MAX_AGE_MS) await askWorker(cp);
+    if (!current?.readiness)
+      return {
+        slot,
+        error:
+          current?.failure?.error ??
+          'not measured yet: the worker measures the source database from its subnets; ask again in a minute',
+      };
+    const { readiness, status, measuredAt } = current;
+    return { slot, readiness, ...(status ? { status } : {}), ...(measuredAt ? { measuredAt } : {}) };
+  }
   try {
     const [readiness, status] = await withTimeout(
       Promise.all([changeStreamReadiness(database), slotStatus(database, slot)]),
@@ -96,9 +117,42 @@ async function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
 }
 
 /**
+ * A schedule in `mode: change-stream` whose newest run could not use the stream (the source does not allow
+ * it: it deduplicated a dump instead, larger and without point-in-time recovery) alerts until a run uses it.
+ */
+export async function fallbackConditions(
+  cp: ControlPlane,
+  backups: readonly BackupRecord[],
+): Promise<Condition[]> {
+  const schedules = (await streamSchedules(cp)).filter((schedule) => modeOf(schedule) === 'change-stream');
+  return schedules.flatMap((schedule): Condition[] => {
+    const newest = backups
+      .filter(
+        (one) => one.scheduleId === schedule.id && (one.status === 'SUCCESS' || one.status === 'PARTIAL'),
+      )
+      .sort((a, b) => (a.id < b.id ? 1 : -1))[0];
+    if (!newest) return [];
+    return [
+      {
+        key: `stream-unavailable:${schedule.id}`,
+        active: newest.streamUnavailable !== undefined,
+        subject: `[DR] Change stream unavailable — schedule ${schedule.name} deduplicates dumps`,
+        lines: [
+          `Schedule ${schedule.name} (${schedule.id}) asks for change-stream INCREMENTALs, but backup ${newest.id}: ${newest.streamUnavailable ?? ''}.`,
+          'It deduplicated a dump instead: nothing is lost, but it is larger and restores only to its own instant. GET /api/dr/change-stream says what to fix.',
+        ],
+        recoverySubject: `[DR] Recovered — schedule ${schedule.name} reads the change stream again`,
+        recoveryLines: [`Backup ${newest.id} of schedule ${schedule.name} used the change stream.`],
+      },
+    ];
+  });
+}
+
+/**
  * After a schedule is deleted: when no INCREMENTAL schedule reads the stream any more, its slot is dropped
- * (a slot nobody reads keeps WAL on the source forever). A slot that cannot be dropped now is remembered and
- * retried by the watch, which alerts while it exists.
+ * (a slot nobody reads keeps WAL on the source forever). A slot that cannot be dropped here (the source is
+ * reachable only from the worker, or the drop failed) is remembered; the watch drops it, and alerts while it
+ * exists.
  */
 export async function dropUnusedSlot(cp: ControlPlane, deleted: StoredSchedule): Promise<string | undefined> {
   if (deleted.scheduleType !== 'INCREMENTAL' || modeOf(deleted) === 'dump') return undefined;
@@ -106,6 +160,15 @@ export async function dropUnusedSlot(cp: ControlPlane, deleted: StoredSchedule):
   const database = (await sourceForRun(cp))?.database;
   if (!database) return undefined;
   const stream = changeStreamFor(databaseName(database));
+  const remember = async (reason: string) => {
+    const orphan: Orphan = { slot: stream.slot, since: cp.now().toISOString(), reason };
+    await put(cp, ORPHAN_KEY, orphan);
+  };
+  if (cp.sourceFromWorker) {
+    await remember('the schedule was deleted; the worker drops the slot');
+    await askWorker(cp);
+    return `replication slot ${stream.slot} is dropped by the worker (it reaches the source) within minutes; alerted if it cannot be`;
+  }
   try {
     await dropSlot(database, stream);
     cp.logger.info('replication slot dropped', { slot: stream.slot, schedule: deleted.id });
@@ -113,15 +176,7 @@ export async function dropUnusedSlot(cp: ControlPlane, deleted: StoredSchedule):
   } catch (error) {
     const reason = (error as Error).message;
     cp.logger.warn('replication slot not dropped', { slot: stream.slot, error: reason });
-    await cp.table
-      .create(
-        Partition.alert,
-        ORPHAN_KEY,
-        { slot: stream.slot, since: cp.now().toISOString(), reason },
-        cp.now(),
-        'pending',
-      )
-      .catch(() => undefined);
+    await remember(reason);
     return `replication slot ${stream.slot} could not be dropped yet (${reason}); it is retried every minute and alerted while it exists`;
   }
 }
@@ -129,6 +184,35 @@ export async function dropUnusedSlot(cp: ControlPlane, deleted: StoredSchedule):
 /** Items of the ALERT partition that are not episodes (listAlerts leaves `watch:` out). */
 const ORPHAN_KEY = 'watch:slot-orphan';
 const WATCH_KEY = 'watch:slot';
+const MEASUREMENT_KEY = 'watch:change-stream';
+/** The worker is asked for a new measurement when the newest is older than this (alert checks)… */
+const WATCH_PERIOD_MS = 4 * 60_000;
+/** …or than this (an operator asking: GET /api/dr/change-stream, schedule saves). */
+const REPORT_MAX_AGE_MS = 60_000;
+/** A slot not measured for this long is alerted (it may be filling the source's disk unseen). */
+export const UNWATCHED_ALERT_MS = 15 * 60_000;
+
+interface Orphan {
+  readonly slot: string;
+  readonly since: string;
+  readonly reason: string;
+}
+
+/** The source as last measured where it is reachable (here, or by the worker on AWS in the operator's subnets). */
+interface SourceMeasurement {
+  readonly slot: string;
+  /** The last successful measurement. */
+  readonly measuredAt?: string;
+  readonly readiness?: Readiness;
+  /** Absent: no slot on the source. */
+  readonly status?: SlotStatus;
+  /** Why an orphaned slot could not be dropped. */
+  readonly dropError?: string;
+  /** The newest failed measurement, when it is newer than the last successful one. */
+  readonly failure?: { readonly at: string; readonly error: string };
+  /** When this record was first written (the unwatched alert counts from here when nothing was measured). */
+  readonly since: string;
+}
 
 interface SlotWatch {
   readonly confirmedLsn: string;
@@ -137,48 +221,132 @@ interface SlotWatch {
   readonly stalledSince?: string;
 }
 
+/**
+ * Measures the source where it is reachable: drops a slot left by a deleted schedule, reads the slot's status
+ * (and, when asked, what the database allows), and keeps the measurement for the alert checks and the API.
+ * The worker's `watch` action on AWS; the alert checks themselves elsewhere.
+ */
+export async function measureSource(
+  cp: ControlPlane,
+  options: { readonly readiness: boolean },
+): Promise<SourceMeasurement | undefined> {
+  const database = (await sourceForRun(cp))?.database;
+  if (!database) return undefined;
+  const stream = changeStreamFor(databaseName(database));
+  const previous = await cp.table.get<SourceMeasurement>(Partition.alert, MEASUREMENT_KEY);
+  const kept = previous?.data.slot === stream.slot ? previous.data : undefined;
+  const now = cp.now().toISOString();
+  let next: SourceMeasurement;
+  try {
+    let dropError: string | undefined;
+    const orphan = await cp.table.get<Orphan>(Partition.alert, ORPHAN_KEY);
+    if (orphan?.data.slot === stream.slot && (await streamSchedules(cp)).length === 0)
+      dropError = await withTimeout(dropSlot(database, stream), REPORT_TIMEOUT_MS).then(
+        () => undefined,
+        (error: unknown) => (error as Error).message,
+      );
+    const [readiness, status] = await withTimeout(
+      Promise.all([
+        options.readiness ? changeStreamReadiness(database) : Promise.resolve(kept?.readiness),
+        slotStatus(database, stream.slot),
+      ]),
+      REPORT_TIMEOUT_MS,
+    );
+    next = {
+      slot: stream.slot,
+      measuredAt: now,
+      ...(readiness ? { readiness } : {}),
+      ...(status ? { status } : {}),
+      ...(dropError ? { dropError } : {}),
+      since: kept?.since ?? now,
+    };
+  } catch (error) {
+    const message = (error as Error).message;
+    cp.logger.warn('replication slot not measured', { slot: stream.slot, error: message });
+    const { failure: _, ...rest } = kept ?? { slot: stream.slot, since: now };
+    next = { ...rest, failure: { at: now, error: message } };
+  }
+  await put(cp, MEASUREMENT_KEY, next);
+  return next;
+}
+
+/** Asks the worker for a new measurement (it reaches the source; this process does not). */
+async function askWorker(cp: ControlPlane): Promise<void> {
+  if (!cp.runs?.watch) return;
+  await cp.runs
+    .watch()
+    .catch((error: unknown) =>
+      cp.logger.warn('the worker was not asked to measure the source', { error: (error as Error).message }),
+    );
+}
+
 /** The watch's conditions (run with the alert checks, every minute). */
 export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
   const database = (await sourceForRun(cp))?.database;
   if (!database) return [];
   const stream = changeStreamFor(databaseName(database));
-  const conditions: Condition[] = [];
-  const orphan = await cp.table.get<{ slot: string; since: string; reason: string }>(
-    Partition.alert,
-    ORPHAN_KEY,
-  );
   const users = await streamSchedules(cp);
-  if (orphan && users.length === 0) {
-    const dropped = await dropSlot(database, stream).then(
-      () => true,
-      () => false,
-    );
-    if (dropped) await cp.table.delete(orphan).catch(() => undefined);
-    conditions.push({
-      key: `slot-orphan:${stream.slot}`,
-      active: !dropped,
-      subject: `[DR] Replication slot ${stream.slot} left on the source`,
-      lines: [
-        `No schedule reads replication slot ${stream.slot} any more, but it could not be dropped (${orphan.data.reason}).`,
-        'A slot nobody reads keeps WAL on the source until its disk fills. It is retried every minute; or drop it yourself:',
-        `SELECT pg_drop_replication_slot('${stream.slot}');`,
-      ],
-      recoverySubject: `[DR] Recovered — replication slot ${stream.slot} dropped`,
-      recoveryLines: [`Replication slot ${stream.slot} is gone.`],
-    });
+  const orphanItem = await cp.table.get<Orphan>(Partition.alert, ORPHAN_KEY);
+  const orphan = orphanItem?.data;
+  if (users.length === 0 && orphan?.slot !== stream.slot) return [];
+
+  let measured: SourceMeasurement | undefined;
+  if (cp.sourceFromWorker) {
+    const stored = (await cp.table.get<SourceMeasurement>(Partition.alert, MEASUREMENT_KEY))?.data;
+    measured = stored?.slot === stream.slot ? stored : undefined;
+    if (!measured) {
+      // Nothing measured yet: the unwatched alert counts from now.
+      measured = { slot: stream.slot, since: cp.now().toISOString() };
+      await put(cp, MEASUREMENT_KEY, measured);
+    }
+    if (!measured.measuredAt || ageMs(cp, measured.measuredAt) > WATCH_PERIOD_MS) await askWorker(cp);
+  } else measured = await measureSource(cp, { readiness: false });
+  if (!measured) return [];
+  const conditions: Condition[] = [];
+  const fresh = measured.measuredAt !== undefined && ageMs(cp, measured.measuredAt) <= UNWATCHED_ALERT_MS;
+
+  if (orphan?.slot === stream.slot && users.length === 0) {
+    // Only a measurement taken after the schedule was deleted tells whether the slot is gone.
+    const after = measured.measuredAt !== undefined && measured.measuredAt >= orphan.since;
+    if (after && !measured.status) await cp.table.delete(orphanItem!).catch(() => undefined);
+    if (after || ageMs(cp, orphan.since) > UNWATCHED_ALERT_MS)
+      conditions.push({
+        key: `slot-orphan:${stream.slot}`,
+        active: !after || measured.status !== undefined,
+        subject: `[DR] Replication slot ${stream.slot} left on the source`,
+        lines: [
+          `No schedule reads replication slot ${stream.slot} any more, but it could not be dropped (${
+            measured.dropError ?? measured.failure?.error ?? orphan.reason
+          }).`,
+          'A slot nobody reads keeps WAL on the source until its disk fills. It is retried every few minutes; or drop it yourself:',
+          `SELECT pg_drop_replication_slot('${stream.slot}');`,
+        ],
+        recoverySubject: `[DR] Recovered — replication slot ${stream.slot} dropped`,
+        recoveryLines: [`Replication slot ${stream.slot} is gone.`],
+      });
   }
   if (users.length === 0) return conditions;
 
-  let status: SlotStatus | undefined;
-  try {
-    status = await withTimeout(slotStatus(database, stream.slot), REPORT_TIMEOUT_MS);
-  } catch (error) {
-    cp.logger.warn('replication slot not measured', { slot: stream.slot, error: (error as Error).message });
-    return conditions;
-  }
+  const lastSeen = measured.measuredAt ?? measured.since;
+  conditions.push({
+    key: `slot-unwatched:${stream.slot}`,
+    active: ageMs(cp, lastSeen) > UNWATCHED_ALERT_MS,
+    subject: `[DR] Replication slot ${stream.slot} not measured since ${lastSeen}`,
+    lines: [
+      `The source database could not be measured since ${lastSeen}${
+        measured.failure ? ` (${measured.failure.error})` : ''
+      }: the WAL replication slot ${stream.slot} keeps on the source is not watched.`,
+      cp.sourceFromWorker
+        ? 'The worker measures it from its subnets every few minutes: check its logs, and that it reaches the database.'
+        : 'Check that the source database is reachable from the control plane.',
+    ],
+    recoverySubject: `[DR] Recovered — replication slot ${stream.slot} is measured again`,
+    recoveryLines: [`Replication slot ${stream.slot} was measured at ${measured.measuredAt ?? '?'}.`],
+  });
+  // An old measurement says nothing about now: the slot's episodes stay as they are.
+  const status = fresh ? measured.status : undefined;
   if (!status) return conditions;
   const maxKeep = status.maxKeepBytes;
-
   const low =
     status.walStatus === 'lost' ||
     (status.safeBytes !== undefined &&
@@ -209,18 +377,14 @@ export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
   // The clock starts when the slot is first seen behind the WAL at a position, and restarts when it moves.
   const moved = !watched || watched.data.confirmedLsn !== status.confirmedLsn;
   const behind = lsnValue(status.currentLsn) > lsnValue(status.confirmedLsn);
-  const stalledSince = !behind
-    ? undefined
-    : moved
-      ? cp.now().toISOString()
-      : (watched.data.stalledSince ?? cp.now().toISOString());
+  const seenAt = measured.measuredAt!;
+  const stalledSince = !behind ? undefined : moved ? seenAt : (watched.data.stalledSince ?? seenAt);
   const next: SlotWatch = {
     confirmedLsn: status.confirmedLsn,
     currentLsn: status.currentLsn,
     ...(stalledSince ? { stalledSince } : {}),
   };
-  if (watched) await cp.table.replace(watched, next, cp.now()).catch(() => undefined);
-  else await cp.table.create(Partition.alert, WATCH_KEY, next, cp.now(), 'watched').catch(() => undefined);
+  await put(cp, WATCH_KEY, next);
   const stalled = stalledSince !== undefined && cp.now().getTime() - Date.parse(stalledSince) > rpoMs;
   conditions.push({
     key: `slot-stalled:${stream.slot}`,
@@ -240,4 +404,17 @@ function gib(bytes: number): string {
   return bytes >= 1024 ** 3
     ? `${(bytes / 1024 ** 3).toFixed(1)} GiB`
     : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+function ageMs(cp: ControlPlane, since: string): number {
+  return cp.now().getTime() - Date.parse(since);
+}
+
+/** Writes a watch record of the ALERT partition (a lost race with another check changes nothing). */
+async function put<T>(cp: ControlPlane, key: string, data: T): Promise<void> {
+  const current = await cp.table.get(Partition.alert, key);
+  const written = current
+    ? cp.table.replace(current, data, cp.now())
+    : cp.table.create(Partition.alert, key, data, cp.now(), 'watched');
+  await written.catch(() => undefined);
 }
