@@ -16,9 +16,10 @@ import {
 import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
 import type { BackupType } from '../engine/manifest.ts';
 import { forget, gc, listBackups, rekey, summarize, verify } from '../engine/maintenance.ts';
-import { connectionFrom } from '../engine/postgres.ts';
+import { connectionFrom, databaseName } from '../engine/postgres.ts';
 import { DEFAULT_PACK_SIZE, Repository } from '../engine/repository.ts';
-import { restoreDatabase, restoreFiles } from '../engine/restore.ts';
+import { backupForInstant, restoreDatabase, restoreFiles } from '../engine/restore.ts';
+import { changeStreamFor, confirmChanges } from '../engine/changes.ts';
 import { LocalStorage } from '../storage/local/local-storage.ts';
 import { StorageError, type Storage } from '../storage/storage.ts';
 import { openTarget, readTargetFile } from '../storage/targets.ts';
@@ -196,6 +197,10 @@ program
   )
   .option('--tag <key=value>', 'a tag (repeatable); series=<name> groups incrementals', collectValues)
   .option(
+    '--change-stream',
+    'with --db: a FULL starts the logical replication slot drctl_<database>, an INCREMENTAL stores the row changes since its parent (restore with --until to any instant); dump mode, with a note, where the database does not allow it',
+  )
+  .option(
     '--review-below <fraction>',
     'flag the backup when its data is below this fraction of its parent (0-1)',
     Number.parseFloat,
@@ -216,11 +221,16 @@ program
         files?: string;
         parent?: string;
         tag?: string[];
+        changeStream?: boolean;
         reviewBelow: number;
         packSize: number;
       },
     ) => {
+      if (options.changeStream && !options.db) throw new InvalidArgumentError('--change-stream needs --db');
       const repository = await open(options);
+      const database = options.db ? connectionFrom(options.db, process.env.PGPASSWORD) : undefined;
+      const stream =
+        options.changeStream && database ? changeStreamFor(databaseName(database), 'drctl') : undefined;
       const tags = Object.fromEntries(
         (options.tag ?? []).map((tag) => tag.split('=', 2) as [string, string]),
       );
@@ -230,10 +240,11 @@ program
         result = await backup(repository, {
           type: options.type,
           source: {
-            ...(options.db ? { database: connectionFrom(options.db, process.env.PGPASSWORD) } : {}),
+            ...(database ? { database } : {}),
             ...(options.files ? { files: options.files } : {}),
           },
           ...(options.parent ? { parent: options.parent } : {}),
+          ...(stream ? { changeStream: stream } : {}),
           ...(Object.keys(tags).length > 0 ? { tags } : {}),
           reviewBelow: options.reviewBelow,
           packSize: options.packSize,
@@ -243,6 +254,10 @@ program
         progress.stop();
       }
       const { manifest, notice } = result;
+      // The backup is committed (its manifest written): the slot may now release the WAL before its end.
+      const set = manifest.changes?.sets.at(-1);
+      if (database && set?.backupId === manifest.id)
+        await confirmChanges(database, { slot: manifest.changes!.slot, endLsn: set.endLsn });
       const s = manifest.stats;
       const seconds = (Date.parse(manifest.finishedAt) - Date.parse(manifest.startedAt)) / 1000;
       print(
@@ -251,6 +266,13 @@ program
         [
           `backup ${manifest.id} (${manifest.type}${manifest.parent ? ` on ${manifest.parent}` : ''}) done in ${seconds.toFixed(1)} s`,
           `  restore point ${manifest.restorePoint}`,
+          ...(manifest.changes
+            ? [
+                set?.backupId === manifest.id
+                  ? `  change stream ${manifest.changes.slot}: ${set.transactions} transactions (${set.changes} changes) since ${manifest.parent ?? '?'}`
+                  : `  change stream ${manifest.changes.slot} started at ${manifest.changes.startLsn}`,
+              ]
+            : []),
           `  read ${s.bytesRead} bytes in ${s.chunks} chunks; new ${s.bytesNew} bytes in ${s.newChunks} chunks; stored ${s.bytesStored} bytes in ${s.packs} packs`,
           ...(notice ? [`  note: ${notice}`] : []),
           ...(manifest.review ? [`  FLAGGED FOR REVIEW: ${manifest.review.reason}`] : []),
@@ -306,12 +328,16 @@ program
 program
   .command('restore')
   .description('restore a backup: the database into a connection, files into a directory')
-  .argument('<backup>', 'backup id, or latest')
+  .argument('<backup>', 'backup id, or latest (with --until: the backup that reaches that instant)')
   .addOption(repoOption())
   .addOption(targetOption())
   .addOption(keyOption())
   .option('--db <url>', 'restore the database into this (empty) database; password from PGPASSWORD')
   .option('--clean', 'replace the objects the backup defines in a database that is not empty')
+  .option(
+    '--until <instant>',
+    'change-stream backups: apply only the transactions committed at or before this ISO 8601 instant (to the microsecond)',
+  )
   .option('--table <name>', 'only this table, schema.table or table (repeatable)', collectValues)
   .option('--schema <name>', 'only the tables of this schema (repeatable)', collectValues)
   .option(
@@ -328,6 +354,7 @@ program
       options: Common & {
         db?: string;
         clean?: boolean;
+        until?: string;
         table?: string[];
         schema?: string[];
         check: boolean;
@@ -337,8 +364,12 @@ program
       },
     ) => {
       if (!options.db && !options.filesTo) throw new InvalidArgumentError('give --db, --files-to, or both');
+      if (options.until !== undefined && !options.db) throw new InvalidArgumentError('--until needs --db');
       const repository = await open(options);
-      const manifest = await repository.loadManifest(await resolveId(repository, id));
+      const manifest =
+        options.until !== undefined && id === 'latest'
+          ? await backupForInstant(repository, options.until)
+          : await repository.loadManifest(await resolveId(repository, id));
       const progress = progressReporter('restore');
       const started = Date.now();
       const result: Record<string, unknown> = { backupId: manifest.id, restorePoint: manifest.restorePoint };
@@ -347,6 +378,7 @@ program
           result.database = await restoreDatabase(repository, manifest, {
             target: connectionFrom(options.db, process.env.PGPASSWORD),
             ...(options.clean ? { clean: true } : {}),
+            ...(options.until !== undefined ? { until: options.until } : {}),
             ...(options.table ? { tables: options.table } : {}),
             ...(options.schema ? { schemas: options.schema } : {}),
             check: options.check,
@@ -371,7 +403,7 @@ program
         options,
         result,
         [
-          `restored backup ${manifest.id} (restore point ${manifest.restorePoint}) in ${(result.seconds as number).toFixed(1)} s`,
+          `restored backup ${manifest.id} (restore point ${manifest.restorePoint}${options.until === undefined ? '' : `, changes up to ${options.until}`}) in ${(result.seconds as number).toFixed(1)} s`,
           ...(database
             ? [
                 `  database: ${database.tables} tables, ${database.rows} rows, ${database.bytes} bytes; ${
@@ -383,6 +415,15 @@ program
                           .filter((c) => !c.ok)
                           .map((c) => c.table)
                           .join(', ')}`
+                }`,
+              ]
+            : []),
+          ...(database?.changes
+            ? [
+                `  changes: ${database.changes.transactions} transactions (${database.changes.changes} changes) applied; ${
+                  database.changes.lastCommit
+                    ? `last commit ${database.changes.lastCommit.time} (LSN ${database.changes.lastCommit.lsn}, xid ${database.changes.lastCommit.xid})`
+                    : 'none committed after the FULL by then'
                 }`,
               ]
             : []),

@@ -25,14 +25,15 @@ export interface ChangeStream {
 /**
  * The slot and publication for a database. Slot names are unique in the whole server, so the database's
  * name is in it (lowercased, other characters as _, and a hash of the exact name when that changed it).
+ * `owner` keeps two users of one database apart (the deployment: dr_automation; drctl: drctl).
  */
-export function changeStreamFor(database: string): ChangeStream {
+export function changeStreamFor(database: string, owner = 'dr_automation'): ChangeStream {
   const plain = database.toLowerCase().replace(/[^a-z0-9_]/g, '_');
   const exact =
     plain === database
       ? plain
       : `${plain.slice(0, 30)}_${createHash('sha256').update(database).digest('hex').slice(0, 8)}`;
-  return { slot: `dr_automation_${exact}`.slice(0, 63), publication: 'dr_automation' };
+  return { slot: `${owner}_${exact}`.slice(0, 63), publication: owner };
 }
 
 // ------------------------------------------------------------------------------------------ LSNs

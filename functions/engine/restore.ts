@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { RestoreError } from './errors.ts';
 import { finishEntries, globFilter, makeEntry, writeFile } from './files.ts';
-import { ChangeApplier, changeLines } from './changes.ts';
+import { ChangeApplier, changeLines, isoToMicros } from './changes.ts';
 import type { Manifest, SequenceRecord, StreamRecord, TableRecord } from './manifest.ts';
 import {
   connect,
@@ -90,11 +90,55 @@ export interface DatabaseRestoreResult {
   };
 }
 
+/**
+ * Refuses an instant the backup cannot restore to: a backup without a change stream restores only to its own
+ * restore point, and a change-stream backup not to an instant before the FULL its changes start from.
+ */
+function untilProblem(manifest: Manifest, until: string): void {
+  const at = isoToMicros(until);
+  if (!manifest.changes)
+    throw new RestoreError(
+      `backup ${manifest.id} holds no change stream: it restores only to its restore point ${manifest.restorePoint}`,
+    );
+  const from = manifest.database!.snapshotTime;
+  if (at < isoToMicros(from))
+    throw new RestoreError(
+      `${until} is before ${from}, when FULL ${manifest.changes.base} (the start of backup ${manifest.id}'s changes) was taken`,
+    );
+}
+
+/**
+ * The backup that restores a repository's database to an instant: the newest good backup taken at or before
+ * it must be part of a change stream, and the newest backup of that stream is returned — its changes are
+ * applied up to the instant, so a later backup of the stream is as good, and never misses a commit that
+ * landed after an earlier backup read the stream.
+ */
+export async function backupForInstant(repository: Repository, until: string): Promise<Manifest> {
+  const at = isoToMicros(until);
+  const manifests: Manifest[] = [];
+  for (const id of (await repository.backupIds()).reverse()) {
+    const manifest = await repository.loadManifest(id);
+    if (manifest.database && !manifest.review) manifests.push(manifest);
+  }
+  const before = manifests.find((manifest) => isoToMicros(manifest.restorePoint) <= at);
+  if (!before)
+    throw new RestoreError(
+      `no database backup was taken at or before ${until}${manifests.length > 0 ? ` (the oldest restore point is ${manifests.at(-1)!.restorePoint})` : ''}`,
+    );
+  const base = before.changes?.base;
+  if (base === undefined)
+    throw new RestoreError(
+      `the newest backup at or before ${until}, ${before.id} (restore point ${before.restorePoint}), holds no change stream: restore it by id, to its restore point`,
+    );
+  return manifests.find((manifest) => manifest.changes?.base === base)!;
+}
+
 export async function restoreDatabase(
   repository: Repository,
   manifest: Manifest,
   options: DatabaseRestoreOptions,
 ): Promise<DatabaseRestoreResult> {
+  if (options.until !== undefined) untilProblem(manifest, options.until);
   const result = await restoreSnapshot(repository, manifest, options);
   const sets = manifest.changes?.sets ?? [];
   if (sets.length === 0) return result;
