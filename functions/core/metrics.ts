@@ -119,6 +119,34 @@ export function rpoViolations(
     }));
 }
 
+/**
+ * The RPO a set of backups (one schedule's) achieved over `range`: the worst staleness of its newest restore
+ * point at any instant of the range, in hours; undefined when none was available by the range's end. Staleness
+ * only grows between two finishes, so the worst is at the end of one of these intervals (clipped to the range).
+ */
+export function achievedRpo(backups: readonly BackupFact[], range: Range, now: number): number | undefined {
+  const finishes = backups
+    .filter(
+      (backup) => isGood(backup) && backup.finishedAt !== undefined && backup.restorePoint !== undefined,
+    )
+    .map((backup) => ({ at: Date.parse(backup.finishedAt!), point: Date.parse(backup.restorePoint!) }))
+    .filter((finish) => finish.at <= Math.min(now, range.to))
+    .sort((a, b) => a.at - b.at);
+  const end = Math.min(now, range.to);
+  let newest = -Infinity;
+  let worst: number | undefined;
+  for (let i = 0; i < finishes.length; i++) {
+    newest = Math.max(newest, finishes[i]!.point);
+    // This point is the newest from its finish until the next one (excluded) or the end (included).
+    const next = i === finishes.length - 1 ? Infinity : finishes[i + 1]!.at;
+    const until = Math.min(next, end);
+    const from = Math.max(finishes[i]!.at, range.from);
+    if (next <= end ? until <= from : until < from) continue; // not the newest at any instant of the range
+    worst = Math.max(worst ?? 0, until - newest);
+  }
+  return worst === undefined ? undefined : round(worst / HOUR);
+}
+
 /** DR tests in `range` (by when they finished) whose actual RTO exceeded their objective. */
 export function rtoViolations(tests: readonly TestFact[], range: Range): Violation[] {
   return tests

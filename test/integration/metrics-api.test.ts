@@ -130,6 +130,7 @@ it('summarizes the key figures over the range', async () => {
     lastRestorePoint: {
       hourly: { backupId: '20261105T000000000Z-abcdef', restorePoint: at(11), ageHours: 19 },
     },
+    achievedRpo: { hourly: 19 },
   });
   expect(response.body.testCompliance.types.RESTORE_TEST.overdue).toBe(false);
 });

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  achievedRpo,
   durations,
   rpoViolations,
   rtoViolations,
@@ -145,6 +146,71 @@ describe('RPO violations', () => {
         },
       ),
       { numRuns: 200 },
+    );
+  });
+});
+
+describe('achieved RPO', () => {
+  it('is the worst age of the newest restore point within the range', () => {
+    const history = [backup(0, 0.5), backup(1, 0.5), backup(5, 0.25, 'FAILED'), backup(10, 1), backup(11)];
+    expect(achievedRpo(history, { from: T0, to: T0 + 30 * H }, T0 + 30 * H)).toBe(19);
+    // Up to 11.05 h: the 10 h point was available from 11 h; before, the 1 h point aged to 10 h
+    expect(achievedRpo(history, { from: T0, to: T0 + 11.05 * H }, T0 + 30 * H)).toBe(10);
+    expect(achievedRpo(history, { from: T0 + 11 * H, to: T0 + 11.05 * H }, T0 + 30 * H)).toBe(1.05);
+    expect(achievedRpo(history, { from: T0 + 12 * H, to: T0 + 13 * H }, T0 + 30 * H)).toBe(2);
+    expect(
+      achievedRpo([backup(5, 0.5, 'FAILED')], { from: T0, to: T0 + 30 * H }, T0 + 30 * H),
+    ).toBeUndefined();
+  });
+
+  it('agrees with the age computed minute by minute, on random histories', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            start: fc.integer({ min: 0, max: 300 }),
+            took: fc.integer({ min: 0, max: 60 }),
+            ok: fc.boolean(),
+          }),
+          { maxLength: 15 },
+        ),
+        fc.integer({ min: 0, max: 400 }),
+        fc.integer({ min: 0, max: 400 }),
+        fc.integer({ min: 0, max: 400 }),
+        (runs, fromMinute, length, nowMinute) => {
+          const minute = 60_000;
+          const history: BackupFact[] = runs.map((run, index) => ({
+            id: `b${index}`,
+            scheduleId: 's',
+            status: run.ok ? 'SUCCESS' : 'FAILED',
+            startedAt: new Date(T0 + run.start * minute).toISOString(),
+            finishedAt: new Date(T0 + (run.start + run.took) * minute).toISOString(),
+            restorePoint: new Date(T0 + run.start * minute).toISOString(),
+            targets: [],
+          }));
+          const toMinute = fromMinute + length;
+          const end = Math.min(toMinute, nowMinute);
+          const good = runs.filter((run) => run.ok);
+          // The age just before minute t (a backup finishing at t is not yet there), and at the range's ends.
+          const age = (t: number, finished: (at: number) => boolean) => {
+            const points = good.filter((run) => finished(run.start + run.took)).map((run) => run.start);
+            return points.length > 0 ? t - Math.max(...points) : undefined;
+          };
+          const ages = [age(fromMinute, (at) => at <= fromMinute)];
+          for (let t = fromMinute + 1; t <= end; t++) ages.push(age(t, (at) => at < t));
+          ages.push(age(end, (at) => at <= end));
+          const known = ages.filter((value): value is number => value !== undefined);
+          const expected = fromMinute > end || known.length === 0 ? undefined : Math.max(...known) / 60;
+          const got = achievedRpo(
+            history,
+            { from: T0 + fromMinute * minute, to: T0 + toMinute * minute },
+            T0 + nowMinute * minute,
+          );
+          if (expected === undefined) expect(got).toBeUndefined();
+          else expect(got).toBeCloseTo(expected, 3);
+        },
+      ),
+      { numRuns: 1000 },
     );
   });
 });

@@ -2,6 +2,7 @@ import type { ControlPlane } from '../context.ts';
 import { ValidationError } from '../errors.ts';
 import {
   durations,
+  achievedRpo,
   isGood,
   rpoViolations,
   rtoViolations,
@@ -126,6 +127,16 @@ export async function metricsSummary(cp: ControlPlane, range: Range) {
     rtoViolations: violations.filter((violation) => violation.kind === 'RTO').length,
     ongoingRpoViolation: violations.some((violation) => violation.kind === 'RPO' && violation.ongoing),
     lastRestorePoint,
+    achievedRpo: Object.fromEntries(
+      Object.keys(lastRestorePoint).map((scheduleId) => [
+        scheduleId,
+        achievedRpo(
+          data.backups.filter((backup) => backup.scheduleId === scheduleId),
+          range,
+          now,
+        ) ?? null,
+      ]),
+    ),
     testCompliance: (await listDrTests(cp, { limit: 1 })).compliance,
   };
 }
