@@ -33,7 +33,12 @@ if (operation === 'backup') {
     target: connectionFrom(url!),
     check: false,
   });
-  result = { rows: restored.rows };
+  result = {
+    rows: restored.rows,
+    ...(restored.changes
+      ? { transactions: restored.changes.transactions, changes: restored.changes.changes }
+      : {}),
+  };
 }
 const seconds = (performance.now() - started) / 1000;
 process.stdout.write(

@@ -49,14 +49,21 @@ async function shell(command: string, env: NodeJS.ProcessEnv = {}): Promise<numb
   return seconds;
 }
 
-async function measure(
-  ...args: string[]
-): Promise<{ seconds: number; maxRssMB: number; bytesStored?: number; id?: string }> {
+interface Measured {
+  seconds: number;
+  maxRssMB: number;
+  bytesStored?: number;
+  id?: string;
+  transactions?: number;
+  changes?: number;
+}
+
+async function measure(...args: string[]): Promise<Measured> {
   // The V8 flag drctl runs with (its shebang): see functions/cli/drctl.ts.
   const { stdout } = await run(process.execPath, ['--max-semi-space-size=4', 'bench/measure.ts', ...args], {
     maxBuffer: 1 << 20,
   });
-  return JSON.parse(stdout) as { seconds: number; maxRssMB: number; bytesStored?: number; id?: string };
+  return JSON.parse(stdout) as Measured;
 }
 
 async function duBytes(path: string): Promise<number> {
@@ -185,6 +192,25 @@ try {
     `pg_restore ${pgRestore1.toFixed(1)} s; pg_restore -j2 ${pgRestore2.toFixed(1)} s`,
   );
   report('peak RSS', `${restored.maxRssMB.toFixed(0)} MB`, '');
+
+  console.log(
+    '\nRestore of the last change-stream INCREMENTAL (its FULL, then every change of both workloads)',
+  );
+  await cluster.createDatabase('restore_changes');
+  const replayed = await measure(
+    'restore',
+    repoChanges,
+    key,
+    cluster.url('restore_changes'),
+    uniformChanges.id!,
+  );
+  const applying = Math.max(replayed.seconds - restored.seconds, 0.001);
+  report(
+    'wall time',
+    `${replayed.seconds.toFixed(1)} s: ${replayed.changes} row changes in ${replayed.transactions} transactions applied after the FULL, ≈ ${Math.round(replayed.changes! / applying)} changes/s beyond the FULL's restore`,
+    '',
+  );
+  report('peak RSS', `${replayed.maxRssMB.toFixed(0)} MB`, '');
 
   console.log('\nSummary');
   for (const [what, ours, reference] of rows) console.log(`| ${what} | ${ours} | ${reference} |`);

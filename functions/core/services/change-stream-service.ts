@@ -299,7 +299,11 @@ export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
       measured = { slot: stream.slot, since: cp.now().toISOString() };
       await put(cp, MEASUREMENT_KEY, measured);
     }
-    if (!measured.measuredAt || ageMs(cp, measured.measuredAt) > WATCH_PERIOD_MS) await askWorker(cp);
+    const due =
+      !measured.measuredAt ||
+      ageMs(cp, measured.measuredAt) > WATCH_PERIOD_MS ||
+      (orphan !== undefined && measured.measuredAt < orphan.since);
+    if (due) await askWorker(cp);
   } else measured = await measureSource(cp, { readiness: false });
   if (!measured) return [];
   const conditions: Condition[] = [];
