@@ -616,6 +616,27 @@ function value(raw: unknown): Value {
 
 // ------------------------------------------------------------------------------------------ applying
 
+/** Bind parameters of one statement (the protocol's limit is 65535) and rows of one batch. */
+const MAX_BATCH_PARAMETERS = 30_000;
+const MAX_BATCH_ROWS = 1000;
+
+interface TableShape {
+  readonly types: ReadonlyMap<string, string>;
+  readonly constrained: ReadonlySet<string>;
+}
+
+interface Batch {
+  readonly signature: string;
+  readonly kind: 'I' | 'U' | 'D';
+  readonly relation: Relation;
+  readonly shape: TableShape;
+  /** UPDATE: the indexes of the columns it sets. */
+  readonly set: readonly number[];
+  readonly rows: (readonly Value[])[];
+  readonly keys: Set<string>;
+  readonly lsn: string;
+}
+
 interface Relation {
   readonly schema: string;
   readonly name: string;
@@ -645,6 +666,10 @@ export class ChangeApplier {
   private readonly statements = new Map<string, string>();
   /** The source transaction being applied: its xid, commit LSN and changes so far. */
   private open: { xid: number; lsn: string; changes: number } | undefined;
+  /** Consecutive like changes to one table, applied as one statement (see `batchable`). */
+  private pending: Batch | undefined;
+  /** Per table of the target: column types, and the columns of unique or exclusion constraints. */
+  private readonly shapes = new Map<string, Promise<TableShape>>();
   readonly result: ApplyResult = { transactions: 0, changes: 0, stopped: false };
 
   private readonly wanted: (schema: string, name: string) => boolean;
@@ -710,6 +735,7 @@ export class ChangeApplier {
     try {
       // Applied as read (a source transaction of any size streams through), committed with its commit line.
       if ('c' in line && 'ts' in line && !('o' in line)) {
+        await this.flush();
         await this.client.query('COMMIT');
         this.result.transactions++;
         this.result.changes += open.changes;
@@ -722,6 +748,7 @@ export class ChangeApplier {
     } catch (error) {
       await this.client.query('ROLLBACK').catch(() => undefined);
       this.open = undefined;
+      this.pending = undefined;
       throw error;
     }
     return true;
@@ -736,6 +763,8 @@ export class ChangeApplier {
 
   private async applyChange(line: ChangeLine, lsn: string): Promise<void> {
     if (!('o' in line)) return;
+    if (await this.batched(line, lsn)) return;
+    await this.flush();
     const client = this.client;
     if (line.o === 'T') {
       const names = line.rs
@@ -777,6 +806,143 @@ export class ChangeApplier {
       return;
     }
     await this.run(`DELETE FROM ${table} WHERE ${where.sql(0)}`, where.values, what, true);
+  }
+
+  /**
+   * Adds an insert, a key-preserving update or a delete by key to the pending batch when it is like the
+   * batch's changes (same table, same kind, same columns set) and touches a key the batch has not; otherwise
+   * flushes first and starts a new batch. A batch is one statement whose row count must equal its size, so
+   * each change still hits exactly one row. Applied in one statement, the changes of a batch see no order:
+   * only changes whose order cannot matter are batched — distinct keys, no trigger or foreign key fires
+   * (session_replication_role = replica), and no update of a column under a unique or exclusion constraint
+   * (the source's order may have been what kept it satisfied). Returns false for what is applied alone.
+   */
+  private async batched(line: Extract<ChangeLine, { o: string }>, lsn: string): Promise<boolean> {
+    if (line.o === 'T') return false;
+    const relation = this.relation(line.r);
+    if (!this.wanted(relation.schema, relation.name)) return true;
+    if (line.o !== 'I' && (relation.full || relation.key.length === 0)) return false;
+    if (line.o === 'U' && line.k !== undefined) return false; // the key changed
+    if (line.o === 'D' && line.k === undefined) return false;
+    const shape = await this.shape(relation);
+    let set: number[] = [];
+    if (line.o === 'U') {
+      // The key is unchanged (no old key sent): set the other columns that came with the new tuple.
+      set = line.n.flatMap((value, index) =>
+        value === 0 || relation.key.includes(relation.columns[index]!) ? [] : [index],
+      );
+      if (set.length === 0 || set.some((index) => shape.constrained.has(relation.columns[index]!)))
+        return false;
+    }
+    if (line.o === 'U' && relation.key.some((column) => line.n[relation.columns.indexOf(column)] === 0))
+      return false; // an unchanged TOASTed key: found the single-row way
+    const keyOf = (values: readonly Value[]) =>
+      JSON.stringify(relation.key.map((column) => values[relation.columns.indexOf(column)] ?? null));
+    const key = line.o === 'I' ? undefined : line.o === 'D' ? JSON.stringify(line.k ?? null) : keyOf(line.n);
+    const signature = `${line.o} ${line.r} ${set.join(',')}`;
+    const values =
+      line.o === 'I'
+        ? line.n
+        : line.o === 'D'
+          ? (line.k ?? [])
+          : [
+              ...relation.key.map((column) => line.n[relation.columns.indexOf(column)] ?? null),
+              ...set.map((index) => line.n[index]!),
+            ];
+    const perRow = Math.max(values.length, 1);
+    const pending = this.pending;
+    if (
+      !pending ||
+      pending.signature !== signature ||
+      (key !== undefined && pending.keys.has(key)) ||
+      (pending.rows.length + 1) * perRow > MAX_BATCH_PARAMETERS ||
+      pending.rows.length >= MAX_BATCH_ROWS
+    ) {
+      await this.flush();
+      this.pending = { signature, kind: line.o, relation, shape, set, rows: [], keys: new Set(), lsn };
+    }
+    const batch = this.pending!;
+    batch.rows.push(values);
+    if (key !== undefined) batch.keys.add(key);
+    return true;
+  }
+
+  /** Applies the pending batch: alone as the prepared single-row statement, or as one statement. */
+  private async flush(): Promise<void> {
+    const batch = this.pending;
+    if (!batch) return;
+    this.pending = undefined;
+    const client = this.client;
+    const { relation, shape, rows } = batch;
+    const table = qualified(client, relation.schema, relation.name);
+    const kind = batch.kind === 'I' ? 'insert into' : batch.kind === 'U' ? 'update of' : 'delete from';
+    const what = `${kind} ${relation.schema}.${relation.name} (${rows.length} rows, commit ${batch.lsn})`;
+    const typed = (column: string, parameter: number) =>
+      `$${parameter}::${shape.types.get(column) ?? 'text'}`;
+    let parameter = 0;
+    const tuples = (columns: readonly string[], cast: boolean) =>
+      rows
+        .map(
+          () =>
+            `(${columns.map((column) => (cast ? typed(column, ++parameter) : `$${++parameter}`)).join(', ')})`,
+        )
+        .join(', ');
+    const alias = (prefix: string, count: number) =>
+      Array.from({ length: count }, (_, index) => `${prefix}${index}`);
+    let text: string;
+    if (batch.kind === 'I') {
+      const columns = relation.columns.map((column) => client.escapeIdentifier(column)).join(', ');
+      text = `INSERT INTO ${table} (${columns}) VALUES ${tuples(relation.columns, false)}`;
+    } else {
+      const keys = alias('k', relation.key.length);
+      const match = relation.key
+        .map((column, index) => `t.${client.escapeIdentifier(column)} = v.${keys[index]}`)
+        .join(' AND ');
+      if (batch.kind === 'D') {
+        text = `DELETE FROM ${table} AS t USING (VALUES ${tuples(relation.key, true)}) AS v(${keys.join(', ')}) WHERE ${match}`;
+      } else {
+        const setColumns = batch.set.map((index) => relation.columns[index]!);
+        const sets = alias('c', setColumns.length);
+        text = `UPDATE ${table} AS t SET ${setColumns
+          .map((column, index) => `${client.escapeIdentifier(column)} = v.${sets[index]}`)
+          .join(
+            ', ',
+          )} FROM (VALUES ${tuples([...relation.key, ...setColumns], true)}) AS v(${[...keys, ...sets].join(', ')}) WHERE ${match}`;
+      }
+    }
+    let result: pg.QueryResult;
+    try {
+      result = await client.query(text, rows.flat() as unknown[]);
+    } catch (error) {
+      throw new RestoreError(`${what}: ${(error as Error).message}`);
+    }
+    if (result.rowCount !== rows.length)
+      throw new RestoreError(
+        `${what}: matched ${result.rowCount ?? 0} rows instead of ${rows.length}; the restored database does not match the source`,
+      );
+  }
+
+  /** The target table's column types and the columns under a unique or exclusion constraint. */
+  private shape(relation: Relation): Promise<TableShape> {
+    const name = qualified(this.client, relation.schema, relation.name);
+    let shape = this.shapes.get(name);
+    if (!shape) {
+      shape = this.client
+        .query<{ column: string; type: string; constrained: boolean }>(
+          `SELECT a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
+                  EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisunique AND a.attnum = ANY (i.indkey))
+                  OR EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = a.attrelid AND c.contype = 'x' AND a.attnum = ANY (c.conkey))
+                  OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indexprs IS NOT NULL) AS constrained
+             FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`,
+          [name],
+        )
+        .then((result) => ({
+          types: new Map(result.rows.map((row) => [row.column, row.type])),
+          constrained: new Set(result.rows.filter((row) => row.constrained).map((row) => row.column)),
+        }));
+      this.shapes.set(name, shape);
+    }
+    return shape;
   }
 
   /** The row an update or delete aims at: its key (old key, or the new tuple's), or the whole old row. */

@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
 import {
+  ChangeApplier,
   changeStreamReadiness,
+  type ChangeLine,
   confirmChanges,
   isoToMicros,
   microsToIso,
@@ -130,6 +132,83 @@ describe('change-stream mode', () => {
     const earlier = await restoreTo(repository, second.manifest, 'just_before', justBefore);
     expect(earlier.changes?.transactions).toBe(1);
     expect(await tableChecksums(pg, 'just_before')).toEqual(states[0]!.sums);
+  });
+
+  it("applies large transactions in batches with the source's outcome: repeated keys, unique swaps, TOAST", async () => {
+    await pg.createDatabase('batches');
+    await pg.sql(
+      'batches',
+      `CREATE TABLE items (tenant uuid, id bigint, code text UNIQUE, amount numeric(12,2), at timestamptz,
+         doc jsonb, tags text[], PRIMARY KEY (tenant, id));
+       INSERT INTO items SELECT ('00000000-0000-0000-0000-00000000000' || (i % 2))::uuid, i, 'code-' || i, i * 1.25,
+         '2025-01-01 00:00:00.000001+00'::timestamptz + i * interval '1 second',
+         jsonb_build_object('i', i, 'pad', repeat(md5(i::text), 100)), ARRAY['a', i::text]
+       FROM generate_series(1, 3000) i;
+       CREATE TABLE counters (id int PRIMARY KEY, n int, note text);
+       INSERT INTO counters SELECT i, 0, 'start' FROM generate_series(1, 2000) i`,
+    );
+    const { repository } = await newRepository();
+    const source = { database: pg.connection('batches') };
+    const stream = streamOf('batches');
+    await backup(repository, { type: 'FULL', source, changeStream: stream });
+    await pg.sql(
+      'batches',
+      `BEGIN;
+       INSERT INTO items SELECT '00000000-0000-0000-0000-000000000001', i, 'code-' || i, i, now(), '{}', NULL
+         FROM generate_series(3001, 5500) i;
+       UPDATE items SET amount = amount + 1 WHERE id % 3 = 0;
+       UPDATE items SET amount = amount * 2, tags = NULL WHERE id % 6 = 0;
+       DELETE FROM items WHERE id % 5 = 0;
+       UPDATE counters SET n = n + 1;
+       UPDATE counters SET n = n + 1, note = NULL WHERE id % 2 = 0;
+       UPDATE counters SET n = n * 10 WHERE id <= 1500;
+       COMMIT;
+       BEGIN;
+       UPDATE items SET code = 'swap' WHERE id = 1;
+       UPDATE items SET code = 'code-1' WHERE id = 2;
+       UPDATE items SET code = 'code-2' WHERE id = 1;
+       UPDATE items SET at = NULL WHERE id BETWEEN 7 AND 9;
+       COMMIT;`,
+    );
+    const next = await backup(repository, { type: 'INCREMENTAL', source, changeStream: stream });
+    expect(next.manifest.changes!.sets[0]!.transactions).toBe(2);
+
+    const restored = await restoreTo(repository, next.manifest, 'batches_restored');
+
+    expect(restored.changes?.changes).toBe(next.manifest.changes!.sets[0]!.changes);
+    expect(await tableChecksums(pg, 'batches_restored')).toEqual(await tableChecksums(pg, 'batches'));
+  });
+
+  it('refuses a batch that does not find every row it changes', async () => {
+    const target = await pg.createDatabase('batch_mismatch');
+    await pg.sql(
+      'batch_mismatch',
+      'CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0), (3, 0)',
+    );
+    const applier = await ChangeApplier.open(target);
+    const lines: ChangeLine[] = [
+      { r: 1, s: 'public', n: 't', c: ['id', 'v'], t: [23, 23], k: ['id'], i: 'd' },
+      { b: 1, l: '0/10', ts: '2026-11-25T00:00:00.000001Z' },
+      ...['1', '2', '3'].map((id): ChangeLine => ({ o: 'U', r: 1, n: [id, '9'] })),
+      { c: '0/20', l: '0/20', ts: '2026-11-25T00:00:00.000002Z' },
+    ];
+    try {
+      let failure: unknown;
+      for (const line of lines)
+        await applier.apply(line).catch((error: unknown) => {
+          failure ??= error;
+        });
+      expect(String(failure)).toContain(
+        'update of public.t (3 rows, commit 0/10): matched 2 rows instead of 3',
+      );
+    } finally {
+      await applier.close();
+    }
+    // Nothing of the failed transaction is left
+    expect((await pg.sql('batch_mismatch', 'SELECT v FROM t ORDER BY id')).rows).toEqual([
+      { v: 0 },
+      { v: 0 },
+    ]);
   });
 
   it('takes a FULL, and says why, when the schema changed since the last backup', async () => {
