@@ -206,6 +206,7 @@ export class BackupWorker extends Construct {
     });
 
     for (const grantee of [workerRole, this.taskDefinition.taskRole]) this.grantWorker(grantee, props);
+    this.grantFreeStorage(workerRole);
 
     const runner = props.runner === 'fargate' && props.network ? 'fargate' : 'lambda';
     this.launcherEnvironment = {
@@ -256,6 +257,7 @@ export class BackupWorker extends Construct {
       }),
     );
     this.grantBuckets(this.dispatcher.role);
+    this.grantFreeStorage(this.dispatcher.role);
     new Rule(this, 'EveryMinute', {
       description: 'DR Automation: evaluate the backup schedules',
       schedule: Schedule.rate(Duration.minutes(1)),
@@ -280,7 +282,7 @@ export class BackupWorker extends Construct {
     const findings: [string, string][] = [
       [
         'AwsSolutions::AwsSolutions-IAM5[Resource::*]',
-        'X-Ray, ECR authorization (GetAuthorizationToken) and the Lambda network interfaces in the operator subnets (ec2:*NetworkInterface*) have no resource-level permissions.',
+        "X-Ray, ECR authorization (GetAuthorizationToken), the Lambda network interfaces in the operator subnets (ec2:*NetworkInterface*) and CloudWatch GetMetricStatistics (an RDS source's free storage, for the replication slot watch) have no resource-level permissions.",
       ],
       [
         'AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',
@@ -397,6 +399,13 @@ export class BackupWorker extends Construct {
         resources: [this.taskDefinition.taskRole.roleArn, this.taskDefinition.obtainExecutionRole().roleArn],
         conditions: { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
       }),
+    );
+  }
+
+  /** The replication slot's watch reads an RDS source's free storage (CloudWatch has no resource-level rights). */
+  private grantFreeStorage(grantee: IGrantable): void {
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({ actions: ['cloudwatch:GetMetricStatistics'], resources: ['*'] }),
     );
   }
 

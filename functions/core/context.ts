@@ -1,6 +1,7 @@
 import type { AuditLog } from './audit.ts';
 import type { DownloadLinks, RunLauncher } from './services/backup-service.ts';
 import type { Logger } from './log.ts';
+import type { FreeStorage } from './rds-storage.ts';
 import type { SecretStore } from './secrets/secret-store.ts';
 import type { DrTable } from './store/table.ts';
 
@@ -36,6 +37,8 @@ export interface ControlPlane {
    * checks here read the worker's measurements and ask it for new ones (`runs.watch`).
    */
   readonly sourceFromWorker?: boolean;
+  /** Free storage of an RDS source instance (CloudWatch), for the replication slot's watch. */
+  readonly freeStorage?: FreeStorage;
   /** Makes download links (absent where downloads are not deployed: download answers 503). */
   readonly downloads?: DownloadLinks;
   /** Starts restores and DR tests (absent where the workflows are not deployed: they answer 503). */

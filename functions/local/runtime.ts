@@ -27,6 +27,8 @@ import { writeToOutbox } from './outbox.ts';
 import type { MailMessage } from '../core/mail/ses-mailer.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
+import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import { cloudWatchFreeStorage } from '../core/rds-storage.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 
@@ -60,6 +62,8 @@ export interface LocalRuntimeOptions {
    * (tests of that path; the worker in this process still reaches the source itself).
    */
   readonly sourceFromWorker?: boolean;
+  /** The CloudWatch client that reads an RDS source's free storage (tests: moto); default: the SDK's, by region. */
+  readonly cloudwatch?: CloudWatchClient;
 }
 
 export interface LocalRuntime {
@@ -204,6 +208,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     now,
     secretPrefix: 'dr',
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
+    freeStorage: cloudWatchFreeStorage(options.cloudwatch ? () => options.cloudwatch! : undefined),
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
   // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.

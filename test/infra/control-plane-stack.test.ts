@@ -179,6 +179,18 @@ describe('ControlPlaneStack template', () => {
     expect(JSON.parse(retention!.Properties.Targets[0].Input)).toEqual({ action: 'retention' });
   });
 
+  it("lets the worker and the dispatcher read an RDS source's free storage, and the API not", () => {
+    const readers = Object.values(synthesized.template.findResources('AWS::IAM::Policy')).filter((policy) =>
+      (policy.Properties.PolicyDocument.Statement as any[]).some((statement) =>
+        [statement.Action].flat().includes('cloudwatch:GetMetricStatistics'),
+      ),
+    );
+    const roles = readers.flatMap((policy) => policy.Properties.Roles.map((role: any) => role.Ref as string));
+    expect(roles).toHaveLength(2);
+    expect(roles.some((role) => role.includes('WorkerRole'))).toBe(true);
+    expect(roles.some((role) => role.includes('Dispatcher'))).toBe(true);
+  });
+
   it('lets the API and the dispatcher start the worker, and nothing more', () => {
     const workerId = Object.keys(
       synthesized.template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),

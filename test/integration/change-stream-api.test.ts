@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { currentConditions } from '../../functions/core/services/alert-service.ts';
 import { Partition } from '../../functions/core/store/table.ts';
+import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { startMoto } from '../support/s3-server.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
@@ -209,17 +211,55 @@ describe('change-stream schedules', () => {
 describe('change stream when only the worker reaches the source (AWS with the worker in the operator subnets)', () => {
   let remote: TestApi;
   let remoteSkew = 0;
+  let moto: Awaited<ReturnType<typeof startMoto>>;
+  let cloudwatch: CloudWatchClient;
+  /** What CloudWatch says of the RDS instance's free storage (moto keeps what is put). */
+  const freeStorage = (bytes: number) =>
+    cloudwatch.send(
+      new PutMetricDataCommand({
+        Namespace: 'AWS/RDS',
+        MetricData: [
+          {
+            MetricName: 'FreeStorageSpace',
+            Dimensions: [{ Name: 'DBInstanceIdentifier', Value: 'shop-db' }],
+            Timestamp: new Date(Date.now() + remoteSkew - 60_000),
+            Value: bytes,
+            Unit: 'Bytes',
+          },
+        ],
+      }),
+    );
   const active = async (key: string) =>
     (await currentConditions(remote.runtime.controlPlane)).find((condition) => condition.key === key)?.active;
 
   beforeAll(async () => {
-    remote = await startTestApi({ sourceFromWorker: true, now: () => new Date(Date.now() + remoteSkew) });
+    moto = await startMoto();
+    cloudwatch = new CloudWatchClient({
+      region: 'eu-west-1',
+      endpoint: moto.endpoint,
+      credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+    });
+    remote = await startTestApi({
+      sourceFromWorker: true,
+      now: () => new Date(Date.now() + remoteSkew),
+      cloudwatch,
+    });
     await pg.createDatabase('shop');
     await createEventManager(pg, 'shop');
     await pg.sql('shop', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
     const work = await mkdtemp(join(tmpdir(), 'dr-changes-remote-'));
     for (const [path, body] of [
-      ['/api/dr/config', { rto: 4, rpo: 1, source: { database: { url: pg.url('shop') } } }],
+      [
+        '/api/dr/config',
+        {
+          rto: 4,
+          rpo: 1,
+          source: {
+            database: { url: pg.url('shop') },
+            rds: { instanceIdentifier: 'shop-db', region: 'eu-west-1' },
+          },
+        },
+      ],
       ['/api/dr/targets', { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'primary') } }],
       [
         '/api/dr/schedules',
@@ -236,6 +276,7 @@ describe('change stream when only the worker reaches the source (AWS with the wo
   });
   afterAll(async () => {
     await remote?.close();
+    await moto?.stop();
   });
 
   it('reports, watches and drops the slot through the worker', async () => {
@@ -260,6 +301,21 @@ describe('change stream when only the worker reaches the source (AWS with the wo
     // The worker measured the slot after its run: the checks here judge from that measurement
     expect(await active('slot-wal:dr_automation_shop')).toBe(false);
     expect(await active('slot-unwatched:dr_automation_shop')).toBe(false);
+
+    // An RDS source: less storage free than the slot keeps alerts, with both figures
+    await freeStorage(10 * 1024 ** 3);
+    await remote.runtime.controlPlane.runs!.watch!();
+    await remote.runtime.idle();
+    const roomy = await currentConditions(remote.runtime.controlPlane);
+    expect(roomy.find((condition) => condition.key === 'slot-wal:dr_automation_shop')).toMatchObject({
+      active: false,
+      lines: [expect.stringContaining('the instance has 10.0 GiB of storage free'), expect.any(String)],
+    });
+    remoteSkew += 60_000; // a newer datapoint
+    await freeStorage(1024);
+    await remote.runtime.controlPlane.runs!.watch!();
+    await remote.runtime.idle();
+    expect(await active('slot-wal:dr_automation_shop')).toBe(true);
 
     // A measurement older than 15 minutes alerts, and says nothing of the slot's WAL any more
     remoteSkew += 20 * 60_000;

@@ -42,6 +42,7 @@ export async function startTestApi(
     rds?: LocalRuntimeOptions['rds'];
     route53?: LocalRuntimeOptions['route53'];
     sourceFromWorker?: boolean;
+    cloudwatch?: LocalRuntimeOptions['cloudwatch'];
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -56,6 +57,7 @@ export async function startTestApi(
     ...(options.rds ? { rds: options.rds, workflowWaitMs: 10 } : {}),
     ...(options.route53 ? { route53: options.route53 } : {}),
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
+    ...(options.cloudwatch ? { cloudwatch: options.cloudwatch } : {}),
   });
   const api: TestApi = {
     runtime,

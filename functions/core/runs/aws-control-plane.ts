@@ -6,6 +6,7 @@ import { optionalEnv, requireEnv } from '../env.ts';
 import { createLogger, parseLevel } from '../log.ts';
 import { AwsSecretStore } from '../secrets/aws-secret-store.ts';
 import { DrTable } from '../store/table.ts';
+import { cloudWatchFreeStorage } from '../rds-storage.ts';
 import { awsLauncherFromEnv } from './aws-launcher.ts';
 import { s3DownloadLinks } from './s3-downloads.ts';
 import { awsWorkflowsFromEnv } from './aws-workflows.ts';
@@ -26,6 +27,7 @@ export function awsControlPlane(): ControlPlane {
     ...(runs ? { runs } : {}),
     ...(workflows ? { workflows } : {}),
     ...(optionalEnv('SOURCE_FROM_WORKER') === 'true' ? { sourceFromWorker: true } : {}),
+    freeStorage: cloudWatchFreeStorage(),
   };
   const bucket = optionalEnv('DOWNLOAD_BUCKET');
   if (!bucket || !runs?.export) return cp;

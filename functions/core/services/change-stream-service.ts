@@ -208,6 +208,8 @@ interface SourceMeasurement {
   readonly status?: SlotStatus;
   /** Why an orphaned slot could not be dropped. */
   readonly dropError?: string;
+  /** An RDS source instance's free storage (CloudWatch), when the config names the instance. */
+  readonly freeStorageBytes?: number;
   /** The newest failed measurement, when it is newer than the last successful one. */
   readonly failure?: { readonly at: string; readonly error: string };
   /** When this record was first written (the unwatched alert counts from here when nothing was measured). */
@@ -252,12 +254,14 @@ export async function measureSource(
       ]),
       REPORT_TIMEOUT_MS,
     );
+    const freeStorageBytes = status ? await freeStorageOf(cp) : undefined;
     next = {
       slot: stream.slot,
       measuredAt: now,
       ...(readiness ? { readiness } : {}),
       ...(status ? { status } : {}),
       ...(dropError ? { dropError } : {}),
+      ...(freeStorageBytes === undefined ? {} : { freeStorageBytes }),
       since: kept?.since ?? now,
     };
   } catch (error) {
@@ -268,6 +272,23 @@ export async function measureSource(
   }
   await put(cp, MEASUREMENT_KEY, next);
   return next;
+}
+
+/** The RDS source instance's free storage, when the config names one (an unanswered question is no figure). */
+async function freeStorageOf(cp: ControlPlane): Promise<number | undefined> {
+  const rds = (await findConfig(cp))?.source?.rds;
+  if (!cp.freeStorage || !rds?.instanceIdentifier) return undefined;
+  const instance = {
+    instanceIdentifier: rds.instanceIdentifier,
+    ...(rds.region ? { region: rds.region } : {}),
+  };
+  return cp.freeStorage(instance, cp.now()).catch((error: unknown) => {
+    cp.logger.warn('free storage not read', {
+      instance: rds.instanceIdentifier,
+      error: (error as Error).message,
+    });
+    return undefined;
+  });
 }
 
 /** Asks the worker for a new measurement (it reaches the source; this process does not). */
@@ -356,7 +377,9 @@ export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
     (status.safeBytes !== undefined &&
       maxKeep !== undefined &&
       status.safeBytes < maxKeep * SAFE_WAL_ALERT_FRACTION) ||
-    (maxKeep === undefined && status.retainedBytes > RETAINED_WAL_ALERT_BYTES);
+    (maxKeep === undefined && status.retainedBytes > RETAINED_WAL_ALERT_BYTES) ||
+    // The disk holds less than the slot keeps: as much WAL again, and it is full.
+    (measured.freeStorageBytes !== undefined && measured.freeStorageBytes < status.retainedBytes);
   conditions.push({
     key: `slot-wal:${stream.slot}`,
     active: low,
@@ -366,6 +389,10 @@ export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
         status.safeBytes === undefined
           ? ''
           : `, ${gib(status.safeBytes)} left before max_slot_wal_keep_size invalidates it`
+      }${
+        measured.freeStorageBytes === undefined
+          ? ''
+          : `; the instance has ${gib(measured.freeStorageBytes)} of storage free`
       }).`,
       status.walStatus === 'lost'
         ? 'The slot lost WAL it needed: the next INCREMENTAL is taken as a FULL.'
