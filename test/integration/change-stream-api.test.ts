@@ -22,18 +22,23 @@ beforeAll(async () => {
   await pg.createDatabase('app');
   await pg.createDatabase('staging');
   await createEventManager(pg, 'app');
+  await configure(api, {
+    rto: 4,
+    rpo: 1,
+    notificationEmails: ['ops@example.com'],
+    source: { database: { url: pg.url('app') } },
+    environments: { STAGING: { database: { url: pg.url('staging') } } },
+  });
+});
+afterAll(async () => {
+  await Promise.all([api?.close(), pg?.stop()]);
+});
+
+/** The config, a LOCAL target `primary` and a nightly FULL schedule `nightly`. */
+async function configure(on: TestApi, config: unknown): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'dr-changes-'));
   const setup: [string, unknown][] = [
-    [
-      '/api/dr/config',
-      {
-        rto: 4,
-        rpo: 1,
-        notificationEmails: ['ops@example.com'],
-        source: { database: { url: pg.url('app') } },
-        environments: { STAGING: { database: { url: pg.url('staging') } } },
-      },
-    ],
+    ['/api/dr/config', config],
     ['/api/dr/targets', { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'primary') } }],
     [
       '/api/dr/schedules',
@@ -46,11 +51,8 @@ beforeAll(async () => {
       },
     ],
   ];
-  for (const [path, body] of setup) expect((await api.call('POST', path, body)).status).toBe(201);
-});
-afterAll(async () => {
-  await Promise.all([api?.close(), pg?.stop()]);
-});
+  for (const [path, body] of setup) expect((await on.call('POST', path, body)).status).toBe(201);
+}
 
 async function run(scheduleId: string, on: TestApi = api): Promise<any> {
   const started = await on.call('POST', `/api/dr/schedules/${scheduleId}/execute`);
@@ -247,32 +249,14 @@ describe('change stream when only the worker reaches the source (AWS with the wo
     await pg.createDatabase('shop');
     await createEventManager(pg, 'shop');
     await pg.sql('shop', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
-    const work = await mkdtemp(join(tmpdir(), 'dr-changes-remote-'));
-    for (const [path, body] of [
-      [
-        '/api/dr/config',
-        {
-          rto: 4,
-          rpo: 1,
-          source: {
-            database: { url: pg.url('shop') },
-            rds: { instanceIdentifier: 'shop-db', region: 'eu-west-1' },
-          },
-        },
-      ],
-      ['/api/dr/targets', { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'primary') } }],
-      [
-        '/api/dr/schedules',
-        {
-          id: 'nightly',
-          name: 'nightly',
-          scheduleType: 'FULL',
-          cronExpression: '0 2 * * *',
-          targets: ['primary'],
-        },
-      ],
-    ] as const)
-      expect((await remote.call('POST', path, body)).status).toBe(201);
+    await configure(remote, {
+      rto: 4,
+      rpo: 1,
+      source: {
+        database: { url: pg.url('shop') },
+        rds: { instanceIdentifier: 'shop-db', region: 'eu-west-1' },
+      },
+    });
   });
   afterAll(async () => {
     await remote?.close();

@@ -31,6 +31,32 @@ function backup(
   };
 }
 
+/** Runs that start within `start` minutes of T0 and take up to `took` minutes, some failed. */
+function runsArbitrary(start: number, took: number, maxLength: number) {
+  return fc.array(
+    fc.record({
+      start: fc.integer({ min: 0, max: start }),
+      took: fc.integer({ min: 0, max: took }),
+      ok: fc.boolean(),
+    }),
+    { maxLength },
+  );
+}
+
+/** Random runs (minutes after T0) as backups of one schedule, each restoring to its start. */
+function historyOf(runs: readonly { start: number; took: number; ok: boolean }[]): BackupFact[] {
+  const minute = 60_000;
+  return runs.map((run, index) => ({
+    id: `b${index}`,
+    scheduleId: 's',
+    status: run.ok ? 'SUCCESS' : 'FAILED',
+    startedAt: new Date(T0 + run.start * minute).toISOString(),
+    finishedAt: new Date(T0 + (run.start + run.took) * minute).toISOString(),
+    restorePoint: new Date(T0 + run.start * minute).toISOString(),
+    targets: [],
+  }));
+}
+
 describe('RPO violations', () => {
   const range = { from: T0, to: T0 + 48 * H };
 
@@ -99,29 +125,12 @@ describe('RPO violations', () => {
   it('agrees with staleness computed minute by minute, on random histories', () => {
     fc.assert(
       fc.property(
-        fc.array(
-          fc.record({
-            start: fc.integer({ min: 0, max: 600 }),
-            took: fc.integer({ min: 0, max: 120 }),
-            ok: fc.boolean(),
-          }),
-          {
-            maxLength: 20,
-          },
-        ),
+        runsArbitrary(600, 120, 20),
         fc.integer({ min: 15, max: 240 }),
         fc.integer({ min: 0, max: 800 }),
         (runs, rpoMinutes, nowMinute) => {
           const minute = 60_000;
-          const history: BackupFact[] = runs.map((run, index) => ({
-            id: `b${index}`,
-            scheduleId: 's',
-            status: run.ok ? 'SUCCESS' : 'FAILED',
-            startedAt: new Date(T0 + run.start * minute).toISOString(),
-            finishedAt: new Date(T0 + (run.start + run.took) * minute).toISOString(),
-            restorePoint: new Date(T0 + run.start * minute).toISOString(),
-            targets: [],
-          }));
+          const history = historyOf(runs);
           const now = T0 + nowMinute * minute;
           const spans = rpoViolations(
             history,
@@ -166,28 +175,13 @@ describe('achieved RPO', () => {
   it('agrees with the age computed minute by minute, on random histories', () => {
     fc.assert(
       fc.property(
-        fc.array(
-          fc.record({
-            start: fc.integer({ min: 0, max: 300 }),
-            took: fc.integer({ min: 0, max: 60 }),
-            ok: fc.boolean(),
-          }),
-          { maxLength: 15 },
-        ),
+        runsArbitrary(300, 60, 15),
         fc.integer({ min: 0, max: 400 }),
         fc.integer({ min: 0, max: 400 }),
         fc.integer({ min: 0, max: 400 }),
         (runs, fromMinute, length, nowMinute) => {
           const minute = 60_000;
-          const history: BackupFact[] = runs.map((run, index) => ({
-            id: `b${index}`,
-            scheduleId: 's',
-            status: run.ok ? 'SUCCESS' : 'FAILED',
-            startedAt: new Date(T0 + run.start * minute).toISOString(),
-            finishedAt: new Date(T0 + (run.start + run.took) * minute).toISOString(),
-            restorePoint: new Date(T0 + run.start * minute).toISOString(),
-            targets: [],
-          }));
+          const history = historyOf(runs);
           const toMinute = fromMinute + length;
           const end = Math.min(toMinute, nowMinute);
           const good = runs.filter((run) => run.ok);
