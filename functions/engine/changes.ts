@@ -712,6 +712,7 @@ export class ChangeApplier {
   async apply(line: ChangeLine): Promise<boolean> {
     if (this.result.stopped) return false;
     if ('r' in line && 's' in line) {
+      await this.flush(); // a relation sent again may have changed: what is pending used the old one
       this.relations.set(line.r, {
         schema: line.s,
         name: line.n,
@@ -867,7 +868,7 @@ export class ChangeApplier {
     return true;
   }
 
-  /** Applies the pending batch: alone as the prepared single-row statement, or as one statement. */
+  /** Applies the pending batch as one statement. */
   private async flush(): Promise<void> {
     const batch = this.pending;
     if (!batch) return;
@@ -912,7 +913,12 @@ export class ChangeApplier {
     }
     let result: pg.QueryResult;
     try {
-      result = await client.query(text, rows.flat() as unknown[]);
+      // A lone row's text repeats (the same table and columns): prepared once. Batch texts vary with their size.
+      result = await client.query({
+        ...(rows.length === 1 ? { name: this.statementName(text) } : {}),
+        text,
+        values: rows.flat(),
+      });
     } catch (error) {
       throw new RestoreError(`${what}: ${(error as Error).message}`);
     }
@@ -987,11 +993,7 @@ export class ChangeApplier {
     what: string,
     exactlyOne: boolean,
   ): Promise<void> {
-    let name = this.statements.get(text);
-    if (name === undefined) {
-      name = `dr_apply_${this.statements.size + 1}`;
-      this.statements.set(text, name);
-    }
+    const name = this.statementName(text);
     let result: pg.QueryResult;
     try {
       result = await this.client.query({ name, text, values: values as unknown[] });
@@ -1002,6 +1004,16 @@ export class ChangeApplier {
       throw new RestoreError(
         `${what}: matched ${result.rowCount ?? 0} rows instead of 1; the restored database does not match the source`,
       );
+  }
+
+  /** The name of a prepared statement for this text (prepared on its first use by the pg client). */
+  private statementName(text: string): string {
+    let name = this.statements.get(text);
+    if (name === undefined) {
+      name = `dr_apply_${this.statements.size + 1}`;
+      this.statements.set(text, name);
+    }
+    return name;
   }
 
   async setSequences(sequences: readonly SequenceRecord[]): Promise<void> {
