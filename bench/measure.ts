@@ -7,7 +7,7 @@
 import { backup } from '../functions/engine/backup.ts';
 import { parseMasterKey } from '../functions/engine/crypto.ts';
 import type { BackupType } from '../functions/engine/manifest.ts';
-import { changeStreamFor, confirmChanges } from '../functions/engine/changes.ts';
+import { changeStreamFor, confirmBackup } from '../functions/engine/changes.ts';
 import { connectionFrom, databaseName } from '../functions/engine/postgres.ts';
 import { Repository } from '../functions/engine/repository.ts';
 import { restoreDatabase } from '../functions/engine/restore.ts';
@@ -25,8 +25,7 @@ if (operation === 'backup') {
     source: { database },
     ...(changeStream ? { changeStream } : {}),
   });
-  const set = manifest.changes?.sets.at(-1);
-  if (changeStream && set) await confirmChanges(database, { slot: changeStream.slot, endLsn: set.endLsn });
+  await confirmBackup(database, manifest);
   result = { id: manifest.id, bytesStored: manifest.stats.bytesStored, bytesRead: manifest.stats.bytesRead };
 } else {
   const restored = await restoreDatabase(repository, await repository.loadManifest(arg!), {

@@ -19,7 +19,7 @@ import { forget, gc, listBackups, rekey, summarize, verify } from '../engine/mai
 import { connectionFrom, databaseName } from '../engine/postgres.ts';
 import { DEFAULT_PACK_SIZE, Repository } from '../engine/repository.ts';
 import { backupForInstant, restoreDatabase, restoreFiles } from '../engine/restore.ts';
-import { changeStreamFor, confirmChanges } from '../engine/changes.ts';
+import { changeStreamFor, confirmBackup, ownChangeSet } from '../engine/changes.ts';
 import { LocalStorage } from '../storage/local/local-storage.ts';
 import { StorageError, type Storage } from '../storage/storage.ts';
 import { openTarget, readTargetFile } from '../storage/targets.ts';
@@ -255,9 +255,8 @@ program
       }
       const { manifest, notice } = result;
       // The backup is committed (its manifest written): the slot may now release the WAL before its end.
-      const set = manifest.changes?.sets.at(-1);
-      if (database && set?.backupId === manifest.id)
-        await confirmChanges(database, { slot: manifest.changes!.slot, endLsn: set.endLsn });
+      if (database) await confirmBackup(database, manifest);
+      const set = ownChangeSet(manifest);
       const s = manifest.stats;
       const seconds = (Date.parse(manifest.finishedAt) - Date.parse(manifest.startedAt)) / 1000;
       print(
@@ -268,7 +267,7 @@ program
           `  restore point ${manifest.restorePoint}`,
           ...(manifest.changes
             ? [
-                set?.backupId === manifest.id
+                set
                   ? `  change stream ${manifest.changes.slot}: ${set.transactions} transactions (${set.changes} changes) since ${manifest.parent ?? '?'}`
                   : `  change stream ${manifest.changes.slot} started at ${manifest.changes.startLsn}`,
               ]

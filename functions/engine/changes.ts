@@ -3,7 +3,7 @@ import { StringDecoder } from 'node:string_decoder';
 import pg from 'pg';
 import { PgoutputPlugin, type Pgoutput } from 'pg-logical-replication';
 import { RestoreError, SourceError } from './errors.ts';
-import type { ChangeSet, SequenceRecord } from './manifest.ts';
+import type { ChangeSet, Manifest, SequenceRecord } from './manifest.ts';
 import { connect, qualified, redact, USER_RELATIONS, type DatabaseConnection } from './postgres.ts';
 
 /**
@@ -393,6 +393,21 @@ export async function confirmChanges(
   } finally {
     await client.end();
   }
+}
+
+/** The change set a backup read from the stream itself (a change-stream INCREMENTAL's last set). */
+export function ownChangeSet(manifest: Manifest): ChangeSet | undefined {
+  const set = manifest.changes?.sets.at(-1);
+  return set?.backupId === manifest.id ? set : undefined;
+}
+
+/**
+ * Once a backup is committed: advances its slot past the changes it holds (nothing for a backup that read
+ * none). Never before — a run that dies first leaves them to the next one.
+ */
+export async function confirmBackup(connection: DatabaseConnection, manifest: Manifest): Promise<void> {
+  const set = ownChangeSet(manifest);
+  if (set) await confirmChanges(connection, { slot: manifest.changes!.slot, endLsn: set.endLsn });
 }
 
 // ------------------------------------------------------------------------------------------ reading

@@ -115,22 +115,28 @@ function untilProblem(manifest: Manifest, until: string): void {
  */
 export async function backupForInstant(repository: Repository, until: string): Promise<Manifest> {
   const at = isoToMicros(until);
-  const manifests: Manifest[] = [];
+  // Newest first, up to the first one at or before the instant: the newer ones may continue its stream.
+  const newer: Manifest[] = [];
+  let before: Manifest | undefined;
   for (const id of (await repository.backupIds()).reverse()) {
     const manifest = await repository.loadManifest(id);
-    if (manifest.database && !manifest.review) manifests.push(manifest);
+    if (!manifest.database || manifest.review) continue;
+    if (isoToMicros(manifest.restorePoint) <= at) {
+      before = manifest;
+      break;
+    }
+    newer.push(manifest);
   }
-  const before = manifests.find((manifest) => isoToMicros(manifest.restorePoint) <= at);
   if (!before)
     throw new RestoreError(
-      `no database backup was taken at or before ${until}${manifests.length > 0 ? ` (the oldest restore point is ${manifests.at(-1)!.restorePoint})` : ''}`,
+      `no database backup was taken at or before ${until}${newer.length > 0 ? ` (the oldest restore point is ${newer.at(-1)!.restorePoint})` : ''}`,
     );
   const base = before.changes?.base;
   if (base === undefined)
     throw new RestoreError(
       `the newest backup at or before ${until}, ${before.id} (restore point ${before.restorePoint}), holds no change stream: restore it by id, to its restore point`,
     );
-  return manifests.find((manifest) => manifest.changes?.base === base)!;
+  return newer.find((manifest) => manifest.changes?.base === base) ?? before;
 }
 
 export async function restoreDatabase(

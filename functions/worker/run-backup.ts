@@ -17,7 +17,7 @@ import { targetSecrets, type Target } from '../core/services/target-service.ts';
 import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
 import { streamForRun } from '../core/services/change-stream-service.ts';
 import { backup, type BackupSource } from '../engine/backup.ts';
-import { confirmChanges } from '../engine/changes.ts';
+import { confirmBackup } from '../engine/changes.ts';
 import type { ChangesManifest } from '../engine/manifest.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { connectionFrom } from '../engine/postgres.ts';
@@ -192,14 +192,12 @@ export async function executeRun(
       ...(status === 'FAILED' ? { error: 'no target holds the backup' } : {}),
     });
     // The slot moves only now that the backup is committed (in the catalog, on at least one target).
-    const set = manifest.changes?.sets.at(-1);
-    if (status !== 'FAILED' && set?.backupId === backupId && engineSource.database)
-      await confirmChanges(engineSource.database, { slot: manifest.changes!.slot, endLsn: set.endLsn }).catch(
-        (error: unknown) =>
-          cp.logger.warn('replication slot not advanced: the next INCREMENTAL skips what this one holds', {
-            backup: backupId,
-            error: (error as Error).message,
-          }),
+    if (status !== 'FAILED' && engineSource.database)
+      await confirmBackup(engineSource.database, manifest).catch((error: unknown) =>
+        cp.logger.warn('replication slot not advanced: the next INCREMENTAL skips what this one holds', {
+          backup: backupId,
+          error: (error as Error).message,
+        }),
       );
     await cp.audit.append(
       { principal: 'backup-worker' },

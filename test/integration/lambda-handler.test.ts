@@ -3,9 +3,9 @@ import { mockClient } from 'aws-sdk-client-mock';
 import type { Context } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ApiHandler } from '../../functions/api/app.ts';
-import type { HttpEvent } from '../../functions/api/http.ts';
 import { startLocalDynamo, type LocalDynamo } from '../../functions/local/dynamodb.ts';
 import { seedTargets } from '../support/seed-examples.ts';
+import { httpEvent as event } from '../support/http-event.ts';
 
 /**
  * The Lambda entry point as AWS runs it: configuration from the environment the stack sets, DynamoDB through
@@ -36,31 +36,6 @@ afterAll(async () => {
   process.env = saved;
   await dynamo.close();
 });
-
-function event(method: string, path: string, body?: unknown, userArn?: string): HttpEvent {
-  return {
-    version: '2.0',
-    routeKey: 'ANY /api/dr/{proxy+}',
-    rawPath: path,
-    rawQueryString: '',
-    headers: { 'content-type': 'application/json', 'user-agent': 'aws-cli/2' },
-    requestContext: {
-      accountId: '111122223333',
-      apiId: 'abc123',
-      domainName: 'abc123.execute-api.us-east-1.amazonaws.com',
-      domainPrefix: 'abc123',
-      http: { method, path, protocol: 'HTTP/1.1', sourceIp: '203.0.113.9', userAgent: 'aws-cli/2' },
-      requestId: 'req-1',
-      routeKey: 'ANY /api/dr/{proxy+}',
-      stage: '$default',
-      time: '24/Nov/2026:18:00:00 +0000',
-      timeEpoch: 1_795_111_200_000,
-      ...(userArn ? { authorizer: { iam: { userArn } } } : {}),
-    },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    isBase64Encoded: false,
-  };
-}
 
 const operator = 'arn:aws:iam::111122223333:user/ops';
 const context = {} as Context;

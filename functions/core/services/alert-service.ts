@@ -4,7 +4,7 @@ import { ConflictError } from '../errors.ts';
 import { isGood, rpoViolations } from '../metrics.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import type { BackupRecord } from './backup-service.ts';
-import { fallbackConditions, slotConditions } from './change-stream-service.ts';
+import { changeStreamConditions } from './change-stream-service.ts';
 import { findConfig } from './config-service.ts';
 import { listDrTests, type DrTestRecord } from './drtest-service.ts';
 import { targetUsage, type Target } from './target-service.ts';
@@ -152,8 +152,7 @@ export async function currentConditions(cp: ControlPlane): Promise<Condition[]> 
         'Restores to instants before it use the previous FULL and its changes; after it, this FULL and the changes that follow.',
       ],
     });
-  conditions.push(...(await fallbackConditions(cp, backups)));
-  conditions.push(...(await slotConditions(cp)));
+  conditions.push(...(await changeStreamConditions(cp, backups)));
   return conditions;
 }
 

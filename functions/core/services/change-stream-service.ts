@@ -76,8 +76,7 @@ export async function changeStreamReport(cp: ControlPlane): Promise<ChangeStream
   if (!database) return undefined;
   const { slot } = changeStreamFor(databaseName(database));
   if (cp.sourceFromWorker) {
-    const measured = (await cp.table.get<SourceMeasurement>(Partition.alert, MEASUREMENT_KEY))?.data;
-    const current = measured?.slot === slot ? measured : undefined;
+    const current = await storedMeasurement(cp, slot);
     if (!current?.measuredAt || ageMs(cp, current.measuredAt) > REPORT_MAX_AGE_MS) await askWorker(cp);
     if (!current?.readiness)
       return {
@@ -120,11 +119,8 @@ async function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
  * A schedule in `mode: change-stream` whose newest run could not use the stream (the source does not allow
  * it: it deduplicated a dump instead, larger and without point-in-time recovery) alerts until a run uses it.
  */
-export async function fallbackConditions(
-  cp: ControlPlane,
-  backups: readonly BackupRecord[],
-): Promise<Condition[]> {
-  const schedules = (await streamSchedules(cp)).filter((schedule) => modeOf(schedule) === 'change-stream');
+function fallbackConditions(users: readonly StoredSchedule[], backups: readonly BackupRecord[]): Condition[] {
+  const schedules = users.filter((schedule) => modeOf(schedule) === 'change-stream');
   return schedules.flatMap((schedule): Condition[] => {
     const newest = backups
       .filter(
@@ -183,7 +179,6 @@ export async function dropUnusedSlot(cp: ControlPlane, deleted: StoredSchedule):
 
 /** Items of the ALERT partition that are not episodes (listAlerts leaves `watch:` out). */
 const ORPHAN_KEY = 'watch:slot-orphan';
-const WATCH_KEY = 'watch:slot';
 const MEASUREMENT_KEY = 'watch:change-stream';
 /** The worker is asked for a new measurement when the newest is older than this (alert checks)… */
 const WATCH_PERIOD_MS = 4 * 60_000;
@@ -206,6 +201,11 @@ interface SourceMeasurement {
   readonly readiness?: Readiness;
   /** Absent: no slot on the source. */
   readonly status?: SlotStatus;
+  /**
+   * Since when the slot's confirmed position has stood still while the WAL moved on (from the first
+   * measurement that saw it behind at that position; restarts when it moves).
+   */
+  readonly stalledSince?: string;
   /** Why an orphaned slot could not be dropped. */
   readonly dropError?: string;
   /** An RDS source instance's free storage (CloudWatch), when the config names the instance. */
@@ -214,13 +214,6 @@ interface SourceMeasurement {
   readonly failure?: { readonly at: string; readonly error: string };
   /** When this record was first written (the unwatched alert counts from here when nothing was measured). */
   readonly since: string;
-}
-
-interface SlotWatch {
-  readonly confirmedLsn: string;
-  readonly currentLsn: string;
-  /** Since when the slot's confirmed position has not moved while the WAL did. */
-  readonly stalledSince?: string;
 }
 
 /**
@@ -232,17 +225,44 @@ export async function measureSource(
   cp: ControlPlane,
   options: { readonly readiness: boolean },
 ): Promise<SourceMeasurement | undefined> {
+  const watched = await watchedStream(cp);
+  return watched && measure(cp, watched, options);
+}
+
+/** The source's stream as the watch sees it: the connection, the slot, who reads it, a slot left behind. */
+interface WatchedStream {
+  readonly database: DatabaseConnection;
+  readonly stream: ChangeStream;
+  readonly users: readonly StoredSchedule[];
+  readonly orphan?: StoredItem<Orphan>;
+}
+
+async function watchedStream(cp: ControlPlane): Promise<WatchedStream | undefined> {
   const database = (await sourceForRun(cp))?.database;
   if (!database) return undefined;
   const stream = changeStreamFor(databaseName(database));
+  const orphan = await cp.table.get<Orphan>(Partition.alert, ORPHAN_KEY);
+  return {
+    database,
+    stream,
+    users: await streamSchedules(cp),
+    ...(orphan?.data.slot === stream.slot ? { orphan } : {}),
+  };
+}
+
+async function measure(
+  cp: ControlPlane,
+  { database, stream, users, orphan }: WatchedStream,
+  options: { readonly readiness: boolean },
+): Promise<SourceMeasurement> {
+  // The record of another slot (the source changed) is replaced, its figures not kept.
   const previous = await cp.table.get<SourceMeasurement>(Partition.alert, MEASUREMENT_KEY);
   const kept = previous?.data.slot === stream.slot ? previous.data : undefined;
   const now = cp.now().toISOString();
   let next: SourceMeasurement;
   try {
     let dropError: string | undefined;
-    const orphan = await cp.table.get<Orphan>(Partition.alert, ORPHAN_KEY);
-    if (orphan?.data.slot === stream.slot && (await streamSchedules(cp)).length === 0)
+    if (orphan && users.length === 0)
       dropError = await withTimeout(dropSlot(database, stream), REPORT_TIMEOUT_MS).then(
         () => undefined,
         (error: unknown) => (error as Error).message,
@@ -255,11 +275,16 @@ export async function measureSource(
       REPORT_TIMEOUT_MS,
     );
     const freeStorageBytes = status ? await freeStorageOf(cp) : undefined;
+    // The stall clock starts when the slot is first seen behind the WAL at a position, restarts when it moves.
+    const moved = kept?.status?.confirmedLsn !== status?.confirmedLsn;
+    const behind = status !== undefined && lsnValue(status.currentLsn) > lsnValue(status.confirmedLsn);
+    const stalledSince = !behind ? undefined : moved ? now : (kept?.stalledSince ?? now);
     next = {
       slot: stream.slot,
       measuredAt: now,
       ...(readiness ? { readiness } : {}),
       ...(status ? { status } : {}),
+      ...(stalledSince ? { stalledSince } : {}),
       ...(dropError ? { dropError } : {}),
       ...(freeStorageBytes === undefined ? {} : { freeStorageBytes }),
       since: kept?.since ?? now,
@@ -270,8 +295,14 @@ export async function measureSource(
     const { failure: _, ...rest } = kept ?? { slot: stream.slot, since: now };
     next = { ...rest, failure: { at: now, error: message } };
   }
-  await put(cp, MEASUREMENT_KEY, next);
+  await put(cp, MEASUREMENT_KEY, next, previous ?? null);
   return next;
+}
+
+/** The stored measurement of this slot (one of another slot — the source changed — is not its). */
+async function storedMeasurement(cp: ControlPlane, slot: string): Promise<SourceMeasurement | undefined> {
+  const stored = await cp.table.get<SourceMeasurement>(Partition.alert, MEASUREMENT_KEY);
+  return stored?.data.slot === slot ? stored.data : undefined;
 }
 
 /** The RDS source instance's free storage, when the config names one (an unanswered question is no figure). */
@@ -301,39 +332,43 @@ async function askWorker(cp: ControlPlane): Promise<void> {
     );
 }
 
-/** The watch's conditions (run with the alert checks, every minute). */
-export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
-  const database = (await sourceForRun(cp))?.database;
-  if (!database) return [];
-  const stream = changeStreamFor(databaseName(database));
-  const users = await streamSchedules(cp);
-  const orphanItem = await cp.table.get<Orphan>(Partition.alert, ORPHAN_KEY);
-  const orphan = orphanItem?.data;
-  if (users.length === 0 && orphan?.slot !== stream.slot) return [];
+/**
+ * The change stream's conditions (run with the alert checks, every minute): a `mode: change-stream` schedule
+ * that fell back to dumps, and the watch over the slot.
+ */
+export async function changeStreamConditions(
+  cp: ControlPlane,
+  backups: readonly BackupRecord[],
+): Promise<Condition[]> {
+  const watched = await watchedStream(cp);
+  if (!watched) return [];
+  return [...fallbackConditions(watched.users, backups), ...(await slotConditions(cp, watched))];
+}
 
-  let measured: SourceMeasurement | undefined;
+async function slotConditions(cp: ControlPlane, watched: WatchedStream): Promise<Condition[]> {
+  const { stream, users } = watched;
+  const orphan = watched.orphan?.data;
+  if (users.length === 0 && !orphan) return [];
+
+  let measured: SourceMeasurement;
   if (cp.sourceFromWorker) {
-    const stored = (await cp.table.get<SourceMeasurement>(Partition.alert, MEASUREMENT_KEY))?.data;
-    measured = stored?.slot === stream.slot ? stored : undefined;
-    if (!measured) {
-      // Nothing measured yet: the unwatched alert counts from now.
-      measured = { slot: stream.slot, since: cp.now().toISOString() };
-      await put(cp, MEASUREMENT_KEY, measured);
-    }
+    const stored = await storedMeasurement(cp, stream.slot);
+    measured = stored ?? { slot: stream.slot, since: cp.now().toISOString() };
+    // Nothing measured yet: the unwatched alert counts from now.
+    if (!stored) await put(cp, MEASUREMENT_KEY, measured);
     const due =
       !measured.measuredAt ||
       ageMs(cp, measured.measuredAt) > WATCH_PERIOD_MS ||
       (orphan !== undefined && measured.measuredAt < orphan.since);
     if (due) await askWorker(cp);
-  } else measured = await measureSource(cp, { readiness: false });
-  if (!measured) return [];
+  } else measured = await measure(cp, watched, { readiness: false });
   const conditions: Condition[] = [];
   const fresh = measured.measuredAt !== undefined && ageMs(cp, measured.measuredAt) <= UNWATCHED_ALERT_MS;
 
-  if (orphan?.slot === stream.slot && users.length === 0) {
+  if (orphan && users.length === 0) {
     // Only a measurement taken after the schedule was deleted tells whether the slot is gone.
     const after = measured.measuredAt !== undefined && measured.measuredAt >= orphan.since;
-    if (after && !measured.status) await cp.table.delete(orphanItem!).catch(() => undefined);
+    if (after && !measured.status) await cp.table.delete(watched.orphan).catch(() => undefined);
     if (after || ageMs(cp, orphan.since) > UNWATCHED_ALERT_MS)
       conditions.push({
         key: `slot-orphan:${stream.slot}`,
@@ -404,18 +439,7 @@ export async function slotConditions(cp: ControlPlane): Promise<Condition[]> {
 
   // Stalled: the slot's position has not moved for longer than the RPO while the WAL did.
   const rpoMs = ((await findConfig(cp))?.rpo ?? 1) * 3_600_000;
-  const watched = await cp.table.get<SlotWatch>(Partition.alert, WATCH_KEY);
-  // The clock starts when the slot is first seen behind the WAL at a position, and restarts when it moves.
-  const moved = !watched || watched.data.confirmedLsn !== status.confirmedLsn;
-  const behind = lsnValue(status.currentLsn) > lsnValue(status.confirmedLsn);
-  const seenAt = measured.measuredAt!;
-  const stalledSince = !behind ? undefined : moved ? seenAt : (watched.data.stalledSince ?? seenAt);
-  const next: SlotWatch = {
-    confirmedLsn: status.confirmedLsn,
-    currentLsn: status.currentLsn,
-    ...(stalledSince ? { stalledSince } : {}),
-  };
-  await put(cp, WATCH_KEY, next);
+  const { stalledSince } = measured;
   const stalled = stalledSince !== undefined && cp.now().getTime() - Date.parse(stalledSince) > rpoMs;
   conditions.push({
     key: `slot-stalled:${stream.slot}`,
@@ -441,9 +465,17 @@ function ageMs(cp: ControlPlane, since: string): number {
   return cp.now().getTime() - Date.parse(since);
 }
 
-/** Writes a watch record of the ALERT partition (a lost race with another check changes nothing). */
-async function put<T>(cp: ControlPlane, key: string, data: T): Promise<void> {
-  const current = await cp.table.get(Partition.alert, key);
+/**
+ * Writes a watch record of the ALERT partition (a lost race with another check changes nothing). `current`:
+ * the item as just read (null: there is none), when the caller has it.
+ */
+async function put<T>(
+  cp: ControlPlane,
+  key: string,
+  data: T,
+  current?: StoredItem<unknown> | null,
+): Promise<void> {
+  if (current === undefined) current = (await cp.table.get(Partition.alert, key)) ?? null;
   const written = current
     ? cp.table.replace(current, data, cp.now())
     : cp.table.create(Partition.alert, key, data, cp.now(), 'watched');
