@@ -4,7 +4,14 @@ import pg from 'pg';
 import { PgoutputPlugin, type Pgoutput } from 'pg-logical-replication';
 import { RestoreError, SourceError } from './errors.ts';
 import type { ChangeSet, Manifest, SequenceRecord } from './manifest.ts';
-import { connect, qualified, redact, USER_RELATIONS, type DatabaseConnection } from './postgres.ts';
+import {
+  clientConfig,
+  connect,
+  qualified,
+  redact,
+  USER_RELATIONS,
+  type DatabaseConnection,
+} from './postgres.ts';
 
 /**
  * Change-stream mode: row-level changes read from a logical replication slot (the built-in `pgoutput`
@@ -261,12 +268,10 @@ export async function createSlot(
   } finally {
     await client.end();
   }
-  const replication = new pg.Client({
-    connectionString: connection.url,
-    ...(connection.password === undefined ? {} : { password: connection.password }),
+  const replication = new pg.Client(
     // Not in @types/pg, read by pg's connection parameters: the walsender protocol on a database.
-    replication: 'database',
-  } as pg.ClientConfig);
+    clientConfig(connection, { replication: 'database' } as pg.ClientConfig),
+  );
   replication.on('error', () => undefined);
   try {
     await replication.connect();

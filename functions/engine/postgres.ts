@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { PassThrough, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
+import { parseIntoClientConfig } from 'pg-connection-string';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { RestoreError, SourceError } from './errors.ts';
 
@@ -46,11 +47,22 @@ export function redact(text: string, connection: DatabaseConnection): string {
   return result;
 }
 
-export async function connect(connection: DatabaseConnection): Promise<pg.Client> {
-  const client = new pg.Client({
-    connectionString: connection.url,
+/**
+ * The one place a pg client's settings are made from a connection: the URL's parts as discrete fields, then
+ * the password. (pg reads `connectionString` last, so its empty password would win over a `password` given
+ * beside it: SCRAM then fails with "client password must be a string".)
+ */
+export function clientConfig(connection: DatabaseConnection, extra: pg.ClientConfig = {}): pg.ClientConfig {
+  const { password: _inline, ...parts } = parseIntoClientConfig(connection.url);
+  return {
+    ...parts,
+    ...extra,
     ...(connection.password === undefined ? {} : { password: connection.password }),
-  });
+  };
+}
+
+export async function connect(connection: DatabaseConnection): Promise<pg.Client> {
+  const client = new pg.Client(clientConfig(connection));
   client.on('error', () => undefined); // reported through the failing query instead
   try {
     await client.connect();

@@ -10,23 +10,30 @@ import { startLocalDynamo, type LocalDynamo } from '../../functions/local/dynamo
 import { createEventManager } from '../support/event-manager.ts';
 import { httpEvent } from '../support/http-event.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+import { startMoto } from '../support/s3-server.ts';
 
 /**
  * The AWS path of the change stream's watch with the worker in the operator's subnets: the API Lambda (its
  * environment as the stack sets it with `-c workerSubnets`) never connects to the source; it invokes the
  * worker with `{action: 'watch'}` (Lambda mocked: nothing plays it locally), and the worker Lambda's handler,
- * given that event, measures the real PostgreSQL and stores what the API then answers. DynamoDB is dynalite.
+ * given that event, measures the real PostgreSQL (password-protected: the password goes through Secrets
+ * Manager, moto's) and stores what the API then answers. DynamoDB is dynalite.
  */
 const lambda = mockClient(LambdaClient);
 let dynamo: LocalDynamo;
 let pg: TestPostgres;
+let moto: Awaited<ReturnType<typeof startMoto>>;
 let api: ApiHandler;
 let worker: (event: unknown) => Promise<unknown>;
 const saved = { ...process.env };
 const context = {} as Context;
 
 beforeAll(async () => {
-  [dynamo, pg] = await Promise.all([startLocalDynamo({ tableName: 'dr-worker-test' }), startPostgres()]);
+  [dynamo, pg, moto] = await Promise.all([
+    startLocalDynamo({ tableName: 'dr-worker-test' }),
+    startPostgres(),
+    startMoto(),
+  ]);
   await pg.createDatabase('app');
   await createEventManager(pg, 'app');
   await pg.sql('app', 'ALTER TABLE page_views REPLICA IDENTITY FULL');
@@ -35,6 +42,7 @@ beforeAll(async () => {
     TABLE_NAME: 'dr-worker-test',
     SECRET_PREFIX: 'DrControlPlane',
     AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+    AWS_ENDPOINT_URL_SECRETS_MANAGER: moto.endpoint,
     AWS_REGION: 'us-east-1',
     AWS_ACCESS_KEY_ID: 'test',
     AWS_SECRET_ACCESS_KEY: 'test',
@@ -54,7 +62,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   process.env = saved;
-  await Promise.all([dynamo?.close(), pg?.stop()]);
+  await Promise.all([dynamo?.close(), pg?.stop(), moto?.stop()]);
 });
 
 async function call(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {

@@ -1,5 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
-import { chmod, chown, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -10,14 +11,20 @@ import { freePort } from './ports.ts';
 const run = promisify(execFile);
 
 /**
- * A throwaway PostgreSQL cluster from the machine's server binaries, on 127.0.0.1 and a random port, with
- * trust authentication for loopback (test only). initdb refuses to run as root, so as root the cluster is
- * created and run as the `postgres` user. A missing server fails loudly: tests never skip for it.
+ * A throwaway PostgreSQL cluster from the machine's server binaries, on 127.0.0.1 and a random port. TCP
+ * connections (replication included) need the password with SCRAM-SHA-256, as on every real server, so every
+ * path under test authenticates; only the cluster's own Unix socket trusts (for the helper's set-up). initdb
+ * refuses to run as root, so as root the cluster is created and run as the `postgres` user. A missing server
+ * fails loudly: tests never skip for it.
  */
 export interface TestPostgres {
   readonly port: number;
   readonly admin: DatabaseConnection;
+  /** The superuser's password (SCRAM). */
+  readonly password: string;
+  /** postgres://postgres:<password>@127.0.0.1:<port>/<database>: the password inline, as operators paste it. */
   url(database: string): string;
+  /** The URL without the password, and the password apart (as the engine takes them). */
   connection(database: string): DatabaseConnection;
   createDatabase(name: string): Promise<DatabaseConnection>;
   sql(database: string, text: string): Promise<pg.QueryResult>;
@@ -48,12 +55,19 @@ export async function startPostgres(): Promise<TestPostgres> {
   const as = (command: string, args: string[]) =>
     asRoot ? run('runuser', ['-u', 'postgres', '--', command, ...args]) : run(command, args);
   const data = join(root, 'data');
+  // Characters that must be percent-encoded in a URL: a password that survives them survives any.
+  const password = `pw:${randomBytes(6).toString('hex')}@/?#%`;
+  const pwfile = join(root, 'pwfile');
+  await writeFile(pwfile, `${password}\n`, { mode: 0o600 });
+  if (asRoot) await chown(pwfile, postgresUser!, postgresGroup!);
   await as(join(bin, 'initdb'), [
     '-D',
     data,
     '-U',
     'postgres',
-    '--auth=trust',
+    `--pwfile=${pwfile}`,
+    '--auth-local=trust',
+    '--auth-host=scram-sha-256',
     '-E',
     'UTF8',
     '--locale=C',
@@ -62,8 +76,12 @@ export async function startPostgres(): Promise<TestPostgres> {
   const port = await freePort();
   const options = `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10`;
   await as(join(bin, 'pg_ctl'), ['-D', data, '-o', options, '-l', join(root, 'server.log'), '-w', 'start']);
-  const url = (database: string) => `postgres://postgres@127.0.0.1:${port}/${database}`;
-  const connection = (database: string): DatabaseConnection => ({ url: url(database) });
+  const url = (database: string) =>
+    `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/${database}`;
+  const connection = (database: string): DatabaseConnection => ({
+    url: `postgres://postgres@127.0.0.1:${port}/${database}`,
+    password,
+  });
   const sql = async (database: string, text: string) => {
     const client = new pg.Client({ connectionString: url(database) });
     await client.connect();
@@ -75,6 +93,7 @@ export async function startPostgres(): Promise<TestPostgres> {
   };
   return {
     port,
+    password,
     admin: connection('postgres'),
     url,
     connection,
