@@ -249,6 +249,7 @@ program
           reviewBelow: options.reviewBelow,
           packSize: options.packSize,
           onProgress: progress.update,
+          onLockWait: (holders) => process.stderr.write(`backup: waiting for ${holders} to finish\n`),
         });
       } finally {
         progress.stop();
@@ -488,14 +489,16 @@ program
   .option('--dry-run', 'only report what would be deleted')
   .option(
     '--stale-lock-minutes <minutes>',
-    'treat locks older than this as left by dead processes',
+    'a lock from another machine not refreshed for this long is stale (on this machine: when its process is gone)',
     Number.parseFloat,
-    60,
+    30,
   )
+  .option('--wait <minutes>', 'wait this long for backups in progress to finish', Number.parseFloat, 0)
   .addOption(jsonOption())
-  .action(async (options: Common & { dryRun?: boolean; staleLockMinutes: number }) => {
+  .action(async (options: Common & { dryRun?: boolean; staleLockMinutes: number; wait: number }) => {
     const report = await gc(await open(options), {
       staleLockMs: options.staleLockMinutes * 60_000,
+      lockWaitMs: options.wait * 60_000,
       ...(options.dryRun ? { dryRun: true } : {}),
     });
     print(

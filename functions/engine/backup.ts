@@ -34,6 +34,7 @@ import {
   type Snapshot,
   type Tool,
 } from './postgres.ts';
+import { describeLocks, type Lock } from './locks.ts';
 import { ChunkSink, type Repository } from './repository.ts';
 
 export interface BackupSource {
@@ -74,6 +75,10 @@ export interface BackupOptions {
    * changes read from it since its parent. Where the database cannot do it, dump mode, with a notice.
    */
   readonly changeStream?: ChangeStream;
+  /** How long to wait for an exclusive operation (gc, forget, rekey) to finish before starting (default 10 min). */
+  readonly lockWaitMs?: number;
+  /** Told which operations it waits for, while it waits. */
+  readonly onLockWait?: (holders: string) => void;
 }
 
 export interface BackupResult {
@@ -128,6 +133,28 @@ async function backupOnce(
   if (options.type === 'SCHEMA' && !source.database)
     throw new SourceError('a SCHEMA backup needs a database');
 
+  // The shared lock comes before the parent is chosen: gc cannot then delete the data this backup builds on.
+  const lock = await repository.lock(`backup ${id}`, {
+    kind: 'shared',
+    waitMs: options.lockWaitMs ?? 10 * 60_000,
+    ...(options.onLockWait ? { onWait: (holders) => options.onLockWait!(describeLocks(holders)) } : {}),
+    ...(options.now ? { now: options.now } : {}),
+  });
+  try {
+    return await backupLocked(repository, options, notices, { id, startedAt, lock });
+  } finally {
+    await lock.release().catch(() => undefined);
+  }
+}
+
+async function backupLocked(
+  repository: Repository,
+  options: BackupOptions,
+  notices: string[],
+  { id, startedAt, lock }: { id: string; startedAt: Date; lock: Lock },
+): Promise<BackupResult> {
+  const now = options.now ?? (() => new Date());
+  const { source } = options;
   let type = options.type;
   let parent: Manifest | undefined;
   if (type === 'INCREMENTAL') {
@@ -173,84 +200,82 @@ async function backupOnce(
   // A FULL is self-contained: it shares no chunk with earlier backups. An INCREMENTAL stores only chunks
   // that its parent does not reference (the parent's manifest lists every chunk it needs, so that is the chain).
   const known = parent ? referencedChunks(parent) : new Set<string>();
-  const lock = await repository.lock(`backup ${id}`);
-  try {
-    const sink = new ChunkSink(
+  const sink = new ChunkSink(
+    repository,
+    { has: (chunk) => known.has(chunk) },
+    {
+      ...(options.packSize === undefined ? {} : { packSize: options.packSize }),
+      ...(options.chunkConcurrency === undefined ? {} : { inFlight: options.chunkConcurrency }),
+    },
+  );
+  let bytes = 0;
+  const progress = (phase: ProgressEvent['phase'], item?: string) => (size: number) => {
+    bytes += size;
+    options.onProgress?.({ phase, ...(item === undefined ? {} : { item }), bytes });
+  };
+
+  let database: Manifest['database'];
+  let changes: ChangesManifest | undefined;
+  let restorePoint = startedAt.toISOString();
+  if (source.database && mode === 'changes') {
+    ({ changes, restorePoint } = await backupChanges(
+      sink,
       repository,
-      { has: (chunk) => known.has(chunk) },
-      {
-        ...(options.packSize === undefined ? {} : { packSize: options.packSize }),
-        ...(options.chunkConcurrency === undefined ? {} : { inFlight: options.chunkConcurrency }),
-      },
-    );
-    let bytes = 0;
-    const progress = (phase: ProgressEvent['phase'], item?: string) => (size: number) => {
-      bytes += size;
-      options.onProgress?.({ phase, ...(item === undefined ? {} : { item }), bytes });
-    };
-
-    let database: Manifest['database'];
-    let changes: ChangesManifest | undefined;
-    let restorePoint = startedAt.toISOString();
-    if (source.database && mode === 'changes') {
-      ({ changes, restorePoint } = await backupChanges(
-        sink,
-        repository,
-        source.database,
-        id,
-        parent!,
-        progress('database', 'changes'),
-      ));
-      database = parent!.database;
-    } else if (source.database) {
-      ({ database, changes } = await backupDatabase(
-        sink,
-        repository,
-        source.database,
-        type,
-        options.tableConcurrency ?? 2,
-        progress,
-        mode === 'slot' ? { stream: stream!, id } : undefined,
-      ));
-      restorePoint = database.snapshotTime;
-    }
-    const files = source.files
-      ? await backupFiles(sink, repository, source.files, parent, progress)
-      : undefined;
-
-    options.onProgress?.({ phase: 'finishing', bytes });
-    const packs = await sink.flush();
-    if (packs.length > 0) {
-      await repository.writeIndexFile(id, { packs });
-      repository.remember(packs);
-    }
-    const review = reviewReason(database, files, parent, options.reviewBelow ?? 0.5);
-    const manifest: Manifest = {
-      format: 'dr-backup',
-      version: 1,
+      source.database,
       id,
+      parent!,
+      progress('database', 'changes'),
+    ));
+    database = parent!.database;
+  } else if (source.database) {
+    ({ database, changes } = await backupDatabase(
+      sink,
+      repository,
+      source.database,
       type,
-      ...(parent ? { parent: parent.id } : {}),
-      startedAt: startedAt.toISOString(),
-      finishedAt: now().toISOString(),
-      restorePoint,
-      ...(database ? { database } : {}),
-      ...(files ? { files } : {}),
-      ...(changes ? { changes } : {}),
-      stats: { ...sink.stats },
-      ...(review ? { review: { reason: review } } : {}),
-      ...(options.tags ? { tags: options.tags } : {}),
-    };
-    await repository.writeManifest(manifest);
-    return {
-      manifest,
-      ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
-      ...(schemaChanged ? { schemaChanged } : {}),
-      ...(streamUnavailable ? { streamUnavailable } : {}),
-    };
-  } finally {
-    await lock.release().catch(() => undefined);
+      options.tableConcurrency ?? 2,
+      progress,
+      mode === 'slot' ? { stream: stream!, id } : undefined,
+    ));
+    restorePoint = database.snapshotTime;
   }
+  const files = source.files
+    ? await backupFiles(sink, repository, source.files, parent, progress)
+    : undefined;
+
+  options.onProgress?.({ phase: 'finishing', bytes });
+  const packs = await sink.flush();
+  // Nothing is made visible unless the lock held throughout: a lost lock means gc may have taken packs.
+  await lock.check();
+  if (packs.length > 0) {
+    await repository.writeIndexFile(id, { packs });
+    repository.remember(packs);
+  }
+  const review = reviewReason(database, files, parent, options.reviewBelow ?? 0.5);
+  const manifest: Manifest = {
+    format: 'dr-backup',
+    version: 1,
+    id,
+    type,
+    ...(parent ? { parent: parent.id } : {}),
+    startedAt: startedAt.toISOString(),
+    finishedAt: now().toISOString(),
+    restorePoint,
+    ...(database ? { database } : {}),
+    ...(files ? { files } : {}),
+    ...(changes ? { changes } : {}),
+    stats: { ...sink.stats },
+    ...(review ? { review: { reason: review } } : {}),
+    ...(options.tags ? { tags: options.tags } : {}),
+  };
+  await lock.check();
+  await repository.writeManifest(manifest);
+  return {
+    manifest,
+    ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
+    ...(schemaChanged ? { schemaChanged } : {}),
+    ...(streamUnavailable ? { streamUnavailable } : {}),
+  };
 }
 
 async function findParent(

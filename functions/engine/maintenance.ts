@@ -3,6 +3,15 @@ import { isNotFound } from '../storage/storage.ts';
 import { referencedChunks, type ProgressListener } from './backup.ts';
 import type { MasterKey } from './crypto.ts';
 import { CorruptDataError, RepositoryLockedError } from './errors.ts';
+import {
+  conflicts,
+  describeLocks,
+  LOCK_STALE_MS,
+  readLocks,
+  staleReason,
+  type Lock,
+  type LockKind,
+} from './locks.ts';
 import type { BackupType, Manifest } from './manifest.ts';
 import { tocOf } from './postgres.ts';
 import { keys, listKeys, parsePack, type Repository } from './repository.ts';
@@ -180,17 +189,49 @@ function brokenItems(manifest: Manifest, bad: Set<string>): string[] {
   return items;
 }
 
-/** Removes backups from the repository (their manifests); `gc` then frees the data no other backup uses. */
-export async function forget(repository: Repository, backupIds: readonly string[]): Promise<void> {
-  for (const id of backupIds) await repository.loadManifest(id);
-  await repository.storage.delete(backupIds.map((id) => keys.manifest(id)));
+export interface ExclusiveOptions {
+  /** How long to wait for running operations (backups) to finish (default 0: refuse at once). */
+  readonly lockWaitMs?: number;
+  /** A lock from another machine not refreshed for this long is stale (default 30 min, locks.ts). */
+  readonly staleLockMs?: number;
+  readonly now?: () => Date;
 }
 
-export interface GcOptions {
-  /** Locks older than this are from dead processes and are ignored (default 1 hour). */
-  readonly staleLockMs?: number;
+/** Runs `work` under an exclusive lock (nothing else runs on the repository meanwhile). */
+async function exclusively<T>(
+  repository: Repository,
+  operation: string,
+  options: ExclusiveOptions & { readonly kind?: LockKind },
+  work: (lock: Lock) => Promise<T>,
+): Promise<T> {
+  const lock = await repository.lock(operation, {
+    kind: options.kind ?? 'exclusive',
+    ...(options.lockWaitMs === undefined ? {} : { waitMs: options.lockWaitMs }),
+    ...(options.staleLockMs === undefined ? {} : { staleMs: options.staleLockMs }),
+    ...(options.now ? { now: options.now } : {}),
+  });
+  try {
+    return await work(lock);
+  } finally {
+    await lock.release().catch(() => undefined);
+  }
+}
+
+/** Removes backups from the repository (their manifests); `gc` then frees the data no other backup uses. */
+export async function forget(
+  repository: Repository,
+  backupIds: readonly string[],
+  options: ExclusiveOptions = {},
+): Promise<void> {
+  for (const id of backupIds) await repository.loadManifest(id);
+  await exclusively(repository, 'forget', options, async (lock) => {
+    await lock.check();
+    await repository.storage.delete(backupIds.map((id) => keys.manifest(id)));
+  });
+}
+
+export interface GcOptions extends ExclusiveOptions {
   readonly dryRun?: boolean;
-  readonly now?: () => Date;
 }
 
 export interface GcReport {
@@ -205,21 +246,23 @@ export interface GcReport {
 
 /**
  * Deletes packs that no backup references — the leftovers of interrupted runs, and data of forgotten
- * backups — and the index entries for them. Refuses to run while a fresh lock (a backup in progress) exists,
- * since that backup's packs are not referenced yet.
+ * backups — and the index entries for them, under an exclusive lock: it refuses (or waits, `lockWaitMs`) while
+ * a backup holds its shared lock, since that backup's packs are not referenced yet, and no backup starts
+ * while it runs. The locks are checked again before anything is deleted. Stale locks are removed.
  */
 export async function gc(repository: Repository, options: GcOptions = {}): Promise<GcReport> {
-  const now = (options.now ?? (() => new Date()))();
-  const staleMs = options.staleLockMs ?? 60 * 60 * 1000;
-  const locks = await repository.locks();
-  const stale = locks.filter((lock) => now.getTime() - Date.parse(lock.startedAt) >= staleMs);
-  const fresh = locks.filter((lock) => !stale.includes(lock));
-  if (fresh.length > 0) {
-    throw new RepositoryLockedError(
-      `the repository is in use (${fresh.map((lock) => `${lock.operation} on ${lock.host} since ${lock.startedAt}`).join('; ')}); retry when it finishes`,
-    );
-  }
+  // A dry run deletes nothing: a shared lock keeps it from racing a real gc without holding up backups.
+  return exclusively(
+    repository,
+    'gc',
+    { ...options, kind: options.dryRun ? 'shared' : 'exclusive' },
+    (lock) => collect(repository, options, lock),
+  );
+}
 
+async function collect(repository: Repository, options: GcOptions, lock: Lock): Promise<GcReport> {
+  const now = (options.now ?? (() => new Date()))();
+  const staleMs = options.staleLockMs ?? LOCK_STALE_MS;
   const referenced = new Set<string>();
   for (const id of await repository.backupIds())
     for (const chunk of referencedChunks(await repository.loadManifest(id))) referenced.add(chunk);
@@ -255,9 +298,19 @@ export async function gc(repository: Repository, options: GcOptions = {}): Promi
     bytesFreed += object.size;
   }
   let leftovers = 0;
+  const stale = (await readLocks(repository.storage)).filter(
+    (other) => other.key !== lock.key && staleReason(other, now, staleMs) !== undefined,
+  );
   if (!options.dryRun) {
+    // Checked again before anything is deleted: this lock still holds and no one else's is live.
+    await lock.check();
+    const live = conflicts(await readLocks(repository.storage), 'exclusive', lock.key, now, staleMs);
+    if (live.length > 0)
+      throw new RepositoryLockedError(
+        `the repository is in use (${describeLocks(live)}); retry when it finishes`,
+      );
     await repository.storage.delete(dead);
-    await repository.storage.delete(stale.map((lock) => lock.key));
+    await repository.storage.delete(stale.map((other) => other.key));
     leftovers = (await repository.storage.removeLeftovers?.(new Date(now.getTime() - staleMs))) ?? 0;
     await repository.loadIndex(true);
   }
@@ -275,6 +328,7 @@ export async function gc(repository: Repository, options: GcOptions = {}): Promi
 export async function rekey(
   repository: Repository,
   newMaster: MasterKey,
+  options: ExclusiveOptions = {},
 ): Promise<{ keyId: string; removed: readonly string[] }> {
-  return repository.rekey(newMaster);
+  return exclusively(repository, 'rekey', options, () => repository.rekey(newMaster));
 }

@@ -1,5 +1,4 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { hostname } from 'node:os';
 import { Readable } from 'node:stream';
 import { isNotFound, type Storage } from '../storage/storage.ts';
 import { DEFAULT_CHUNKER, gearTable, validateParams, type ChunkerParams } from './chunker.ts';
@@ -14,6 +13,7 @@ import {
   type MasterKey,
 } from './crypto.ts';
 import { BackupNotFoundError, CorruptDataError, RepositoryNotFoundError, WrongKeyError } from './errors.ts';
+import { acquireLock, lockKey, type Lock, type LockOptions } from './locks.ts';
 import type { Manifest } from './manifest.ts';
 
 /**
@@ -24,7 +24,7 @@ import type { Manifest } from './manifest.ts';
  *   data/<xx>/<packId>      packs of sealed chunks; packId = SHA-256 of the pack's bytes
  *   index/<backupId>        sealed: which chunks each pack written by that backup holds, and where
  *   backups/<backupId>      sealed manifest, written last: a backup exists when its manifest does
- *   locks/<operationId>     plain JSON: an operation in progress (gc leaves its data alone)
+ *   locks/<lockId>          plain JSON: an operation in progress, shared (adds data) or exclusive (deletes)
  */
 export const FORMAT = 'dr-repository';
 export const FORMAT_VERSION = 1;
@@ -74,7 +74,7 @@ export const keys = {
   pack: (id: string) => `data/${id.slice(0, 2)}/${id}`,
   index: (backupId: string) => `index/${backupId}`,
   manifest: (backupId: string) => `backups/${backupId}`,
-  lock: (id: string) => `locks/${id}`,
+  lock: lockKey,
 };
 
 export class Repository {
@@ -273,28 +273,9 @@ export class Repository {
     return (await listKeys(this.storage, 'backups/')).map((key) => key.slice('backups/'.length)).sort();
   }
 
-  async lock(operation: string): Promise<Lock> {
-    const id = `${new Date().toISOString().replace(/[-:.]/g, '')}-${randomBytes(4).toString('hex')}`;
-    const lock: LockInfo = {
-      operation,
-      host: hostname(),
-      pid: process.pid,
-      startedAt: new Date().toISOString(),
-    };
-    await this.storage.put(keys.lock(id), Buffer.from(JSON.stringify(lock)));
-    return { id, release: () => this.storage.delete([keys.lock(id)]) };
-  }
-
-  async locks(): Promise<(LockInfo & { key: string })[]> {
-    const all = [];
-    for (const key of await listKeys(this.storage, 'locks/')) {
-      try {
-        all.push({ key, ...(JSON.parse((await this.storage.read(key)).toString('utf8')) as LockInfo) });
-      } catch (error) {
-        if (!isNotFound(error)) throw error;
-      }
-    }
-    return all;
+  /** Takes a shared (adds data) or exclusive (deletes data) lock on the repository (locks.ts). */
+  lock(operation: string, options: LockOptions): Promise<Lock> {
+    return acquireLock(this.storage, operation, options);
   }
 
   /** Adds new packs to the cached index (after a backup wrote them). */
@@ -304,18 +285,6 @@ export class Repository {
       for (const blob of pack.blobs)
         this.index.set(blob.id, { pack: pack.id, offset: blob.offset, length: blob.length });
   }
-}
-
-export interface LockInfo {
-  readonly operation: string;
-  readonly host: string;
-  readonly pid: number;
-  readonly startedAt: string;
-}
-
-export interface Lock {
-  readonly id: string;
-  release(): Promise<void>;
 }
 
 export async function listKeys(storage: Storage, prefix: string): Promise<string[]> {

@@ -9,7 +9,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
 import {
   CorruptDataError,
-  RepositoryLockedError,
   SourceError,
   WrongKeyError,
 } from '../../functions/engine/errors.ts';
@@ -193,8 +192,8 @@ describe('interrupted backups', () => {
     // Assess
     expect((await keysUnder(dir, 'data')).length).toBeGreaterThanOrEqual(3);
     expect(await listBackups(repository)).toEqual([]);
-    await expect(gc(repository)).rejects.toBeInstanceOf(RepositoryLockedError);
-    const report = await gc(repository, { staleLockMs: 0 });
+    // Its lock names a process of this machine that is gone: gc goes ahead at once (it used to wait an hour)
+    const report = await gc(repository);
     expect(report.deletedPacks).toBeGreaterThanOrEqual(3);
     expect(report.staleLocks).toBe(1);
     expect(await keysUnder(dir, 'data')).toEqual([]);
