@@ -7,11 +7,7 @@ import { createWriteStream } from 'node:fs';
 import { finished } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
-import {
-  CorruptDataError,
-  SourceError,
-  WrongKeyError,
-} from '../../functions/engine/errors.ts';
+import { CorruptDataError, SourceError, WrongKeyError } from '../../functions/engine/errors.ts';
 import { exportArchive, exportSql, exportTar } from '../../functions/engine/export.ts';
 import type { Manifest } from '../../functions/engine/manifest.ts';
 import { forget, gc, listBackups, rekey, verify } from '../../functions/engine/maintenance.ts';
