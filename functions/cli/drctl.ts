@@ -15,7 +15,16 @@ import {
 } from '../engine/errors.ts';
 import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
 import type { BackupType } from '../engine/manifest.ts';
-import { forget, gc, listBackups, rekey, summarize, verify } from '../engine/maintenance.ts';
+import {
+  forget,
+  gc,
+  listBackups,
+  newestRestorePoint,
+  rekey,
+  summarize,
+  verify,
+  type Problem,
+} from '../engine/maintenance.ts';
 import { connectionFrom, databaseName } from '../engine/postgres.ts';
 import { DEFAULT_PACK_SIZE, Repository } from '../engine/repository.ts';
 import { backupForInstant, restoreDatabase, restoreFiles } from '../engine/restore.ts';
@@ -132,12 +141,19 @@ function progressReporter(label: string): { update: (event: ProgressEvent) => vo
   };
 }
 
+/** `latest`: the newest backup with data that is not flagged (never a SCHEMA backup, which has no rows). */
 async function resolveId(repository: Repository, id: string): Promise<string> {
   if (id !== 'latest') return id;
-  const backups = (await listBackups(repository)).filter((summary) => !summary.review);
-  const newest = backups.at(-1);
-  if (!newest) throw new BackupNotFoundError('the repository holds no good backup');
+  const unreadable: Problem[] = [];
+  const newest = await newestRestorePoint(repository, unreadable);
+  warnUnreadable(unreadable);
+  if (!newest) throw new BackupNotFoundError('the repository holds no good backup with data');
   return newest.id;
+}
+
+function warnUnreadable(unreadable: readonly Problem[]): void {
+  for (const problem of unreadable)
+    process.stderr.write(`drctl: skipped ${problem.object}, which cannot be read: ${problem.message}\n`);
 }
 
 function output(target: string): { stream: Writable; done: () => Promise<void> } {
@@ -289,7 +305,10 @@ program
   .addOption(keyOption())
   .addOption(jsonOption())
   .action(async (options: Common) => {
-    const backups = await listBackups(await open(options));
+    const unreadable: Problem[] = [];
+    const backups = await listBackups(await open(options), unreadable);
+    warnUnreadable(unreadable);
+    if (unreadable.length > 0) process.exitCode = EXIT.damaged;
     const lines = backups.map(
       (b) =>
         `${b.id}  ${b.type.padEnd(11)} ${b.restorePoint}  ${String(b.tables).padStart(4)} tables ${String(b.rows).padStart(10)} rows ${String(b.files).padStart(6)} files  ${b.bytesStored} bytes stored${b.review ? `  REVIEW: ${b.review}` : ''}`,
@@ -404,20 +423,24 @@ program
         result,
         [
           `restored backup ${manifest.id} (restore point ${manifest.restorePoint}${options.until === undefined ? '' : `, changes up to ${options.until}`}) in ${(result.seconds as number).toFixed(1)} s`,
-          ...(database
+          ...(database?.structureOnly
             ? [
-                `  database: ${database.tables} tables, ${database.rows} rows, ${database.bytes} bytes; ${
-                  database.checks.length === 0
-                    ? 'not checked'
-                    : database.consistent
-                      ? 'every table matches its recorded checksum'
-                      : `MISMATCH in ${database.checks
-                          .filter((c) => !c.ok)
-                          .map((c) => c.table)
-                          .join(', ')}`
-                }`,
+                `  database: structure only — backup ${manifest.id} is a SCHEMA backup: tables, indexes and constraints were created, with no rows`,
               ]
-            : []),
+            : database
+              ? [
+                  `  database: ${database.tables} tables, ${database.rows} rows, ${database.bytes} bytes; ${
+                    database.checks.length === 0
+                      ? 'not checked'
+                      : database.consistent
+                        ? 'every table matches its recorded checksum'
+                        : `MISMATCH in ${database.checks
+                            .filter((c) => !c.ok)
+                            .map((c) => c.table)
+                            .join(', ')}`
+                  }`,
+                ]
+              : []),
           ...(database?.changes
             ? [
                 `  changes: ${database.changes.transactions} transactions (${database.changes.changes} changes) applied; ${

@@ -3,8 +3,9 @@
  * their inputs (no clock of their own), so that every figure can be tested exactly.
  *
  * Definitions
- * - Restore point: a backup that completed on at least one target and is not flagged for review. It becomes
- *   available when it finishes; it restores the state at its `restorePoint`.
+ * - Restore point: a backup with data (FULL or INCREMENTAL; a SCHEMA backup is structure only) that completed
+ *   on at least one target and is not flagged for review. It becomes available when it finishes; it restores
+ *   the state at its `restorePoint`.
  * - Staleness at instant t: t minus the newest restore point available at t (infinite before the first).
  * - RPO violation: a maximal span in which staleness exceeds the RPO. It starts when the newest restore
  *   point turns RPO old (or, before any backup, at the start of what is observed) and ends when a backup
@@ -15,6 +16,8 @@
 export interface BackupFact {
   readonly id: string;
   readonly scheduleId: string;
+  /** Missing is taken for a backup with data. */
+  readonly type?: 'FULL' | 'INCREMENTAL' | 'SCHEMA';
   readonly status: 'RUNNING' | 'SUCCESS' | 'PARTIAL' | 'FAILED';
   readonly startedAt: string;
   readonly finishedAt?: string;
@@ -56,8 +59,14 @@ export interface Violation {
 
 const HOUR = 3_600_000;
 
-export function isGood(backup: BackupFact): boolean {
+/** Completed on at least one target and not flagged for review (of any type). */
+export function isGood(backup: Pick<BackupFact, 'status' | 'review'>): boolean {
   return (backup.status === 'SUCCESS' || backup.status === 'PARTIAL') && backup.review === undefined;
+}
+
+/** A backup the data can be brought back to: good, and not SCHEMA (which restores structure only). */
+export function isRestorePoint(backup: Pick<BackupFact, 'status' | 'review' | 'type'>): boolean {
+  return isGood(backup) && backup.type !== 'SCHEMA';
 }
 
 /**
@@ -78,7 +87,8 @@ export function rpoViolations(
   const rpo = rpoHours * HOUR;
   const finishes = backups
     .filter(
-      (backup) => isGood(backup) && backup.finishedAt !== undefined && backup.restorePoint !== undefined,
+      (backup) =>
+        isRestorePoint(backup) && backup.finishedAt !== undefined && backup.restorePoint !== undefined,
     )
     .map((backup) => ({ at: Date.parse(backup.finishedAt!), point: Date.parse(backup.restorePoint!) }))
     .filter((finish) => finish.at <= now)
@@ -127,7 +137,8 @@ export function rpoViolations(
 export function achievedRpo(backups: readonly BackupFact[], range: Range, now: number): number | undefined {
   const finishes = backups
     .filter(
-      (backup) => isGood(backup) && backup.finishedAt !== undefined && backup.restorePoint !== undefined,
+      (backup) =>
+        isRestorePoint(backup) && backup.finishedAt !== undefined && backup.restorePoint !== undefined,
     )
     .map((backup) => ({ at: Date.parse(backup.finishedAt!), point: Date.parse(backup.restorePoint!) }))
     .filter((finish) => finish.at <= Math.min(now, range.to))

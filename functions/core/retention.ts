@@ -4,8 +4,11 @@
  *
  * Kept, whatever their age:
  * - backups still RUNNING;
- * - per schedule, the newest restore point (SUCCESS or PARTIAL, not flagged for review);
- * - the newest backup that passed a verification or restore test;
+ * - per schedule and per target, the newest good backup that target holds (SUCCESS or PARTIAL, written to
+ *   that target, not flagged for review): a PARTIAL run counts only on the targets it reached, so the last
+ *   copy on a target that later runs missed is kept. For a schedule of data backups that is its newest
+ *   restore point there; a SCHEMA backup (structure only) never stands in for one;
+ * - the newest restore point (not SCHEMA) that passed a verification or restore test;
  * - every backup within its schedule's retention (`retentionDays`, at most the config's);
  * - and, for every kept backup, the chain it builds on (its parent, the parent's parent, … to the FULL).
  * Everything else — older than its retention and needed by nothing kept — is deleted.
@@ -19,6 +22,8 @@ export interface RetentionBackup {
   readonly parent?: string;
   readonly review?: string;
   readonly verifiedAt?: string;
+  /** Where it was written; a target counts as holding it when its status there is SUCCESS. */
+  readonly targets?: readonly { readonly targetId: string; readonly status: string }[];
 }
 
 export interface RetentionPolicy {
@@ -29,7 +34,21 @@ export interface RetentionPolicy {
 }
 
 export type KeepReason =
-  'running' | 'within retention' | 'newest restore point' | 'newest verified' | 'needed by a kept backup';
+  | 'running'
+  | 'within retention'
+  | 'newest restore point'
+  | 'newest structure backup'
+  | 'newest verified'
+  | 'needed by a kept backup';
+
+const good = (backup: RetentionBackup) =>
+  (backup.status === 'SUCCESS' || backup.status === 'PARTIAL') && backup.review === undefined;
+
+/** The targets that hold a backup (no target list: one unnamed target, as in catalogs of one target). */
+export function holders(backup: RetentionBackup): string[] {
+  if (backup.targets === undefined) return [''];
+  return backup.targets.filter((target) => target.status === 'SUCCESS').map((target) => target.targetId);
+}
 
 export interface RetentionPlan {
   readonly keep: readonly { readonly id: string; readonly reason: KeepReason }[];
@@ -51,19 +70,21 @@ export function planRetention(
   const ageDays = (backup: RetentionBackup) => (now.getTime() - Date.parse(backup.startedAt)) / DAY_MS;
   const days = (scheduleId: string) =>
     Math.min(policy.retentionDays[scheduleId] ?? policy.defaultDays, policy.defaultDays);
-  const restorePoint = (backup: RetentionBackup) =>
-    (backup.status === 'SUCCESS' || backup.status === 'PARTIAL') && backup.review === undefined;
+  const restorePoint = (backup: RetentionBackup) => good(backup) && backup.type !== 'SCHEMA';
 
   // Newest first: ids sort by start time.
   const newestFirst = [...backups].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
-  const seenSchedules = new Set<string>();
+  const seen = new Set<string>();
   let verifiedKept = false;
   for (const backup of newestFirst) {
     if (backup.status === 'RUNNING') keep(backup.id, 'running');
-    if (restorePoint(backup) && !seenSchedules.has(backup.scheduleId)) {
-      seenSchedules.add(backup.scheduleId);
-      keep(backup.id, 'newest restore point');
-    }
+    if (good(backup))
+      for (const target of holders(backup)) {
+        const slot = JSON.stringify([backup.scheduleId, target, backup.type === 'SCHEMA']);
+        if (seen.has(slot)) continue;
+        seen.add(slot);
+        keep(backup.id, backup.type === 'SCHEMA' ? 'newest structure backup' : 'newest restore point');
+      }
     if (!verifiedKept && backup.verifiedAt !== undefined && restorePoint(backup)) {
       verifiedKept = true;
       keep(backup.id, 'newest verified');

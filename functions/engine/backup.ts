@@ -239,9 +239,13 @@ async function backupLocked(
     ));
     restorePoint = database.snapshotTime;
   }
-  const files = source.files
-    ? await backupFiles(sink, repository, source.files, parent, progress)
-    : undefined;
+  // A SCHEMA backup is the database's structure only: no rows, and no files.
+  if (source.files && type === 'SCHEMA')
+    notices.push('a SCHEMA backup holds the database structure only: the files were not backed up');
+  const files =
+    source.files && type !== 'SCHEMA'
+      ? await backupFiles(sink, repository, source.files, parent, progress)
+      : undefined;
 
   options.onProgress?.({ phase: 'finishing', bytes });
   const packs = await sink.flush();

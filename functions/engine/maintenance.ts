@@ -33,10 +33,47 @@ export interface BackupSummary {
   readonly tags?: Readonly<Record<string, string>>;
 }
 
-export async function listBackups(repository: Repository): Promise<BackupSummary[]> {
+/**
+ * Every backup's summary, oldest first. A manifest that cannot be read (damaged, or sealed under another
+ * key's material) is skipped and named in `unreadable`: one bad object does not hide the others.
+ */
+export async function listBackups(
+  repository: Repository,
+  unreadable: Problem[] = [],
+): Promise<BackupSummary[]> {
   const summaries: BackupSummary[] = [];
-  for (const id of await repository.backupIds()) summaries.push(summarize(await repository.loadManifest(id)));
+  for (const id of await repository.backupIds()) {
+    const manifest = await readableManifest(repository, id, unreadable);
+    if (manifest) summaries.push(summarize(manifest));
+  }
   return summaries;
+}
+
+/** The manifest, or undefined (with the problem recorded) when it is damaged. */
+export async function readableManifest(
+  repository: Repository,
+  id: string,
+  unreadable: Problem[],
+): Promise<Manifest | undefined> {
+  try {
+    return await repository.loadManifest(id);
+  } catch (error) {
+    if (!(error instanceof CorruptDataError) && !(error instanceof SyntaxError)) throw error;
+    unreadable.push({ object: keys.manifest(id), message: error.message });
+    return undefined;
+  }
+}
+
+/** The newest backup to restore data from: not flagged for review, not SCHEMA (structure only). */
+export async function newestRestorePoint(
+  repository: Repository,
+  unreadable: Problem[] = [],
+): Promise<BackupSummary | undefined> {
+  for (const id of (await repository.backupIds()).reverse()) {
+    const manifest = await readableManifest(repository, id, unreadable);
+    if (manifest && !manifest.review && manifest.type !== 'SCHEMA') return summarize(manifest);
+  }
+  return undefined;
 }
 
 export function summarize(manifest: Manifest): BackupSummary {

@@ -82,6 +82,8 @@ export interface DatabaseRestoreResult {
   readonly bytes: number;
   readonly checks: readonly TableCheck[];
   readonly consistent: boolean;
+  /** A SCHEMA backup: the structure was restored, with no rows (tables empty). */
+  readonly structureOnly?: true;
   /** Change-stream backups: what was applied on top of the FULL, and the last commit applied. */
   readonly changes?: {
     readonly transactions: number;
@@ -210,7 +212,7 @@ async function restoreSnapshot(
       ...common(options),
       jobs: options.jobs ?? 2,
     });
-    return { tables: 0, rows: 0, bytes: 0, checks: [], consistent: true };
+    return { tables: 0, rows: 0, bytes: 0, checks: [], consistent: true, structureOnly: true };
   }
   if (!database.preData || !database.postData)
     throw new RestoreError(`backup ${manifest.id} is missing its schema archives`);

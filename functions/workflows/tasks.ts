@@ -31,6 +31,7 @@ import { runAlertChecks } from '../core/services/alert-service.ts';
 import { mailBody, type MailMessage } from '../core/mail/ses-mailer.ts';
 import {
   getBackup,
+  isGood,
   isRestorePoint,
   listBackups,
   type BackupRecord,
@@ -241,7 +242,7 @@ async function planRestore(
   let until: string | undefined;
   if (request.backupId !== undefined) {
     backup = await getBackup(cp, request.backupId);
-    if (!isRestorePoint(backup))
+    if (!isGood(backup))
       throw new WorkflowError(
         'BackupNotRestorable',
         `backup ${backup.id} is ${backup.status}: it cannot be restored`,

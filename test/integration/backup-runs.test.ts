@@ -211,6 +211,23 @@ describe('POST /api/dr/schedules/{id}/execute', () => {
 });
 
 describe('GET /api/dr/backups', () => {
+  it('never answers a SCHEMA backup (structure only, no files) as latest', async () => {
+    await schedule('structure', 'SCHEMA', ['primary']);
+    clock += 60_000;
+    const run = await api.call('POST', '/api/dr/schedules/structure/execute');
+    expect(run.status).toBe(202);
+    const done = await finished(run.body.id);
+    expect(done).toMatchObject({ type: 'SCHEMA', status: 'SUCCESS' });
+    // The source has files; a SCHEMA backup leaves them out (the guide: "structure only")
+    expect(done.files).toBeUndefined();
+    expect(done.database).toBeDefined();
+    const newest = (await api.call('GET', '/api/dr/backups?limit=1')).body.items[0];
+    expect(newest.id).toBe(run.body.id);
+    const latest = (await api.call('GET', '/api/dr/backups?latest=true')).body.items;
+    expect(latest.length).toBeGreaterThan(0);
+    expect(latest.map((b: any) => b.type)).not.toContain('SCHEMA');
+  });
+
   it('filters by type, status, schedule and target, pages, and answers latest=true', async () => {
     const all = (await api.call('GET', '/api/dr/backups?limit=100')).body.items as any[];
     expect(all.length).toBeGreaterThanOrEqual(6);

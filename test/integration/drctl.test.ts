@@ -149,6 +149,88 @@ describe('drctl', () => {
     expect(damaged.stdout).toContain(packs[0]!.name);
   });
 
+  it('never takes a SCHEMA backup for latest; restoring one says it is structure only and holds no files', async () => {
+    const dir = join(work, 'schema-repo');
+    expect((await drctl('init', '--repo', dir, '--key-file', key)).code).toBe(0);
+    const files = await makeFilesTree();
+    expect((await drctl('backup', '--repo', dir, '--key-file', key, '--db', pg.url('app'))).code).toBe(0);
+    const schema = await drctl(
+      'backup',
+      ...[
+        '--repo',
+        dir,
+        '--key-file',
+        key,
+        '--db',
+        pg.url('app'),
+        '--files',
+        files,
+        '--type',
+        'SCHEMA',
+        '--json',
+      ],
+    );
+    expect(schema.code, schema.stderr).toBe(0);
+    const made = JSON.parse(schema.stdout) as { id: string; files: number; notice: string };
+    expect(made.files).toBe(0);
+    expect(made.notice).toContain('structure only: the files were not backed up');
+
+    // latest = the FULL, with its rows
+    await pg.createDatabase('from_latest');
+    const latest = await drctl(
+      'restore',
+      'latest',
+      '--repo',
+      dir,
+      '--key-file',
+      key,
+      '--db',
+      pg.url('from_latest'),
+    );
+    expect(latest.code, latest.stderr).toBe(0);
+    expect(latest.stdout).not.toContain(made.id);
+    expect(await tableChecksums(pg, 'from_latest')).toEqual(await tableChecksums(pg, 'app'));
+    expect((await drctl('verify', 'latest', '--repo', dir, '--key-file', key)).stdout).not.toContain(made.id);
+
+    // By id: the structure, and it says so
+    await pg.createDatabase('from_schema');
+    const structure = await drctl(
+      'restore',
+      made.id,
+      '--repo',
+      dir,
+      '--key-file',
+      key,
+      '--db',
+      pg.url('from_schema'),
+    );
+    expect(structure.code, structure.stderr).toBe(0);
+    expect(structure.stdout).toContain('structure only');
+    expect((await pg.sql('from_schema', 'SELECT count(*)::int AS n FROM users')).rows[0].n).toBe(0);
+  });
+
+  it('lists and verifies past an unreadable manifest, naming it', async () => {
+    const dir = join(work, 'damaged-manifest-repo');
+    expect((await drctl('init', '--repo', dir, '--key-file', key)).code).toBe(0);
+    for (let i = 0; i < 2; i++)
+      expect((await drctl('backup', '--repo', dir, '--key-file', key, '--db', pg.url('app'))).code).toBe(0);
+    const [older, newer] = (await readdir(join(dir, 'backups'))).sort();
+    // The newest manifest is damaged
+    const victim = join(dir, 'backups', newer!);
+    const body = await readFile(victim);
+    body[20] = body[20]! ^ 0xff;
+    await writeFile(victim, body);
+
+    const listed = await drctl('list', '--repo', dir, '--key-file', key);
+    expect(listed.code).toBe(3);
+    expect(listed.stdout).toContain(older);
+    expect(listed.stderr).toContain(`skipped backups/${newer!}, which cannot be read`);
+    const verified = await drctl('verify', 'latest', '--repo', dir, '--key-file', key);
+    expect(verified.code, verified.stderr).toBe(0);
+    expect(verified.stdout).toContain(`backup ${older!} is intact`);
+    expect(verified.stderr).toContain(`skipped backups/${newer!}`);
+  });
+
   it('explains missing arguments', async () => {
     const missing = await drctl('restore', 'latest', '--repo', repo, '--key-file', key);
     expect(missing.code).toBe(2);

@@ -113,12 +113,15 @@ describe('RPO violations', () => {
     expect(violations).toEqual([expect.objectContaining({ start: at(3), end: at(3.6), achieved: 3.6 })]);
   });
 
-  it('ignores failed, flagged and running backups as restore points, and nothing before the first one', () => {
+  it('ignores failed, flagged, running and SCHEMA backups as restore points, and nothing before the first one', () => {
     const flagged = { ...backup(2), review: 'empty' };
     const running: BackupFact = { ...backup(3), status: 'RUNNING', finishedAt: undefined };
+    // Structure only: no rows to restore, so it neither ends a violation nor counts for the achieved RPO
+    const schema: BackupFact = { ...backup(3.5), id: 'schema', type: 'SCHEMA' };
     expect(
-      rpoViolations([backup(0), backup(2, 0.1, 'FAILED'), flagged, running], 1, range, T0 + 4 * H),
+      rpoViolations([backup(0), backup(2, 0.1, 'FAILED'), flagged, running, schema], 1, range, T0 + 4 * H),
     ).toEqual([expect.objectContaining({ start: at(1), ongoing: true, achieved: 4 })]);
+    expect(achievedRpo([backup(0), schema], { from: T0 + 3.9 * H, to: T0 + 4 * H }, T0 + 4 * H)).toBe(4);
     expect(rpoViolations([], 1, range, T0 + 4 * H)).toEqual([]);
   });
 

@@ -1,7 +1,7 @@
 import { mailBody, type MailMessage } from '../mail/ses-mailer.ts';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError } from '../errors.ts';
-import { isGood, rpoViolations } from '../metrics.ts';
+import { isRestorePoint, rpoViolations } from '../metrics.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import type { BackupRecord } from './backup-service.ts';
 import { changeStreamConditions } from './change-stream-service.ts';
@@ -86,7 +86,7 @@ export async function currentConditions(cp: ControlPlane): Promise<Condition[]> 
     (span) => span.ongoing,
   );
   const newestPoint = database
-    .filter((backup) => isGood(backup) && backup.restorePoint)
+    .filter((backup) => isRestorePoint(backup) && backup.restorePoint)
     .map((backup) => backup.restorePoint!)
     .sort()
     .at(-1);
@@ -249,7 +249,7 @@ export async function healthFigures(
     (item) => item.data,
   );
   const newest = backups
-    .filter((backup) => backup.database !== undefined && isGood(backup) && backup.restorePoint)
+    .filter((backup) => backup.database !== undefined && isRestorePoint(backup) && backup.restorePoint)
     .map((backup) => Date.parse(backup.restorePoint!))
     .sort((a, b) => b - a)[0];
   return {

@@ -1,3 +1,4 @@
+import { isGood, isRestorePoint } from '../metrics.ts';
 import { randomBytes } from 'node:crypto';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
@@ -345,10 +346,7 @@ export async function listBackups(
   }
 }
 
-/** A backup one can restore from: it completed on at least one target and nobody flagged it. */
-export function isRestorePoint(record: BackupRecord): boolean {
-  return (record.status === 'SUCCESS' || record.status === 'PARTIAL') && record.review === undefined;
-}
+export { isGood, isRestorePoint };
 
 function decodeAfter(token: string): string {
   const id = Buffer.from(token, 'base64url').toString('utf8');
@@ -424,7 +422,7 @@ export async function downloadLinks(
 ): Promise<{ status: number; headers?: Record<string, string>; body: unknown }> {
   if (!links) throw new ServiceUnavailableError('downloads are not configured in this deployment');
   const record = await getBackup(cp, id);
-  if (!isRestorePoint(record))
+  if (!isGood(record))
     throw new ConflictError(
       `backup ${id} is ${record.status}${record.review ? ' and flagged for review' : ''}: nothing to download`,
     );

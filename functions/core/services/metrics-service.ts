@@ -3,7 +3,7 @@ import { ValidationError } from '../errors.ts';
 import {
   durations,
   achievedRpo,
-  isGood,
+  isRestorePoint,
   rpoViolations,
   rtoViolations,
   successRate,
@@ -99,7 +99,7 @@ export async function metricsSummary(cp: ControlPlane, range: Range) {
   const data = await facts(cp);
   const now = cp.now().getTime();
   const violations = violationsOf(data, range, now);
-  const good = data.backups.filter(isGood);
+  const good = data.backups.filter(isRestorePoint);
   const lastRestorePoint = Object.fromEntries(
     [...new Set(data.backups.map((backup) => backup.scheduleId))].sort().map((scheduleId) => {
       const newest = good
@@ -225,7 +225,7 @@ export async function complianceView(cp: ControlPlane) {
   const items = schedules.map((scheduleId) => {
     const newest = backups
       .map((item) => item.data)
-      .filter((backup) => backup.scheduleId === scheduleId && isGood(backup))
+      .filter((backup) => backup.scheduleId === scheduleId && isRestorePoint(backup))
       .sort((a, b) => (a.id < b.id ? 1 : -1))[0];
     const holding = (newest?.targets ?? []).filter((target) => target.status === 'SUCCESS');
     const described = holding.map((target) => {

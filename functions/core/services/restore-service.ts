@@ -3,7 +3,7 @@ import type { ControlPlane } from '../context.ts';
 import { NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
 import type { RestoreInput } from '../schemas.ts';
 import { Partition } from '../store/table.ts';
-import { getBackup, isRestorePoint, newBackupId } from './backup-service.ts';
+import { getBackup, isGood, newBackupId } from './backup-service.ts';
 import { environmentConnection, findConfig } from './config-service.ts';
 import { updateItem } from './common.ts';
 
@@ -93,7 +93,7 @@ export async function startRestore(
   const viaRds = input.pointInTime !== undefined && input.method !== 'backup' && rdsSource !== undefined;
   if (input.backupId !== undefined) {
     const backup = await getBackup(cp, input.backupId);
-    if (!isRestorePoint(backup))
+    if (!isGood(backup))
       throw ValidationError.forField(
         'backupId',
         `backup ${input.backupId} is ${backup.status}${backup.review ? ' and flagged for review' : ''}: it cannot be restored`,
