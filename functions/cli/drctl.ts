@@ -23,7 +23,9 @@ import {
   rekey,
   summarize,
   verify,
+  verifyAll,
   type Problem,
+  type VerifyReport,
 } from '../engine/maintenance.ts';
 import { connectionFrom, databaseName } from '../engine/postgres.ts';
 import { DEFAULT_PACK_SIZE, Repository } from '../engine/repository.ts';
@@ -318,8 +320,10 @@ program
 
 program
   .command('verify')
-  .description('read every chunk of a backup and check it; names the first damaged object')
-  .argument('<backup>', 'backup id, or latest')
+  .description(
+    'read every chunk of a backup (or of all) and check it; names the damaged objects, and what they break',
+  )
+  .argument('<backup>', 'backup id, latest, or all (every backup, each pack read once)')
   .addOption(repoOption())
   .addOption(targetOption())
   .addOption(keyOption())
@@ -327,22 +331,34 @@ program
   .action(async (id: string, options: Common) => {
     const repository = await open(options);
     const progress = progressReporter('verify');
-    const report = await verify(repository, await resolveId(repository, id), progress.update).finally(
-      progress.stop,
-    );
+    let reports: VerifyReport[];
+    let unreadable: Problem[] = [];
+    try {
+      if (id === 'all') ({ reports, unreadable } = await verifyAll(repository, progress.update));
+      else reports = [await verify(repository, await resolveId(repository, id), progress.update)];
+    } finally {
+      progress.stop();
+    }
+    warnUnreadable(unreadable);
     print(
       options,
-      report,
-      report.ok
-        ? `backup ${report.backupId} is intact: ${report.chunks} chunks in ${report.packs} packs (${report.bytes} bytes) read and authenticated`
-        : [
-            `backup ${report.backupId} is DAMAGED`,
-            ...report.problems.map((p) => `  ${p.object}: ${p.message}`),
-            ...(report.brokenItems.length > 0 ? [`  breaks: ${report.brokenItems.join(', ')}`] : []),
-          ].join('\n'),
+      id === 'all' ? { backups: reports, unreadable } : reports[0],
+      reports.map(describeVerify).join('\n') || 'no backups',
     );
-    if (!report.ok) process.exitCode = EXIT.damaged;
+    if (unreadable.length > 0 || reports.some((report) => !report.ok)) process.exitCode = EXIT.damaged;
   });
+
+function describeVerify(report: VerifyReport): string {
+  if (report.ok)
+    return `backup ${report.backupId} is intact: ${report.chunks} chunks in ${report.packs} packs (${report.bytes} bytes) read and authenticated`;
+  return [
+    report.restorable
+      ? `backup ${report.backupId} RESTORES, from other copies of damaged data it uses:`
+      : `backup ${report.backupId} is DAMAGED`,
+    ...report.problems.map((p) => `  ${p.object}: ${p.message}`),
+    ...(report.brokenItems.length > 0 ? [`  breaks: ${report.brokenItems.join(', ')}`] : []),
+  ].join('\n');
+}
 
 program
   .command('restore')

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import { isNotFound } from '../storage/storage.ts';
+import { isNotFound, StorageError } from '../storage/storage.ts';
 import { referencedChunks, type ProgressListener } from './backup.ts';
+import { changeLines } from './changes.ts';
 import type { MasterKey } from './crypto.ts';
 import { CorruptDataError, RepositoryLockedError } from './errors.ts';
 import {
@@ -14,7 +15,7 @@ import {
 } from './locks.ts';
 import type { BackupType, Manifest } from './manifest.ts';
 import { tocOf } from './postgres.ts';
-import { keys, listKeys, parsePack, type Repository } from './repository.ts';
+import { keys, listKeys, parsePack, type BlobLocation, type Repository } from './repository.ts';
 import { readStream } from './restore.ts';
 
 export interface BackupSummary {
@@ -102,7 +103,13 @@ export interface Problem {
 
 export interface VerifyReport {
   readonly backupId: string;
+  /** No problem in anything the backup uses. */
   readonly ok: boolean;
+  /**
+   * Every chunk the backup needs has a good copy and its schema archives are accepted: it restores, even
+   * where `ok` is false because a copy it did not need was found damaged on the way.
+   */
+  readonly restorable: boolean;
   readonly packs: number;
   readonly chunks: number;
   readonly bytes: number;
@@ -112,76 +119,158 @@ export interface VerifyReport {
   readonly brokenItems: readonly string[];
 }
 
+/** What reading one pack found. */
+interface PackVerdict {
+  readonly problems: readonly Problem[];
+  readonly bytes: number;
+  /** Chunks whose copy in this pack does not open (all of them when the pack is missing). */
+  readonly bad: ReadonlySet<string>;
+}
+
+/**
+ * The packs read so far and what each held, so that verifying every backup of a repository reads each pack
+ * once. Keeps verdicts, not pack bodies.
+ */
+export class VerifySession {
+  readonly repository: Repository;
+  private readonly verdicts = new Map<string, PackVerdict>();
+  private loaded: Promise<Map<string, readonly BlobLocation[]>> | undefined;
+  bytes = 0;
+
+  constructor(repository: Repository) {
+    this.repository = repository;
+  }
+
+  index(): Promise<Map<string, readonly BlobLocation[]>> {
+    this.loaded ??= this.repository.loadIndex(true);
+    return this.loaded;
+  }
+
+  /** Reads a pack whole: its SHA-256 against its name, its header, and every blob the index places in it. */
+  async check(pack: string, onProgress?: ProgressListener): Promise<PackVerdict> {
+    const known = this.verdicts.get(pack);
+    if (known) return known;
+    const key = keys.pack(pack);
+    const blobs = await this.repository.blobsOf(pack);
+    const problems: Problem[] = [];
+    const bad = new Set<string>();
+    let body: Buffer;
+    try {
+      body = await this.repository.storage.read(key);
+    } catch (error) {
+      if (!(error instanceof StorageError)) throw error;
+      const verdict = {
+        problems: [{ object: key, message: isNotFound(error) ? `${key} is missing` : error.message }],
+        bytes: 0,
+        bad: new Set(blobs.map((blob) => blob.id)),
+      };
+      this.verdicts.set(pack, verdict);
+      return verdict;
+    }
+    this.bytes += body.length;
+    onProgress?.({ phase: 'verify', item: key, bytes: this.bytes });
+    if (createHash('sha256').update(body).digest('hex') !== pack)
+      problems.push({ object: key, message: `${key} does not match its SHA-256 name (altered or damaged)` });
+    try {
+      parsePack(this.repository, key, body);
+    } catch (error) {
+      problems.push({ object: key, message: (error as Error).message });
+    }
+    for (const blob of blobs) {
+      try {
+        if (blob.offset + blob.length > body.length)
+          throw new CorruptDataError(
+            `chunk ${blob.id} lies past the end of ${key}`,
+            `chunk ${blob.id} in ${key}`,
+          );
+        await this.repository.openBlob(blob.id, body.subarray(blob.offset, blob.offset + blob.length), pack);
+      } catch (error) {
+        if (!(error instanceof CorruptDataError)) throw error;
+        problems.push({ object: error.object, message: error.message });
+        bad.add(blob.id);
+      }
+    }
+    const verdict = { problems, bytes: body.length, bad };
+    this.verdicts.set(pack, verdict);
+    return verdict;
+  }
+}
+
 /**
  * Reads every pack the backup uses, whole: checks the pack's SHA-256 against its name, authenticates every
- * chunk the backup needs and checks it against its id, and has `pg_restore --list` accept the reassembled
- * schema archives. Corruption anywhere in a pack, in the manifest or in an index is found and named.
+ * chunk in it and checks it against its id, and has `pg_restore --list` accept the reassembled schema
+ * archives. A chunk whose copy is damaged or missing is looked for in the other packs that hold it (an older
+ * FULL stores its own copy). Corruption anywhere in a pack, in the manifest or in an index is found and named.
  */
 export async function verify(
   repository: Repository,
   backupId: string,
   onProgress?: ProgressListener,
+  session = new VerifySession(repository),
 ): Promise<VerifyReport> {
   const problems: Problem[] = [];
+  const seen = new Set<string>();
+  const report = (found: readonly Problem[]) => {
+    for (const problem of found) {
+      const id = `${problem.object}\n${problem.message}`;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      problems.push(problem);
+    }
+  };
   const manifest = await repository.loadManifest(backupId);
-  const needed = referencedChunks(manifest);
-  const index = await repository.loadIndex(true);
-  for (const error of repository.indexProblems)
-    problems.push({ object: error.object, message: error.message });
-  const byPack = new Map<string, string[]>();
-  for (const chunk of needed) {
-    const where = index.get(chunk);
-    if (!where) {
-      problems.push({
-        object: `chunk ${chunk}`,
-        message: `chunk ${chunk} is in no index: its pack or index file is missing`,
-      });
-      continue;
+  const index = await session.index();
+  report(repository.indexProblems.map((error) => ({ object: error.object, message: error.message })));
+  const bad = new Set<string>();
+  // The copies in the packs this backup wrote are tried first: each backup is judged by its own data.
+  const own = new Set(await ownPacks(repository, backupId));
+  const copiesOf = (chunk: string) => {
+    const copies = index.get(chunk) ?? [];
+    return copies.some((copy) => own.has(copy.pack))
+      ? [...copies.filter((copy) => own.has(copy.pack)), ...copies.filter((copy) => !own.has(copy.pack))]
+      : copies;
+  };
+  let pending: string[] = [];
+  for (const chunk of referencedChunks(manifest)) {
+    if ((index.get(chunk) ?? []).length > 0) pending.push(chunk);
+    else {
+      report([
+        {
+          object: `chunk ${chunk}`,
+          message: `chunk ${chunk} is in no index: its pack or index file is missing`,
+        },
+      ]);
+      bad.add(chunk);
     }
-    byPack.set(where.pack, [...(byPack.get(where.pack) ?? []), chunk]);
   }
-  const bad = new Set<string>(problems.map((problem) => problem.object.replace(/^chunk (\S+).*/, '$1')));
+  const chunks = pending.length;
+  const packs = new Set<string>();
   let bytes = 0;
-  let chunks = 0;
-  for (const [pack, wanted] of [...byPack].sort(([a], [b]) => (a < b ? -1 : 1))) {
-    const key = keys.pack(pack);
-    let body: Buffer;
-    try {
-      body = await repository.storage.read(key);
-    } catch (error) {
-      problems.push({
-        object: key,
-        message: isNotFound(error) ? `${key} is missing` : (error as Error).message,
-      });
-      wanted.forEach((chunk) => bad.add(chunk));
-      continue;
+  // The first copy of every chunk; then, for the chunks whose copy failed, the next copy; and so on.
+  for (let copy = 0; pending.length > 0; copy++) {
+    const byPack = new Map<string, string[]>();
+    for (const chunk of pending) {
+      const where = copiesOf(chunk)[copy];
+      if (!where) bad.add(chunk);
+      else byPack.set(where.pack, [...(byPack.get(where.pack) ?? []), chunk]);
     }
-    bytes += body.length;
-    onProgress?.({ phase: 'verify', item: key, bytes });
-    if (createHash('sha256').update(body).digest('hex') !== pack) {
-      problems.push({ object: key, message: `${key} does not match its SHA-256 name (altered or damaged)` });
+    pending = [];
+    for (const [pack, wanted] of [...byPack].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const verdict = await session.check(pack, onProgress);
+      if (!packs.has(pack)) bytes += verdict.bytes;
+      packs.add(pack);
+      report(verdict.problems);
+      pending.push(...wanted.filter((chunk) => verdict.bad.has(chunk)));
     }
-    try {
-      parsePack(repository, key, body);
-    } catch (error) {
-      problems.push({ object: key, message: (error as Error).message });
-    }
-    for (const chunk of wanted) {
-      const where = index.get(chunk)!;
-      chunks++;
-      try {
-        if (where.offset + where.length > body.length)
-          throw new CorruptDataError(
-            `chunk ${chunk} lies past the end of ${key}`,
-            `chunk ${chunk} in ${key}`,
-          );
-        await repository.openBlob(chunk, body.subarray(where.offset, where.offset + where.length), pack);
-      } catch (error) {
-        if (!(error instanceof CorruptDataError)) throw error;
-        problems.push({ object: error.object, message: error.message });
-        bad.add(chunk);
-      }
-    }
+  }
+  // The packs this backup wrote, also where other copies served: their damage is reported (not counted
+  // against restoring this backup) so that no stored byte goes unchecked.
+  for (const pack of own) {
+    if (packs.has(pack)) continue;
+    const verdict = await session.check(pack, onProgress);
+    bytes += verdict.bytes;
+    packs.add(pack);
+    report(verdict.problems);
   }
   const broken = brokenItems(manifest, bad);
   const database = manifest.database;
@@ -194,22 +283,69 @@ export async function verify(
     try {
       await tocOf(readStream(repository, record, label));
     } catch (error) {
-      problems.push({
-        object: label,
-        message: `pg_restore --list refused the ${label}: ${(error as Error).message}`,
-      });
+      report([
+        { object: label, message: `pg_restore --list refused the ${label}: ${(error as Error).message}` },
+      ]);
+      broken.push(label);
+    }
+  }
+  // Change-stream backups: every change set reads back as the transactions it recorded.
+  for (const set of manifest.changes?.sets ?? []) {
+    const label = `changes of backup ${set.backupId}`;
+    if (set.records.chunks.some((chunk) => bad.has(chunk))) {
+      broken.push(label);
+      continue;
+    }
+    try {
+      let transactions = 0;
+      for await (const line of changeLines(readStream(repository, set.records, label)))
+        if ('b' in line) transactions++;
+      if (transactions !== set.transactions)
+        throw new CorruptDataError(
+          `holds ${transactions} transactions, not the ${set.transactions} recorded`,
+          label,
+        );
+    } catch (error) {
+      report([{ object: label, message: `the ${label} do not read back: ${(error as Error).message}` }]);
       broken.push(label);
     }
   }
   return {
     backupId,
     ok: problems.length === 0,
-    packs: byPack.size,
+    restorable: broken.length === 0 && bad.size === 0,
+    packs: packs.size,
     chunks,
     bytes,
     problems,
     brokenItems: broken,
   };
+}
+
+/**
+ * Verifies every backup of the repository, each pack read once: which backups a damaged or lost pack breaks,
+ * and which still restore (from other copies). Unreadable manifests are named in `unreadable`.
+ */
+export async function verifyAll(
+  repository: Repository,
+  onProgress?: ProgressListener,
+): Promise<{ reports: VerifyReport[]; unreadable: Problem[] }> {
+  const unreadable: Problem[] = [];
+  const session = new VerifySession(repository);
+  const reports: VerifyReport[] = [];
+  for (const summary of await listBackups(repository, unreadable))
+    reports.push(await verify(repository, summary.id, onProgress, session));
+  return { reports, unreadable };
+}
+
+async function ownPacks(repository: Repository, backupId: string): Promise<string[]> {
+  try {
+    return (await repository.readIndexFile(keys.index(backupId))).packs.map((pack) => pack.id);
+  } catch (error) {
+    // No index file (a backup that wrote nothing new), or a damaged one (already reported by loadIndex)
+    if (isNotFound(error) || error instanceof CorruptDataError) return [];
+    throw error;
+  }
 }
 
 function brokenItems(manifest: Manifest, bad: Set<string>): string[] {

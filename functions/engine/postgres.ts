@@ -88,7 +88,7 @@ export function runTool(
   command: string,
   args: readonly string[],
   connection: DatabaseConnection,
-  options: { stdin?: boolean } = {},
+  options: { stdin?: boolean; timeoutMs?: number } = {},
 ): Tool {
   const child = spawn(command, args, {
     stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
@@ -98,6 +98,16 @@ export function runTool(
     },
   });
   let stderr = '';
+  let timedOut = false;
+  // A tool that hangs (waiting on input nobody sends, a server that stopped answering) is stopped, not waited on.
+  const timer =
+    options.timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          timedOut = true;
+          child.kill('SIGKILL');
+        }, options.timeoutMs);
+  timer?.unref();
   child.stderr?.on('data', (data: Buffer) => {
     stderr = (stderr + data.toString('utf8')).slice(-8192);
   });
@@ -112,7 +122,14 @@ export function runTool(
       );
     });
     child.on('close', (code, signal) => {
-      if (code === 0) resolve();
+      clearTimeout(timer);
+      if (timedOut)
+        reject(
+          new SourceError(
+            `${command} did not finish within ${Math.round(options.timeoutMs! / 1000)} s and was stopped${stderr.trim() ? `: ${redact(stderr.trim(), connection)}` : ''}`,
+          ),
+        );
+      else if (code === 0) resolve();
       else
         reject(
           new SourceError(
@@ -427,6 +444,9 @@ export async function restoreArchive(
 }
 
 /** `pg_restore --list`: the archive's table of contents; fails when the archive is not a valid one. */
+/** `pg_restore --list` reads a table of contents: it never needs long (it is stopped after this). */
+export const LIST_TIMEOUT_MS = 5 * 60_000;
+
 export async function tocOf(
   file: string | AsyncIterable<Buffer>,
   connection: DatabaseConnection = { url: 'postgres://localhost/x' },
@@ -434,11 +454,22 @@ export async function tocOf(
   const fromStdin = typeof file !== 'string';
   const tool = runTool('pg_restore', fromStdin ? ['--list'] : ['--list', file], connection, {
     stdin: fromStdin,
+    timeoutMs: LIST_TIMEOUT_MS,
   });
   const chunks: Buffer[] = [];
   tool.stdout.on('data', (data: Buffer) => chunks.push(data));
-  if (fromStdin) await pipeline(Readable.from(file), tool.stdin).catch(() => undefined);
-  await tool.done;
+  let feeding: unknown;
+  if (fromStdin)
+    await pipeline(Readable.from(file), tool.stdin).catch((error: unknown) => {
+      // pg_restore stops reading once it has the table of contents (EPIPE): only a failure of our side counts
+      if ((error as NodeJS.ErrnoException).code !== 'EPIPE') feeding = error;
+      tool.stdin.destroy();
+    });
+  try {
+    await tool.done;
+  } catch (error) {
+    throw feeding ?? error;
+  }
   return Buffer.concat(chunks).toString('utf8');
 }
 

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { isNotFound, type Storage } from '../storage/storage.ts';
+import { isNotFound, StorageError, type Storage } from '../storage/storage.ts';
 import { DEFAULT_CHUNKER, gearTable, validateParams, type ChunkerParams } from './chunker.ts';
 import {
   chunkId,
@@ -58,7 +58,7 @@ export interface BlobLocation {
   readonly length: number;
 }
 
-interface PackHeaderEntry {
+export interface PackHeaderEntry {
   readonly id: string;
   readonly offset: number;
   readonly length: number;
@@ -82,7 +82,10 @@ export class Repository {
   readonly config: RepositoryConfig;
   readonly material: KeyMaterial;
   readonly gear: Int32Array;
-  private index: Map<string, BlobLocation> | undefined;
+  /** Every copy of every chunk (a FULL stores its own copy of chunks earlier backups hold too). */
+  private index: Map<string, BlobLocation[]> | undefined;
+  /** The blobs each pack holds, by the index files. */
+  private packBlobs: Map<string, PackHeaderEntry[]> | undefined;
   /** Index files that failed to load in the last `loadIndex` (their chunks look missing). */
   indexProblems: CorruptDataError[] = [];
 
@@ -178,10 +181,15 @@ export class Repository {
     return { removed, keyId };
   }
 
-  /** Where every stored chunk lives (all index files), cached for this process. */
-  async loadIndex(refresh = false): Promise<Map<string, BlobLocation>> {
+  /**
+   * Where every copy of every stored chunk lives (all index files, oldest backup's first), cached for this
+   * process.
+   */
+  async loadIndex(refresh = false): Promise<Map<string, BlobLocation[]>> {
     if (this.index && !refresh) return this.index;
-    const index = new Map<string, BlobLocation>();
+    const index = new Map<string, BlobLocation[]>();
+    this.packBlobs = new Map();
+    this.index = index;
     this.indexProblems = [];
     for (const key of await listKeys(this.storage, 'index/')) {
       let file: IndexFile;
@@ -192,13 +200,15 @@ export class Repository {
         this.indexProblems.push(error);
         continue;
       }
-      for (const pack of file.packs) {
-        for (const blob of pack.blobs)
-          index.set(blob.id, { pack: pack.id, offset: blob.offset, length: blob.length });
-      }
+      this.remember(file.packs);
     }
-    this.index = index;
     return index;
+  }
+
+  /** The blobs a pack holds according to the index (empty for a pack no index names). */
+  async blobsOf(pack: string): Promise<readonly PackHeaderEntry[]> {
+    await this.loadIndex();
+    return this.packBlobs!.get(pack) ?? [];
   }
 
   async readIndexFile(key: string): Promise<IndexFile> {
@@ -222,19 +232,33 @@ export class Repository {
     );
   }
 
-  /** Reads, authenticates, decompresses and checks one chunk. */
-  async readChunk(id: string, location?: BlobLocation): Promise<Buffer> {
-    const where = location ?? (await this.loadIndex()).get(id);
-    if (!where)
+  /**
+   * Reads, authenticates, decompresses and checks one chunk. A copy that is missing or damaged is passed
+   * over for the next; the error of the first copy is thrown when none reads.
+   */
+  async readChunk(id: string): Promise<Buffer> {
+    const copies = (await this.loadIndex()).get(id) ?? [];
+    if (copies.length === 0)
       throw new CorruptDataError(
         `chunk ${id} is in no index (a pack or index file is missing)`,
         `chunk ${id}`,
       );
-    const sealed = await this.storage.read(keys.pack(where.pack), {
-      offset: where.offset,
-      length: where.length,
-    });
-    return this.openBlob(id, sealed, where.pack);
+    let first: unknown;
+    for (const where of copies) {
+      try {
+        const sealed = await this.storage.read(keys.pack(where.pack), {
+          offset: where.offset,
+          length: where.length,
+        });
+        return await this.openBlob(id, sealed, where.pack);
+      } catch (error) {
+        if (!(error instanceof CorruptDataError) && !(error instanceof StorageError)) throw error;
+        first ??= error;
+      }
+    }
+    if (copies.length > 1 && first instanceof Error)
+      first.message += ` (and the ${copies.length - 1} other cop${copies.length === 2 ? 'y' : 'ies'} could not be read either)`;
+    throw first;
   }
 
   async openBlob(id: string, sealed: Buffer, pack: string): Promise<Buffer> {
@@ -278,12 +302,19 @@ export class Repository {
     return acquireLock(this.storage, operation, options);
   }
 
-  /** Adds new packs to the cached index (after a backup wrote them). */
+  /** Adds packs to the cached index (loading, or after a backup wrote them). */
   remember(packs: IndexFile['packs']): void {
-    if (!this.index) return;
-    for (const pack of packs)
-      for (const blob of pack.blobs)
-        this.index.set(blob.id, { pack: pack.id, offset: blob.offset, length: blob.length });
+    if (!this.index || !this.packBlobs) return;
+    for (const pack of packs) {
+      if (this.packBlobs.has(pack.id)) continue;
+      this.packBlobs.set(pack.id, pack.blobs);
+      for (const blob of pack.blobs) {
+        const location = { pack: pack.id, offset: blob.offset, length: blob.length };
+        const copies = this.index.get(blob.id);
+        if (copies) copies.push(location);
+        else this.index.set(blob.id, [location]);
+      }
+    }
   }
 }
 

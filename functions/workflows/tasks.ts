@@ -1,6 +1,7 @@
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import {
   CreateDBInstanceCommand,
   type DBCluster,
@@ -63,7 +64,7 @@ import {
   createDatabase,
   userRelationCount,
   withDatabase,
-  runTool,
+  tocOf,
   type DatabaseConnection,
 } from '../engine/postgres.ts';
 import {
@@ -1596,20 +1597,20 @@ async function archiveListing(
   repository: Parameters<typeof exportArchive>[0],
   manifest: Manifest,
 ): Promise<string> {
-  const tool = runTool('pg_restore', ['--list'], { url: 'postgres://localhost/none' }, { stdin: true });
-  tool.stdin.on('error', () => undefined); // EPIPE once pg_restore has what it needs
-  let listing = '';
-  const reading = (async () => {
-    for await (const data of tool.stdout) listing += (data as Buffer).toString('utf8');
-  })();
-  const writing = exportArchive(repository, manifest, tool.stdin).then(
-    () => {
-      tool.stdin.end();
-    },
-    () => undefined,
+  // A change-stream INCREMENTAL holds its FULL's dump (`database`) plus row changes (checked by verify):
+  // the archive listed is the FULL's.
+  const { changes: _changes, ...dump } = manifest;
+  const archive = new PassThrough();
+  exportArchive(repository, dump, archive).then(
+    () => archive.end(),
+    (error: unknown) => archive.destroy(error as Error),
   );
-  await Promise.all([reading, tool.done, writing]);
-  return listing;
+  try {
+    // tocOf stops pg_restore if it hangs, and ends its input on every path
+    return await tocOf(archive);
+  } finally {
+    archive.destroy();
+  }
 }
 
 /** Schema objects the backup defines (from its archives) that the restored database lacks. */

@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -68,6 +69,13 @@ async function restore(body: unknown): Promise<any> {
   expect(started.status, started.text).toBe(202);
   await api.runtime.idle();
   return (await api.call('GET', `/api/dr/restore/${started.body.restoreId}`)).body;
+}
+
+async function drTest(body: unknown): Promise<any> {
+  const started = await api.call('POST', '/api/dr/test', body);
+  expect(started.status, started.text).toBe(202);
+  await api.runtime.idle();
+  return (await api.call('GET', `/api/dr/test/${started.body.testId}`)).body;
 }
 
 async function slot(database = 'app'): Promise<{ confirmed: string } | undefined> {
@@ -166,6 +174,19 @@ describe('change-stream schedules', () => {
       const { 'sequence invoice_number': _expected, ...expected } = instant.sums;
       expect(tables, `instant ${index}`).toEqual(expected);
     }
+    // BACKUP_VERIFICATION of a schedule whose newest backup is row changes: verified (the FULL's archive is
+    // listed, the changes read back), without hanging on a pg_restore nobody feeds
+    const started = Date.now();
+    const verification = await drTest({ testType: 'BACKUP_VERIFICATION' });
+    expect(verification.status, JSON.stringify(verification)).toBe('PASSED');
+    const checked = (verification.results?.details ?? verification.details ?? verification) as unknown;
+    expect(JSON.stringify(checked)).toContain(incremental.id);
+    expect(Date.now() - started).toBeLessThan(60_000);
+    const stray = await new Promise<string>((resolve) =>
+      execFile('pgrep', ['-f', 'pg_restore --list'], (_error, stdout) => resolve(stdout)),
+    );
+    expect(stray.trim()).toBe('');
+
     // A download of an INCREMENTAL made of changes is refused with the reason, not served stale
     const download = await api.call('GET', `/api/dr/backups/${incremental.id}/download`);
     expect(download.status).toBe(409);

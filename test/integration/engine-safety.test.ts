@@ -121,8 +121,11 @@ describe('damage is found and named', () => {
     const { dir, storage } = await copyOfRepository();
     const repository = await Repository.open(storage, testKey());
     const users = full.database!.tables.find((table) => table.name === 'users')!;
-    const location = (await repository.loadIndex()).get(users.chunks[0]!)!;
-    await flipByte(join(dir, 'data', location.pack.slice(0, 2), location.pack), () => location.offset + 20);
+    const [location] = (await repository.loadIndex()).get(users.chunks[0]!)!;
+    await flipByte(
+      join(dir, 'data', location!.pack.slice(0, 2), location!.pack),
+      () => location!.offset + 20,
+    );
     const target = await pg.createDatabase('corrupt_target');
     await expect(restoreDatabase(repository, full, { target })).rejects.toBeInstanceOf(CorruptDataError);
     const loaded = await pg
