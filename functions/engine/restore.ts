@@ -207,6 +207,15 @@ async function restoreSnapshot(
       'the target database is not empty: restore into an empty database, or pass clean to replace what the backup defines',
     );
   }
+  // A partial restore over tables that exist is refused before anything is written, unless told to replace
+  // them; replacing them never takes other objects with them (see replaceTables).
+  if (partial && !options.clean) {
+    const existing = await existingTables(options.target, selected);
+    if (existing.length > 0)
+      throw new RestoreError(
+        `the target database already has ${existing.join(', ')}: restore into another database, or pass clean (overwrite) to replace ${existing.length === 1 ? 'it' : 'them'}`,
+      );
+  }
   if (database.schemaOnly) {
     await restoreArchive(options.target, readStream(repository, database.schemaOnly, 'schema'), {
       ...common(options),
@@ -217,7 +226,10 @@ async function restoreSnapshot(
   if (!database.preData || !database.postData)
     throw new RestoreError(`backup ${manifest.id} is missing its schema archives`);
 
-  if (options.clean) await dropTables(options.target, selected);
+  if (options.clean) {
+    if (partial) await replaceTables(options.target, selected);
+    else await dropTables(options.target, selected);
+  }
   const names = new Set(selected.map((table) => `${table.schema} ${table.name}`));
   await restoreArchive(options.target, readStream(repository, database.preData, 'pre-data'), {
     ...common(options),
@@ -307,6 +319,42 @@ async function dropTables(target: DatabaseConnection, tables: readonly TableReco
   try {
     for (const table of tables)
       await client.query(`DROP TABLE IF EXISTS ${qualified(client, table.schema, table.name)} CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+/** The chosen tables that exist in the target, as schema.table. */
+async function existingTables(target: DatabaseConnection, tables: readonly TableRecord[]): Promise<string[]> {
+  const client = await connect(target);
+  try {
+    const found = await client.query<{ name: string }>(
+      `SELECT n.nspname || '.' || c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY 1`,
+      [tables.map((table) => table.schema), tables.map((table) => table.name)],
+    );
+    return found.rows.map((row) => row.name);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Drops the chosen tables of a partial restore in one statement, RESTRICT: what depends on them from
+ * outside the selection (another table's foreign key, a view) would go with CASCADE and never come back,
+ * so the restore is refused instead, naming those dependents, and nothing is dropped.
+ */
+async function replaceTables(target: DatabaseConnection, tables: readonly TableRecord[]): Promise<void> {
+  const client = await connect(target);
+  try {
+    const list = tables.map((table) => qualified(client, table.schema, table.name)).join(', ');
+    await client.query(`DROP TABLE IF EXISTS ${list} RESTRICT`);
+  } catch (error) {
+    const { code, detail } = error as { code?: string; detail?: string };
+    if (code !== '2BP01') throw error; // dependent_objects_still_exist
+    throw new RestoreError(
+      `replacing ${tables.map((table) => `${table.schema}.${table.name}`).join(', ')} would drop what depends on ${tables.length === 1 ? 'it' : 'them'} (${(detail ?? '').split('\n').join('; ')}): restore those tables too, or drop the dependents first; nothing was changed`,
+    );
   } finally {
     await client.end();
   }

@@ -386,6 +386,45 @@ describe('other backup types and outputs', () => {
     expect(restored['public.events']).toBe(fullSums['public.events']);
   });
 
+  it('replaces chosen tables without dropping what depends on them, and refuses before writing what it cannot do safely', async () => {
+    const repository = await Repository.open(new LocalStorage(repoDir), testKey());
+    await pg.sql('postgres', 'CREATE DATABASE partial_over TEMPLATE app');
+    const foreignKeys = async () =>
+      (
+        await pg.sql(
+          'partial_over',
+          "SELECT conrelid::regclass::text || ' ' || conname AS fk FROM pg_constraint WHERE contype = 'f' ORDER BY 1",
+        )
+      ).rows.map((row: { fk: string }) => row.fk);
+    const before = await foreignKeys();
+    expect(before).toHaveLength(3);
+    await pg.sql('partial_over', 'DELETE FROM tickets WHERE registration_id % 2 = 0');
+    const changed = await tableChecksums(pg, 'partial_over');
+    const target = pg.connection('partial_over');
+
+    // Without clean: the table exists, so nothing starts
+    await expect(restoreDatabase(repository, full, { target, tables: ['tickets'] })).rejects.toThrow(
+      'the target database already has public.tickets: restore into another database, or pass clean',
+    );
+    // registrations alone: tickets' foreign key depends on it; CASCADE would lose it
+    await expect(
+      restoreDatabase(repository, full, { target, tables: ['registrations'], clean: true }),
+    ).rejects.toThrow(
+      /would drop what depends on it \(constraint tickets_registration_id_fkey on table tickets/,
+    );
+    expect(await foreignKeys()).toEqual(before);
+    expect(await tableChecksums(pg, 'partial_over')).toEqual(changed);
+
+    // tickets (nothing depends on it): replaced, every foreign key still there
+    const result = await restoreDatabase(repository, full, { target, tables: ['tickets'], clean: true });
+    expect(result.consistent).toBe(true);
+    expect(await foreignKeys()).toEqual(before);
+    expect((await tableChecksums(pg, 'partial_over'))['public.tickets']).toBe(fullSums['public.tickets']);
+    // registrations with tickets: both replaced together, foreign keys all back
+    await restoreDatabase(repository, full, { target, tables: ['registrations', 'tickets'], clean: true });
+    expect(await foreignKeys()).toEqual(before);
+  });
+
   it('refuses to restore over a database that is not empty unless told to clean', async () => {
     const repository = await Repository.open(new LocalStorage(repoDir), testKey());
     await expect(restoreDatabase(repository, full, { target: pg.connection('app') })).rejects.toThrow(
