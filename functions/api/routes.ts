@@ -14,7 +14,13 @@ import {
   scheduleInput,
   targetInput,
 } from '../core/schemas.ts';
-import { downloadLinks, getBackup, listBackups, startRun } from '../core/services/backup-service.ts';
+import {
+  confirmBackupReview,
+  downloadLinks,
+  getBackup,
+  listBackups,
+  startRun,
+} from '../core/services/backup-service.ts';
 import { listFirings } from '../core/services/dispatch-service.ts';
 import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
 import { getRestore, startRestore } from '../core/services/restore-service.ts';
@@ -292,6 +298,19 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       params: idParams,
       status: 200,
       handle: ({ params, event }) => downloadLinks(cp, cp.downloads, params.id, actorOf(event)),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/backups/{id}/confirm',
+      operationId: 'confirmBackup',
+      summary:
+        'Confirm a backup flagged for review (empty, or far smaller than the one before) after checking the source really shrank: it becomes a restore point; 409 when it is not flagged',
+      tag: 'backups',
+      params: idParams,
+      status: 200,
+      handle: async ({ params, event }) => ({
+        body: await confirmBackupReview(cp, params.id, actorOf(event)),
+      }),
     }),
     route({
       method: 'POST',

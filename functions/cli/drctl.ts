@@ -1,4 +1,5 @@
 #!/usr/bin/env -S node --max-semi-space-size=4
+import { hostname } from 'node:os';
 import { createWriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -16,6 +17,7 @@ import {
 import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
 import type { BackupType } from '../engine/manifest.ts';
 import {
+  confirmReview,
   forget,
   gc,
   listBackups,
@@ -46,7 +48,7 @@ import { VERSION } from '../core/version.ts';
  * the heap's committed size grew to 150 MB for 27 MB in use and peak RSS grew with the database (277 MB at
  * 2.5 GB). Capped, peak RSS stays about 195 MB at every scale measured (bench, issue 3 note).
  */
-const EXIT = { failed: 1, usage: 2, damaged: 3, wrongKey: 4 } as const;
+const EXIT = { failed: 1, usage: 2, damaged: 3, wrongKey: 4, flagged: 5 } as const;
 
 interface Common {
   repo?: string;
@@ -293,9 +295,14 @@ program
             : []),
           `  read ${s.bytesRead} bytes in ${s.chunks} chunks; new ${s.bytesNew} bytes in ${s.newChunks} chunks; stored ${s.bytesStored} bytes in ${s.packs} packs`,
           ...(notice ? [`  note: ${notice}`] : []),
-          ...(manifest.review ? [`  FLAGGED FOR REVIEW: ${manifest.review.reason}`] : []),
+          ...(manifest.review
+            ? [
+                `  FLAGGED FOR REVIEW: ${manifest.review.reason}. It is no restore point (not latest, not a parent) until you check the source and run: drctl confirm ${manifest.id}`,
+              ]
+            : []),
         ].join('\n'),
       );
+      if (manifest.review) process.exitCode = EXIT.flagged;
     },
   );
 
@@ -517,6 +524,21 @@ program
   .action(async (ids: string[], options: Common) => {
     await forget(await open(options), ids);
     process.stdout.write(`forgot ${ids.length} backup(s); run drctl gc to free their data\n`);
+  });
+
+program
+  .command('confirm')
+  .description('confirm a backup flagged for review (the source really shrank): it becomes a restore point')
+  .argument('<backup>', 'backup id')
+  .addOption(repoOption())
+  .addOption(targetOption())
+  .addOption(keyOption())
+  .action(async (id: string, options: Common) => {
+    const by = `drctl ${process.env.USER ?? 'user'}@${hostname()}`;
+    const confirmed = await confirmReview(await open(options), id, by);
+    process.stdout.write(
+      `backup ${id} confirmed (flagged: ${confirmed.review!.reason}); it is a restore point from now on\n`,
+    );
   });
 
 program

@@ -11,10 +11,11 @@ import {
   type ReadSummary,
 } from './changes.ts';
 import { chunkStream } from './chunker.ts';
-import { EngineError, SourceError } from './errors.ts';
+import { CorruptDataError, EngineError, SourceError } from './errors.ts';
 import { readFileStream, walk } from './files.ts';
 import {
   isBackupId,
+  isFlagged,
   newBackupId,
   type BackupType,
   type ChangesManifest,
@@ -30,12 +31,14 @@ import {
   dumpArchive,
   openSnapshot,
   readSequences,
+  tocOf,
   type DatabaseConnection,
   type Snapshot,
   type Tool,
 } from './postgres.ts';
 import { describeLocks, type Lock } from './locks.ts';
 import { ChunkSink, type Repository } from './repository.ts';
+import { readStream } from './restore.ts';
 
 export interface BackupSource {
   readonly database?: DatabaseConnection;
@@ -255,7 +258,14 @@ async function backupLocked(
     await repository.writeIndexFile(id, { packs });
     repository.remember(packs);
   }
-  const review = reviewReason(database, files, parent, options.reviewBelow ?? 0.5);
+  if (database && mode !== 'changes') await checkArchives(repository, database);
+  // A FULL is compared with the previous FULL of its series (an INCREMENTAL with its parent)
+  const reference =
+    parent ??
+    (type === 'FULL'
+      ? await newestOfSeries(repository, options.tags?.series, (manifest) => manifest.type === 'FULL')
+      : undefined);
+  const review = reviewReason(database, files, reference, options.reviewBelow ?? 0.5);
   const manifest: Manifest = {
     format: 'dr-backup',
     version: 1,
@@ -288,10 +298,27 @@ async function findParent(
   series: string | undefined,
 ): Promise<Manifest | undefined> {
   if (parentId !== undefined) return repository.loadManifest(parentId);
-  const ids = await repository.backupIds();
-  for (const candidate of ids.reverse()) {
-    const manifest = await repository.loadManifest(candidate);
-    if (manifest.type !== 'SCHEMA' && !manifest.review && manifest.tags?.series === series) return manifest;
+  return newestOfSeries(repository, series, (manifest) => manifest.type !== 'SCHEMA');
+}
+
+/**
+ * The newest backup of a series that is no flagged one and passes `wanted`; manifests that cannot be read
+ * are passed over (verify names them).
+ */
+async function newestOfSeries(
+  repository: Repository,
+  series: string | undefined,
+  wanted: (manifest: Manifest) => boolean,
+): Promise<Manifest | undefined> {
+  for (const candidate of (await repository.backupIds()).reverse()) {
+    let manifest: Manifest;
+    try {
+      manifest = await repository.loadManifest(candidate);
+    } catch (error) {
+      if (error instanceof CorruptDataError) continue;
+      throw error;
+    }
+    if (!isFlagged(manifest) && manifest.tags?.series === series && wanted(manifest)) return manifest;
   }
   return undefined;
 }
@@ -569,27 +596,66 @@ async function backupFiles(
   return { root, entries };
 }
 
-/** An empty or shrunken backup is kept but flagged, never silently taken as the newest good restore point. */
+/**
+ * pg_dump can exit 0 having written nothing usable (a wrapper script, a full disk, a killed pipe): each
+ * schema archive is read back from the repository and listed by `pg_restore --list`, so that such a run
+ * fails now instead of making a backup that only verify rejects.
+ */
+async function checkArchives(
+  repository: Repository,
+  database: NonNullable<Manifest['database']>,
+): Promise<void> {
+  for (const [label, record] of [
+    ['pre-data', database.preData],
+    ['post-data', database.postData],
+    ['schema', database.schemaOnly],
+  ] as const) {
+    if (!record) continue;
+    if (record.size === 0)
+      throw new SourceError(
+        `pg_dump exited 0 but wrote an empty ${label} archive: nothing usable was backed up`,
+      );
+    try {
+      await tocOf(readStream(repository, record, `${label} archive`));
+    } catch (error) {
+      throw new SourceError(
+        `pg_dump exited 0 but its ${label} archive is not readable (truncated?): ${(error as Error).message}`,
+      );
+    }
+  }
+}
+
+/**
+ * An empty or shrunken backup is kept but flagged, never silently taken as the newest good restore point:
+ * compared with `reference` (an INCREMENTAL's parent; a FULL's previous FULL of the same series), by data
+ * bytes and by rows.
+ */
 function reviewReason(
   database: Manifest['database'],
   files: Manifest['files'],
-  parent: Manifest | undefined,
+  reference: Manifest | undefined,
   below: number,
 ): string | undefined {
+  const what = reference ? `${reference.type} ${reference.id}` : '';
   if (database && !database.schemaOnly) {
     const size = database.tables.reduce((sum, table) => sum + table.size, 0);
     const rows = database.tables.reduce((sum, table) => sum + table.rows, 0);
     if (database.tables.length === 0 || rows === 0) return 'the database dump holds no rows';
-    const parentSize = parent?.database?.tables.reduce((sum, table) => sum + table.size, 0);
-    if (parentSize !== undefined && parentSize > 0 && size < parentSize * below) {
-      return `the database data is ${size} bytes, under ${Math.round(below * 100)}% of its parent's ${parentSize}`;
+    const before = reference?.database;
+    if (before && !before.schemaOnly) {
+      const beforeSize = before.tables.reduce((sum, table) => sum + table.size, 0);
+      const beforeRows = before.tables.reduce((sum, table) => sum + table.rows, 0);
+      if (beforeSize > 0 && size < beforeSize * below)
+        return `the database data is ${size} bytes, under ${Math.round(below * 100)}% of the ${beforeSize} of ${what}`;
+      if (beforeRows > 0 && rows < beforeRows * below)
+        return `the database holds ${rows} rows, under ${Math.round(below * 100)}% of the ${beforeRows} of ${what}`;
     }
   }
   if (files) {
     const size = files.entries.reduce((sum, entry) => sum + entry.size, 0);
-    const parentFiles = parent?.files?.entries.reduce((sum, entry) => sum + entry.size, 0);
-    if (parentFiles !== undefined && parentFiles > 0 && size < parentFiles * below) {
-      return `the files total ${size} bytes, under ${Math.round(below * 100)}% of the parent's ${parentFiles}`;
+    const beforeFiles = reference?.files?.entries.reduce((sum, entry) => sum + entry.size, 0);
+    if (beforeFiles !== undefined && beforeFiles > 0 && size < beforeFiles * below) {
+      return `the files total ${size} bytes, under ${Math.round(below * 100)}% of the ${beforeFiles} of ${what}`;
     }
   }
   return undefined;

@@ -3,7 +3,7 @@ import { isNotFound, StorageError } from '../storage/storage.ts';
 import { referencedChunks, type ProgressListener } from './backup.ts';
 import { changeLines } from './changes.ts';
 import type { MasterKey } from './crypto.ts';
-import { CorruptDataError, RepositoryLockedError } from './errors.ts';
+import { CorruptDataError, EngineError, RepositoryLockedError } from './errors.ts';
 import {
   conflicts,
   describeLocks,
@@ -13,7 +13,7 @@ import {
   type Lock,
   type LockKind,
 } from './locks.ts';
-import type { BackupType, Manifest } from './manifest.ts';
+import { isFlagged, type BackupType, type Manifest } from './manifest.ts';
 import { tocOf } from './postgres.ts';
 import { keys, listKeys, parsePack, type BlobLocation, type Repository } from './repository.ts';
 import { readStream } from './restore.ts';
@@ -72,7 +72,7 @@ export async function newestRestorePoint(
 ): Promise<BackupSummary | undefined> {
   for (const id of (await repository.backupIds()).reverse()) {
     const manifest = await readableManifest(repository, id, unreadable);
-    if (manifest && !manifest.review && manifest.type !== 'SCHEMA') return summarize(manifest);
+    if (manifest && !isFlagged(manifest) && manifest.type !== 'SCHEMA') return summarize(manifest);
   }
   return undefined;
 }
@@ -90,7 +90,7 @@ export function summarize(manifest: Manifest): BackupSummary {
     files: manifest.files?.entries.filter((entry) => entry.type === 'file').length ?? 0,
     bytesRead: manifest.stats.bytesRead,
     bytesStored: manifest.stats.bytesStored,
-    ...(manifest.review ? { review: manifest.review.reason } : {}),
+    ...(isFlagged(manifest) ? { review: manifest.review!.reason } : {}),
     ...(manifest.tags ? { tags: manifest.tags } : {}),
   };
 }
@@ -388,6 +388,30 @@ async function exclusively<T>(
   } finally {
     await lock.release().catch(() => undefined);
   }
+}
+
+/**
+ * Confirms a backup flagged for review (an operator checked that the database really shrank): its manifest
+ * is rewritten with who confirmed it and when, and it becomes a restore point. Under an exclusive lock.
+ */
+export async function confirmReview(
+  repository: Repository,
+  backupId: string,
+  by: string,
+  options: ExclusiveOptions = {},
+): Promise<Manifest> {
+  return exclusively(repository, 'confirm', options, async (lock) => {
+    const manifest = await repository.loadManifest(backupId);
+    if (!isFlagged(manifest))
+      throw new EngineError(`backup ${backupId} is not flagged for review: nothing to confirm`);
+    const confirmed: Manifest = {
+      ...manifest,
+      review: { ...manifest.review!, confirmed: { at: (options.now?.() ?? new Date()).toISOString(), by } },
+    };
+    await lock.check();
+    await repository.writeManifest(confirmed);
+    return confirmed;
+  });
 }
 
 /** Removes backups from the repository (their manifests); `gc` then frees the data no other backup uses. */

@@ -29,7 +29,14 @@ export interface Manifest {
     readonly packs: number;
   };
   /** Set when the backup looks wrong (empty, or much smaller than its parent): kept, never taken as the newest good one. */
-  readonly review?: { readonly reason: string };
+  /**
+   * Set when the backup looked wrong when taken (empty, or far smaller than the one before): it is no
+   * restore point until an operator confirms it (`confirmed`: when and by whom).
+   */
+  readonly review?: {
+    readonly reason: string;
+    readonly confirmed?: { readonly at: string; readonly by: string };
+  };
   readonly tags?: Readonly<Record<string, string>>;
 }
 
@@ -137,4 +144,9 @@ export function newBackupId(now: Date = new Date()): string {
     .toString(16)
     .padStart(6, '0');
   return `${stamp}-${suffix}`;
+}
+
+/** Flagged for review and not confirmed since: never taken as a restore point or a parent. */
+export function isFlagged(manifest: Pick<Manifest, 'review'>): boolean {
+  return manifest.review !== undefined && manifest.review.confirmed === undefined;
 }

@@ -2,7 +2,13 @@ import { createHash } from 'node:crypto';
 import { RestoreError } from './errors.ts';
 import { finishEntries, globFilter, makeEntry, writeFile } from './files.ts';
 import { ChangeApplier, changeLines, isoToMicros } from './changes.ts';
-import type { Manifest, SequenceRecord, StreamRecord, TableRecord } from './manifest.ts';
+import {
+  isFlagged,
+  type Manifest,
+  type SequenceRecord,
+  type StreamRecord,
+  type TableRecord,
+} from './manifest.ts';
 import {
   connect,
   digestTable,
@@ -122,7 +128,7 @@ export async function backupForInstant(repository: Repository, until: string): P
   let before: Manifest | undefined;
   for (const id of (await repository.backupIds()).reverse()) {
     const manifest = await repository.loadManifest(id);
-    if (!manifest.database || manifest.review) continue;
+    if (!manifest.database || isFlagged(manifest)) continue;
     if (isoToMicros(manifest.restorePoint) <= at) {
       before = manifest;
       break;

@@ -303,3 +303,33 @@ describe('retention', () => {
     ).toBe(true);
   });
 });
+
+describe('POST /api/dr/backups/{id}/confirm', () => {
+  it('keeps a shrunken FULL out of latest until an operator confirms it', async () => {
+    await pg.sql('postgres', 'CREATE DATABASE app_before_shrink TEMPLATE app');
+    await pg.sql('app', 'DELETE FROM tickets; DELETE FROM registrations; DELETE FROM audit_log');
+    try {
+      clock += 60_000;
+      const run = await api.call('POST', '/api/dr/schedules/nightly-full/execute');
+      expect(run.status).toBe(202);
+      const flagged = await finished(run.body.id);
+      expect(flagged.status).toBe('SUCCESS');
+      expect(flagged.review).toMatch(/under 50% of the \d+ of FULL /);
+      const latest = async () =>
+        (await api.call('GET', '/api/dr/backups?scheduleId=nightly-full&latest=true')).body.items[0]?.id;
+      expect(await latest()).not.toBe(flagged.id);
+
+      const confirmed = await api.call('POST', `/api/dr/backups/${flagged.id}/confirm`);
+      expect(confirmed.status, confirmed.text).toBe(200);
+      expect(confirmed.body.review).toBeUndefined();
+      expect(confirmed.body.reviewConfirmed).toMatchObject({ reason: flagged.review });
+      expect(await latest()).toBe(flagged.id);
+      expect((await api.call('POST', `/api/dr/backups/${flagged.id}/confirm`)).status).toBe(409);
+      const audit = (await api.call('GET', '/api/dr/audit?limit=1')).body.items[0];
+      expect(audit).toMatchObject({ action: 'backup.confirm', resource: `backup/${flagged.id}` });
+    } finally {
+      await pg.sql('postgres', 'DROP DATABASE app');
+      await pg.sql('postgres', 'ALTER DATABASE app_before_shrink RENAME TO app');
+    }
+  });
+});

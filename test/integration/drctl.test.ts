@@ -209,6 +209,28 @@ describe('drctl', () => {
     expect((await pg.sql('from_schema', 'SELECT count(*)::int AS n FROM users')).rows[0].n).toBe(0);
   });
 
+  it('exits 5 when a FULL shrank, keeps it out of latest, and takes it once confirmed', async () => {
+    const dir = join(work, 'shrink-repo');
+    await pg.sql('postgres', 'CREATE DATABASE shrink_cli TEMPLATE app');
+    const repoArgs = ['--repo', dir, '--key-file', key];
+    expect((await drctl('init', ...repoArgs)).code).toBe(0);
+    const first = await drctl('backup', ...repoArgs, '--db', pg.url('shrink_cli'), '--json');
+    expect(first.code, first.stderr).toBe(0);
+    await pg.sql('shrink_cli', 'DELETE FROM tickets; DELETE FROM registrations; DELETE FROM audit_log');
+    const shrunk = await drctl('backup', ...repoArgs, '--db', pg.url('shrink_cli'));
+    expect(shrunk.code).toBe(5);
+    expect(shrunk.stdout).toContain('FLAGGED FOR REVIEW');
+    const id = /backup (\S+) \(FULL\)/.exec(shrunk.stdout)![1]!;
+    expect(shrunk.stdout).toContain(`drctl confirm ${id}`);
+    const verified = await drctl('verify', 'latest', ...repoArgs);
+    expect(verified.stdout).toContain(`backup ${(JSON.parse(first.stdout) as { id: string }).id} is intact`);
+
+    const confirmed = await drctl('confirm', id, ...repoArgs);
+    expect(confirmed.code, confirmed.stderr).toBe(0);
+    expect((await drctl('verify', 'latest', ...repoArgs)).stdout).toContain(`backup ${id} is intact`);
+    expect((await drctl('list', ...repoArgs)).stdout).not.toContain('REVIEW');
+  });
+
   it('lists and verifies past an unreadable manifest, naming it', async () => {
     const dir = join(work, 'damaged-manifest-repo');
     expect((await drctl('init', '--repo', dir, '--key-file', key)).code).toBe(0);

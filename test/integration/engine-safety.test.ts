@@ -10,7 +10,15 @@ import { backup } from '../../functions/engine/backup.ts';
 import { CorruptDataError, SourceError, WrongKeyError } from '../../functions/engine/errors.ts';
 import { exportArchive, exportSql, exportTar } from '../../functions/engine/export.ts';
 import type { Manifest } from '../../functions/engine/manifest.ts';
-import { forget, gc, listBackups, rekey, verify } from '../../functions/engine/maintenance.ts';
+import {
+  confirmReview,
+  forget,
+  gc,
+  listBackups,
+  newestRestorePoint,
+  rekey,
+  verify,
+} from '../../functions/engine/maintenance.ts';
 import { connectionFrom } from '../../functions/engine/postgres.ts';
 import { Repository } from '../../functions/engine/repository.ts';
 import { restoreDatabase } from '../../functions/engine/restore.ts';
@@ -284,6 +292,58 @@ describe('source failures', () => {
     ]);
     const next = (await backup(repository, { type: 'INCREMENTAL', source: { database } })).manifest;
     expect(next.parent).toBe(good.id);
+  });
+
+  it('flags a FULL far smaller than the previous FULL, and takes it as a restore point only once confirmed', async () => {
+    await pg.sql('postgres', 'CREATE DATABASE shrinking_full TEMPLATE app');
+    const { repository } = await newRepository();
+    const database = pg.connection('shrinking_full');
+    const good = (await backup(repository, { type: 'FULL', source: { database } })).manifest;
+    await pg.sql('shrinking_full', 'DELETE FROM tickets; DELETE FROM registrations; DELETE FROM audit_log');
+    const shrunk = (await backup(repository, { type: 'FULL', source: { database } })).manifest;
+    expect(shrunk.review?.reason).toMatch(new RegExp(`under 50% of the \\d+ of FULL ${good.id}`));
+    expect((await newestRestorePoint(repository))?.id).toBe(good.id);
+    // An INCREMENTAL does not build on it either (and, built on the larger FULL, is flagged too)
+    const next = (await backup(repository, { type: 'INCREMENTAL', source: { database } })).manifest;
+    expect(next.parent).toBe(good.id);
+    expect(next.review).toBeDefined();
+
+    const confirmed = await confirmReview(repository, shrunk.id, 'ops@example.com');
+    expect(confirmed.review?.confirmed?.by).toBe('ops@example.com');
+    expect(
+      (await listBackups(repository)).find((summary) => summary.id === shrunk.id)?.review,
+    ).toBeUndefined();
+    expect((await newestRestorePoint(repository))?.id).toBe(shrunk.id);
+    // The next FULL is compared with the confirmed one, and is not flagged
+    const after = (await backup(repository, { type: 'FULL', source: { database } })).manifest;
+    expect(after.review).toBeUndefined();
+    await expect(confirmReview(repository, shrunk.id, 'ops@example.com')).rejects.toThrow('not flagged');
+  });
+
+  it('fails a backup whose pg_dump exits 0 with an empty or truncated archive', async () => {
+    const { repository } = await newRepository();
+    const fakeBin = await mkdtemp(join(tmpdir(), 'dr-fake-'));
+    const real = (await run('sh', ['-c', 'command -v pg_dump'])).stdout.trim();
+    const path = process.env.PATH;
+    process.env.PATH = `${fakeBin}:${path}`;
+    try {
+      for (const [script, expected] of [
+        ['#!/bin/sh\nexit 0\n', 'wrote an empty pre-data archive'],
+        [`#!/bin/sh\n${real} "$@" | head -c 300\nexit 0\n`, 'archive is not readable (truncated?)'],
+      ] as const) {
+        await writeFile(join(fakeBin, 'pg_dump'), script);
+        await chmod(join(fakeBin, 'pg_dump'), 0o755);
+        const error = (await backup(repository, {
+          type: 'FULL',
+          source: { database: pg.connection('app') },
+        }).catch((caught: unknown) => caught)) as Error;
+        expect(error).toBeInstanceOf(SourceError);
+        expect(error.message).toContain(expected);
+      }
+    } finally {
+      process.env.PATH = path;
+    }
+    expect(await listBackups(repository)).toEqual([]);
   });
 });
 

@@ -84,6 +84,8 @@ export interface BackupRecord {
   readonly progress?: { readonly phase: string; readonly item?: string; readonly bytes: number };
   /** Why this backup is not used as a restore point or parent until someone looks at it. */
   readonly review?: string;
+  /** A flag an operator confirmed (POST /api/dr/backups/{id}/confirm): what it was, when, by whom. */
+  readonly reviewConfirmed?: { readonly reason: string; readonly at: string; readonly by: string };
   readonly notice?: string;
   readonly error?: string;
   /** Verification and restore tests that passed (retention keeps the newest such backup). */
@@ -297,6 +299,30 @@ export async function releaseRun(cp: ControlPlane, scheduleId: string, backupId:
 
 export async function getBackup(cp: ControlPlane, id: string): Promise<BackupRecord> {
   return requireFound(await cp.table.get<BackupRecord>(Partition.backup, id), `backup ${id}`).data;
+}
+
+/**
+ * Confirms a backup flagged for review (the operator checked that the source really shrank): it becomes a
+ * restore point in the catalog (RPO, latest, retention, restores). The repository's manifests keep their flag
+ * (for drctl, `drctl confirm`).
+ */
+export async function confirmBackupReview(cp: ControlPlane, id: string, actor: Actor): Promise<BackupRecord> {
+  const item = requireFound(await cp.table.get<BackupRecord>(Partition.backup, id), `backup ${id}`);
+  const { review, ...rest } = item.data;
+  if (review === undefined)
+    throw new ConflictError(`backup ${id} is not flagged for review: nothing to confirm`);
+  const at = cp.now();
+  const data: BackupRecord = {
+    ...rest,
+    reviewConfirmed: { reason: review, at: at.toISOString(), by: actor.principal },
+  };
+  await cp.table.replace(item, data, at);
+  await cp.audit.append(actor, {
+    action: 'backup.confirm',
+    resource: `backup/${id}`,
+    details: { review },
+  });
+  return data;
 }
 
 export interface BackupFilter {
