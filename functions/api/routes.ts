@@ -3,6 +3,7 @@ import type { ControlPlane } from '../core/context.ts';
 import { NotFoundError, ValidationError } from '../core/errors.ts';
 import {
   backupListQuery,
+  configPatch,
   drConfigInput,
   drTestInput,
   drTestListQuery,
@@ -35,7 +36,8 @@ import {
 } from '../core/services/metrics-service.ts';
 import { retentionPlan } from '../core/services/retention-service.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
-import { getConfig, replaceConfig } from '../core/services/config-service.ts';
+import { configAsInput, getConfig, replaceConfig } from '../core/services/config-service.ts';
+import { mergePatch } from '../core/merge-patch.ts';
 import {
   createSchedule,
   deleteSchedule,
@@ -54,7 +56,7 @@ import {
 } from '../core/services/target-service.ts';
 import { actorOf, ifMatchVersion, parseWith, type HttpEvent } from './http.ts';
 
-export type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
+export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
 export interface RouteRequest<B, Q, P> {
   readonly body: B;
@@ -149,13 +151,31 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       method: 'POST',
       path: '/api/dr/config',
       operationId: 'putConfig',
-      summary: 'Create or replace the DR config (unset fields take the seed defaults)',
+      summary:
+        'Create or replace the DR config: unset settings take the seed defaults; an omitted source, environments or notificationEmails keeps the stored one, null removes it',
       tag: 'config',
       body: drConfigInput,
       status: 200,
       handle: async ({ body, event }) => {
         const { view, created } = await replaceConfig(cp, body, actorOf(event), expectedVersion(event, body));
         return { status: created ? 201 : 200, body: view, headers: etag(view.version) };
+      },
+    }),
+    route({
+      method: 'PATCH',
+      path: '/api/dr/config',
+      operationId: 'patchConfig',
+      summary:
+        'Change part of the DR config as a JSON merge patch (RFC 7396): members given replace, objects merge, null removes; passwords not given are kept',
+      tag: 'config',
+      body: configPatch,
+      status: 200,
+      handle: async ({ body, event }) => {
+        const { input, version } = await configAsInput(cp);
+        const merged = parseWith(drConfigInput, mergePatch(input, body), 'body');
+        const expected = expectedVersion(event, merged) ?? version;
+        const { view } = await replaceConfig(cp, { ...merged, version: expected }, actorOf(event), expected);
+        return { body: view, headers: etag(view.version) };
       },
     }),
 

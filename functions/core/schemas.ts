@@ -346,24 +346,36 @@ const rdsSource = z.strictObject({
   region: awsRegion.optional(),
 });
 
+/** PATCH /api/dr/config: a JSON merge patch of the DR config (validated as a whole once applied). */
+export const configPatch = z.record(z.string(), z.unknown(), {
+  error: 'must be a JSON object (a merge patch of the DR config)',
+});
+
 export const drConfigInput = z.strictObject({
   rto: range(0.5, 72, 'hours').default(4),
   rpo: range(0.25, 24, 'hours').default(1),
   backupRetentionDays: wholeRange(7, 365, 'days').default(30),
   testFrequencyDays: wholeRange(30, 365, 'days').default(90),
   autoFailover: z.boolean().default(false),
+  /** Omitted on a replace: the stored list stays; null: none. */
   notificationEmails: z
     .array(z.email({ error: 'must be an email address' }))
     .max(50, { error: 'must list at most 50 addresses' })
-    .default([]),
+    .nullable()
+    .optional(),
+  /** Omitted on a replace: the stored source stays (with its password); null: removed. */
   source: z
     .strictObject({
       database: databaseSource.optional(),
       rds: rdsSource.optional(),
       files: filesSource.optional(),
     })
+    .nullable()
     .optional(),
-  /** Where DR tests and restores may write, besides production: the staging database server. */
+  /**
+   * Where DR tests and restores may write, besides production: the staging database server. Omitted on a
+   * replace: the stored environments stay (with their passwords); null: removed.
+   */
   environments: z
     .strictObject({
       STAGING: z
@@ -411,6 +423,7 @@ export const drConfigInput = z.strictObject({
         })
         .optional(),
     })
+    .nullable()
     .optional(),
   encryption: z
     .strictObject({

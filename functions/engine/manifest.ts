@@ -150,3 +150,22 @@ export function newBackupId(now: Date = new Date()): string {
 export function isFlagged(manifest: Pick<Manifest, 'review'>): boolean {
   return manifest.review !== undefined && manifest.review.confirmed === undefined;
 }
+
+/**
+ * The bytes a backup restores, whatever it read to make them: its schema archives, tables, files and change
+ * sets (an INCREMENTAL that read nothing new still protects all of it).
+ */
+export function protectedBytes(manifest: Manifest): number {
+  const database = manifest.database;
+  const streams = [
+    database?.preData,
+    database?.postData,
+    database?.schemaOnly,
+    ...(database?.tables ?? []),
+    ...(manifest.changes?.sets.map((set) => set.records) ?? []),
+  ];
+  return (
+    streams.reduce((sum, record) => sum + (record?.size ?? 0), 0) +
+    (manifest.files?.entries ?? []).reduce((sum, entry) => sum + (entry.size ?? 0), 0)
+  );
+}

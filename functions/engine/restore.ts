@@ -187,6 +187,11 @@ export async function restoreDatabase(
   const applied = applier.result;
   return {
     ...result,
+    // The rows as restored, changes applied (the FULL's counts no longer hold)
+    rows: await countRows(
+      options.target,
+      manifest.database!.tables.filter((table) => selects(table, options)),
+    ),
     bytes,
     changes: {
       transactions: applied.transactions,
@@ -325,6 +330,22 @@ async function dropTables(target: DatabaseConnection, tables: readonly TableReco
   try {
     for (const table of tables)
       await client.query(`DROP TABLE IF EXISTS ${qualified(client, table.schema, table.name)} CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+async function countRows(target: DatabaseConnection, tables: readonly TableRecord[]): Promise<number> {
+  const client = await connect(target);
+  try {
+    let rows = 0;
+    for (const table of tables) {
+      const counted = await client.query<{ n: string }>(
+        `SELECT count(*)::text AS n FROM ${qualified(client, table.schema, table.name)}`,
+      );
+      rows += Number(counted.rows[0]!.n);
+    }
+    return rows;
   } finally {
     await client.end();
   }

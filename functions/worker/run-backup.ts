@@ -18,7 +18,7 @@ import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
 import { streamForRun } from '../core/services/change-stream-service.ts';
 import { backup, type BackupSource } from '../engine/backup.ts';
 import { confirmBackup } from '../engine/changes.ts';
-import type { ChangesManifest } from '../engine/manifest.ts';
+import { protectedBytes, type ChangesManifest } from '../engine/manifest.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { connectionFrom } from '../engine/postgres.ts';
 import { Repository } from '../engine/repository.ts';
@@ -179,6 +179,7 @@ export async function executeRun(
       ...(streamUnavailable ? { streamUnavailable } : {}),
       sizes: {
         sourceBytes: stats.bytesRead,
+        protectedBytes: protectedBytes(manifest),
         storedBytes: stats.bytesStored,
         newBytes: stats.bytesNew,
         chunks: stats.chunks,

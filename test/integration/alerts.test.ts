@@ -112,6 +112,11 @@ it('sends one email per DR test that exceeded the RTO, and says when a test type
   expect(sent[0]!.subject).toBe('[DR] RTO violated — RESTORE_TEST took 5 h (objective 4 h)');
   expect((await runAlertChecks(cp, mailer)).opened).toEqual([]);
 
+  // A new deployment is not overdue on its first day: GET /api/dr/test and the alerts agree
+  const early = (await api.call('GET', '/api/dr/test')).body.compliance.types.FAILOVER_TEST;
+  expect(early.overdue).toBe(false);
+  expect(Date.parse(early.dueAt)).toBeGreaterThan(clock + 89 * 86_400_000);
+
   // 91 days after the config was created (testFrequencyDays 90), the types that never passed are overdue.
   clock = Date.now() + 91 * 86_400_000;
   await add({ ...backup(11, (clock - T0) / H - 0.5, 'SUCCESS'), id: '20270301T000000000Z-abcdef' });
@@ -125,7 +130,10 @@ it('sends one email per DR test that exceeded the RTO, and says when a test type
     ].sort(),
   );
   const mail = sent.find((one) => one.subject.includes('FAILOVER_TEST'))!;
-  expect(mail.text).toContain('FAILOVER_TEST has never passed since the DR config was created.');
+  expect(mail.text).toContain(
+    'FAILOVER_TEST has never passed since the DR config was created; it was due at',
+  );
+  expect((await api.call('GET', '/api/dr/test')).body.compliance.types.FAILOVER_TEST.overdue).toBe(true);
   expect(mail.text).not.toMatch(/password|secret/i);
 });
 

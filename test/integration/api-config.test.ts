@@ -28,17 +28,19 @@ describe('POST /api/dr/config', () => {
     expect(read.body).toMatchObject(seedConfig);
   });
 
-  it('fills the seed defaults for fields left out (API reference example)', async () => {
-    const response = await api.call('POST', '/api/dr/config', seedConfigApiReference);
+  it('fills the seed defaults for settings left out (API reference example), keeping the stored emails', async () => {
+    const response = await api.call('POST', '/api/dr/config', { ...seedConfigApiReference, rto: 8 });
     expect(response.status).toBe(200);
     expect(response.body).toMatchObject({
-      rto: 4,
+      rto: 8,
       rpo: 1,
       backupRetentionDays: 30,
       testFrequencyDays: 90,
       autoFailover: false,
-      notificationEmails: [],
+      notificationEmails: ['admin@example.com'],
     });
+    const back = await api.call('POST', '/api/dr/config', seedConfigApiReference);
+    expect(back.body.rto).toBe(4);
   });
 
   it('accepts the encryption example of the best practices', async () => {
@@ -164,6 +166,79 @@ describe('POST /api/dr/config', () => {
     const response = await api.call('POST', '/api/dr/config', { source });
     expect(response.status).toBe(400);
     expect(fieldsOf(response)).toContain(field);
+  });
+
+  it("keeps the source, environments and emails a short POST leaves out (the guide's body), and removes them on null", async () => {
+    const full = await api.call('POST', '/api/dr/config', {
+      ...seedConfig,
+      source: {
+        database: { url: 'postgres://events:kept-secret@db.internal/event_manager' },
+        files: { type: 'directory', path: '/srv/uploads' },
+      },
+      environments: {
+        STAGING: { database: { url: 'postgres://events:st-secret@staging.internal/postgres' } },
+      },
+    });
+    expect(full.status).toBe(200);
+    const short = await api.call('POST', '/api/dr/config', { rto: 2, rpo: 0.5, backupRetentionDays: 14 });
+    expect(short.status).toBe(200);
+    expect(short.body).toMatchObject({
+      rto: 2,
+      notificationEmails: ['admin@example.com'],
+      source: {
+        database: { url: 'postgres://events@db.internal/event_manager', passwordSet: true },
+        files: { type: 'directory', path: '/srv/uploads' },
+      },
+      environments: { STAGING: { database: { passwordSet: true } } },
+    });
+    const removed = await api.call('POST', '/api/dr/config', {
+      environments: null,
+      notificationEmails: null,
+    });
+    expect(removed.status).toBe(200);
+    expect(removed.body.environments).toBeUndefined();
+    expect(removed.body.notificationEmails).toEqual([]);
+    expect(removed.body.source.database.passwordSet).toBe(true);
+    const noSource = await api.call('POST', '/api/dr/config', { source: null });
+    expect(noSource.body.source).toBeUndefined();
+  });
+
+  it('PATCH applies a JSON merge patch: members given change, null removes, the rest and the passwords stay', async () => {
+    await api.call('POST', '/api/dr/config', {
+      ...seedConfig,
+      source: {
+        database: { url: 'postgres://events:patch-secret@db.internal/event_manager' },
+        rds: { instanceIdentifier: 'event-manager-prod', region: 'eu-west-1' },
+      },
+    });
+    const before = await api.call('GET', '/api/dr/config');
+    const patched = await api.call(
+      'PATCH',
+      '/api/dr/config',
+      { rpo: 0.5, source: { rds: null, files: { type: 'directory', path: '/srv/uploads' } } },
+      { headers: { 'content-type': 'application/merge-patch+json' } },
+    );
+    expect(patched.status, patched.text).toBe(200);
+    expect(patched.body).toMatchObject({
+      rto: 4,
+      rpo: 0.5,
+      notificationEmails: ['admin@example.com'],
+      source: {
+        database: { url: 'postgres://events@db.internal/event_manager', passwordSet: true },
+        files: { type: 'directory', path: '/srv/uploads' },
+      },
+      version: before.body.version + 1,
+    });
+    expect(patched.body.source.rds).toBeUndefined();
+    expect(patched.headers.get('etag')).toBe(`"${before.body.version + 1}"`);
+    // Validated as a whole once applied, naming the field
+    const bad = await api.call('PATCH', '/api/dr/config', { rpo: 99, source: { rdss: {} } });
+    expect(bad.status).toBe(400);
+    expect(fieldsOf(bad).sort()).toEqual(['rpo', 'source.rdss']);
+    // Stale If-Match: 409
+    const stale = await api.call('PATCH', '/api/dr/config', { rto: 5 }, { headers: { 'if-match': '"1"' } });
+    expect(stale.status).toBe(409);
+    expect((await api.call('PATCH', '/api/dr/config', [1, 2])).status).toBe(400);
   });
 
   it('refuses a stale version with 409 (optimistic concurrency)', async () => {

@@ -99,6 +99,10 @@ describe('POST /api/dr/schedules/{id}/execute', () => {
     const incremental = await finished(next.body.id);
     expect(incremental).toMatchObject({ status: 'SUCCESS', type: 'INCREMENTAL', parent: full.id });
     expect(incremental.sizes.storedBytes).toBeLessThan(full.sizes.storedBytes / 5);
+    // It read the dump but not the unchanged files; it protects both (what the metrics report per target)
+    expect(incremental.sizes.protectedBytes).toBeGreaterThan(incremental.sizes.sourceBytes);
+    const storage = (await api.call('GET', '/api/dr/metrics')).body.storage;
+    expect(storage.primary.bytesProtected).toBe(incremental.sizes.protectedBytes);
 
     // The repository is a normal one: drctl (the engine) restores it with the runtime's master key.
     const key = parseMasterKey(await readFile(join(api.dataDir, 'master.key'), 'utf8'));

@@ -173,7 +173,15 @@ describe('change-stream schedules', () => {
       const { 'sequence invoice_number': _sequence, ...tables } = await tableChecksums(pg, `pitr_${index}`);
       const { 'sequence invoice_number': _expected, ...expected } = instant.sums;
       expect(tables, `instant ${index}`).toEqual(expected);
+      // The rows as restored at that instant (not the FULL's counts)
+      const counted = await pg.sql(
+        `pitr_${index}`,
+        `SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM events) + (SELECT count(*) FROM registrations)
+              + (SELECT count(*) FROM tickets) + (SELECT count(*) FROM audit_log) + (SELECT count(*) FROM page_views) AS n`,
+      );
+      expect(restored.result.database.rows, `instant ${index}`).toBe(Number(counted.rows[0].n));
     }
+    expect(full.database.tables).toBe(6);
     // BACKUP_VERIFICATION of a schedule whose newest backup is row changes: verified (the FULL's archive is
     // listed, the changes read back), without hanging on a pg_restore nobody feeds
     const started = Date.now();

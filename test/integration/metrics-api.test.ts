@@ -135,6 +135,34 @@ it('summarizes the key figures over the range', async () => {
   expect(response.body.testCompliance.types.RESTORE_TEST.overdue).toBe(false);
 });
 
+it('takes a date alone as the whole day, and gives the figures as of the end of the range', async () => {
+  const day = await api.call('GET', '/api/dr/metrics/success-rate?startDate=2026-11-01&endDate=2026-11-01');
+  expect(day.status).toBe(200);
+  expect(day.body).toMatchObject({ startDate: at(0), endDate: '2026-11-01T23:59:59.999Z' });
+  expect(day.body.overall.total).toBe(5);
+  // At 10.5 h the newest restore point was the backup of 1 h (the one of 10 h finished at 11 h)
+  const earlier = await api.call('GET', `/api/dr/metrics?startDate=${at(0)}&endDate=${at(10.5)}`);
+  expect(earlier.body.lastRestorePoint).toEqual({
+    hourly: { backupId: '20261102T000000000Z-abcdef', restorePoint: at(1), ageHours: 9.5 },
+  });
+  expect(earlier.body.storage.primary).toMatchObject({ bytesStored: 200, bytesProtected: 1000 });
+});
+
+it('refuses a date that does not exist instead of moving it', async () => {
+  for (const [query, field] of [
+    ['startDate=2025-02-30', 'startDate'],
+    ['endDate=2026-13-01', 'endDate'],
+    ['endDate=2026-11-01T25:00:00Z', 'endDate'],
+    ['endDate=2026-11-01T10:00:00', 'endDate'],
+  ] as const) {
+    const response = await api.call('GET', `/api/dr/metrics?${query}`);
+    expect(response.status, query).toBe(400);
+    expect(fieldsOf(response)).toEqual([field]);
+  }
+  const moved = await api.call('GET', '/api/dr/metrics?startDate=2025-02-30');
+  expect(moved.body.error.details[0].message).toBe('2025-02-30 is not a date that exists');
+});
+
 it('validates the date range, naming the field', async () => {
   const reversed = await api.call('GET', `/api/dr/metrics?startDate=${at(10)}&endDate=${at(0)}`);
   expect(reversed.status).toBe(400);

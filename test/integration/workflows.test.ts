@@ -380,4 +380,30 @@ describe('DR tests', () => {
     const unknown = await api.call('POST', '/api/dr/test', { testType: 'CHAOS' });
     expect(fieldsOf(unknown)).toEqual(['testType']);
   });
+
+  it('records a test run by hand that missed the RTO as FAILED, saying why, whatever success says', async () => {
+    const started = await api.call('POST', '/api/dr/test', { testType: 'FAILOVER', manual: true });
+    expect(started.status).toBe(202);
+    const recorded = await api.call('POST', `/api/dr/test/${started.body.testId}/results`, {
+      success: true,
+      actualRTO: 6,
+      actualRPO: 0.5,
+      issues: [],
+      participants: ['admin@example.com'],
+    });
+    expect(recorded.status).toBe(200);
+    expect(recorded.body).toMatchObject({
+      status: 'FAILED',
+      results: {
+        success: true,
+        rtoViolated: true,
+        rpoViolated: false,
+        issues: ['actual RTO 6 h exceeds the objective of 4 h'],
+      },
+    });
+    const violations = await api.call('GET', '/api/dr/metrics/violations');
+    expect(violations.body.items.some((v: any) => v.kind === 'RTO' && v.testId === started.body.testId)).toBe(
+      true,
+    );
+  });
 });

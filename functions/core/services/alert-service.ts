@@ -47,7 +47,6 @@ export interface AlertReport {
 export async function currentConditions(cp: ControlPlane): Promise<Condition[]> {
   const config = await findConfig(cp);
   if (!config) return [];
-  const configItem = await cp.table.get(Partition.config, 'CONFIG');
   const now = cp.now().getTime();
   const backups = (await cp.table.queryAll<StoredItem<BackupRecord>>(Partition.backup)).map(
     (item) => item.data,
@@ -120,18 +119,17 @@ export async function currentConditions(cp: ControlPlane): Promise<Condition[]> 
     });
   }
   const compliance = (await listDrTests(cp, { limit: 1 })).compliance;
-  const configured = configItem ? Date.parse(configItem.createdAt) : now;
-  const grace = config.testFrequencyDays * 86_400_000;
+  // One rule with GET /api/dr/test's compliance: overdue there is an alert here (never-passed types are due
+  // testFrequencyDays after the config was created)
   for (const [type, state] of Object.entries(compliance.types)) {
-    const overdue = state.overdue && now - configured > grace;
     conditions.push({
       key: `test-overdue:${type}`,
-      active: overdue,
+      active: state.overdue,
       subject: `[DR] DR test overdue — ${type} has not passed in ${config.testFrequencyDays} days`,
       lines: [
         state.lastPassedAt
           ? `${type} last passed at ${state.lastPassedAt} (test ${state.lastTestId}); it was due at ${state.dueAt}.`
-          : `${type} has never passed since the DR config was created.`,
+          : `${type} has never passed since the DR config was created; it was due at ${state.dueAt ?? '?'}.`,
         `Start one with POST /api/dr/test {"testType": "${type}"}.`,
       ],
       recoverySubject: `[DR] Recovered — ${type} passed again`,

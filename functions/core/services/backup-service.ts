@@ -72,6 +72,8 @@ export interface BackupRecord {
   readonly sizes?: {
     /** Bytes read from the source. */
     readonly sourceBytes: number;
+    /** Bytes the backup restores (database dump and changes, files), however little it read to make them. */
+    readonly protectedBytes?: number;
     /** Bytes this backup added to the repository (after deduplication, compression and encryption). */
     readonly storedBytes: number;
     /** Bytes of the chunks this backup added, before compression and encryption (after deduplication). */

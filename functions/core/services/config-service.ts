@@ -65,6 +65,40 @@ export async function getConfig(cp: ControlPlane): Promise<DrConfigView> {
   );
 }
 
+/**
+ * The stored DR config in the shape POST takes, without its passwords (which a replace keeps when omitted):
+ * the base a merge patch (PATCH /api/dr/config) applies to.
+ */
+export async function configAsInput(
+  cp: ControlPlane,
+): Promise<{ input: Record<string, unknown>; version: number }> {
+  const item = requireFound(
+    await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY),
+    'the DR config (POST /api/dr/config first)',
+  );
+  const { secretName: _secretName, source, environments, ...settings } = item.data;
+  const database = (stored: DatabaseSource) => {
+    const { passwordSet: _passwordSet, ...parts } = stored;
+    return parts;
+  };
+  const staging = environments?.STAGING;
+  return {
+    version: item.version,
+    input: {
+      ...settings,
+      ...(source
+        ? { source: { ...source, ...(source.database ? { database: database(source.database) } : {}) } }
+        : {}),
+      ...(staging ? { environments: { STAGING: { ...staging, database: database(staging.database) } } } : {}),
+    },
+  };
+}
+
+/** When the DR config was first created, or undefined before the first POST. */
+export async function configCreatedAt(cp: ControlPlane): Promise<string | undefined> {
+  return (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.createdAt;
+}
+
 /** The stored config, or undefined before the first POST (other services read it for cross-checks). */
 export async function findConfig(cp: ControlPlane): Promise<DrConfig | undefined> {
   return (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
@@ -80,7 +114,10 @@ export async function replaceConfig(
   const current = await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY);
   checkVersion(current, expectedVersion, 'the DR config');
 
-  const { version: _version, source, environments, ...settings } = input;
+  const { version: _version, source, environments, notificationEmails, ...settings } = input;
+  // Omitted: the stored part stays as it is (its password too); null: removed.
+  const keepSource = source === undefined ? current?.data.source : undefined;
+  const keepEnvironments = environments === undefined ? current?.data.environments : undefined;
   const issues: FieldIssue[] = [];
   const main = splitDatabase(source?.database, 'source.database', issues);
   const staging = splitDatabase(environments?.STAGING?.database, 'environments.STAGING.database', issues);
@@ -96,11 +133,18 @@ export async function replaceConfig(
   // Passwords live in the secret store; omitted on a replace keeps the stored one, null removes it.
   const oldName = current?.data.secretName;
   const keeps =
-    (main.stored && main.password === undefined) || (staging.stored && staging.password === undefined);
+    (main.stored && main.password === undefined) ||
+    (staging.stored && staging.password === undefined) ||
+    keepSource?.database !== undefined ||
+    keepEnvironments?.STAGING !== undefined;
   const stored = oldName !== undefined && keeps ? ((await cp.secrets.get(oldName)) ?? {}) : {};
   const { values, changed } = mergeSecrets(stored, {
-    password: main.stored === undefined ? null : main.password,
-    [STAGING_PASSWORD]: staging.stored === undefined ? null : staging.password,
+    password: keepSource?.database ? undefined : main.stored === undefined ? null : main.password,
+    [STAGING_PASSWORD]: keepEnvironments?.STAGING
+      ? undefined
+      : staging.stored === undefined
+        ? null
+        : staging.password,
   });
   for (const field of ['password', STAGING_PASSWORD])
     if (
@@ -119,7 +163,13 @@ export async function replaceConfig(
   const write = (name: string | undefined) => {
     const data: StoredConfig = {
       ...settings,
-      ...(source === undefined
+      notificationEmails:
+        notificationEmails === undefined
+          ? (current?.data.notificationEmails ?? [])
+          : (notificationEmails ?? []),
+      ...(keepSource ? { source: keepSource } : {}),
+      ...(keepEnvironments ? { environments: keepEnvironments } : {}),
+      ...(!source
         ? {}
         : {
             source: {

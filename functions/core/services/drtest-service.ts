@@ -5,7 +5,7 @@ import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../sch
 import { Partition, type StoredItem } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
 import { updateItem } from './common.ts';
-import { environmentConnection, findConfig } from './config-service.ts';
+import { configCreatedAt, environmentConnection, findConfig } from './config-service.ts';
 
 export type DrTestType = (typeof DR_TEST_TYPES)[number];
 export type DrTestStatus = 'RUNNING' | 'PASSED' | 'FAILED';
@@ -251,13 +251,22 @@ function decodeOffset(token: string): number {
   return value;
 }
 
+/**
+ * A type is due `testFrequencyDays` after it last passed; one that never passed, that long after the DR
+ * config was created (a new deployment is not overdue on its first day).
+ */
 async function compliance(cp: ControlPlane, newestFirst: readonly DrTestRecord[]): Promise<TestCompliance> {
   const frequency = (await findConfig(cp))?.testFrequencyDays ?? 90;
+  const since = await configCreatedAt(cp);
   const now = cp.now().getTime();
   const types = Object.fromEntries(
     DR_TEST_TYPES.map((type) => {
       const passed = newestFirst.find((test) => test.testType === type && test.status === 'PASSED');
-      if (!passed?.finishedAt) return [type, { overdue: true }];
+      if (!passed?.finishedAt) {
+        if (since === undefined) return [type, { overdue: true }];
+        const due = Date.parse(since) + frequency * 86_400_000;
+        return [type, { dueAt: new Date(due).toISOString(), overdue: due < now }];
+      }
       const due = Date.parse(passed.finishedAt) + frequency * 86_400_000;
       return [
         type,
@@ -290,19 +299,29 @@ export async function recordDrTestResults(
   if (current.data.results) throw new ConflictError(`DR test ${testId} already has results`);
   const config = await findConfig(cp);
   const now = cp.now();
+  // Judged against the objectives in force when the test started (else the config's now)
+  const rto = current.data.objectives?.rto ?? config?.rto;
+  const rpo = current.data.objectives?.rpo ?? config?.rpo;
+  const rtoViolated = rto !== undefined && input.actualRTO !== undefined && input.actualRTO > rto;
+  const rpoViolated = rpo !== undefined && input.actualRPO !== undefined && input.actualRPO > rpo;
   const results: DrTestResults = {
     success: input.success,
     ...(input.actualRTO === undefined ? {} : { actualRTO: input.actualRTO }),
     ...(input.actualRPO === undefined ? {} : { actualRPO: input.actualRPO }),
-    issues: input.issues,
+    issues: [
+      ...input.issues,
+      ...(rtoViolated ? [`actual RTO ${input.actualRTO} h exceeds the objective of ${rto} h`] : []),
+      ...(rpoViolated ? [`actual RPO ${input.actualRPO} h exceeds the objective of ${rpo} h`] : []),
+    ],
     ...(input.notes === undefined ? {} : { notes: input.notes }),
     participants: input.participants,
-    ...(config && input.actualRTO !== undefined ? { rtoViolated: input.actualRTO > config.rto } : {}),
-    ...(config && input.actualRPO !== undefined ? { rpoViolated: input.actualRPO > config.rpo } : {}),
+    ...(rto !== undefined && input.actualRTO !== undefined ? { rtoViolated } : {}),
+    ...(rpo !== undefined && input.actualRPO !== undefined ? { rpoViolated } : {}),
   };
   const record: DrTestRecord = {
     ...current.data,
-    status: input.success ? 'PASSED' : 'FAILED',
+    // A test that missed an objective did not pass, whatever the participants reported
+    status: input.success && !rtoViolated && !rpoViolated ? 'PASSED' : 'FAILED',
     finishedAt: now.toISOString(),
     results,
   };

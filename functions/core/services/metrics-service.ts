@@ -16,17 +16,38 @@ import { findConfig } from './config-service.ts';
 import type { FiringRecord } from './dispatch-service.ts';
 import { listDrTests, type DrTestRecord } from './drtest-service.ts';
 
+const DAY_MS = 86_400_000;
+const ISO_DATE = /^(\d{4})-(\d{2})-(\d{2})$/;
+const ISO_DATE_TIME =
+  /^(\d{4})-(\d{2})-(\d{2})T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$/;
+
+/**
+ * One bound of a range: an ISO 8601 date (`2026-01-31`, UTC) or date-time with a zone. A date that does not
+ * exist (`2025-02-30`) is refused, never moved. A date alone means the start of that day, or as an end, its
+ * last millisecond: `startDate=endDate=2026-01-31` is that whole day.
+ */
+export function parseBound(value: string, field: string, end: boolean): number {
+  const date = ISO_DATE.exec(value) ?? ISO_DATE_TIME.exec(value);
+  if (!date)
+    throw ValidationError.forField(
+      field,
+      'must be an ISO 8601 date (2026-01-31) or date-time with a zone (2026-01-31T12:00:00Z)',
+    );
+  const [year, month, day] = [Number(date[1]), Number(date[2]), Number(date[3])];
+  const midnight = Date.UTC(year, month - 1, day);
+  const check = new Date(midnight);
+  if (check.getUTCFullYear() !== year || check.getUTCMonth() !== month - 1 || check.getUTCDate() !== day)
+    throw ValidationError.forField(field, `${value.slice(0, 10)} is not a date that exists`);
+  if (value.length === 10) return end ? midnight + DAY_MS - 1 : midnight;
+  return Date.parse(value);
+}
+
 /** `startDate` / `endDate` of the metrics routes: ISO instants or dates; default the last 30 days. */
 export function metricsRange(cp: ControlPlane, query: { startDate?: string; endDate?: string }): Range {
-  const parse = (value: string | undefined, field: string, fallback: number) => {
-    if (value === undefined) return fallback;
-    const parsed = Date.parse(value);
-    if (Number.isNaN(parsed)) throw ValidationError.forField(field, 'must be an ISO 8601 date or date-time');
-    return parsed;
-  };
   const now = cp.now().getTime();
-  const to = parse(query.endDate, 'endDate', now);
-  const from = parse(query.startDate, 'startDate', to - 30 * 86_400_000);
+  const to = query.endDate === undefined ? now : parseBound(query.endDate, 'endDate', true);
+  const from =
+    query.startDate === undefined ? to - 30 * DAY_MS : parseBound(query.startDate, 'startDate', false);
   if (from > to) throw ValidationError.forField('startDate', 'must not be after endDate');
   if (to - from > 366 * 86_400_000)
     throw ValidationError.forField('startDate', 'the range must be at most 366 days');
@@ -99,7 +120,12 @@ export async function metricsSummary(cp: ControlPlane, range: Range) {
   const data = await facts(cp);
   const now = cp.now().getTime();
   const violations = violationsOf(data, range, now);
-  const good = data.backups.filter(isRestorePoint);
+  // The figures are as of the end of the range (or now, when the range reaches it)
+  const asOf = Math.min(now, range.to);
+  const good = data.backups.filter(
+    (backup) =>
+      isRestorePoint(backup) && backup.finishedAt !== undefined && Date.parse(backup.finishedAt) <= asOf,
+  );
   const lastRestorePoint = Object.fromEntries(
     [...new Set(data.backups.map((backup) => backup.scheduleId))].sort().map((scheduleId) => {
       const newest = good
@@ -111,7 +137,7 @@ export async function metricsSummary(cp: ControlPlane, range: Range) {
           ? {
               backupId: newest.id,
               restorePoint: newest.restorePoint,
-              ageHours: Math.round(((now - Date.parse(newest.restorePoint!)) / 3_600_000) * 100) / 100,
+              ageHours: Math.round(((asOf - Date.parse(newest.restorePoint!)) / 3_600_000) * 100) / 100,
             }
           : null,
       ];
@@ -142,16 +168,26 @@ export async function metricsSummary(cp: ControlPlane, range: Range) {
 }
 
 /**
- * Per target, from the catalog: bytes written by the backups it still holds, what its newest backup
- * protects (bytes read from the source), the deduplication and compression ratio (source bytes / bytes
+ * Per target, from the catalog, as of the end of the range: bytes written by the backups it holds that had
+ * finished by then, what its newest restore point protects (the source bytes it restores: for a change-stream
+ * INCREMENTAL, its FULL's and its own), the deduplication and compression ratio (source bytes / bytes
  * written, over the backups it holds) and the growth over the range (bytes written by backups finished in it).
  */
 function storageByTarget(backups: readonly BackupRecord[], range: Range) {
+  const byId = new Map(backups.map((backup) => [backup.id, backup]));
+  const protects = (backup: BackupRecord) =>
+    backup.sizes?.protectedBytes ??
+    (backup.sizes?.sourceBytes ?? 0) +
+      (backup.type === 'INCREMENTAL' && backup.changes && backup.changes.base !== backup.id
+        ? (byId.get(backup.changes.base)?.sizes?.sourceBytes ?? 0)
+        : 0);
   const byTarget = new Map<
     string,
     { stored: number; source: number; added: number; growth: number; newest?: BackupRecord }
   >();
   for (const backup of backups) {
+    const finished = backup.finishedAt ? Date.parse(backup.finishedAt) : NaN;
+    if (!(finished <= range.to)) continue;
     for (const target of backup.targets) {
       if (target.status !== 'SUCCESS') continue;
       const entry = byTarget.get(target.targetId) ?? { stored: 0, source: 0, added: 0, growth: 0 };
@@ -160,9 +196,8 @@ function storageByTarget(backups: readonly BackupRecord[], range: Range) {
       entry.source += backup.sizes?.sourceBytes ?? 0;
       // Before compression: the chunks the backup added (the bytes written when the run did not say).
       entry.added += backup.sizes?.newBytes ?? written;
-      const finished = backup.finishedAt ? Date.parse(backup.finishedAt) : NaN;
-      if (finished >= range.from && finished <= range.to) entry.growth += written;
-      if (!entry.newest || backup.id > entry.newest.id) entry.newest = backup;
+      if (finished >= range.from) entry.growth += written;
+      if (isRestorePoint(backup) && (!entry.newest || backup.id > entry.newest.id)) entry.newest = backup;
       byTarget.set(target.targetId, entry);
     }
   }
@@ -173,7 +208,7 @@ function storageByTarget(backups: readonly BackupRecord[], range: Range) {
         targetId,
         {
           bytesStored: entry.stored,
-          bytesProtected: entry.newest?.sizes?.sourceBytes ?? 0,
+          bytesProtected: entry.newest ? protects(entry.newest) : 0,
           dedupCompressionRatio:
             entry.stored > 0 ? Math.round((entry.source / entry.stored) * 100) / 100 : null,
           // Source bytes per byte of new chunks (deduplication), new chunk bytes per byte written (compression).
