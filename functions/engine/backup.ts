@@ -32,6 +32,7 @@ import {
   openSnapshot,
   readSequences,
   tocOf,
+  withTool,
   type DatabaseConnection,
   type Snapshot,
   type Tool,
@@ -459,7 +460,10 @@ async function storeTool(
   repository: Repository,
   onBytes: (size: number) => void,
 ): Promise<StreamRecord> {
-  const [record] = await Promise.all([storeStream(sink, tool.stdout, repository, onBytes), tool.done]);
+  const [record] = await withTool(
+    tool,
+    Promise.all([storeStream(sink, tool.stdout, repository, onBytes), tool.done]),
+  );
   return record;
 }
 

@@ -5,7 +5,7 @@ import tar from 'tar-stream';
 import { RestoreError } from './errors.ts';
 import type { Manifest } from './manifest.ts';
 import { readArchiveToc, SECTION_DATA, writeArchive, type OutputEntry, type TocEntry } from './pg-archive.ts';
-import { runTool } from './postgres.ts';
+import { runTool, withTool } from './postgres.ts';
 import type { Repository } from './repository.ts';
 import { readStream } from './restore.ts';
 
@@ -177,7 +177,7 @@ async function archiveToSql(
   const reading = (async () => {
     for await (const data of tool.stdout) await write(data as Buffer);
   })();
-  await Promise.all([pipeline(Readable.from(archive), tool.stdin), reading, tool.done]);
+  await withTool(tool, Promise.all([pipeline(Readable.from(archive), tool.stdin), reading, tool.done]));
 }
 
 function quote(identifier: string): string {

@@ -82,6 +82,22 @@ export interface Tool {
   readonly stdin: Writable;
   /** Resolves when the tool exits 0; rejects with its stderr (redacted) otherwise. */
   readonly done: Promise<void>;
+  /** Kills the tool if it still runs (a reader or writer on our side failed: it would wait on its pipes forever). */
+  stop(): void;
+}
+
+/**
+ * Runs `work` with a tool; when the work fails, the tool is stopped (and its exit awaited) before the error
+ * goes on, so that no child process outlives the operation that started it.
+ */
+export async function withTool<T>(tool: Tool, work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (error) {
+    tool.stop();
+    await tool.done.catch(() => undefined);
+    throw error;
+  }
 }
 
 export function runTool(
@@ -138,7 +154,15 @@ export function runTool(
         );
     });
   });
-  return { stdout: child.stdout ?? Readable.from([]), stdin: child.stdin ?? new PassThrough(), done };
+  done.catch(() => undefined); // awaited by the caller; a stopped tool's rejection is not unhandled
+  return {
+    stdout: child.stdout ?? Readable.from([]),
+    stdin: child.stdin ?? new PassThrough(),
+    done,
+    stop: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
 }
 
 // ------------------------------------------------------------------------------------------ dump
@@ -443,10 +467,10 @@ export async function restoreArchive(
   }
 }
 
-/** `pg_restore --list`: the archive's table of contents; fails when the archive is not a valid one. */
 /** `pg_restore --list` reads a table of contents: it never needs long (it is stopped after this). */
 export const LIST_TIMEOUT_MS = 5 * 60_000;
 
+/** `pg_restore --list`: the archive's table of contents; fails when the archive is not a valid one. */
 export async function tocOf(
   file: string | AsyncIterable<Buffer>,
   connection: DatabaseConnection = { url: 'postgres://localhost/x' },

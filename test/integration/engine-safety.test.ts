@@ -320,6 +320,39 @@ describe('source failures', () => {
     await expect(confirmReview(repository, shrunk.id, 'ops@example.com')).rejects.toThrow('not flagged');
   });
 
+  it('stops pg_dump when storing its output fails, instead of leaving it blocked on a full pipe', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'dr-failing-'));
+    class FailingStorage extends LocalStorage {
+      override async put(key: string, body: Parameters<LocalStorage['put']>[1]): Promise<void> {
+        if (key.startsWith('data/')) throw new Error('disk full (injected)');
+        return super.put(key, body);
+      }
+    }
+    const repository = await Repository.init(new FailingStorage(dir), testKey());
+    const fakeBin = await mkdtemp(join(tmpdir(), 'dr-fake-'));
+    const marker = `dr-endless-dump-${process.pid}`;
+    // Endless output that does not deduplicate, under a name pgrep can find
+    await writeFile(join(fakeBin, 'pg_dump'), `#!/bin/bash\nexec -a ${marker} cat /dev/urandom\n`);
+    await chmod(join(fakeBin, 'pg_dump'), 0o755);
+    const path = process.env.PATH;
+    process.env.PATH = `${fakeBin}:${path}`;
+    try {
+      await expect(
+        backup(repository, { type: 'FULL', source: { database: pg.connection('app') }, packSize: 65536 }),
+      ).rejects.toThrow('disk full (injected)');
+    } finally {
+      process.env.PATH = path;
+    }
+    const left = await run('pgrep', ['-f', marker]).catch((error: { code?: number }) => {
+      expect(error.code).toBe(1); // pgrep: no process matched
+      return undefined;
+    });
+    if (left) {
+      await run('pkill', ['-f', marker]).catch(() => undefined);
+      expect.fail(`pg_dump was left running: ${left.stdout}`);
+    }
+  });
+
   it('fails a backup whose pg_dump exits 0 with an empty or truncated archive', async () => {
     const { repository } = await newRepository();
     const fakeBin = await mkdtemp(join(tmpdir(), 'dr-fake-'));
