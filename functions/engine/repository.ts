@@ -187,21 +187,37 @@ export class Repository {
    */
   async loadIndex(refresh = false): Promise<Map<string, BlobLocation[]>> {
     if (this.index && !refresh) return this.index;
+    // Concurrent callers (a restore reads chunks several at a time) share one load, and none sees a
+    // half-built index: the maps are swapped in whole.
+    if (!this.loading || refresh) {
+      const loading = this.readIndex().finally(() => {
+        if (this.loading === loading) this.loading = undefined;
+      });
+      this.loading = loading;
+    }
+    return this.loading;
+  }
+
+  private loading: Promise<Map<string, BlobLocation[]>> | undefined;
+
+  private async readIndex(): Promise<Map<string, BlobLocation[]>> {
     const index = new Map<string, BlobLocation[]>();
-    this.packBlobs = new Map();
-    this.index = index;
-    this.indexProblems = [];
+    const packBlobs = new Map<string, PackHeaderEntry[]>();
+    const problems: CorruptDataError[] = [];
     for (const key of await listKeys(this.storage, 'index/')) {
       let file: IndexFile;
       try {
         file = await this.readIndexFile(key);
       } catch (error) {
         if (!(error instanceof CorruptDataError)) throw error;
-        this.indexProblems.push(error);
+        problems.push(error);
         continue;
       }
-      this.remember(file.packs);
+      addPacks(index, packBlobs, file.packs);
     }
+    this.index = index;
+    this.packBlobs = packBlobs;
+    this.indexProblems = problems;
     return index;
   }
 
@@ -237,7 +253,9 @@ export class Repository {
    * over for the next; the error of the first copy is thrown when none reads.
    */
   async readChunk(id: string): Promise<Buffer> {
-    const copies = (await this.loadIndex()).get(id) ?? [];
+    let copies = (await this.loadIndex()).get(id) ?? [];
+    // Another process may have written it since this one read the index (a backup's parent, say)
+    if (copies.length === 0) copies = (await this.loadIndex(true)).get(id) ?? [];
     if (copies.length === 0)
       throw new CorruptDataError(
         `chunk ${id} is in no index (a pack or index file is missing)`,
@@ -302,18 +320,25 @@ export class Repository {
     return acquireLock(this.storage, operation, options);
   }
 
-  /** Adds packs to the cached index (loading, or after a backup wrote them). */
+  /** Adds packs to the cached index (after a backup wrote them). */
   remember(packs: IndexFile['packs']): void {
-    if (!this.index || !this.packBlobs) return;
-    for (const pack of packs) {
-      if (this.packBlobs.has(pack.id)) continue;
-      this.packBlobs.set(pack.id, pack.blobs);
-      for (const blob of pack.blobs) {
-        const location = { pack: pack.id, offset: blob.offset, length: blob.length };
-        const copies = this.index.get(blob.id);
-        if (copies) copies.push(location);
-        else this.index.set(blob.id, [location]);
-      }
+    if (this.index && this.packBlobs) addPacks(this.index, this.packBlobs, packs);
+  }
+}
+
+function addPacks(
+  index: Map<string, BlobLocation[]>,
+  packBlobs: Map<string, PackHeaderEntry[]>,
+  packs: IndexFile['packs'],
+): void {
+  for (const pack of packs) {
+    if (packBlobs.has(pack.id)) continue;
+    packBlobs.set(pack.id, pack.blobs);
+    for (const blob of pack.blobs) {
+      const location = { pack: pack.id, offset: blob.offset, length: blob.length };
+      const copies = index.get(blob.id);
+      if (copies) copies.push(location);
+      else index.set(blob.id, [location]);
     }
   }
 }

@@ -57,9 +57,9 @@ describe('errors', () => {
     const unknown = await api.call('GET', '/api/dr/nothing-here');
     expect(unknown.status).toBe(404);
     expect(unknown.body.error).toMatchObject({ status: 404, code: 'NotFound' });
-    const wrong = await api.call('PATCH', '/api/dr/config');
+    const wrong = await api.call('DELETE', '/api/dr/config');
     expect(wrong.status).toBe(405);
-    expect(wrong.headers.get('allow')).toBe('GET, POST');
+    expect(wrong.headers.get('allow')).toBe('GET, POST, PATCH');
   });
 
   it('answers 400 for malformed JSON, 415 for another media type, 413 for an oversized body', async () => {

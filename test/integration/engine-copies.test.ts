@@ -72,6 +72,14 @@ describe('chunks stored in several packs', () => {
     expect(broken.problems.some((problem) => /data\/.* is missing/.test(problem.message))).toBe(true);
   });
 
+  it('reads many chunks at once from a repository just opened (one index load, never a half-built one)', async () => {
+    const reopened = await Repository.open(repository.storage, testKey());
+    const chunks = older.database!.tables.flatMap((table) => table.chunks);
+    expect(chunks.length).toBeGreaterThan(5);
+    const read = await Promise.all(chunks.map((chunk) => reopened.readChunk(chunk)));
+    expect(read.every((data) => data.length > 0)).toBe(true);
+  });
+
   it('reads the next copy when the first one is lost', async () => {
     const fresh = await newRepository();
     const first = (

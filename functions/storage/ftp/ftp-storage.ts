@@ -411,6 +411,8 @@ export class FtpStorage implements Storage {
       else if (code === 552 || code === 452) kind = 'space';
       else if (code === 550 && /permission|denied|not allowed/i.test(message)) kind = 'permission';
       else if (code === 550 || code === 450) kind = 'not-found';
+      // Some servers (ftp-srv) answer a LIST of a directory that does not exist with 451 and the errno
+      else if (code === 451 && /ENOENT|no such file/i.test(message)) kind = 'not-found';
       else if (code === 421 || code === 425 || code === 426) kind = 'network';
     } else if (
       (typeof failure.code === 'string' && NETWORK.has(failure.code)) ||
