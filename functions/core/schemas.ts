@@ -266,6 +266,20 @@ export const SECRET_FIELDS: Record<TargetType, readonly string[]> = {
   SFTP: ['privateKey', 'passphrase', 'password'],
 };
 
+/**
+ * The settings that decide where (and how safely) a target's secrets are sent: changing one of them on a
+ * target with stored secrets needs the secrets given again, so that a stored secret never follows a new
+ * destination.
+ */
+export const DESTINATION_FIELDS: Record<TargetType, readonly string[]> = {
+  LOCAL: [],
+  S3: ['bucket', 'region', 'endpoint', 'accessKeyId'],
+  AZURE: ['accountName', 'containerName', 'endpoint'],
+  GCP: ['projectId', 'bucket', 'endpoint'],
+  FTP: ['host', 'port', 'username', 'tls', 'allowSelfSignedCertificate'],
+  SFTP: ['host', 'port', 'username', 'hostKeyFingerprint'],
+};
+
 const targetOf = <T extends TargetType, C extends z.ZodType>(targetType: T, config: C) =>
   z.strictObject({
     id: resourceId.optional(),

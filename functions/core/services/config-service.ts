@@ -121,6 +121,26 @@ export async function replaceConfig(
   const issues: FieldIssue[] = [];
   const main = splitDatabase(source?.database, 'source.database', issues);
   const staging = splitDatabase(environments?.STAGING?.database, 'environments.STAGING.database', issues);
+  // A stored password never follows a new server, port, user or database: it must be given again.
+  const moved: string[] = [];
+  for (const [field, before, after, password] of [
+    ['source.database', current?.data.source?.database, main.stored, main.password],
+    [
+      'environments.STAGING.database',
+      current?.data.environments?.STAGING?.database,
+      staging.stored,
+      staging.password,
+    ],
+  ] as const) {
+    if (!before || !after || destinationOf(before) === destinationOf(after)) continue;
+    moved.push(field);
+    if (before.passwordSet && password === undefined)
+      issues.push({
+        field: `${field}.password`,
+        message:
+          'must be given again (or null): the server, port, user or database changed, and a stored password is never sent to a new destination',
+      });
+  }
   const rds = source?.rds;
   if (rds !== undefined && (rds.instanceIdentifier === undefined) === (rds.clusterIdentifier === undefined)) {
     issues.push({
@@ -214,6 +234,7 @@ export async function replaceConfig(
       secretsChanged: changed.map((field) =>
         field === STAGING_PASSWORD ? 'environments.STAGING.database.password' : `source.database.${field}`,
       ),
+      ...(moved.length > 0 ? { destinationChanged: moved } : {}),
     },
   });
   return { view: toView(item), created: current === undefined };
@@ -250,6 +271,25 @@ function splitDatabase(
     stored: { ...(safeUrl === undefined ? {} : { url: safeUrl }), ...parts },
     ...(password === undefined ? {} : { password }),
   };
+}
+
+/** host:port/user/database of a database setting, to tell whether it points somewhere else. */
+function destinationOf(database: Omit<DatabaseSource, 'passwordSet'>): string {
+  if (database.url !== undefined) {
+    const url = new URL(database.url);
+    return JSON.stringify([
+      url.hostname.toLowerCase(),
+      url.port || '5432',
+      decodeURIComponent(url.username),
+      decodeURIComponent(url.pathname.slice(1)),
+    ]);
+  }
+  return JSON.stringify([
+    (database.host ?? '').toLowerCase(),
+    String(database.port ?? 5432),
+    database.username ?? '',
+    database.database ?? '',
+  ]);
 }
 
 type DatabaseInput = NonNullable<NonNullable<DrConfigInput['source']>['database']>;

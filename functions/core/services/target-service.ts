@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError, UpstreamError, ValidationError, type FieldIssue } from '../errors.ts';
-import { SECRET_FIELDS, type TargetInput, type TargetType } from '../schemas.ts';
+import { DESTINATION_FIELDS, SECRET_FIELDS, type TargetInput, type TargetType } from '../schemas.ts';
 import { secretName } from '../secrets/secret-store.ts';
 import { Partition, type Page, type StoredItem } from '../store/table.ts';
 import {
@@ -111,6 +111,18 @@ export async function updateTarget(
     );
   }
   const { publicConfig, secretUpdates } = splitSecrets(input);
+  const moved = movedDestination(input.targetType, current.data.config, publicConfig);
+  const unstated = current.data.secretsSet.filter((field) => secretUpdates[field] === undefined);
+  if (moved.length > 0 && unstated.length > 0)
+    throw new ValidationError(
+      `${moved.join(', ')} changed: give ${unstated.join(', ')} again (a stored secret is never sent to a new destination)`,
+      {
+        details: unstated.map((field) => ({
+          field: `config.${field}`,
+          message: `must be given again: ${moved.join(', ')} changed, and a stored secret is never sent to a new destination`,
+        })),
+      },
+    );
   const touchesSecrets = Object.values(secretUpdates).some((value) => value !== undefined);
   const stored =
     touchesSecrets && current.data.secretName ? ((await cp.secrets.get(current.data.secretName)) ?? {}) : {};
@@ -140,7 +152,18 @@ export async function updateTarget(
   await cp.audit.append(actor, {
     action: 'target.update',
     resource: `target/${id}`,
-    details: { name: item.data.name, version: item.version, secretsChanged: changed },
+    details: {
+      name: item.data.name,
+      version: item.version,
+      secretsChanged: changed,
+      ...(moved.length > 0
+        ? {
+            destinationChanged: Object.fromEntries(
+              moved.map((field) => [field, publicConfig[field] ?? null]),
+            ),
+          }
+        : {}),
+    },
   });
   return toView(item);
 }
@@ -237,6 +260,17 @@ export async function targetSecrets(
 
 async function load(cp: ControlPlane, id: string): Promise<StoredItem<StoredTarget>> {
   return requireFound(await cp.table.get<StoredTarget>(Partition.target, id), `target ${id}`);
+}
+
+/** The destination fields whose value differs between the stored config and the new one. */
+function movedDestination(
+  type: TargetType,
+  before: Readonly<Record<string, unknown>>,
+  after: Readonly<Record<string, unknown>>,
+): string[] {
+  return DESTINATION_FIELDS[type].filter(
+    (field) => JSON.stringify(before[field] ?? null) !== JSON.stringify(after[field] ?? null),
+  );
 }
 
 function splitSecrets(input: TargetInput): {
