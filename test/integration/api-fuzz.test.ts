@@ -129,4 +129,55 @@ describe('fuzzing every route', () => {
       { numRuns: 400 },
     );
   });
+
+  it('never answers 5xx to forged, altered or foreign pagination tokens', async () => {
+    for (let i = 0; i < 3; i++)
+      await api.call('POST', '/api/dr/targets', { ...seedTargets.LOCAL, id: `paged-${i}` });
+    const real = (await api.call('GET', '/api/dr/targets?limit=1')).body.nextToken as string;
+    expect(real).toBeDefined();
+    const lists = [
+      '/api/dr/targets',
+      '/api/dr/schedules',
+      '/api/dr/audit',
+      '/api/dr/backups',
+      '/api/dr/test',
+    ];
+    const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+    // The crafted tokens that used to reach DynamoDB: an empty sort key, another partition, another list's
+    const crafted = [
+      encode({ pk: 'TARGET', sk: '' }),
+      `${encode({ pk: 'TARGET', sk: '' })}.${real.split('.')[1]}`,
+      `${encode({ pk: 'SCHEDULE', sk: 'x' })}.${real.split('.')[1]}`,
+      `${real}x`,
+      real.replace(/^./, (c) => (c === 'A' ? 'B' : 'A')),
+      real,
+    ];
+    for (const list of lists)
+      for (const token of crafted) {
+        const response = await api.call('GET', `${list}?nextToken=${encodeURIComponent(token)}`);
+        if (list === '/api/dr/targets' && token === real) expect(response.status).toBe(200);
+        else {
+          expect(response.status, `${list} ${token}`).toBe(400);
+          expect(response.body.error.details[0].field).toBe('nextToken');
+        }
+      }
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...lists),
+        fc.oneof(
+          fc.string({ maxLength: 200 }),
+          fc.jsonValue().map(encode),
+          fc
+            .tuple(fc.jsonValue(), fc.string({ maxLength: 40 }))
+            .map(([value, mac]) => `${encode(value)}.${mac}`),
+        ),
+        async (list, token) => {
+          const response = await api.call('GET', `${list}?nextToken=${encodeURIComponent(token)}`);
+          expectNo5xx(response, `${list} ${token}`);
+          expect(response.status).toBe(400);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
 });

@@ -356,7 +356,7 @@ export async function listBackups(
     (filter.to === undefined || record.startedAt <= filter.to) &&
     (!filter.latest || isRestorePoint(record));
   const items: BackupRecord[] = [];
-  let after = filter.nextToken === undefined ? undefined : decodeAfter(filter.nextToken);
+  let after = filter.nextToken === undefined ? undefined : await decodeAfter(cp, filter.nextToken);
   for (;;) {
     const page = await cp.table.query<StoredItem<BackupRecord>>(Partition.backup, {
       descending: true,
@@ -367,7 +367,7 @@ export async function listBackups(
       if (!matches(item.data)) continue;
       items.push(item.data);
       if (items.length === limit)
-        return filter.latest ? { items } : { items, nextToken: Buffer.from(item.sk).toString('base64url') };
+        return filter.latest ? { items } : { items, nextToken: await cp.table.sealToken(item.sk) };
     }
     if (page.items.length === 0 || page.nextToken === undefined) return { items };
     after = page.items.at(-1)!.sk;
@@ -376,8 +376,8 @@ export async function listBackups(
 
 export { isGood, isRestorePoint };
 
-function decodeAfter(token: string): string {
-  const id = Buffer.from(token, 'base64url').toString('utf8');
+async function decodeAfter(cp: ControlPlane, token: string): Promise<string> {
+  const id = await cp.table.openToken(token);
   if (!/^\d{8}T\d{9}Z-[0-9a-f]{6}$/.test(id))
     throw ValidationError.forField('nextToken', 'is not a token this API gave');
   return id;

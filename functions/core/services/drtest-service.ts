@@ -236,16 +236,15 @@ export async function listDrTests(
       (filter.testType === undefined || test.testType === filter.testType) &&
       (filter.status === undefined || test.status === filter.status),
   );
-  const start = filter.nextToken === undefined ? 0 : decodeOffset(filter.nextToken);
+  const start = filter.nextToken === undefined ? 0 : await decodeOffset(cp, filter.nextToken);
   const limit = filter.limit ?? 50;
   const items = matching.slice(start, start + limit);
-  const next =
-    start + limit < matching.length ? Buffer.from(String(start + limit)).toString('base64url') : undefined;
+  const next = start + limit < matching.length ? await cp.table.sealToken(String(start + limit)) : undefined;
   return { items, ...(next ? { nextToken: next } : {}), compliance: await compliance(cp, newest) };
 }
 
-function decodeOffset(token: string): number {
-  const value = Number(Buffer.from(token, 'base64url').toString('utf8'));
+async function decodeOffset(cp: ControlPlane, token: string): Promise<number> {
+  const value = Number(await cp.table.openToken(token));
   if (!Number.isInteger(value) || value < 0)
     throw ValidationError.forField('nextToken', 'is not a token this API gave');
   return value;

@@ -11,6 +11,7 @@ import {
   QueryCommand,
   type NativeAttributeValue,
 } from '@aws-sdk/lib-dynamodb';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ConflictError, ValidationError } from '../errors.ts';
 
 /**
@@ -22,6 +23,8 @@ export const TABLE_KEYS = { partitionKey: 'pk', sortKey: 'sk' } as const;
 
 /** Partition keys: one partition per entity collection (small collections, listed whole). */
 export const Partition = {
+  /** The table's own settings: the key that signs pagination tokens (sort key `page-token-key`). */
+  meta: 'META',
   config: 'CONFIG',
   target: 'TARGET',
   schedule: 'SCHEDULE',
@@ -197,12 +200,63 @@ export class DrTable {
             ? { pk, sk: options.after }
             : options.nextToken === undefined
               ? undefined
-              : decodeToken(options.nextToken, pk),
+              : decodeKey(await this.openToken(options.nextToken), pk),
         ConsistentRead: true,
       }),
     );
     const items = (result.Items ?? []) as T[];
-    return result.LastEvaluatedKey ? { items, nextToken: encodeToken(result.LastEvaluatedKey) } : { items };
+    return result.LastEvaluatedKey
+      ? { items, nextToken: await this.sealToken(JSON.stringify(result.LastEvaluatedKey)) }
+      : { items };
+  }
+
+  /**
+   * A pagination token for `payload`: the payload and an HMAC of it under the table's token key, so that a
+   * token a client sends back can be checked before it reaches a query (a forged one is a 400, never a 500).
+   */
+  async sealToken(payload: string): Promise<string> {
+    const key = await this.tokenKey();
+    return `${Buffer.from(payload, 'utf8').toString('base64url')}.${tokenMac(key, payload)}`;
+  }
+
+  /** The payload of a token this table sealed; anything else is a 400 naming `field`. */
+  async openToken(token: string, field = 'nextToken'): Promise<string> {
+    const invalid = () => ValidationError.forField(field, 'is not a token this API returned');
+    const [body, mac, extra] = token.split('.');
+    if (body === undefined || mac === undefined || extra !== undefined || token.length > 4096)
+      throw invalid();
+    const payload = Buffer.from(body, 'base64url').toString('utf8');
+    const expected = Buffer.from(tokenMac(await this.tokenKey(), payload));
+    const given = Buffer.from(mac);
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw invalid();
+    return payload;
+  }
+
+  private tokenKeyLoad: Promise<Buffer> | undefined;
+
+  /** The table's token key: made once (first writer wins), read once per process. */
+  private tokenKey(): Promise<Buffer> {
+    this.tokenKeyLoad ??= (async () => {
+      const read = async () => (await this.get<{ key: string }>(Partition.meta, TOKEN_KEY))?.data.key;
+      let key = await read();
+      if (key === undefined) {
+        const at = new Date().toISOString();
+        await this.putIfAbsent({
+          pk: Partition.meta,
+          sk: TOKEN_KEY,
+          version: 1,
+          createdAt: at,
+          updatedAt: at,
+          data: { key: randomBytes(32).toString('base64') },
+        });
+        key = await read();
+      }
+      return Buffer.from(key!, 'base64');
+    })().catch((error: unknown) => {
+      this.tokenKeyLoad = undefined;
+      throw error;
+    });
+    return this.tokenKeyLoad;
   }
 
   /** Every item of a partition (for small collections: targets, schedules). */
@@ -229,21 +283,23 @@ export class DrTable {
   }
 }
 
-function encodeToken(key: Record<string, unknown>): string {
-  return Buffer.from(JSON.stringify(key), 'utf8').toString('base64url');
+const TOKEN_KEY = 'page-token-key';
+
+function tokenMac(key: Buffer, payload: string): string {
+  return createHmac('sha256', key).update(payload).digest('base64url').slice(0, 32);
 }
 
-/** Pagination tokens are opaque to clients but come back from them: check them before they reach a query. */
-function decodeToken(token: string, pk: string): Record<string, string> {
-  const invalid = () => ValidationError.forField('nextToken', 'is not a token this API returned');
+/** The start key inside a token: it must be of this partition (a token of another list is refused). */
+function decodeKey(payload: string, pk: string): Record<string, string> {
+  const invalid = () => ValidationError.forField('nextToken', 'is not a token of this list');
   let parsed: unknown;
   try {
-    parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
+    parsed = JSON.parse(payload);
   } catch {
     throw invalid();
   }
   if (typeof parsed !== 'object' || parsed === null) throw invalid();
   const { pk: tokenPk, sk, ...rest } = parsed as Record<string, unknown>;
-  if (tokenPk !== pk || typeof sk !== 'string' || Object.keys(rest).length > 0) throw invalid();
+  if (tokenPk !== pk || typeof sk !== 'string' || sk === '' || Object.keys(rest).length > 0) throw invalid();
   return { pk: tokenPk, sk };
 }
