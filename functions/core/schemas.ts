@@ -21,7 +21,12 @@ const label = z
   .string()
   .trim()
   .min(1, { error: 'must not be empty' })
-  .max(128, { error: 'must be at most 128 characters' });
+  .max(128, { error: 'must be at most 128 characters' })
+  // Printable text only: no control characters, and no bidirectional overrides or isolates, which make a
+  // name read differently from what it is (in a list, an audit entry or an email subject)
+  .regex(/^[^\p{Cc}\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]*$/u, {
+    error: 'must be printable text, without control or bidirectional-override characters',
+  });
 
 /** A secret value. On update: omitted keeps the stored one, `null` removes it. */
 const secret = z

@@ -27,12 +27,11 @@ const runtime = await startLocalRuntime({
 });
 
 console.log(`DR Automation (local) listening on ${runtime.url}/api/dr — data in ${dataDir}`);
+// The token itself is never printed (output ends up in logs): only where it is.
 if (runtime.tokenGenerated) {
-  console.log(
-    `API token (generated on first start, kept in ${join(dataDir, 'api-token')}):\n  ${runtime.token}`,
-  );
+  console.log(`API token: generated on first start into ${join(dataDir, 'api-token')} (mode 0600)`);
 } else if (optionalEnv('DR_API_TOKEN') === undefined) {
-  console.log(`API token: see ${join(dataDir, 'api-token')}`);
+  console.log(`API token: in ${join(dataDir, 'api-token')}`);
 }
 console.log(
   `Try: curl -H "Authorization: Bearer $(cat ${join(dataDir, 'api-token')})" ${runtime.url}/api/dr/config`,

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createApiHandler } from '../api/app.ts';
 import { AuditLog } from '../core/audit.ts';
@@ -83,6 +83,8 @@ export interface LocalRuntime {
 export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<LocalRuntime> {
   const dataDir = resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  // It holds the master key, the secret store and its key, and the token: this user's alone, every start
+  await tighten(dataDir);
   const { token, generated } = await resolveToken(dataDir, options.token);
   const dynamo = await startLocalDynamo({ path: join(dataDir, 'dynamodb'), tableName: LOCAL_TABLE_NAME });
   const now = options.now ?? (() => new Date());
@@ -265,11 +267,31 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   };
 }
 
+/** The shortest API token accepted: the token is the only thing between a caller and the backups. */
+export const MIN_TOKEN_LENGTH = 32;
+
+/** Directories 0700 and files 0600 under `root` (links are left alone, never followed). */
+async function tighten(root: string): Promise<void> {
+  await chmod(root, 0o700);
+  for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
+    if (entry.isSymbolicLink()) continue;
+    const path = join(entry.parentPath, entry.name);
+    if (entry.isDirectory()) await chmod(path, 0o700);
+    else if (entry.isFile()) await chmod(path, 0o600);
+  }
+}
+
 async function resolveToken(
   dataDir: string,
   fromEnv: string | undefined,
 ): Promise<{ token: string; generated: boolean }> {
-  if (fromEnv !== undefined && fromEnv !== '') return { token: fromEnv, generated: false };
+  if (fromEnv !== undefined && fromEnv !== '') {
+    if (fromEnv.length < MIN_TOKEN_LENGTH)
+      throw new Error(
+        `DR_API_TOKEN is ${fromEnv.length} characters: it must be at least ${MIN_TOKEN_LENGTH} (it is the only thing between a caller and the backups); generate one with: openssl rand -base64 32`,
+      );
+    return { token: fromEnv, generated: false };
+  }
   const file = join(dataDir, 'api-token');
   try {
     return { token: (await readFile(file, 'utf8')).trim(), generated: false };
