@@ -10,6 +10,7 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *                                              run the worker (Lambda and Fargate) in these subnets
  *   workerRunner=fargate                       run backups as Fargate tasks (longer than 15 minutes)
  *   mailFrom                                   verified SES address DR-test emails are sent from
+ *   allowPrivateEndpoints=true                 targets may point at private addresses (never metadata)
  */
 export function buildApp(app = new App()): { app: App; controlPlane: ControlPlaneStack } {
   const issuer = app.node.tryGetContext('jwtIssuer') as string | undefined;
@@ -27,6 +28,7 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
       ...(subnets.length > 0 ? { network: { subnets, securityGroups: list('workerSecurityGroups') } } : {}),
     },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',
+    ...(app.node.tryGetContext('allowPrivateEndpoints') === 'true' ? { allowPrivateEndpoints: true } : {}),
     ...(issuer
       ? { jwt: { issuer, audience: (audience ?? '').split(',').filter((value) => value !== '') } }
       : {}),

@@ -32,6 +32,11 @@ export interface ControlPlaneStackProps extends StackProps {
    * AWS credentials); give a JWT issuer and audience to accept OIDC tokens instead.
    */
   readonly jwt?: JwtAuthorization;
+  /**
+   * Let targets point at private addresses (an on-premises MinIO, a VPC endpoint by IP): sets
+   * DR_ALLOW_PRIVATE_ENDPOINTS on the API. The instance-metadata and link-local addresses stay refused.
+   */
+  readonly allowPrivateEndpoints?: boolean;
   /** @default 50 requests per second, bursts of 100 */
   readonly throttle?: { readonly rateLimit: number; readonly burstLimit: number };
   /** The backup worker's settings (buckets of role-based S3 targets, the runner, Fargate's network). */
@@ -84,6 +89,7 @@ export class ControlPlaneStack extends Stack {
         TABLE_NAME: this.table.tableName,
         SECRET_PREFIX: secretPrefix,
         SECRETS_KMS_KEY_ID: this.key.keyArn,
+        ...(props.allowPrivateEndpoints ? { DR_ALLOW_PRIVATE_ENDPOINTS: 'true' } : {}),
       },
     });
     const fn = apiFunction.function;

@@ -1,3 +1,4 @@
+import type { EgressPolicy } from './egress.ts';
 import type { AuditLog } from './audit.ts';
 import type { DownloadLinks, RunLauncher } from './services/backup-service.ts';
 import type { Logger } from './log.ts';
@@ -43,4 +44,6 @@ export interface ControlPlane {
   readonly downloads?: DownloadLinks;
   /** Starts restores and DR tests (absent where the workflows are not deployed: they answer 503). */
   readonly workflows?: WorkflowLauncher;
+  /** Where target endpoints may point (absent: public addresses only). */
+  readonly egress?: EgressPolicy;
 }

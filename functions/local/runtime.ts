@@ -1,3 +1,4 @@
+import { egressFromEnv, type EgressPolicy } from '../core/egress.ts';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -62,6 +63,8 @@ export interface LocalRuntimeOptions {
    * (tests of that path; the worker in this process still reaches the source itself).
    */
   readonly sourceFromWorker?: boolean;
+  /** Where target endpoints may point (default from DR_ALLOW_PRIVATE_ENDPOINTS: public addresses only). */
+  readonly egress?: EgressPolicy;
   /** The CloudWatch client that reads an RDS source's free storage (tests: moto); default: the SDK's, by region. */
   readonly cloudwatch?: CloudWatchClient;
 }
@@ -211,6 +214,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     secretPrefix: 'dr',
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
     freeStorage: cloudWatchFreeStorage(options.cloudwatch ? () => options.cloudwatch! : undefined),
+    egress: options.egress ?? egressFromEnv(),
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
   // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.

@@ -64,23 +64,51 @@ export class StorageError extends Error {
   readonly kind: StorageErrorKind;
   readonly storage: string;
   readonly key: string | undefined;
+  /**
+   * The message is ours alone (no text from the remote side, no network detail) and may be shown to an API
+   * caller as it is: a local filesystem error, an SFTP host key to pin.
+   */
+  readonly ownWords: boolean;
 
   constructor(
     kind: StorageErrorKind,
     storage: string,
     key: string | undefined,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; ownWords?: boolean },
   ) {
     super(`${storage}${key === undefined ? '' : ` (${key})`}: ${message}`, options);
     this.kind = kind;
     this.storage = storage;
     this.key = key;
+    this.ownWords = options?.ownWords ?? false;
   }
 
   override get name(): string {
     return this.kind === 'not-found' ? 'StorageNotFound' : 'StorageError';
   }
+}
+
+/** A short reason per kind, for API answers: never the remote side's words (an error page, an XML body). */
+const REASONS: Record<StorageErrorKind, string> = {
+  'not-found': 'the bucket, container or directory does not exist, or the object is missing',
+  authentication: 'the target refused the credentials',
+  permission: 'the credentials may not do this on the target',
+  // One text for refused, reset, unanswered and timed out: an answer must not tell which ports are open
+  network: 'the target could not be reached, or did not answer in time',
+  space: 'the target has no space left',
+  'invalid-key': 'the target refused an object name',
+  other: 'the target answered with an error (the server log has it)',
+};
+
+/**
+ * What an API answer may say of a storage failure: the classified kind and a short reason. The full message
+ * (which can hold the remote side's error body) is for the server's log.
+ */
+export function publicReason(error: unknown): { kind: StorageErrorKind; message: string } {
+  if (!(error instanceof StorageError)) return { kind: 'other', message: REASONS.other };
+  if (error.ownWords && error.kind !== 'network') return { kind: error.kind, message: error.message };
+  return { kind: error.kind, message: `${error.storage}: ${REASONS[error.kind]}` };
 }
 
 export function isNotFound(error: unknown): boolean {

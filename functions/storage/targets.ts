@@ -6,7 +6,7 @@ import { LocalStorage } from './local/local-storage.ts';
 import { withRetries } from './retry.ts';
 import { S3Storage } from './s3/s3-storage.ts';
 import { SftpStorage } from './sftp/sftp-storage.ts';
-import { StorageError, type Storage } from './storage.ts';
+import { publicReason, StorageError, type Storage } from './storage.ts';
 
 /**
  * A target as the API stores it (`targetType`, `config` without secrets) plus its secret fields, turned into
@@ -177,6 +177,7 @@ export interface ProbeResult {
 export async function probeTarget(
   storage: Storage,
   now: () => number = () => performance.now(),
+  onError: (error: unknown) => void = () => undefined,
 ): Promise<ProbeResult> {
   const key = `dr-check/${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
   const payload = Buffer.from(`dr-automation check ${new Date().toISOString()}`);
@@ -205,12 +206,7 @@ export async function probeTarget(
       ...(warnings.length > 0 ? { warnings: [...warnings] } : {}),
     };
   } catch (error) {
-    const kind = error instanceof StorageError ? error.kind : 'other';
-    return {
-      ok: false,
-      latencyMs: Math.round(now() - started),
-      steps,
-      error: { kind, message: (error as Error).message },
-    };
+    onError(error);
+    return { ok: false, latencyMs: Math.round(now() - started), steps, error: publicReason(error) };
   }
 }

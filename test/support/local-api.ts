@@ -42,6 +42,8 @@ export async function startTestApi(
     rds?: LocalRuntimeOptions['rds'];
     route53?: LocalRuntimeOptions['route53'];
     sourceFromWorker?: boolean;
+    /** Default: loopback allowed (the tests' emulators listen there), private and metadata refused. */
+    egress?: LocalRuntimeOptions['egress'];
     cloudwatch?: LocalRuntimeOptions['cloudwatch'];
   } = {},
 ): Promise<TestApi> {
@@ -57,6 +59,7 @@ export async function startTestApi(
     ...(options.rds ? { rds: options.rds, workflowWaitMs: 10 } : {}),
     ...(options.route53 ? { route53: options.route53 } : {}),
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
+    egress: options.egress ?? { allowLoopback: true },
     ...(options.cloudwatch ? { cloudwatch: options.cloudwatch } : {}),
   });
   const api: TestApi = {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { AuditLog } from '../audit.ts';
+import { egressFromEnv } from '../egress.ts';
 import type { ControlPlane } from '../context.ts';
 import { optionalEnv, requireEnv } from '../env.ts';
 import { createLogger, parseLevel } from '../log.ts';
@@ -28,6 +29,7 @@ export function awsControlPlane(): ControlPlane {
     ...(workflows ? { workflows } : {}),
     ...(optionalEnv('SOURCE_FROM_WORKER') === 'true' ? { sourceFromWorker: true } : {}),
     freeStorage: cloudWatchFreeStorage(),
+    egress: egressFromEnv(),
   };
   const bucket = optionalEnv('DOWNLOAD_BUCKET');
   if (!bucket || !runs?.export) return cp;

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
+import { endpointProblem } from '../egress.ts';
 import { ConflictError, UpstreamError, ValidationError, type FieldIssue } from '../errors.ts';
 import { DESTINATION_FIELDS, SECRET_FIELDS, type TargetInput, type TargetType } from '../schemas.ts';
 import { secretName } from '../secrets/secret-store.ts';
@@ -15,7 +16,7 @@ import {
   type Versioned,
 } from './common.ts';
 import type { StoredSchedule } from './schedule-service.ts';
-import { StorageError, type Storage } from '../../storage/storage.ts';
+import { publicReason, StorageError, type Storage } from '../../storage/storage.ts';
 import { openTarget, probeTarget, s3Storage, type ProbeResult } from '../../storage/targets.ts';
 import type { S3Lifecycle } from '../../storage/s3/s3-storage.ts';
 
@@ -61,7 +62,10 @@ export async function createTarget(cp: ControlPlane, input: TargetInput, actor: 
   const id = input.id ?? randomUUID();
   const { publicConfig, secretUpdates } = splitSecrets(input);
   const { values, changed } = mergeSecrets({}, secretUpdates);
-  throwIfIssues(requirements(input.targetType, publicConfig, new Set(Object.keys(values))));
+  throwIfIssues([
+    ...requirements(input.targetType, publicConfig, new Set(Object.keys(values))),
+    ...(await egressIssues(cp, publicConfig)),
+  ]);
   if (await cp.table.get(Partition.target, id))
     throw new ConflictError(`a target with id ${id} already exists`);
   if (input.targetType === 'S3' && publicConfig.lifecycle !== undefined)
@@ -130,7 +134,10 @@ export async function updateTarget(
     ? stored
     : Object.fromEntries(current.data.secretsSet.map((field) => [field, '']));
   const { values, changed } = mergeSecrets(kept, secretUpdates);
-  throwIfIssues(requirements(input.targetType, publicConfig, new Set(Object.keys(values))));
+  throwIfIssues([
+    ...requirements(input.targetType, publicConfig, new Set(Object.keys(values))),
+    ...(await egressIssues(cp, publicConfig)),
+  ]);
 
   if (input.targetType === 'S3')
     await changeLifecycle(cp, id, current.data, publicConfig, () =>
@@ -262,6 +269,16 @@ async function load(cp: ControlPlane, id: string): Promise<StoredItem<StoredTarg
   return requireFound(await cp.table.get<StoredTarget>(Partition.target, id), `target ${id}`);
 }
 
+/** An endpoint (S3, Azure, GCS) that points where the egress policy forbids: the metadata service, … */
+async function egressIssues(
+  cp: ControlPlane,
+  config: Readonly<Record<string, unknown>>,
+): Promise<FieldIssue[]> {
+  if (typeof config.endpoint !== 'string') return [];
+  const problem = await endpointProblem(config.endpoint, cp.egress ?? {});
+  return problem === undefined ? [] : [{ field: 'config.endpoint', message: `is not allowed: ${problem}` }];
+}
+
 /** The destination fields whose value differs between the stored config and the new one. */
 function movedDestination(
   type: TargetType,
@@ -385,7 +402,9 @@ export type TargetCheck = {
  * not a failed request.
  */
 export async function checkTarget(cp: ControlPlane, id: string): Promise<TargetCheck> {
-  const { about, outcome } = await withTarget(cp, id, probeTarget);
+  const { about, outcome } = await withTarget(cp, id, (storage) =>
+    probeTarget(storage, undefined, (error) => logFailure(cp, id, 'check', error)),
+  );
   const result: ProbeResult =
     'error' in outcome ? { ok: false, latencyMs: 0, steps: {}, ...outcome } : outcome.value;
   cp.logger.info('target checked', {
@@ -418,7 +437,18 @@ export async function targetUsage(cp: ControlPlane, id: string): Promise<TargetU
   return { ...about, ok: true, measuredAt, ...outcome.value };
 }
 
-/** Opens a target with its stored secrets, runs `use`, closes it; a failure is an answer, not a throw. */
+/** How long a check or a usage measurement may take before it is answered as `network` (no answer). */
+export const TARGET_DEADLINE_MS = 20_000;
+
+/** The full failure goes to the server's log; the answer carries only the kind and a short reason. */
+function logFailure(cp: ControlPlane, id: string, what: string, error: unknown): void {
+  cp.logger.warn(`target ${what} failed`, { target: id, error: (error as Error).message });
+}
+
+/**
+ * Opens a target with its stored secrets, runs `use` (for at most TARGET_DEADLINE_MS), closes it; a failure
+ * is an answer, not a throw.
+ */
 async function withTarget<T>(
   cp: ControlPlane,
   id: string,
@@ -430,15 +460,36 @@ async function withTarget<T>(
   const target = (await load(cp, id)).data;
   const secrets = target.secretName === undefined ? {} : ((await cp.secrets.get(target.secretName)) ?? {});
   const about = { id, name: target.name, targetType: target.targetType };
+  // Checked again at use: a name can resolve elsewhere since it was saved
+  const [refused] = await egressIssues(cp, target.config);
+  if (refused)
+    return { about, outcome: { error: { kind: 'permission', message: `the endpoint ${refused.message}` } } };
   try {
     const storage = openTarget(target, secrets);
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new StorageError(
+              'network',
+              storage.name,
+              undefined,
+              `no answer within ${TARGET_DEADLINE_MS / 1000} s`,
+            ),
+          ),
+        TARGET_DEADLINE_MS,
+      );
+    });
     try {
-      return { about, outcome: { value: await use(storage) } };
+      return { about, outcome: { value: await Promise.race([use(storage), deadline]) } };
     } finally {
-      await storage.close?.().catch(() => undefined);
+      clearTimeout(timer);
+      // A storage still waiting on a silent server is not waited for
+      void storage.close?.().catch(() => undefined);
     }
   } catch (error) {
-    const kind = error instanceof StorageError ? error.kind : 'other';
-    return { about, outcome: { error: { kind, message: (error as Error).message } } };
+    logFailure(cp, id, 'request', error);
+    return { about, outcome: { error: publicReason(error) } };
   }
 }

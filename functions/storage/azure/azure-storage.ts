@@ -194,7 +194,12 @@ export class AzureStorage implements Storage {
       kind = 'authentication';
     else if (status === 403 || code.startsWith('Authorization')) kind = 'permission';
     else if (status === 404 || code === 'BlobNotFound' || code === 'ContainerNotFound') kind = 'not-found';
-    else if (NETWORK.has(code) || (status !== undefined && status >= 500)) kind = 'network';
+    else if (
+      NETWORK.has(code) ||
+      (status !== undefined && status >= 500) ||
+      (status === undefined && /socket hang up|ECONN/i.test(failure.message ?? ''))
+    )
+      kind = 'network';
     else if (code === 'RequestBodyTooLarge' || code === 'InsufficientAccountPermissions') kind = 'space';
     const detail =
       code === 'ContainerNotFound'

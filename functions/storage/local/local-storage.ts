@@ -35,7 +35,9 @@ export class LocalStorage implements Storage {
 
   async put(key: string, body: Readable | Buffer, options: PutOptions = {}): Promise<void> {
     const file = this.pathOf(key);
-    await mkdir(dirname(file), { recursive: true });
+    await mkdir(dirname(file), { recursive: true }).catch((error: unknown) => {
+      throw this.wrap(error, key);
+    });
     const temporary = `${file}.${randomBytes(6).toString('hex')}${TEMP_SUFFIX}`;
     try {
       const source = Buffer.isBuffer(body) ? Readable.from([body]) : body;
@@ -160,7 +162,8 @@ export class LocalStorage implements Storage {
           : code === 'EACCES' || code === 'EPERM'
             ? 'permission'
             : 'other';
-    return new StorageError(kind, this.name, key, (error as Error).message, { cause: error });
+    // A local filesystem's error names a path on this machine, nothing from elsewhere
+    return new StorageError(kind, this.name, key, (error as Error).message, { cause: error, ownWords: true });
   }
 }
 

@@ -330,7 +330,13 @@ export class S3Storage implements Storage {
     else if (code === 'AccessDenied' || code === 'AllAccessDisabled' || status === 403) kind = 'permission';
     else if (code === 'NoSuchKey' || code === 'NotFound' || code === 'NoSuchBucket' || status === 404)
       kind = 'not-found';
-    else if (NETWORK.has(code) || (status !== undefined && status >= 500)) kind = 'network';
+    else if (
+      NETWORK.has(code) ||
+      NETWORK.has(failure.code ?? '') ||
+      (status !== undefined && status >= 500) ||
+      (status === undefined && /socket hang up/i.test(failure.message ?? ''))
+    )
+      kind = 'network';
     else if (code === 'EntityTooLarge' || code === 'QuotaExceeded') kind = 'space';
     const message =
       kind === 'not-found' && code === 'NoSuchBucket'

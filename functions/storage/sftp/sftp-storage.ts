@@ -340,7 +340,7 @@ export class SftpStorage implements Storage {
             : `the server's host key changed: it presented ${presented}, the target pins ${pinned}. The key was ` +
                 'replaced, or someone is between you and the server; nothing was sent. If the change is expected, ' +
                 'update hostKeyFingerprint',
-          { cause: error },
+          { cause: error, ownWords: true },
         );
       }
       throw error;
