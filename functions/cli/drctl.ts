@@ -389,6 +389,7 @@ program
   .option('--no-owner', 'do not restore ownership and privileges')
   .option('--files-to <dir>', 'restore the files into this directory')
   .option('--include <glob>', 'only files matching this glob (repeatable)', collectValues)
+  .option('--preserve-special-bits', 'keep setuid/setgid bits of restored files (cleared by default)')
   .addOption(jsonOption())
   .action(
     async (
@@ -403,6 +404,7 @@ program
         owner: boolean;
         filesTo?: string;
         include?: string[];
+        preserveSpecialBits?: boolean;
       },
     ) => {
       if (!options.db && !options.filesTo) throw new InvalidArgumentError('give --db, --files-to, or both');
@@ -432,6 +434,7 @@ program
           result.files = await restoreFiles(repository, manifest, {
             destination: options.filesTo,
             ...(options.include ? { include: options.include } : {}),
+            ...(options.preserveSpecialBits ? { preserveSpecialBits: true } : {}),
             onProgress: progress.update,
           });
         }

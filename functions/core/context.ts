@@ -1,4 +1,5 @@
 import type { EgressPolicy } from './egress.ts';
+import type { PathPolicy } from './paths.ts';
 import type { AuditLog } from './audit.ts';
 import type { DownloadLinks, RunLauncher } from './services/backup-service.ts';
 import type { Logger } from './log.ts';
@@ -46,4 +47,6 @@ export interface ControlPlane {
   readonly workflows?: WorkflowLauncher;
   /** Where target endpoints may point (absent: public addresses only). */
   readonly egress?: EgressPolicy;
+  /** Where files may be backed up from and restored into (absent: nowhere). */
+  readonly paths?: PathPolicy;
 }

@@ -544,11 +544,7 @@ export const restoreInput = z
           .regex(/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/, { error: 'must be a database name' })
           .optional(),
         /** Where the files go (an empty or missing directory, unless overwrite). */
-        filesTo: z
-          .string()
-          .max(4096)
-          .refine((value) => value.startsWith('/'), { error: 'must be an absolute path' })
-          .optional(),
+        filesTo: absolutePath.optional(),
       })
       .default({ environment: 'STAGING' }),
     /**
@@ -559,6 +555,8 @@ export const restoreInput = z
     method: z.enum(['auto', 'rds', 'backup']).default('auto'),
     /** Replace what the backup defines in a destination that is not empty. */
     overwrite: z.boolean().default(false),
+    /** Keep setuid/setgid bits of restored files (default: cleared; ownership is never restored). */
+    preserveSpecialBits: z.boolean().default(false),
     /** Only plan: which backup, its chain and size, and the gap to pointInTime; nothing is touched. */
     dryRun: z.boolean().default(false),
   })

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, symlink, utimes, chmod, rm } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, readlink, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import picomatch from 'picomatch';
 import { RestoreError, SourceError } from './errors.ts';
@@ -68,41 +68,88 @@ export function safeJoin(destination: string, path: string): string {
   return target;
 }
 
+/** How extraction treats modes. */
+export interface ExtractOptions {
+  /** Keep setuid and setgid bits (default: cleared, since the restored files belong to this process's user). */
+  readonly preserveSpecialBits?: boolean;
+}
+
+function modeOf(entry: FileEntry, options: ExtractOptions): number {
+  return options.preserveSpecialBits ? entry.mode : entry.mode & ~0o6000;
+}
+
+/**
+ * Makes the directory `path` (inside `destination`) and the ones above it, one level at a time, never through
+ * a symbolic link: a link already in the destination (or one a crafted backup made earlier in the same
+ * restore) would otherwise carry the files written under it anywhere on the machine.
+ */
+async function ensureDirectory(destination: string, path: string): Promise<void> {
+  // The destination itself is the operator's choice (checked by the caller); below it, nothing is followed
+  await mkdir(resolve(destination), { recursive: true });
+  const parts = relative(resolve(destination), path)
+    .split(sep)
+    .filter((part) => part !== '');
+  let current = resolve(destination);
+  for (const part of parts) {
+    current = join(current, part);
+    const info = await lstat(current).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+    if (info === undefined) await mkdir(current);
+    else if (info.isSymbolicLink())
+      throw new RestoreError(
+        `refusing to restore through the symbolic link ${current} (it leads out of ${destination})`,
+      );
+    else if (!info.isDirectory())
+      throw new RestoreError(`refusing to restore into ${current}: it exists and is not a directory`);
+  }
+}
+
 /** Writes one file from its chunks, then its mode; mtimes are set after the whole tree is written. */
 export async function writeFile(
   destination: string,
   entry: FileEntry,
   chunks: AsyncIterable<Buffer>,
+  options: ExtractOptions = {},
 ): Promise<void> {
   const target = safeJoin(destination, entry.path);
-  await mkdir(dirname(target), { recursive: true });
+  await ensureDirectory(destination, dirname(target));
+  // A link (or a hard link to a file elsewhere) at the name is replaced, never written through
   await rm(target, { force: true });
   const handle = await open(target, 'wx', 0o600);
   try {
     for await (const chunk of chunks) await handle.write(chunk);
+    await handle.chmod(modeOf(entry, options));
   } finally {
     await handle.close();
   }
-  await chmod(target, entry.mode);
 }
 
 export async function makeEntry(destination: string, entry: FileEntry): Promise<void> {
   const target = safeJoin(destination, entry.path);
   if (entry.type === 'dir') {
-    await mkdir(target, { recursive: true });
+    await ensureDirectory(destination, target);
   } else if (entry.type === 'symlink' && entry.target !== undefined) {
-    await mkdir(dirname(target), { recursive: true });
+    await ensureDirectory(destination, dirname(target));
     await rm(target, { force: true });
     await symlink(entry.target, target);
   }
 }
 
 /** Sets modes and mtimes, deepest first, so that writing into a directory does not move its mtime again. */
-export async function finishEntries(destination: string, entries: readonly FileEntry[]): Promise<void> {
+export async function finishEntries(
+  destination: string,
+  entries: readonly FileEntry[],
+  options: ExtractOptions = {},
+): Promise<void> {
   for (const entry of [...entries].reverse()) {
     if (entry.type === 'symlink') continue;
     const target = safeJoin(destination, entry.path);
-    if (entry.type === 'dir') await chmod(target, entry.mode);
+    // Never through a link: what is there now must be what this restore made
+    const info = await lstat(target);
+    if (info.isSymbolicLink() || (entry.type === 'dir') !== info.isDirectory()) continue;
+    if (entry.type === 'dir') await chmod(target, modeOf(entry, options));
     // In seconds, not as a Date: a Date keeps whole milliseconds and would drop the microseconds.
     const time = entry.mtimeMs / 1000;
     await utimes(target, time, time);

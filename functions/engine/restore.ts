@@ -518,6 +518,8 @@ export interface FilesRestoreOptions {
   /** Globs over the stored relative paths (picomatch); all files when empty. */
   readonly include?: readonly string[];
   readonly onProgress?: ProgressListener;
+  /** Keep setuid/setgid bits (default: cleared). Ownership is never restored: files belong to this user. */
+  readonly preserveSpecialBits?: boolean;
 }
 
 export async function restoreFiles(
@@ -545,12 +547,13 @@ export async function restoreFiles(
             options.onProgress?.({ phase: 'restore', item: entry.path, bytes });
           },
         ),
+        options,
       );
       count++;
     } else {
       await makeEntry(options.destination, entry);
     }
   }
-  await finishEntries(options.destination, chosen);
+  await finishEntries(options.destination, chosen, options);
   return { files: count, bytes };
 }

@@ -1,4 +1,5 @@
 import { egressFromEnv, type EgressPolicy } from '../core/egress.ts';
+import { pathPolicyFromEnv, type PathPolicy } from '../core/paths.ts';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -65,6 +66,8 @@ export interface LocalRuntimeOptions {
   readonly sourceFromWorker?: boolean;
   /** Where target endpoints may point (default from DR_ALLOW_PRIVATE_ENDPOINTS: public addresses only). */
   readonly egress?: EgressPolicy;
+  /** Where files may be read and restored (default DR_FILES_ROOTS; the data directory never). */
+  readonly paths?: PathPolicy;
   /** The CloudWatch client that reads an RDS source's free storage (tests: moto); default: the SDK's, by region. */
   readonly cloudwatch?: CloudWatchClient;
 }
@@ -215,6 +218,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
     freeStorage: cloudWatchFreeStorage(options.cloudwatch ? () => options.cloudwatch! : undefined),
     egress: options.egress ?? egressFromEnv(),
+    paths: options.paths ?? pathPolicyFromEnv([dataDir]),
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
   // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.

@@ -1,3 +1,4 @@
+import { pathProblem } from '../core/paths.ts';
 import type { ControlPlane } from '../core/context.ts';
 import { ConflictError } from '../core/errors.ts';
 import {
@@ -74,6 +75,12 @@ export async function executeRun(
       notices.push('files in an S3 bucket are not backed up yet: only the database was');
     if (!engineSource.database && !engineSource.files)
       return await fail(cp, record, 'the DR config names no source to back up');
+    // Checked again at every run: a link may have been put in the path since the config was saved
+    if (engineSource.files !== undefined) {
+      const problem = await pathProblem(engineSource.files, cp.paths ?? { roots: [], forbidden: [] });
+      if (problem !== undefined)
+        return await fail(cp, record, `the files source ${engineSource.files} ${problem}`);
+    }
 
     // Open every target; one that cannot be opened is recorded as failed, the others go on.
     const results = new Map<string, TargetResult>();

@@ -1,3 +1,4 @@
+import { pathProblem } from '../core/paths.ts';
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -381,6 +382,9 @@ const restoreTasks: Record<string, Task> = {
         );
     }
     if (plan.files && plan.destination.filesTo) {
+      const problem = await pathProblem(plan.destination.filesTo, cp.paths ?? { roots: [], forbidden: [] });
+      if (problem !== undefined)
+        throw new WorkflowError('DestinationRefused', `directory ${plan.destination.filesTo} ${problem}`);
       const entries = await readdir(plan.destination.filesTo).catch((error: NodeJS.ErrnoException) => {
         if (error.code === 'ENOENT') return [];
         throw error;
@@ -435,6 +439,7 @@ const restoreTasks: Record<string, Task> = {
       restoreFiles(repository, manifest, {
         destination: plan.destination.filesTo!,
         ...(restore.request.scope.include ? { include: restore.request.scope.include } : {}),
+        ...(restore.request.preserveSpecialBits ? { preserveSpecialBits: true } : {}),
       }),
     );
     return { ...result, seconds: (Date.now() - started) / 1000 };

@@ -1,10 +1,16 @@
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
 import { seedConfig, seedConfigApiReference, seedEncryption } from '../support/seed-examples.ts';
 
 let api: TestApi;
+/** A files source under the test runtime's files root (the temporary directory). */
+let uploads: string;
 beforeAll(async () => {
   api = await startTestApi();
+  uploads = await mkdtemp(join(tmpdir(), 'dr-uploads-'));
 });
 afterAll(async () => {
   await api.close();
@@ -173,7 +179,7 @@ describe('POST /api/dr/config', () => {
       ...seedConfig,
       source: {
         database: { url: 'postgres://events:kept-secret@db.internal/event_manager' },
-        files: { type: 'directory', path: '/srv/uploads' },
+        files: { type: 'directory', path: uploads },
       },
       environments: {
         STAGING: { database: { url: 'postgres://events:st-secret@staging.internal/postgres' } },
@@ -187,7 +193,7 @@ describe('POST /api/dr/config', () => {
       notificationEmails: ['admin@example.com'],
       source: {
         database: { url: 'postgres://events@db.internal/event_manager', passwordSet: true },
-        files: { type: 'directory', path: '/srv/uploads' },
+        files: { type: 'directory', path: uploads },
       },
       environments: { STAGING: { database: { passwordSet: true } } },
     });
@@ -215,7 +221,7 @@ describe('POST /api/dr/config', () => {
     const patched = await api.call(
       'PATCH',
       '/api/dr/config',
-      { rpo: 0.5, source: { rds: null, files: { type: 'directory', path: '/srv/uploads' } } },
+      { rpo: 0.5, source: { rds: null, files: { type: 'directory', path: uploads } } },
       { headers: { 'content-type': 'application/merge-patch+json' } },
     );
     expect(patched.status, patched.text).toBe(200);
@@ -225,7 +231,7 @@ describe('POST /api/dr/config', () => {
       notificationEmails: ['admin@example.com'],
       source: {
         database: { url: 'postgres://events@db.internal/event_manager', passwordSet: true },
-        files: { type: 'directory', path: '/srv/uploads' },
+        files: { type: 'directory', path: uploads },
       },
       version: before.body.version + 1,
     });

@@ -1,3 +1,4 @@
+import { PROGRAM_DIR } from '../../functions/core/paths.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,6 +45,8 @@ export async function startTestApi(
     sourceFromWorker?: boolean;
     /** Default: loopback allowed (the tests' emulators listen there), private and metadata refused. */
     egress?: LocalRuntimeOptions['egress'];
+    /** Default: the machine's temporary directory is the files root (the tests' trees live there). */
+    paths?: LocalRuntimeOptions['paths'];
     cloudwatch?: LocalRuntimeOptions['cloudwatch'];
   } = {},
 ): Promise<TestApi> {
@@ -60,6 +63,7 @@ export async function startTestApi(
     ...(options.route53 ? { route53: options.route53 } : {}),
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
     egress: options.egress ?? { allowLoopback: true },
+    paths: options.paths ?? { roots: [tmpdir()], forbidden: [dataDir, PROGRAM_DIR] },
     ...(options.cloudwatch ? { cloudwatch: options.cloudwatch } : {}),
   });
   const api: TestApi = {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { AuditLog } from '../audit.ts';
 import { egressFromEnv } from '../egress.ts';
+import { pathPolicyFromEnv } from '../paths.ts';
 import type { ControlPlane } from '../context.ts';
 import { optionalEnv, requireEnv } from '../env.ts';
 import { createLogger, parseLevel } from '../log.ts';
@@ -30,6 +31,7 @@ export function awsControlPlane(): ControlPlane {
     ...(optionalEnv('SOURCE_FROM_WORKER') === 'true' ? { sourceFromWorker: true } : {}),
     freeStorage: cloudWatchFreeStorage(),
     egress: egressFromEnv(),
+    paths: pathPolicyFromEnv([]),
   };
   const bucket = optionalEnv('DOWNLOAD_BUCKET');
   if (!bucket || !runs?.export) return cp;

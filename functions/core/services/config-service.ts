@@ -1,3 +1,4 @@
+import { pathProblem } from '../paths.ts';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import type { FieldIssue } from '../errors.ts';
@@ -140,6 +141,10 @@ export async function replaceConfig(
         message:
           'must be given again (or null): the server, port, user or database changed, and a stored password is never sent to a new destination',
       });
+  }
+  if (source?.files?.type === 'directory') {
+    const problem = await pathProblem(source.files.path, cp.paths ?? { roots: [], forbidden: [] });
+    if (problem !== undefined) issues.push({ field: 'source.files.path', message: problem });
   }
   const rds = source?.rds;
   if (rds !== undefined && (rds.instanceIdentifier === undefined) === (rds.clusterIdentifier === undefined)) {

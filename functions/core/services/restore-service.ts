@@ -1,3 +1,4 @@
+import { pathProblem } from '../paths.ts';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import { NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
@@ -91,6 +92,10 @@ export async function startRestore(
         : 'rds needs source.rds (instanceIdentifier or clusterIdentifier) in the DR config',
     );
   const viaRds = input.pointInTime !== undefined && input.method !== 'backup' && rdsSource !== undefined;
+  if (input.destination.filesTo !== undefined) {
+    const problem = await pathProblem(input.destination.filesTo, cp.paths ?? { roots: [], forbidden: [] });
+    if (problem !== undefined) throw ValidationError.forField('destination.filesTo', problem);
+  }
   if (input.backupId !== undefined) {
     const backup = await getBackup(cp, input.backupId);
     if (!isGood(backup))
