@@ -74,7 +74,11 @@ export async function endpointProblem(endpoint: string, policy: EgressPolicy): P
   if (host === 'localhost' || host.endsWith('.localhost')) return addressProblem('127.0.0.1', policy);
   const literal = addressProblem(host, policy);
   if (literal !== undefined || isIP(host.replace(/^\[|\]$/g, '')) !== 0) return literal;
-  const addresses = await lookup(host, { all: true }).catch(() => []);
+  // A resolver that does not answer within 3 s leaves the name to fail (or not) when used
+  const addresses = await Promise.race([
+    lookup(host, { all: true }).catch(() => []),
+    new Promise<[]>((resolve) => setTimeout(() => resolve([]), 3000).unref()),
+  ]);
   for (const { address } of addresses) {
     const problem = addressProblem(address, policy);
     if (problem !== undefined) return `${host} resolves to ${problem}`;

@@ -180,4 +180,46 @@ describe('fuzzing every route', () => {
       { numRuns: 300 },
     );
   });
+
+  it('never answers 5xx to arbitrary endpoints and paths', async () => {
+    const host = fc.oneof(
+      fc.ipV4(),
+      fc.ipV6().map((ip) => `[${ip}]`),
+      fc.domain(),
+      fc.constantFrom('localhost', 'metadata.google.internal', '169.254.169.254', '[::ffff:127.0.0.1]'),
+    );
+    const endpoint = fc.oneof(
+      fc
+        .tuple(fc.constantFrom('http', 'https', 'ftp', 'file'), host, fc.option(fc.nat(70000)))
+        .map(([scheme, name, port]) => `${scheme}://${name}${port === null ? '' : `:${port}`}/`),
+      fc.webUrl(),
+      fc.string({ maxLength: 80 }),
+    );
+    const path = fc.oneof(
+      fc.string({ maxLength: 80 }),
+      fc
+        .array(fc.constantFrom('..', '.', 'tmp', 'etc', '', 'a b', '%2e%2e', '\u0000'), { maxLength: 6 })
+        .map((parts) => `/${parts.join('/')}`),
+    );
+    await fc.assert(
+      fc.asyncProperty(endpoint, path, async (url, dir) => {
+        const target = await api.call('POST', '/api/dr/targets', {
+          ...seedTargets.S3,
+          config: { ...seedTargets.S3.config, endpoint: url },
+        });
+        expectNo5xx(target, `endpoint ${url}`);
+        const config = await api.call('POST', '/api/dr/config', {
+          source: { files: { type: 'directory', path: dir } },
+        });
+        expectNo5xx(config, `path ${dir}`);
+        const restore = await api.call('POST', '/api/dr/restore', {
+          backupId: '20261101T000000000Z-abcdef',
+          scope: { database: false, files: true },
+          destination: { filesTo: dir },
+        });
+        expectNo5xx(restore, `filesTo ${dir}`);
+      }),
+      { numRuns: 200 },
+    );
+  });
 });

@@ -60,7 +60,11 @@ export class AzureStorage implements Storage {
       options.name ?? `azure://${options.accountName}/${options.containerName}/${options.prefix ?? ''}`;
     this.root = options.prefix ? `${options.prefix.replace(/\/+$/, '')}/` : '';
     const endpoint = options.endpoint ?? `https://${options.accountName}.blob.core.windows.net`;
-    const retry = { retryOptions: { maxTries: 4, tryTimeoutInMs: 120_000 } };
+    // Redirects are not followed: a 3xx from the endpoint must not send the signed request elsewhere
+    const retry = {
+      retryOptions: { maxTries: 4, tryTimeoutInMs: 120_000 },
+      redirectOptions: { maxRetries: 0 },
+    };
     let service: BlobServiceClient;
     if (options.connectionString)
       service = BlobServiceClient.fromConnectionString(options.connectionString, retry);
