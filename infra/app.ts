@@ -11,6 +11,7 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *   workerRunner=fargate                       run backups as Fargate tasks (longer than 15 minutes)
  *   mailFrom                                   verified SES address DR-test emails are sent from
  *   allowPrivateEndpoints=true                 targets may point at private addresses (never metadata)
+ *   filesRoots=/mnt/uploads,/mnt/restores       where files may be backed up from and restored into
  */
 export function buildApp(app = new App()): { app: App; controlPlane: ControlPlaneStack } {
   const issuer = app.node.tryGetContext('jwtIssuer') as string | undefined;
@@ -26,6 +27,7 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
         ? { mailFrom: app.node.tryGetContext('mailFrom') as string }
         : {}),
       ...(subnets.length > 0 ? { network: { subnets, securityGroups: list('workerSecurityGroups') } } : {}),
+      ...(list('filesRoots').length > 0 ? { filesRoots: list('filesRoots') } : {}),
     },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',
     ...(app.node.tryGetContext('allowPrivateEndpoints') === 'true' ? { allowPrivateEndpoints: true } : {}),

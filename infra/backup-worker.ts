@@ -54,6 +54,8 @@ export interface BackupWorkerProps {
    * email is sent on AWS (the test records why).
    */
   readonly mailFrom?: string;
+  /** Directories files may be backed up from and restored into (DR_FILES_ROOTS); none by default. */
+  readonly filesRoots?: readonly string[];
   /** Which runner starts backups: the worker Lambda (≤ 15 minutes) or the Fargate task. @default 'lambda' */
   readonly runner?: 'lambda' | 'fargate';
 }
@@ -126,6 +128,7 @@ export class BackupWorker extends Construct {
       DOWNLOAD_BUCKET: this.downloads.bucketName,
       DR_METRICS: 'emf',
       ...(props.mailFrom ? { MAIL_FROM: props.mailFrom } : {}),
+      ...(props.filesRoots?.length ? { DR_FILES_ROOTS: props.filesRoots.join(':') } : {}),
     };
 
     const workerLogs = new LogGroup(this, 'WorkerLogs', {

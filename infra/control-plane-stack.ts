@@ -90,6 +90,7 @@ export class ControlPlaneStack extends Stack {
         SECRET_PREFIX: secretPrefix,
         SECRETS_KMS_KEY_ID: this.key.keyArn,
         ...(props.allowPrivateEndpoints ? { DR_ALLOW_PRIVATE_ENDPOINTS: 'true' } : {}),
+        ...(props.worker?.filesRoots?.length ? { DR_FILES_ROOTS: props.worker.filesRoots.join(':') } : {}),
       },
     });
     const fn = apiFunction.function;

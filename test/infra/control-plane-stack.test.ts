@@ -288,6 +288,26 @@ describe('ControlPlaneStack template', () => {
     expect(JSON.stringify(lifecycle[0].Resource)).toMatch(/s3:::acme-backups"/);
   });
 
+  it('passes the files roots to the API and the worker, and private endpoints only when allowed', async () => {
+    const plain = (await synthesize({})).template;
+    for (const fn of Object.values(plain.findResources('AWS::Lambda::Function'))) {
+      expect(fn.Properties.Environment?.Variables?.DR_FILES_ROOTS).toBeUndefined();
+      expect(fn.Properties.Environment?.Variables?.DR_ALLOW_PRIVATE_ENDPOINTS).toBeUndefined();
+    }
+    const { template } = await synthesize({
+      filesRoots: '/mnt/uploads,/mnt/restores',
+      allowPrivateEndpoints: 'true',
+    });
+    const functions = Object.values(template.findResources('AWS::Lambda::Function'));
+    const api = functions.find((fn) => fn.Properties.Description === 'DR Automation /api/dr API')!;
+    expect(api.Properties.Environment.Variables).toMatchObject({
+      DR_FILES_ROOTS: '/mnt/uploads:/mnt/restores',
+      DR_ALLOW_PRIVATE_ENDPOINTS: 'true',
+    });
+    const worker = functions.find((fn) => fn.Properties.PackageType === 'Image')!;
+    expect(worker.Properties.Environment.Variables.DR_FILES_ROOTS).toBe('/mnt/uploads:/mnt/restores');
+  });
+
   it('runs the worker Lambda and the Fargate task in the operator subnets when given, with inline ENI permissions', async () => {
     const { template, report } = await synthesize({
       workerRunner: 'fargate',
