@@ -194,11 +194,19 @@ function held(
   let refreshedAt = Date.parse(info.startedAt);
   let released = false;
   let refreshing: Promise<void> = Promise.resolve();
+  const removed = `lock ${key} was removed by another process (it took this operation for a dead one)`;
+  // Once others may take the lock for stale, it is lost for good: refreshing it then could bring back a
+  // lock that a gc already counted as dead, after it deleted this operation's packs.
+  const expired = () => {
+    if (!lost && now().getTime() - refreshedAt >= staleMs - refreshMs)
+      lost = `lock ${key} could not be refreshed since ${new Date(refreshedAt).toISOString()}`;
+    return lost !== undefined;
+  };
   const refresh = async () => {
-    if (released || lost) return;
+    if (released || expired()) return;
     try {
       if (!(await storage.stat(key))) {
-        lost = `lock ${key} was removed by another process (it took this operation for a dead one)`;
+        lost = removed;
         return;
       }
       const at = now();
@@ -218,10 +226,7 @@ function held(
     kind: info.kind ?? 'shared',
     check: async () => {
       await refreshing;
-      if (!lost && now().getTime() - refreshedAt >= staleMs - refreshMs)
-        lost = `lock ${key} could not be refreshed since ${new Date(refreshedAt).toISOString()}`;
-      if (!lost && !(await storage.stat(key)))
-        lost = `lock ${key} was removed by another process (it took this operation for a dead one)`;
+      if (!expired() && !(await storage.stat(key))) lost = removed;
       if (lost) throw new RepositoryLockedError(`the repository lock was lost: ${lost}`);
     },
     release: async () => {

@@ -93,6 +93,25 @@ describe('repository locks', () => {
     await lock.release();
   });
 
+  it('never refreshes a lock that others may already have taken for stale', async () => {
+    const store = await storage();
+    let clock = Date.now();
+    const lock = await acquireLock(store, 'backup', {
+      kind: 'shared',
+      refreshMs: 100,
+      staleMs: 300,
+      now: () => new Date(clock),
+    });
+    const [before] = await readLocks(store);
+    // The process was frozen past the stale limit: a gc elsewhere may have counted the lock dead
+    clock += 350;
+    await new Promise((resolve) => setTimeout(resolve, 350));
+    const [after] = await readLocks(store);
+    expect(after!.refreshedAt).toBe(before!.refreshedAt);
+    await expect(lock.check()).rejects.toThrow(/lock was lost: .*could not be refreshed/);
+    await lock.release();
+  });
+
   it('fails the holder whose lock was removed (taken for stale), instead of letting it go on', async () => {
     const store = await storage();
     const lock = await acquireLock(store, 'backup', { kind: 'shared', refreshMs: 60_000 });
