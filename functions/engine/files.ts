@@ -72,6 +72,11 @@ export function safeJoin(destination: string, path: string): string {
 export interface ExtractOptions {
   /** Keep setuid and setgid bits (default: cleared, since the restored files belong to this process's user). */
   readonly preserveSpecialBits?: boolean;
+  /**
+   * The directories this extraction already made or checked (pass one set for a whole restore): each is
+   * looked at once, not again for every file under it.
+   */
+  readonly checked?: Set<string>;
 }
 
 function modeOf(entry: FileEntry, options: ExtractOptions): number {
@@ -83,15 +88,25 @@ function modeOf(entry: FileEntry, options: ExtractOptions): number {
  * a symbolic link: a link already in the destination (or one a crafted backup made earlier in the same
  * restore) would otherwise carry the files written under it anywhere on the machine.
  */
-async function ensureDirectory(destination: string, path: string): Promise<void> {
+async function ensureDirectory(
+  destination: string,
+  path: string,
+  checked = new Set<string>(),
+): Promise<void> {
+  if (checked.has(path)) return;
+  const base = resolve(destination);
   // The destination itself is the operator's choice (checked by the caller); below it, nothing is followed
-  await mkdir(resolve(destination), { recursive: true });
-  const parts = relative(resolve(destination), path)
+  if (!checked.has(base)) {
+    await mkdir(base, { recursive: true });
+    checked.add(base);
+  }
+  const parts = relative(base, path)
     .split(sep)
     .filter((part) => part !== '');
-  let current = resolve(destination);
+  let current = base;
   for (const part of parts) {
     current = join(current, part);
+    if (checked.has(current)) continue;
     const info = await lstat(current).catch((error: NodeJS.ErrnoException) => {
       if (error.code === 'ENOENT') return undefined;
       throw error;
@@ -103,6 +118,7 @@ async function ensureDirectory(destination: string, path: string): Promise<void>
       );
     else if (!info.isDirectory())
       throw new RestoreError(`refusing to restore into ${current}: it exists and is not a directory`);
+    checked.add(current);
   }
 }
 
@@ -114,7 +130,7 @@ export async function writeFile(
   options: ExtractOptions = {},
 ): Promise<void> {
   const target = safeJoin(destination, entry.path);
-  await ensureDirectory(destination, dirname(target));
+  await ensureDirectory(destination, dirname(target), options.checked);
   // A link (or a hard link to a file elsewhere) at the name is replaced, never written through
   await rm(target, { force: true });
   const handle = await open(target, 'wx', 0o600);
@@ -126,14 +142,20 @@ export async function writeFile(
   }
 }
 
-export async function makeEntry(destination: string, entry: FileEntry): Promise<void> {
+export async function makeEntry(
+  destination: string,
+  entry: FileEntry,
+  options: ExtractOptions = {},
+): Promise<void> {
   const target = safeJoin(destination, entry.path);
   if (entry.type === 'dir') {
-    await ensureDirectory(destination, target);
+    await ensureDirectory(destination, target, options.checked);
   } else if (entry.type === 'symlink' && entry.target !== undefined) {
-    await ensureDirectory(destination, dirname(target));
+    await ensureDirectory(destination, dirname(target), options.checked);
     await rm(target, { force: true });
     await symlink(entry.target, target);
+    // A link now: nothing is ever written through it
+    options.checked?.delete(target);
   }
 }
 

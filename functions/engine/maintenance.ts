@@ -223,7 +223,7 @@ export async function verify(
   report(repository.indexProblems.map((error) => ({ object: error.object, message: error.message })));
   const bad = new Set<string>();
   // The copies in the packs this backup wrote are tried first: each backup is judged by its own data.
-  const own = new Set(await ownPacks(repository, backupId));
+  const own = new Set(await repository.packsWrittenBy(backupId));
   const copiesOf = (chunk: string) => {
     const copies = index.get(chunk) ?? [];
     return copies.some((copy) => own.has(copy.pack))
@@ -336,16 +336,6 @@ export async function verifyAll(
   for (const summary of await listBackups(repository, unreadable))
     reports.push(await verify(repository, summary.id, onProgress, session));
   return { reports, unreadable };
-}
-
-async function ownPacks(repository: Repository, backupId: string): Promise<string[]> {
-  try {
-    return (await repository.readIndexFile(keys.index(backupId))).packs.map((pack) => pack.id);
-  } catch (error) {
-    // No index file (a backup that wrote nothing new), or a damaged one (already reported by loadIndex)
-    if (isNotFound(error) || error instanceof CorruptDataError) return [];
-    throw error;
-  }
 }
 
 function brokenItems(manifest: Manifest, bad: Set<string>): string[] {

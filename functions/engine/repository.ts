@@ -86,6 +86,8 @@ export class Repository {
   private index: Map<string, BlobLocation[]> | undefined;
   /** The blobs each pack holds, by the index files. */
   private packBlobs: Map<string, PackHeaderEntry[]> | undefined;
+  /** The packs each backup wrote (its index file), as read with the index. */
+  private written: Map<string, string[]> | undefined;
   /** Index files that failed to load in the last `loadIndex` (their chunks look missing). */
   indexProblems: CorruptDataError[] = [];
 
@@ -199,10 +201,12 @@ export class Repository {
   }
 
   private loading: Promise<Map<string, BlobLocation[]>> | undefined;
+  private missReload: Promise<Map<string, BlobLocation[]>> | undefined;
 
   private async readIndex(): Promise<Map<string, BlobLocation[]>> {
     const index = new Map<string, BlobLocation[]>();
     const packBlobs = new Map<string, PackHeaderEntry[]>();
+    const written = new Map<string, string[]>();
     const problems: CorruptDataError[] = [];
     for (const key of await listKeys(this.storage, 'index/')) {
       let file: IndexFile;
@@ -214,11 +218,22 @@ export class Repository {
         continue;
       }
       addPacks(index, packBlobs, file.packs);
+      written.set(
+        key.slice('index/'.length),
+        file.packs.map((pack) => pack.id),
+      );
     }
     this.index = index;
     this.packBlobs = packBlobs;
+    this.written = written;
     this.indexProblems = problems;
     return index;
+  }
+
+  /** The packs a backup wrote, by its index file (none: it wrote nothing new, or its index is damaged). */
+  async packsWrittenBy(backupId: string): Promise<readonly string[]> {
+    await this.loadIndex();
+    return this.written!.get(backupId) ?? [];
   }
 
   /** The blobs a pack holds according to the index (empty for a pack no index names). */
@@ -254,8 +269,14 @@ export class Repository {
    */
   async readChunk(id: string): Promise<Buffer> {
     let copies = (await this.loadIndex()).get(id) ?? [];
-    // Another process may have written it since this one read the index (a backup's parent, say)
-    if (copies.length === 0) copies = (await this.loadIndex(true)).get(id) ?? [];
+    // Another process may have written it since this one read the index (a backup's parent, say): read the
+    // index again, once for all the reads that miss meanwhile (a restore reads several chunks at once)
+    if (copies.length === 0) {
+      this.missReload ??= this.loadIndex(true).finally(() => {
+        this.missReload = undefined;
+      });
+      copies = (await this.missReload).get(id) ?? [];
+    }
     if (copies.length === 0)
       throw new CorruptDataError(
         `chunk ${id} is in no index (a pack or index file is missing)`,

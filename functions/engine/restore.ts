@@ -535,6 +535,7 @@ export async function restoreFiles(
   );
   let bytes = 0;
   let count = 0;
+  const extract = { ...options, checked: new Set<string>() };
   for (const entry of chosen) {
     if (entry.type === 'file') {
       await writeFile(
@@ -547,13 +548,13 @@ export async function restoreFiles(
             options.onProgress?.({ phase: 'restore', item: entry.path, bytes });
           },
         ),
-        options,
+        extract,
       );
       count++;
     } else {
-      await makeEntry(options.destination, entry);
+      await makeEntry(options.destination, entry, extract);
     }
   }
-  await finishEntries(options.destination, chosen, options);
+  await finishEntries(options.destination, chosen, extract);
   return { files: count, bytes };
 }
