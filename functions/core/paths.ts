@@ -56,7 +56,10 @@ async function realOrPlanned(path: string): Promise<string> {
  * may: it must be absolute, without `..`, reached through no symbolic link, under a configured root, and
  * neither inside nor around a forbidden directory.
  */
-export async function pathProblem(path: string, policy: PathPolicy): Promise<string | undefined> {
+export async function pathProblem(
+  path: string,
+  policy: PathPolicy = { roots: [], forbidden: [PROGRAM_DIR] },
+): Promise<string | undefined> {
   if (!isAbsolute(path)) return 'must be an absolute path';
   if (path.split('/').includes('..')) return "must not contain a '..' segment";
   const normal = resolve(path);

@@ -1,3 +1,5 @@
+import { isGood, isRestorePoint } from './metrics.ts';
+
 /**
  * Retention: which backups of the catalog to delete, as a pure function of the catalog, the schedules'
  * retention and the clock (so that it can be shown as a dry run and tested on random histories).
@@ -41,9 +43,6 @@ export type KeepReason =
   | 'newest verified'
   | 'needed by a kept backup';
 
-const good = (backup: RetentionBackup) =>
-  (backup.status === 'SUCCESS' || backup.status === 'PARTIAL') && backup.review === undefined;
-
 /** The targets that hold a backup (no target list: one unnamed target, as in catalogs of one target). */
 export function holders(backup: RetentionBackup): string[] {
   if (backup.targets === undefined) return [''];
@@ -70,7 +69,6 @@ export function planRetention(
   const ageDays = (backup: RetentionBackup) => (now.getTime() - Date.parse(backup.startedAt)) / DAY_MS;
   const days = (scheduleId: string) =>
     Math.min(policy.retentionDays[scheduleId] ?? policy.defaultDays, policy.defaultDays);
-  const restorePoint = (backup: RetentionBackup) => good(backup) && backup.type !== 'SCHEMA';
 
   // Newest first: ids sort by start time.
   const newestFirst = [...backups].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
@@ -78,14 +76,14 @@ export function planRetention(
   let verifiedKept = false;
   for (const backup of newestFirst) {
     if (backup.status === 'RUNNING') keep(backup.id, 'running');
-    if (good(backup))
+    if (isGood(backup))
       for (const target of holders(backup)) {
         const slot = JSON.stringify([backup.scheduleId, target, backup.type === 'SCHEMA']);
         if (seen.has(slot)) continue;
         seen.add(slot);
         keep(backup.id, backup.type === 'SCHEMA' ? 'newest structure backup' : 'newest restore point');
       }
-    if (!verifiedKept && backup.verifiedAt !== undefined && restorePoint(backup)) {
+    if (!verifiedKept && backup.verifiedAt !== undefined && isRestorePoint(backup)) {
       verifiedKept = true;
       keep(backup.id, 'newest verified');
     }

@@ -77,7 +77,7 @@ export async function executeRun(
       return await fail(cp, record, 'the DR config names no source to back up');
     // Checked again at every run: a link may have been put in the path since the config was saved
     if (engineSource.files !== undefined) {
-      const problem = await pathProblem(engineSource.files, cp.paths ?? { roots: [], forbidden: [] });
+      const problem = await pathProblem(engineSource.files, cp.paths);
       if (problem !== undefined)
         return await fail(cp, record, `the files source ${engineSource.files} ${problem}`);
     }

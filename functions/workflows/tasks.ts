@@ -382,7 +382,7 @@ const restoreTasks: Record<string, Task> = {
         );
     }
     if (plan.files && plan.destination.filesTo) {
-      const problem = await pathProblem(plan.destination.filesTo, cp.paths ?? { roots: [], forbidden: [] });
+      const problem = await pathProblem(plan.destination.filesTo, cp.paths);
       if (problem !== undefined)
         throw new WorkflowError('DestinationRefused', `directory ${plan.destination.filesTo} ${problem}`);
       const entries = await readdir(plan.destination.filesTo).catch((error: NodeJS.ErrnoException) => {

@@ -95,14 +95,16 @@ export async function configAsInput(
   };
 }
 
-/** When the DR config was first created, or undefined before the first POST. */
-export async function configCreatedAt(cp: ControlPlane): Promise<string | undefined> {
-  return (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.createdAt;
+/** The stored config with when it was first created, or undefined before the first POST. */
+export async function findConfigItem(
+  cp: ControlPlane,
+): Promise<{ readonly data: DrConfig; readonly createdAt: string } | undefined> {
+  return cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY);
 }
 
 /** The stored config, or undefined before the first POST (other services read it for cross-checks). */
 export async function findConfig(cp: ControlPlane): Promise<DrConfig | undefined> {
-  return (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
+  return (await findConfigItem(cp))?.data;
 }
 
 /** Creates or replaces the DR config (POST /api/dr/config). */
@@ -143,7 +145,7 @@ export async function replaceConfig(
       });
   }
   if (source?.files?.type === 'directory') {
-    const problem = await pathProblem(source.files.path, cp.paths ?? { roots: [], forbidden: [] });
+    const problem = await pathProblem(source.files.path, cp.paths);
     if (problem !== undefined) issues.push({ field: 'source.files.path', message: problem });
   }
   const rds = source?.rds;
@@ -278,22 +280,16 @@ function splitDatabase(
   };
 }
 
-/** host:port/user/database of a database setting, to tell whether it points somewhere else. */
+/** host:port/user/database of a database setting (its URL, as written or built), to tell a move. */
 function destinationOf(database: Omit<DatabaseSource, 'passwordSet'>): string {
-  if (database.url !== undefined) {
-    const url = new URL(database.url);
-    return JSON.stringify([
-      url.hostname.toLowerCase(),
-      url.port || '5432',
-      decodeURIComponent(url.username),
-      decodeURIComponent(url.pathname.slice(1)),
-    ]);
-  }
+  const connection = connectionOf(database, undefined);
+  if (!connection) return '';
+  const url = new URL(connection.url);
   return JSON.stringify([
-    (database.host ?? '').toLowerCase(),
-    String(database.port ?? 5432),
-    database.username ?? '',
-    database.database ?? '',
+    url.hostname.toLowerCase(),
+    url.port || '5432',
+    decodeURIComponent(url.username),
+    decodeURIComponent(url.pathname.slice(1)),
   ]);
 }
 
@@ -336,7 +332,7 @@ export async function environmentConnection(
 }
 
 function connectionOf(
-  database: DatabaseSource,
+  database: Omit<DatabaseSource, 'passwordSet'>,
   password: string | undefined,
 ): { url: string; password?: string } | undefined {
   let url: string | undefined;

@@ -5,7 +5,7 @@ import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../sch
 import { Partition, type StoredItem } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
 import { updateItem } from './common.ts';
-import { configCreatedAt, environmentConnection, findConfig } from './config-service.ts';
+import { environmentConnection, findConfig, findConfigItem } from './config-service.ts';
 
 export type DrTestType = (typeof DR_TEST_TYPES)[number];
 export type DrTestStatus = 'RUNNING' | 'PASSED' | 'FAILED';
@@ -255,8 +255,9 @@ async function decodeOffset(cp: ControlPlane, token: string): Promise<number> {
  * config was created (a new deployment is not overdue on its first day).
  */
 async function compliance(cp: ControlPlane, newestFirst: readonly DrTestRecord[]): Promise<TestCompliance> {
-  const frequency = (await findConfig(cp))?.testFrequencyDays ?? 90;
-  const since = await configCreatedAt(cp);
+  const config = await findConfigItem(cp);
+  const frequency = config?.data.testFrequencyDays ?? 90;
+  const since = config?.createdAt;
   const now = cp.now().getTime();
   const types = Object.fromEntries(
     DR_TEST_TYPES.map((type) => {

@@ -93,7 +93,7 @@ export async function startRestore(
     );
   const viaRds = input.pointInTime !== undefined && input.method !== 'backup' && rdsSource !== undefined;
   if (input.destination.filesTo !== undefined) {
-    const problem = await pathProblem(input.destination.filesTo, cp.paths ?? { roots: [], forbidden: [] });
+    const problem = await pathProblem(input.destination.filesTo, cp.paths);
     if (problem !== undefined) throw ValidationError.forField('destination.filesTo', problem);
   }
   if (input.backupId !== undefined) {

@@ -171,7 +171,7 @@ export class DrTable {
     );
   }
 
-  /** One page of a partition, in sort-key order (or reversed). */
+  /** One page of a partition, in sort-key order (or reversed), with a signed token for the next one. */
   async query<T>(
     pk: PartitionKey,
     options: {
@@ -184,6 +184,19 @@ export class DrTable {
       prefix?: string;
     } = {},
   ): Promise<Page<T>> {
+    const { nextToken, ...rest } = options;
+    const after = nextToken === undefined ? options.after : decodeKey(await this.openToken(nextToken), pk).sk;
+    const page = await this.page<T>(pk, { ...rest, ...(after === undefined ? {} : { after }) });
+    return page.last === undefined
+      ? { items: page.items }
+      : { items: page.items, nextToken: await this.sealToken(JSON.stringify({ pk, sk: page.last })) };
+  }
+
+  /** One page and the sort key it ends at (for loops inside the service: no token to sign and check). */
+  private async page<T>(
+    pk: PartitionKey,
+    options: { limit?: number; descending?: boolean; after?: string; prefix?: string },
+  ): Promise<{ items: T[]; last?: string }> {
     const result = await this.client.send(
       new QueryCommand({
         TableName: this.tableName,
@@ -195,19 +208,25 @@ export class DrTable {
         },
         ScanIndexForward: !options.descending,
         Limit: options.limit,
-        ExclusiveStartKey:
-          options.after !== undefined
-            ? { pk, sk: options.after }
-            : options.nextToken === undefined
-              ? undefined
-              : decodeKey(await this.openToken(options.nextToken), pk),
+        ExclusiveStartKey: options.after === undefined ? undefined : { pk, sk: options.after },
         ConsistentRead: true,
       }),
     );
     const items = (result.Items ?? []) as T[];
-    return result.LastEvaluatedKey
-      ? { items, nextToken: await this.sealToken(JSON.stringify(result.LastEvaluatedKey)) }
-      : { items };
+    const last = result.LastEvaluatedKey?.sk as string | undefined;
+    return last === undefined ? { items } : { items, last };
+  }
+
+  /** Every item of a partition (for small collections: targets, schedules). */
+  async queryAll<T>(pk: PartitionKey): Promise<T[]> {
+    const all: T[] = [];
+    let after: string | undefined;
+    do {
+      const page = await this.page<T>(pk, after === undefined ? {} : { after });
+      all.push(...page.items);
+      after = page.last;
+    } while (after !== undefined);
+    return all;
   }
 
   /**
@@ -257,18 +276,6 @@ export class DrTable {
       throw error;
     });
     return this.tokenKeyLoad;
-  }
-
-  /** Every item of a partition (for small collections: targets, schedules). */
-  async queryAll<T>(pk: PartitionKey): Promise<T[]> {
-    const all: T[] = [];
-    let nextToken: string | undefined;
-    do {
-      const page = await this.query<T>(pk, { nextToken });
-      all.push(...page.items);
-      nextToken = page.nextToken;
-    } while (nextToken !== undefined);
-    return all;
   }
 
   private async conditional(command: PutCommand | DeleteCommand, conflictMessage: string): Promise<void> {
