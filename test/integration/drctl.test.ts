@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -151,24 +151,14 @@ describe('drctl', () => {
 
   it('never takes a SCHEMA backup for latest; restoring one says it is structure only and holds no files', async () => {
     const dir = join(work, 'schema-repo');
-    expect((await drctl('init', '--repo', dir, '--key-file', key)).code).toBe(0);
+    const repoArgs = ['--repo', dir, '--key-file', key];
+    expect((await drctl('init', ...repoArgs)).code).toBe(0);
     const files = await makeFilesTree();
-    expect((await drctl('backup', '--repo', dir, '--key-file', key, '--db', pg.url('app'))).code).toBe(0);
+    expect((await drctl('backup', ...repoArgs, '--db', pg.url('app'))).code).toBe(0);
     const schema = await drctl(
       'backup',
-      ...[
-        '--repo',
-        dir,
-        '--key-file',
-        key,
-        '--db',
-        pg.url('app'),
-        '--files',
-        files,
-        '--type',
-        'SCHEMA',
-        '--json',
-      ],
+      ...repoArgs,
+      ...['--db', pg.url('app'), '--files', files, '--type', 'SCHEMA', '--json'],
     );
     expect(schema.code, schema.stderr).toBe(0);
     const made = JSON.parse(schema.stdout) as { id: string; files: number; notice: string };
@@ -251,6 +241,35 @@ describe('drctl', () => {
     expect(verified.code, verified.stderr).toBe(0);
     expect(verified.stdout).toContain(`backup ${older!} is intact`);
     expect(verified.stderr).toContain(`skipped backups/${newer!}`);
+    // verify all: every readable backup verified, the unreadable one named, exit 3
+    const all = await drctl('verify', 'all', '--repo', dir, '--key-file', key);
+    expect(all.code).toBe(3);
+    expect(all.stdout).toContain(`backup ${older!} is intact`);
+    expect(all.stderr).toContain(`skipped backups/${newer!}`);
+  });
+
+  it('clears setuid and setgid bits on restore unless --preserve-special-bits', async () => {
+    const dir = join(work, 'suid-repo');
+    const repoArgs = ['--repo', dir, '--key-file', key];
+    expect((await drctl('init', ...repoArgs)).code).toBe(0);
+    const files = await mkdtemp(join(tmpdir(), 'dr-cli-suid-'));
+    await writeFile(join(files, 'tool'), '#!/bin/sh\n');
+    await chmod(join(files, 'tool'), 0o6755);
+    expect((await drctl('backup', ...repoArgs, '--files', files)).code).toBe(0);
+    const plain = join(work, 'suid-plain');
+    expect((await drctl('restore', 'latest', ...repoArgs, '--files-to', plain)).code).toBe(0);
+    expect((await stat(join(plain, 'tool'))).mode & 0o7777).toBe(0o755);
+    const kept = join(work, 'suid-kept');
+    const preserved = await drctl(
+      'restore',
+      'latest',
+      ...repoArgs,
+      '--files-to',
+      kept,
+      '--preserve-special-bits',
+    );
+    expect(preserved.code, preserved.stderr).toBe(0);
+    expect((await stat(join(kept, 'tool'))).mode & 0o7777).toBe(0o6755);
   });
 
   it('explains missing arguments', async () => {
