@@ -56,6 +56,8 @@ export interface BackupWorkerProps {
   readonly mailFrom?: string;
   /** Directories files may be backed up from and restored into (DR_FILES_ROOTS); none by default. */
   readonly filesRoots?: readonly string[];
+  /** Targets may reach private addresses (DR_ALLOW_PRIVATE_ENDPOINTS: checked at every connection). */
+  readonly allowPrivateEndpoints?: boolean;
   /** Which runner starts backups: the worker Lambda (≤ 15 minutes) or the Fargate task. @default 'lambda' */
   readonly runner?: 'lambda' | 'fargate';
 }
@@ -129,6 +131,7 @@ export class BackupWorker extends Construct {
       DR_METRICS: 'emf',
       ...(props.mailFrom ? { MAIL_FROM: props.mailFrom } : {}),
       ...(props.filesRoots?.length ? { DR_FILES_ROOTS: props.filesRoots.join(':') } : {}),
+      ...(props.allowPrivateEndpoints ? { DR_ALLOW_PRIVATE_ENDPOINTS: 'true' } : {}),
     };
 
     const workerLogs = new LogGroup(this, 'WorkerLogs', {

@@ -34,7 +34,7 @@ export interface ControlPlaneStackProps extends StackProps {
   readonly jwt?: JwtAuthorization;
   /**
    * Let targets point at private addresses (an on-premises MinIO, a VPC endpoint by IP): sets
-   * DR_ALLOW_PRIVATE_ENDPOINTS on the API. The instance-metadata and link-local addresses stay refused.
+   * DR_ALLOW_PRIVATE_ENDPOINTS on the API and the worker (which check again at every connection). The instance-metadata and link-local addresses stay refused.
    */
   readonly allowPrivateEndpoints?: boolean;
   /** @default 50 requests per second, bursts of 100 */
@@ -99,6 +99,7 @@ export class ControlPlaneStack extends Stack {
       key: this.key,
       secretPrefix,
       ...props.worker,
+      ...(props.allowPrivateEndpoints ? { allowPrivateEndpoints: true } : {}),
     });
     for (const [name, value] of Object.entries(this.worker.launcherEnvironment))
       fn.addEnvironment(name, value);

@@ -1,4 +1,4 @@
-import type { EgressPolicy } from './egress.ts';
+import type { EgressPolicy } from '../storage/egress.ts';
 import type { PathPolicy } from './paths.ts';
 import type { AuditLog } from './audit.ts';
 import type { DownloadLinks, RunLauncher } from './services/backup-service.ts';

@@ -1,4 +1,4 @@
-import { egressFromEnv, type EgressPolicy } from '../core/egress.ts';
+import { egressFromEnv, type EgressPolicy } from '../storage/egress.ts';
 import { pathPolicyFromEnv, type PathPolicy } from '../core/paths.ts';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';

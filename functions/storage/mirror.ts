@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import {
   collect,
+  publicReason,
   StorageError,
   type ByteRange,
   type ObjectInfo,
@@ -35,7 +36,10 @@ export interface MirrorMemberResult {
   readonly bytesWritten: number;
   /** When its queue last drained (the member's end of the backup). */
   readonly finishedAt?: Date;
+  /** What an API answer may say of its failure (a kind and a short reason, never the remote side's words). */
   readonly error?: { readonly kind: string; readonly message: string };
+  /** The failure itself, for the log. */
+  readonly failure?: StorageError;
 }
 
 export interface MirrorOptions {
@@ -160,7 +164,7 @@ export class MirrorStorage implements Storage {
       ok: member.failure === undefined,
       bytesWritten: member.bytesWritten,
       ...(member.finishedAt ? { finishedAt: member.finishedAt } : {}),
-      ...(member.failure ? { error: { kind: member.failure.kind, message: member.failure.message } } : {}),
+      ...(member.failure ? { error: publicReason(member.failure), failure: member.failure } : {}),
     }));
   }
 

@@ -7,6 +7,7 @@ import {
   type Storage,
   type Usage,
 } from './storage.ts';
+import { egressRefusal } from './egress.ts';
 
 /**
  * Retries as a decorator, composed once around any adapter (restic's backend_retry is the model), so no
@@ -40,6 +41,17 @@ export function isTransient(error: unknown): error is StorageError {
   return error instanceof StorageError && error.kind === 'network';
 }
 
+/** A connection the egress policy refused, however deep in an SDK's errors: said in our words, not retried. */
+function named(error: unknown, storage: string, key: string): unknown {
+  if (error instanceof StorageError && error.kind === 'egress') return error;
+  const refusal = egressRefusal(error);
+  if (refusal === undefined) return error;
+  return new StorageError('egress', storage, key || undefined, refusal.message, {
+    cause: error,
+    ownWords: true,
+  });
+}
+
 export function withRetries(storage: Storage, options: RetryOptions = {}): Storage {
   const attempts = Math.max(1, options.attempts ?? 4);
   const base = options.baseDelayMs ?? 200;
@@ -56,7 +68,8 @@ export function withRetries(storage: Storage, options: RetryOptions = {}): Stora
     for (let attempt = 1; ; attempt++) {
       try {
         return await run();
-      } catch (error) {
+      } catch (caught) {
+        const error = named(caught, storage.name, key);
         if (!isTransient(error) || attempt >= attempts || signal?.aborted) throw error;
         const delayMs = Math.round(random() * Math.min(max, base * 2 ** (attempt - 1)));
         options.onRetry?.({ operation, key, attempt, delayMs, error });
@@ -73,7 +86,9 @@ export function withRetries(storage: Storage, options: RetryOptions = {}): Stora
     put: (key: string, body: Readable | Buffer, putOptions?: PutOptions) =>
       Buffer.isBuffer(body)
         ? retrying('put', key, () => storage.put(key, body, putOptions), putOptions?.signal)
-        : storage.put(key, body, putOptions),
+        : storage.put(key, body, putOptions).catch((error: unknown) => {
+            throw named(error, storage.name, key);
+          }),
     get: (key: string, range?: ByteRange) => retrying('get', key, () => storage.get(key, range)),
     read: (key: string, range?: ByteRange) => retrying('read', key, () => storage.read(key, range)),
     stat: (key: string) => retrying('stat', key, () => storage.stat(key)),
@@ -93,7 +108,8 @@ export function withRetries(storage: Storage, options: RetryOptions = {}): Stora
               yield object;
             }
             return;
-          } catch (error) {
+          } catch (caught) {
+            const error = named(caught, storage.name, prefix);
             if (yielded || !isTransient(error) || attempt >= attempts) throw error;
             const delayMs = Math.round(random() * Math.min(max, base * 2 ** (attempt - 1)));
             options.onRetry?.({ operation: 'list', key: prefix, attempt, delayMs, error });

@@ -58,7 +58,15 @@ export interface Usage {
 }
 
 export type StorageErrorKind =
-  'not-found' | 'authentication' | 'permission' | 'network' | 'space' | 'invalid-key' | 'other';
+  | 'not-found'
+  | 'authentication'
+  | 'permission'
+  | 'network'
+  | 'space'
+  | 'invalid-key'
+  /** The egress policy refused the address a connection was about to go to (never retried). */
+  | 'egress'
+  | 'other';
 
 export class StorageError extends Error {
   readonly kind: StorageErrorKind;
@@ -98,6 +106,7 @@ const REASONS: Record<StorageErrorKind, string> = {
   network: 'the target could not be reached, or did not answer in time',
   space: 'the target has no space left',
   'invalid-key': 'the target refused an object name',
+  egress: 'the egress policy refused the address',
   other: 'the target answered with an error (the server log has it)',
 };
 

@@ -3,6 +3,7 @@ import { AzureStorage } from './azure/azure-storage.ts';
 import { FtpStorage } from './ftp/ftp-storage.ts';
 import { GcsStorage } from './gcs/gcs-storage.ts';
 import { LocalStorage } from './local/local-storage.ts';
+import type { EgressPolicy } from './egress.ts';
 import { withRetries } from './retry.ts';
 import { S3Storage } from './s3/s3-storage.ts';
 import { SftpStorage } from './sftp/sftp-storage.ts';
@@ -23,7 +24,11 @@ const str = (value: unknown): string | undefined =>
   typeof value === 'string' && value !== '' ? value : undefined;
 
 /** The S3 adapter itself (no retries), for what only S3 does: lifecycle rules. */
-export function s3Storage(spec: TargetSpec, secrets: Readonly<Record<string, string>> = {}): S3Storage {
+export function s3Storage(
+  spec: TargetSpec,
+  secrets: Readonly<Record<string, string>> = {},
+  opening: OpenOptions = {},
+): S3Storage {
   const config = spec.config;
   const accessKeyId = str(config.accessKeyId);
   const secretAccessKey = secrets.secretAccessKey ?? str(config.secretAccessKey);
@@ -42,17 +47,31 @@ export function s3Storage(spec: TargetSpec, secrets: Readonly<Record<string, str
     ...(str(config.storageClass) ? { storageClass: str(config.storageClass)! } : {}),
     ...(objectLock ? { objectLock } : {}),
     ...(spec.name ? { name: spec.name } : {}),
+    ...(opening.egress ? { egress: opening.egress } : {}),
   });
 }
 
-export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, string>> = {}): Storage {
+export interface OpenOptions {
+  /**
+   * Where the target's connections may go, checked as each is made (the API's targets: a name that resolves
+   * elsewhere by then, or a redirect, is refused). Unset: anywhere (drctl's target files are the operator's).
+   */
+  readonly egress?: EgressPolicy;
+}
+
+export function openTarget(
+  spec: TargetSpec,
+  secrets: Readonly<Record<string, string>> = {},
+  opening: OpenOptions = {},
+): Storage {
   const config = spec.config;
   const name = spec.name;
+  const egress = opening.egress ? { egress: opening.egress } : {};
   switch (spec.targetType) {
     case 'LOCAL':
       return withRetries(new LocalStorage(String(config.path), name ?? `local:${String(config.path)}`));
     case 'S3':
-      return withRetries(s3Storage(spec, secrets));
+      return withRetries(s3Storage(spec, secrets, opening));
     case 'AZURE': {
       const accountKey = secrets.accountKey ?? str(config.accountKey);
       const sasToken = secrets.sasToken ?? str(config.sasToken);
@@ -68,6 +87,7 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
           ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
           ...(str(config.accessTier) ? { accessTier: str(config.accessTier) as 'Hot' } : {}),
           ...(name ? { name } : {}),
+          ...egress,
         }),
       );
     }
@@ -86,6 +106,7 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
           ...(str(config.prefix) ? { prefix: str(config.prefix)! } : {}),
           ...(str(config.endpoint) ? { apiEndpoint: str(config.endpoint)! } : {}),
           ...(name ? { name } : {}),
+          ...egress,
         }),
       );
     }
@@ -102,6 +123,7 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
           tls,
           ...(config.allowSelfSignedCertificate === true ? { allowSelfSignedCertificate: true } : {}),
           ...(name ? { name } : {}),
+          ...egress,
         }),
       );
     }
@@ -125,6 +147,7 @@ export function openTarget(spec: TargetSpec, secrets: Readonly<Record<string, st
           ...(password ? { password } : {}),
           ...(str(config.hostKeyFingerprint) ? { hostKeyFingerprint: str(config.hostKeyFingerprint)! } : {}),
           ...(name ? { name } : {}),
+          ...egress,
         }),
       );
     }

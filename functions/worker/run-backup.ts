@@ -23,7 +23,7 @@ import { protectedBytes, type ChangesManifest } from '../engine/manifest.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { connectionFrom } from '../engine/postgres.ts';
 import { Repository } from '../engine/repository.ts';
-import { MirrorStorage, type MirrorMember } from '../storage/mirror.ts';
+import { MirrorStorage, type MirrorMember, type MirrorMemberResult } from '../storage/mirror.ts';
 import { StorageError } from '../storage/storage.ts';
 import { openTarget } from '../storage/targets.ts';
 import { prepareRepositories } from './repositories.ts';
@@ -59,6 +59,7 @@ export async function executeRun(
     });
   }, options.heartbeatMs ?? HEARTBEAT_MS);
   let mirror: MirrorStorage | undefined;
+  const results = new Map<string, TargetResult>();
   try {
     const schedule = (await cp.table.get<StoredSchedule>(Partition.schedule, record.scheduleId))?.data;
     if (!schedule)
@@ -83,7 +84,6 @@ export async function executeRun(
     }
 
     // Open every target; one that cannot be opened is recorded as failed, the others go on.
-    const results = new Map<string, TargetResult>();
     const members: MirrorMember[] = [];
     for (const targetId of schedule.targets) {
       const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, targetId))?.data;
@@ -95,7 +95,7 @@ export async function executeRun(
         continue;
       }
       try {
-        const storage = openTarget(stored, await targetSecrets(cp, stored));
+        const storage = openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
         members.push({ id: targetId, storage });
         results.set(targetId, {
           targetId,
@@ -149,16 +149,7 @@ export async function executeRun(
         progress = { phase: event.phase, bytes: event.bytes, ...(event.item ? { item: event.item } : {}) };
       },
     });
-    for (const member of await mirror.flush()) {
-      const before = results.get(member.id)!;
-      results.set(member.id, {
-        ...before,
-        status: member.ok ? 'SUCCESS' : 'FAILED',
-        bytesWritten: member.bytesWritten,
-        ...(member.finishedAt ? { finishedAt: member.finishedAt.toISOString() } : {}),
-        ...(member.error ? { error: member.error } : {}),
-      });
-    }
+    for (const member of await mirror.flush()) recordMember(cp, backupId, results, member, member.ok);
     if (notice) notices.push(notice);
     const targets = schedule.targets.map((id) => results.get(id)!);
     const succeeded = targets.filter((target) => target.status === 'SUCCESS').length;
@@ -221,9 +212,16 @@ export async function executeRun(
     );
     return finished;
   } catch (error) {
-    await mirror?.flush().catch(() => undefined);
+    // Each target's own failure is kept (the catalog's answer), not only the run's
+    const members = await mirror?.flush().catch(() => undefined);
+    for (const member of members ?? []) recordMember(cp, backupId, results, member, false);
     if (abandoned) return getBackup(cp, backupId);
-    return await fail(cp, record, (error as Error).message).catch(() => getBackup(cp, backupId));
+    return await fail(
+      cp,
+      record,
+      (error as Error).message,
+      members ? [...results.values()] : undefined,
+    ).catch(() => getBackup(cp, backupId));
   } finally {
     clearInterval(heartbeat);
     await mirror?.close();
@@ -263,6 +261,26 @@ async function fail(
     },
   );
   return finished;
+}
+
+/** A target's part of the run, from the mirror's report; its failure in full goes to the log. */
+function recordMember(
+  cp: ControlPlane,
+  backupId: string,
+  results: Map<string, TargetResult>,
+  member: MirrorMemberResult,
+  succeeded: boolean,
+): void {
+  const before = results.get(member.id)!;
+  results.set(member.id, {
+    ...before,
+    status: succeeded ? 'SUCCESS' : 'FAILED',
+    bytesWritten: member.bytesWritten,
+    ...(member.finishedAt ? { finishedAt: member.finishedAt.toISOString() } : {}),
+    ...(member.error ? { error: member.error } : {}),
+  });
+  if (member.failure)
+    cp.logger.warn('target failed', { backup: backupId, target: member.id, error: member.failure.message });
 }
 
 function failed(

@@ -305,7 +305,10 @@ describe('ControlPlaneStack template', () => {
       DR_ALLOW_PRIVATE_ENDPOINTS: 'true',
     });
     const worker = functions.find((fn) => fn.Properties.PackageType === 'Image')!;
-    expect(worker.Properties.Environment.Variables.DR_FILES_ROOTS).toBe('/mnt/uploads:/mnt/restores');
+    expect(worker.Properties.Environment.Variables).toMatchObject({
+      DR_FILES_ROOTS: '/mnt/uploads:/mnt/restores',
+      DR_ALLOW_PRIVATE_ENDPOINTS: 'true',
+    });
   });
 
   it('runs the worker Lambda and the Fargate task in the operator subnets when given, with inline ENI permissions', async () => {

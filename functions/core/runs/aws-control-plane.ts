@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { AuditLog } from '../audit.ts';
-import { egressFromEnv } from '../egress.ts';
+import { egressFromEnv } from '../../storage/egress.ts';
 import { pathPolicyFromEnv } from '../paths.ts';
 import type { ControlPlane } from '../context.ts';
 import { optionalEnv, requireEnv } from '../env.ts';

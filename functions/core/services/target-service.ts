@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
-import { endpointProblem } from '../egress.ts';
+import { endpointProblem } from '../../storage/egress.ts';
 import { ConflictError, UpstreamError, ValidationError, type FieldIssue } from '../errors.ts';
 import { DESTINATION_FIELDS, SECRET_FIELDS, type TargetInput, type TargetType } from '../schemas.ts';
 import { secretName } from '../secrets/secret-store.ts';
@@ -225,7 +225,9 @@ async function applyLifecycle(
   secrets: Readonly<Record<string, string>>,
   remove = false,
 ): Promise<void> {
-  const storage = s3Storage({ name: `target ${id}`, targetType: 'S3', config }, secrets);
+  const storage = s3Storage({ name: `target ${id}`, targetType: 'S3', config }, secrets, {
+    egress: cp.egress ?? {},
+  });
   try {
     await storage.applyLifecycle(remove ? undefined : (config.lifecycle as S3Lifecycle | undefined));
     cp.logger.info(remove ? 'lifecycle rule removed' : 'lifecycle rule applied', { target: id });
@@ -269,14 +271,23 @@ async function load(cp: ControlPlane, id: string): Promise<StoredItem<StoredTarg
   return requireFound(await cp.table.get<StoredTarget>(Partition.target, id), `target ${id}`);
 }
 
-/** An endpoint (S3, Azure, GCS) that points where the egress policy forbids: the metadata service, … */
+/**
+ * An endpoint (S3, Azure, GCS) or host (FTP, SFTP) that points where the egress policy forbids: the metadata
+ * service, link-local, and unless allowed loopback and private addresses. Checked again at every connection.
+ */
 async function egressIssues(
   cp: ControlPlane,
   config: Readonly<Record<string, unknown>>,
 ): Promise<FieldIssue[]> {
-  if (typeof config.endpoint !== 'string') return [];
-  const problem = await endpointProblem(config.endpoint, cp.egress ?? {});
-  return problem === undefined ? [] : [{ field: 'config.endpoint', message: `is not allowed: ${problem}` }];
+  const [field, url] =
+    typeof config.endpoint === 'string'
+      ? ['config.endpoint', config.endpoint]
+      : typeof config.host === 'string'
+        ? ['config.host', `tcp://${config.host.includes(':') ? `[${config.host}]` : config.host}/`]
+        : [];
+  if (field === undefined || url === undefined) return [];
+  const problem = await endpointProblem(url, cp.egress ?? {});
+  return problem === undefined ? [] : [{ field, message: `is not allowed: ${problem}` }];
 }
 
 /** The destination fields whose value differs between the stored config and the new one. */
@@ -460,12 +471,9 @@ async function withTarget<T>(
   const target = (await load(cp, id)).data;
   const secrets = target.secretName === undefined ? {} : ((await cp.secrets.get(target.secretName)) ?? {});
   const about = { id, name: target.name, targetType: target.targetType };
-  // Checked again at use: a name can resolve elsewhere since it was saved
-  const [refused] = await egressIssues(cp, target.config);
-  if (refused)
-    return { about, outcome: { error: { kind: 'permission', message: `the endpoint ${refused.message}` } } };
   try {
-    const storage = openTarget(target, secrets);
+    // Every connection is checked as it is made: a name can resolve elsewhere since it was saved
+    const storage = openTarget(target, secrets, { egress: cp.egress ?? {} });
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(

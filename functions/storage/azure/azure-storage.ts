@@ -1,5 +1,6 @@
 import { BlobServiceClient, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { Readable } from 'node:stream';
+import { endpointGuard, guardedAgents, type EgressGuard, type EgressPolicy } from '../egress.ts';
 import {
   bytesUnder,
   inBatches,
@@ -30,6 +31,8 @@ export interface AzureStorageOptions {
   readonly blockSize?: number;
   readonly concurrency?: number;
   readonly name?: string;
+  /** Where connections may go (checked at each connection; the endpoint's host pinned). Unset: anywhere. */
+  readonly egress?: EgressPolicy;
 }
 
 const NETWORK = new Set([
@@ -43,6 +46,15 @@ const NETWORK = new Set([
   'OperationTimedOut',
   'InternalError',
 ]);
+
+/** Whether the client will speak plain HTTP (Azurite), from the endpoint or the connection string. */
+function plainHttp(endpoint: string, connectionString: string | undefined): boolean {
+  if (connectionString === undefined) return endpoint.startsWith('http:');
+  if (/UseDevelopmentStorage=true/i.test(connectionString)) return true;
+  const blobEndpoint = /(?:^|;)\s*BlobEndpoint=([a-z]+):/i.exec(connectionString)?.[1];
+  const protocol = /(?:^|;)\s*DefaultEndpointsProtocol=([a-z]+)/i.exec(connectionString)?.[1];
+  return (blobEndpoint ?? protocol ?? 'https').toLowerCase() === 'http';
+}
 
 /**
  * A repository in an Azure Blob container. Streaming uploads stage blocks and commit the block list only when
@@ -60,10 +72,17 @@ export class AzureStorage implements Storage {
       options.name ?? `azure://${options.accountName}/${options.containerName}/${options.prefix ?? ''}`;
     this.root = options.prefix ? `${options.prefix.replace(/\/+$/, '')}/` : '';
     const endpoint = options.endpoint ?? `https://${options.accountName}.blob.core.windows.net`;
-    // Redirects are not followed: a 3xx from the endpoint must not send the signed request elsewhere
+    // Redirects are not followed: a 3xx from the endpoint must not send the signed request elsewhere. The
+    // guard pins the host the client was made for (known once it is made: a connection string names it).
+    let guard: EgressGuard | undefined;
+    const agents = options.egress ? guardedAgents(() => (guard ? [guard] : [])) : undefined;
     const retry = {
       retryOptions: { maxTries: 4, tryTimeoutInMs: 120_000 },
       redirectOptions: { maxRetries: 0 },
+      // core-rest-pipeline's agent option (storage-blob passes its options through, not in its types)
+      ...(agents
+        ? { agent: plainHttp(endpoint, options.connectionString) ? agents.http : agents.https }
+        : {}),
     };
     let service: BlobServiceClient;
     if (options.connectionString)
@@ -83,6 +102,7 @@ export class AzureStorage implements Storage {
         undefined,
         'give accountKey, sasToken or connectionString',
       );
+    if (options.egress) guard = endpointGuard(options.egress, service.url);
     this.container = service.getContainerClient(options.containerName);
   }
 

@@ -15,9 +15,12 @@ import {
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
+import { resolveAllowed, type EgressPolicy } from '../egress.ts';
 import { PARTIAL_SUFFIX, partialName, rangeError, withinLength } from '../remote.ts';
 
 export interface FtpStorageOptions {
+  /** Where connections may go: the host is resolved and checked at each connection. Unset: anywhere. */
+  readonly egress?: EgressPolicy;
   readonly host: string;
   readonly port?: number;
   readonly username: string;
@@ -361,7 +364,11 @@ export class FtpStorage implements Storage {
     const { host, port = 21, username, password, tls = 'auto' } = this.options;
     const client = new Client(this.options.timeoutMs ?? 30_000);
     try {
-      await client.connect(host, port);
+      // The address checked is the one connected to; TLS still verifies the certificate against the name
+      await client.connect(
+        this.options.egress ? (await resolveAllowed(host, this.options.egress)).address : host,
+        port,
+      );
       if (tls !== 'off') {
         try {
           await client.useTLS({

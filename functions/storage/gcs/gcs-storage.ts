@@ -1,5 +1,6 @@
 import { Storage as GoogleStorage, type Bucket } from '@google-cloud/storage';
-import { JWT } from 'google-auth-library';
+import { JWT, PassThroughClient } from 'google-auth-library';
+import { readFileSync } from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
@@ -16,7 +17,9 @@ import {
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
+import { endpointGuard, type EgressPolicy } from '../egress.ts';
 import { rangeError, withinLength } from '../remote.ts';
+import { agentFor, allowGcs } from './transport.ts';
 
 export interface GcsStorageOptions {
   readonly projectId: string;
@@ -35,7 +38,12 @@ export interface GcsStorageOptions {
   /** Milliseconds per HTTP request (default 120 s). */
   readonly timeoutMs?: number;
   readonly name?: string;
+  /** Where connections may go, checked at each connection. Unset: private addresses allowed (drctl). */
+  readonly egress?: EgressPolicy;
 }
+
+/** Where service-account tokens are fetched. */
+const TOKEN_HOSTS = ['oauth2.googleapis.com:443'];
 
 const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE']);
 
@@ -57,9 +65,11 @@ export class GcsStorage implements Storage {
     this.root = options.prefix ? `${options.prefix.replace(/\/+$/, '')}/` : '';
     this.name = options.name ?? `gs://${options.bucket}/${this.root}`;
     let credentials: { client_email: string; private_key: string } | undefined;
-    if (options.keyJson) {
+    const keyJson =
+      options.keyJson ?? (options.keyFilename ? this.readKeyFile(options.keyFilename) : undefined);
+    if (keyJson !== undefined) {
       try {
-        credentials = JSON.parse(options.keyJson) as typeof credentials;
+        credentials = JSON.parse(keyJson) as typeof credentials;
       } catch {
         throw new StorageError(
           'authentication',
@@ -77,25 +87,30 @@ export class GcsStorage implements Storage {
         );
     }
     this.secret = credentials?.private_key;
+    // Every connection is checked: the endpoint's host pinned (a redirect elsewhere is refused) and, when
+    // the target came through the API, its addresses under the egress policy at the moment of connecting.
+    const guard = endpointGuard(
+      options.egress ?? { allowPrivate: true },
+      options.apiEndpoint ?? 'https://storage.googleapis.com',
+      TOKEN_HOSTS,
+    );
+    allowGcs(guard);
+    const transporterOptions = { agent: agentFor(guard) };
+    const authClient = credentials
+      ? new JWT({
+          email: credentials.client_email,
+          key: credentials.private_key,
+          scopes: ['https://www.googleapis.com/auth/devstorage.read_write'],
+          transporterOptions,
+        })
+      : options.apiEndpoint
+        ? // An emulator or private endpoint without credentials: requests go out as they are, guarded
+          new PassThroughClient({ transporterOptions })
+        : undefined; // Application Default Credentials, towards Google's own hosts
     const client = new GoogleStorage({
       projectId: options.projectId,
-      ...(credentials
-        ? {
-            authClient: new JWT({
-              email: credentials.client_email,
-              key: credentials.private_key,
-              scopes: ['https://www.googleapis.com/auth/devstorage.read_write'],
-            }),
-          }
-        : {}),
-      ...(options.keyFilename ? { keyFilename: options.keyFilename } : {}),
-      ...(options.apiEndpoint
-        ? // A custom endpoint gets no credentials unless asked: ask whenever there are some to send.
-          {
-            apiEndpoint: options.apiEndpoint,
-            useAuthWithCustomEndpoint: Boolean(credentials ?? options.keyFilename),
-          }
-        : {}),
+      ...(authClient ? { authClient } : {}),
+      ...(options.apiEndpoint ? { apiEndpoint: options.apiEndpoint, useAuthWithCustomEndpoint: true } : {}),
       timeout: options.timeoutMs ?? 120_000,
       retryOptions: { autoRetry: true, maxRetries: 3, totalTimeout: 600 },
     });
@@ -205,6 +220,20 @@ export class GcsStorage implements Storage {
   async usage(): Promise<Usage> {
     const bytesStored = await bytesUnder(this);
     return { bytesStored };
+  }
+
+  /** A key file on this machine, read here so that its requests go through the same guarded transport. */
+  private readKeyFile(file: string): string {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (error) {
+      throw new StorageError(
+        'authentication',
+        this.name,
+        undefined,
+        `cannot read the key file ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+      );
+    }
   }
 
   private objectName(key: string): string {

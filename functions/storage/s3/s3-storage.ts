@@ -15,6 +15,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { Readable } from 'node:stream';
+import { endpointGuard, guardedAgents, type EgressGuard, type EgressPolicy } from '../egress.ts';
 import {
   bytesUnder,
   collect,
@@ -38,6 +39,8 @@ export interface S3StorageOptions {
   readonly credentials?: { readonly accessKeyId: string; readonly secretAccessKey: string };
   /** An S3-compatible endpoint (MinIO, Ceph, a local emulator). */
   readonly endpoint?: string;
+  /** Where connections may go (checked at each connection; the endpoint's host pinned). Unset: anywhere. */
+  readonly egress?: EgressPolicy;
   readonly forcePathStyle?: boolean;
   readonly encryption?: 'AES256' | 'aws:kms';
   readonly kmsKeyId?: string;
@@ -86,6 +89,11 @@ const NETWORK = new Set([
   'InternalError',
 ]);
 
+function agentsOf(guard: EgressGuard) {
+  const { http, https } = guardedAgents(guard);
+  return { httpAgent: http, httpsAgent: https };
+}
+
 /**
  * A repository in an S3 bucket (or an S3-compatible store). Large bodies stream as multipart uploads that
  * S3 assembles only when the last part is in, and that are aborted on failure: a failed put leaves no object.
@@ -107,7 +115,11 @@ export class S3Storage implements Storage {
         ...(options.credentials ? { credentials: options.credentials } : {}),
         ...(options.endpoint ? { endpoint: options.endpoint } : {}),
         ...(options.forcePathStyle ? { forcePathStyle: true } : {}),
-        requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
+        requestHandler: {
+          connectionTimeout: 10_000,
+          requestTimeout: 120_000,
+          ...(options.egress ? agentsOf(endpointGuard(options.egress, options.endpoint)) : {}),
+        },
         maxAttempts: 4,
       });
   }

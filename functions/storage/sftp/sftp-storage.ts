@@ -18,9 +18,12 @@ import {
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
+import { resolveAllowed, type EgressPolicy } from '../egress.ts';
 import { PARTIAL_SUFFIX, partialName, rangeError, slices, withinLength } from '../remote.ts';
 
 export interface SftpStorageOptions {
+  /** Where connections may go: the host is resolved and checked at each connection. Unset: anywhere. */
+  readonly egress?: EgressPolicy;
   readonly host: string;
   readonly port?: number;
   readonly username: string;
@@ -304,7 +307,8 @@ export class SftpStorage implements Storage {
     const client = new SftpClient(this.name);
     try {
       const sftp = await client.connect({
-        host,
+        // The address checked is the one connected to (the host key is pinned, not the name)
+        host: this.options.egress ? (await resolveAllowed(host, this.options.egress)).address : host,
         port,
         username,
         ...(privateKey ? { privateKey } : {}),
