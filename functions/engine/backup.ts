@@ -12,7 +12,7 @@ import {
 } from './changes.ts';
 import { chunkStream } from './chunker.ts';
 import { CorruptDataError, EngineError, SourceError } from './errors.ts';
-import { readFileStream, walk } from './files.ts';
+import { hardLinkGuard, readFileStream, walk } from './files.ts';
 import {
   isBackupId,
   isFlagged,
@@ -79,6 +79,11 @@ export interface BackupOptions {
    * changes read from it since its parent. Where the database cannot do it, dump mode, with a notice.
    */
   readonly changeStream?: ChangeStream;
+  /**
+   * Directories no file of the source may be a hard link into (the data directory: a link made there would
+   * back up the keys); the source is refused when one is.
+   */
+  readonly protectedDirectories?: readonly string[];
   /** How long to wait for an exclusive operation (gc, forget, rekey) to finish before starting (default 10 min). */
   readonly lockWaitMs?: number;
   /** Told which operations it waits for, while it waits. */
@@ -248,7 +253,7 @@ async function backupLocked(
     notices.push('a SCHEMA backup holds the database structure only: the files were not backed up');
   const files =
     source.files && type !== 'SCHEMA'
-      ? await backupFiles(sink, repository, source.files, parent, progress)
+      ? await backupFiles(sink, repository, source.files, parent, progress, options.protectedDirectories)
       : undefined;
 
   options.onProgress?.({ phase: 'finishing', bytes });
@@ -570,11 +575,14 @@ async function backupFiles(
   root: string,
   parent: Manifest | undefined,
   progress: ProgressFactory,
+  protectedDirectories: readonly string[] = [],
 ): Promise<NonNullable<Manifest['files']>> {
   const previous = new Map((parent?.files?.entries ?? []).map((entry) => [entry.path, entry]));
   const entries: FileEntry[] = [];
+  const checkLink = hardLinkGuard(protectedDirectories);
   for await (const found of walk(root)) {
-    const { absolute: _absolute, ...entry } = found;
+    await checkLink(found);
+    const { absolute: _absolute, linked: _linked, ...entry } = found;
     if (found.type !== 'file') {
       entries.push(entry);
       continue;

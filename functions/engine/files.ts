@@ -14,6 +14,8 @@ export interface FoundEntry {
   readonly mtimeMs: number;
   readonly size: number;
   readonly target?: string;
+  /** A regular file with more than one name (a hard link): `device:inode`, to tell where its other names are. */
+  readonly linked?: string;
 }
 
 /**
@@ -42,11 +44,46 @@ async function* walkDir(root: string, dir: string): AsyncGenerator<FoundEntry> {
       yield { ...common, type: 'dir', size: 0 };
       yield* walkDir(root, absolute);
     } else if (info.isFile()) {
-      yield { ...common, type: 'file', size: info.size };
+      yield {
+        ...common,
+        type: 'file',
+        size: info.size,
+        ...(info.nlink > 1 ? { linked: `${info.dev}:${info.ino}` } : {}),
+      };
     } else if (info.isSymbolicLink()) {
       yield { ...common, type: 'symlink', size: 0, target: await readlink(absolute) };
     }
   }
+}
+
+/**
+ * A guard against hard links: a file of the source that is another name of a file in one of `directories`
+ * (the data directory: keys, the API token, the secret store) is refused, as a symbolic link there would be.
+ * The directories are looked at only when the source has a hard link at all, and then once.
+ */
+export function hardLinkGuard(directories: readonly string[]): (entry: FoundEntry) => Promise<void> {
+  let guarded: Promise<Map<string, string>> | undefined;
+  const collect = async () => {
+    const found = new Map<string, string>();
+    for (const directory of directories) {
+      try {
+        for await (const entry of walk(directory))
+          if (entry.linked !== undefined) found.set(entry.linked, entry.absolute);
+      } catch (error) {
+        if (!(error instanceof SourceError)) throw error; // a directory that does not exist guards nothing
+      }
+    }
+    return found;
+  };
+  return async (entry) => {
+    if (entry.linked === undefined) return;
+    guarded ??= collect();
+    const other = (await guarded).get(entry.linked);
+    if (other !== undefined)
+      throw new SourceError(
+        `${entry.absolute} is a hard link to ${other}, which holds this program's keys: refusing to back it up`,
+      );
+  };
 }
 
 export function readFileStream(entry: FoundEntry): AsyncIterable<Buffer> {

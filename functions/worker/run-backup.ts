@@ -1,4 +1,4 @@
-import { pathProblem } from '../core/paths.ts';
+import { PROGRAM_DIR, pathProblem } from '../core/paths.ts';
 import type { ControlPlane } from '../core/context.ts';
 import { ConflictError } from '../core/errors.ts';
 import {
@@ -145,6 +145,8 @@ export async function executeRun(
       ...(parent ? { parent } : {}),
       ...(changeStream ? { changeStream } : {}),
       tags: { schedule: schedule.id, series: 'dr' },
+      // The program's own files are public; the data directory's are keys
+      protectedDirectories: (cp.paths?.forbidden ?? []).filter((directory) => directory !== PROGRAM_DIR),
       onProgress: (event) => {
         progress = { phase: event.phase, bytes: event.bytes, ...(event.item ? { item: event.item } : {}) };
       },

@@ -1,4 +1,4 @@
-import { chmod, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -83,6 +83,52 @@ describe('path policy', () => {
     // Nothing of the data directory reached the target
     const stored = await readdir(join(work, 'repo'), { recursive: true }).catch(() => []);
     expect(stored.filter((name) => String(name).startsWith('backups/'))).toEqual([]);
+  });
+
+  it('fails a run whose files source holds a hard link to a key in the data directory, and stores none of it', async () => {
+    const uploads = join(work, 'hard-linked');
+    await mkdir(uploads);
+    await writeFile(join(uploads, 'a.txt'), 'a');
+    // Another name for the secret store's key, made inside an allowed root after the config was saved
+    await link(join(api.dataDir, 'secret.key'), join(uploads, 'innocent.txt'));
+    expect((await api.call('POST', '/api/dr/config', filesAt(uploads))).status).toBeLessThan(300);
+    expect(
+      (
+        await api.call('POST', '/api/dr/targets', {
+          id: 'paths-hard',
+          targetType: 'LOCAL',
+          config: { path: join(work, 'repo-hard') },
+        })
+      ).status,
+    ).toBe(201);
+    expect(
+      (
+        await api.call('POST', '/api/dr/schedules', {
+          id: 'paths-hard-full',
+          name: 'full',
+          scheduleType: 'FULL',
+          cronExpression: '0 2 * * *',
+          targets: ['paths-hard'],
+        })
+      ).status,
+    ).toBe(201);
+    const started = await api.call('POST', '/api/dr/schedules/paths-hard-full/execute');
+    expect(started.status).toBe(202);
+    await api.runtime.idle();
+    const run = (await api.call('GET', `/api/dr/backups/${started.body.id}`)).body;
+    expect(run.status).toBe('FAILED');
+    expect(run.error).toContain('is a hard link to');
+    expect(run.error).toContain('refusing to back it up');
+    const stored = await readdir(join(work, 'repo-hard'), { recursive: true }).catch(() => []);
+    expect(stored.filter((name) => String(name).startsWith('backups/'))).toEqual([]);
+
+    // Hard links among the source's own files (or to files outside the data directory) are backed up
+    await rm(join(uploads, 'innocent.txt'));
+    await link(join(uploads, 'a.txt'), join(uploads, 'b.txt'));
+    const again = await api.call('POST', '/api/dr/schedules/paths-hard-full/execute');
+    await api.runtime.idle();
+    const ok = (await api.call('GET', `/api/dr/backups/${again.body.id}`)).body;
+    expect(ok.status, ok.error).toBe('SUCCESS');
   });
 
   it('refuses a restore destination with .., through a link, or in the data directory', async () => {
