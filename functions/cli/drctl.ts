@@ -5,7 +5,8 @@ import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { backup, type ProgressEvent } from '../engine/backup.ts';
+import { backup } from '../engine/backup.ts';
+import type { ProgressEvent } from '../engine/progress.ts';
 import { generateMasterKey, loadMasterKey } from '../engine/crypto.ts';
 import {
   BackupNotFoundError,

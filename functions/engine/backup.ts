@@ -39,6 +39,7 @@ import {
 } from './postgres.ts';
 import { describeLocks, type Lock } from './locks.ts';
 import { ChunkSink, type Repository } from './repository.ts';
+import type { ProgressEvent, ProgressListener } from './progress.ts';
 import { readStream } from './restore.ts';
 
 export interface BackupSource {
@@ -46,15 +47,6 @@ export interface BackupSource {
   /** A directory tree to back up with the database. */
   readonly files?: string;
 }
-
-export interface ProgressEvent {
-  readonly phase: 'database' | 'files' | 'finishing' | 'restore' | 'verify' | 'export';
-  readonly item?: string;
-  /** Source bytes read so far in this operation. */
-  readonly bytes: number;
-}
-
-export type ProgressListener = (event: ProgressEvent) => void;
 
 export interface BackupOptions {
   /** The backup's id, when the caller named it beforehand (a catalog entry); default a new one. */

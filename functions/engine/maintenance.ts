@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isNotFound, StorageError } from '../storage/storage.ts';
-import { referencedChunks, type ProgressListener } from './backup.ts';
+import { referencedChunks } from './backup.ts';
+import type { ProgressListener } from './progress.ts';
 import { changeLines } from './changes.ts';
 import type { MasterKey } from './crypto.ts';
 import { CorruptDataError, EngineError, RepositoryLockedError } from './errors.ts';

@@ -19,7 +19,7 @@ import {
   userRelationCount,
   type DatabaseConnection,
 } from './postgres.ts';
-import type { ProgressListener } from './backup.ts';
+import type { ProgressListener } from './progress.ts';
 import type { Repository } from './repository.ts';
 
 /**

@@ -10,12 +10,6 @@ import type { Logger } from '../core/log.ts';
 import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-store.ts';
 import { DrTable } from '../core/store/table.ts';
 import { VERSION } from '../core/version.ts';
-import {
-  ARTIFACTS,
-  artifactFilename,
-  type DownloadLinks,
-  type RunLauncher,
-} from '../core/services/backup-service.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { signDownload, streamArtifact, verifyDownload } from '../worker/download.ts';
 import { dispatch } from '../core/services/dispatch-service.ts';
@@ -31,6 +25,7 @@ import { runAlertChecks } from '../core/services/alert-service.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
 import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { cloudWatchFreeStorage } from '../core/rds-storage.ts';
+import { ARTIFACTS, artifactFilename, type DownloadLinks, type RunLauncher } from '../core/ports.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 

@@ -4,10 +4,10 @@ import { createGzip } from 'node:zlib';
 import { pipeline } from 'node:stream/promises';
 import { PassThrough } from 'node:stream';
 import type { ControlPlane } from '../core/context.ts';
-import type { DownloadArtifact } from '../core/services/backup-service.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
-import { withBackup } from './open-backup.ts';
+import { withBackup } from '../core/services/open-backup.ts';
+import type { DownloadArtifact } from '../core/ports.ts';
 
 /**
  * Downloads as standard artifacts: the database as a plain SQL script for `psql` or a custom-format archive

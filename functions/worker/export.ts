@@ -3,9 +3,10 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import type { ControlPlane } from '../core/context.ts';
 import { exportKey, finishExport } from '../core/runs/s3-downloads.ts';
-import { ARTIFACTS, artifactsOf, getBackup } from '../core/services/backup-service.ts';
+import { getBackup } from '../core/services/backup-service.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { streamArtifact } from './download.ts';
+import { ARTIFACTS, artifactsOf } from '../core/ports.ts';
 
 /**
  * Exports a backup's artifacts to the downloads bucket (AWS): each one streamed from a target holding the

@@ -1,5 +1,4 @@
 import type { ControlPlane } from '../core/context.ts';
-import type { BackupRecord } from '../core/services/backup-service.ts';
 import { retentionInputs } from '../core/services/retention-service.ts';
 import { targetSecrets, type Target } from '../core/services/target-service.ts';
 import { Partition } from '../core/store/table.ts';
@@ -7,6 +6,7 @@ import type { MasterKey } from '../engine/crypto.ts';
 import { forget, gc } from '../engine/maintenance.ts';
 import { keys, Repository } from '../engine/repository.ts';
 import { openTarget } from '../storage/targets.ts';
+import type { BackupRecord } from '../core/records.ts';
 
 export interface RetentionReport {
   /** Backups deleted from every target that held them, and from the catalog. */

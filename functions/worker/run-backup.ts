@@ -8,12 +8,8 @@ import {
   HEARTBEAT_MS,
   isRestorePoint,
   releaseRun,
-  type BackupRecord,
-  type BackupStatus,
-  type TargetResult,
 } from '../core/services/backup-service.ts';
 import { sourceForRun } from '../core/services/config-service.ts';
-import type { StoredSchedule } from '../core/services/schedule-service.ts';
 import { targetSecrets, type Target } from '../core/services/target-service.ts';
 import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
 import { streamForRun } from '../core/services/change-stream-service.ts';
@@ -27,6 +23,7 @@ import { MirrorStorage, type MirrorMember, type MirrorMemberResult } from '../st
 import { StorageError } from '../storage/storage.ts';
 import { openTarget } from '../storage/targets.ts';
 import { prepareRepositories } from './repositories.ts';
+import type { BackupRecord, BackupStatus, StoredSchedule, TargetResult } from '../core/records.ts';
 
 export interface WorkerOptions {
   /** The master key every target's repository is sealed under. */

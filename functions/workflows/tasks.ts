@@ -31,13 +31,7 @@ import {
 import type { ControlPlane } from '../core/context.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
 import { mailBody, type MailMessage } from '../core/mail/ses-mailer.ts';
-import {
-  getBackup,
-  isGood,
-  isRestorePoint,
-  listBackups,
-  type BackupRecord,
-} from '../core/services/backup-service.ts';
+import { getBackup, isGood, isRestorePoint, listBackups } from '../core/services/backup-service.ts';
 import { environmentConnection, findConfig } from '../core/services/config-service.ts';
 import {
   getDrTest,
@@ -51,7 +45,6 @@ import {
   type RestorePlan,
   type RestoreRecord,
 } from '../core/services/restore-service.ts';
-import type { StoredSchedule } from '../core/services/schedule-service.ts';
 import type { DrConfigInput } from '../core/schemas.ts';
 import { Partition, type StoredItem } from '../core/store/table.ts';
 import type { MasterKey } from '../engine/crypto.ts';
@@ -75,7 +68,8 @@ import {
   restoreFiles,
   type DatabaseRestoreResult,
 } from '../engine/restore.ts';
-import { withBackup } from '../worker/open-backup.ts';
+import { withBackup } from '../core/services/open-backup.ts';
+import type { BackupRecord, StoredSchedule } from '../core/records.ts';
 
 /**
  * The steps of the restore and DR-test state machines. Each Task state of `statemachines/*.asl.json` invokes

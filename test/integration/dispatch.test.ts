@@ -2,14 +2,10 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  finishRecord,
-  releaseRun,
-  getBackup,
-  type RunLauncher,
-} from '../../functions/core/services/backup-service.ts';
+import { finishRecord, releaseRun, getBackup } from '../../functions/core/services/backup-service.ts';
 import { dispatch } from '../../functions/core/services/dispatch-service.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
+import type { RunLauncher } from '../../functions/core/ports.ts';
 
 /**
  * Schedules that fire, with a controlled clock. The launcher stands in for the worker (the worker itself is

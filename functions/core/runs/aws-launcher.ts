@@ -1,6 +1,6 @@
 import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
-import type { RunLauncher } from '../services/backup-service.ts';
+import type { RunLauncher } from '../ports.ts';
 
 /**
  * Starts the backup worker on AWS: an asynchronous invocation of the worker Lambda (the default: backups that

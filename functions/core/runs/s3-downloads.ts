@@ -2,8 +2,8 @@ import { GetObjectCommand, HeadObjectCommand, NotFound, S3Client } from '@aws-sd
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError, ServiceUnavailableError } from '../errors.ts';
-import { ARTIFACTS, type Artifact, type DownloadLinks } from '../services/backup-service.ts';
 import { Partition } from '../store/table.ts';
+import { ARTIFACTS, type Artifact, type DownloadLinks } from '../ports.ts';
 
 /**
  * Downloads on AWS. A backup's artifacts are produced by the worker (which has `pg_dump`'s tools and the

@@ -3,11 +3,11 @@ import type { ControlPlane } from '../context.ts';
 import { ConflictError } from '../errors.ts';
 import { isRestorePoint, rpoViolations } from '../metrics.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
-import type { BackupRecord } from './backup-service.ts';
 import { changeStreamConditions } from './change-stream-service.ts';
 import { findConfig } from './config-service.ts';
 import { listDrTests, type DrTestRecord } from './drtest-service.ts';
 import { targetUsage, type Target } from './target-service.ts';
+import type { BackupRecord, Condition } from '../records.ts';
 
 /**
  * Alerts by email, one per episode: a condition that starts (a schedule's backups fail, the RPO is
@@ -17,18 +17,6 @@ import { targetUsage, type Target } from './target-service.ts';
  * send one email, not two.
  */
 export type Mailer = (message: MailMessage) => Promise<void>;
-
-export interface Condition {
-  /** The episode's identity: `backup-failed:<schedule>`, `rpo`, `rto:<test>`, `test-overdue:<type>`. */
-  readonly key: string;
-  readonly active: boolean;
-  /** Events have no end (and no recovery email). */
-  readonly event?: boolean;
-  readonly subject: string;
-  readonly lines: readonly string[];
-  readonly recoverySubject?: string;
-  readonly recoveryLines?: readonly string[];
-}
 
 interface AlertState {
   readonly key: string;

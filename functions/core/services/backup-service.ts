@@ -6,7 +6,8 @@ import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError 
 import { Partition, type StoredItem } from '../store/table.ts';
 import { requireFound } from './common.ts';
 import { findConfig } from './config-service.ts';
-import type { StoredSchedule } from './schedule-service.ts';
+import type { BackupRecord, BackupStatus, StoredSchedule } from '../records.ts';
+import { artifactsOf, type DownloadLinks, type RunLauncher } from '../ports.ts';
 
 /**
  * The backup catalog and the runs that fill it.
@@ -22,94 +23,11 @@ import type { StoredSchedule } from './schedule-service.ts';
 export const HEARTBEAT_MS = 30_000;
 export const STALE_AFTER_MS = 5 * 60_000;
 
-export type BackupStatus = 'RUNNING' | 'SUCCESS' | 'PARTIAL' | 'FAILED';
-export type TargetRunStatus = 'RUNNING' | 'SUCCESS' | 'FAILED';
-
-export interface TargetResult {
-  readonly targetId: string;
-  readonly name: string;
-  readonly targetType: string;
-  readonly status: TargetRunStatus;
-  readonly bytesWritten?: number;
-  readonly finishedAt?: string;
-  readonly error?: { readonly kind: string; readonly message: string };
-}
-
-export interface BackupRecord {
-  readonly id: string;
-  readonly scheduleId: string;
-  readonly scheduleName: string;
-  /** The type asked for; `type` is what was taken (an INCREMENTAL with no usable parent becomes a FULL). */
-  readonly requestedType: StoredSchedule['scheduleType'];
-  readonly type: StoredSchedule['scheduleType'];
-  readonly status: BackupStatus;
-  readonly trigger: {
-    readonly kind: 'manual' | 'schedule';
-    readonly firingTime?: string;
-    readonly actor?: string;
-  };
-  readonly startedAt: string;
-  readonly heartbeatAt: string;
-  readonly finishedAt?: string;
-  readonly targets: readonly TargetResult[];
-  readonly parent?: string;
-  /** The point in time the backup restores to (the database snapshot). */
-  readonly restorePoint?: string;
-  readonly database?: { readonly name: string; readonly serverVersion: string; readonly tables: number };
-  readonly files?: { readonly entries: number };
-  /** Change-stream mode: the FULL the stream starts from, and (INCREMENTAL) the changes this backup holds. */
-  readonly changes?: {
-    readonly base: string;
-    readonly endLsn: string;
-    readonly transactions: number;
-    readonly changes: number;
-    readonly lastCommit?: { readonly lsn: string; readonly time: string; readonly xid: number };
-  };
-  /** Set when a schema change made this backup a FULL instead of an INCREMENTAL: what changed. */
-  readonly schemaChanged?: string;
-  /** Set when the run asked for the change stream and the source cannot do it (it deduplicated a dump): why. */
-  readonly streamUnavailable?: string;
-  readonly sizes?: {
-    /** Bytes read from the source. */
-    readonly sourceBytes: number;
-    /** Bytes the backup restores (database dump and changes, files), however little it read to make them. */
-    readonly protectedBytes?: number;
-    /** Bytes this backup added to the repository (after deduplication, compression and encryption). */
-    readonly storedBytes: number;
-    /** Bytes of the chunks this backup added, before compression and encryption (after deduplication). */
-    readonly newBytes?: number;
-    readonly chunks: number;
-    readonly newChunks: number;
-    /** sourceBytes / storedBytes (higher is better), when anything was stored. */
-    readonly dedupRatio?: number;
-  };
-  readonly progress?: { readonly phase: string; readonly item?: string; readonly bytes: number };
-  /** Why this backup is not used as a restore point or parent until someone looks at it. */
-  readonly review?: string;
-  /** A flag an operator confirmed (POST /api/dr/backups/{id}/confirm): what it was, when, by whom. */
-  readonly reviewConfirmed?: { readonly reason: string; readonly at: string; readonly by: string };
-  readonly notice?: string;
-  readonly error?: string;
-  /** Verification and restore tests that passed (retention keeps the newest such backup). */
-  readonly verifiedAt?: string;
-}
-
 interface RunLock {
   readonly scheduleId: string;
   readonly backupId: string;
   readonly startedAt: string;
   readonly heartbeatAt: string;
-}
-
-/** What starts the worker for a backup: in process locally, an asynchronous invocation on AWS. */
-export interface RunLauncher {
-  launch(backupId: string): Promise<void>;
-  /** Applies retention now (asynchronously, where the worker runs). */
-  retention?(): Promise<void>;
-  /** Exports a backup's download artifacts to the downloads bucket (AWS). */
-  export?(backupId: string): Promise<void>;
-  /** Measures the source database's change stream where it is reachable (asynchronously). */
-  watch?(): Promise<void>;
 }
 
 export interface StartRunInput {
@@ -386,55 +304,6 @@ async function decodeAfter(cp: ControlPlane, token: string): Promise<string> {
 /** The engine's id format (`20261124T215213123Z-a1b2c3`): the catalog names the backup before the engine runs. */
 export function newBackupId(now: Date): string {
   return `${now.toISOString().replace(/[-:.]/g, '')}-${randomBytes(3).toString('hex')}`;
-}
-
-/**
- * What a backup downloads as: the database as a plain SQL script for `psql` (the guide's way) and as a
- * custom-format archive for `pg_restore` (parallel jobs, picking tables), the files as a .tar.gz.
- */
-export const ARTIFACTS = {
-  database: { prefix: 'backup', extension: 'sql', contentType: 'application/sql' },
-  archive: { prefix: 'backup', extension: 'dump', contentType: 'application/octet-stream' },
-  files: { prefix: 'files', extension: 'tar.gz', contentType: 'application/gzip' },
-} as const;
-
-export type DownloadArtifact = keyof typeof ARTIFACTS;
-
-/** `backup_2026-11-24.sql`: the guide's names, dated by the backup's start (its id). */
-export function artifactFilename(artifact: DownloadArtifact, backupId: string): string {
-  const day = `${backupId.slice(0, 4)}-${backupId.slice(4, 6)}-${backupId.slice(6, 8)}`;
-  return `${ARTIFACTS[artifact].prefix}_${day}.${ARTIFACTS[artifact].extension}`;
-}
-
-export interface Artifact {
-  readonly artifact: DownloadArtifact;
-  readonly filename: string;
-}
-
-/** What a backup can be downloaded as. */
-export function artifactsOf(record: Pick<BackupRecord, 'id' | 'database' | 'files'>): Artifact[] {
-  const kinds: DownloadArtifact[] = [
-    ...(record.database ? (['database', 'archive'] as const) : []),
-    ...(record.files ? (['files'] as const) : []),
-  ];
-  return kinds.map((artifact) => ({ artifact, filename: artifactFilename(artifact, record.id) }));
-}
-
-export interface ArtifactLink {
-  readonly url: string;
-  readonly expiresAt: string;
-}
-
-/**
- * Makes time-limited links to a backup's artifacts: locally, signed links the runtime streams from at once;
- * on AWS, presigned S3 URLs once the worker has exported the artifacts to the downloads bucket (until then,
- * how long to wait before asking again).
- */
-export interface DownloadLinks {
-  links(
-    backupId: string,
-    artifacts: readonly Artifact[],
-  ): Promise<{ ready: true; links: ArtifactLink[] } | { ready: false; retryAfterSeconds: number }>;
 }
 
 /**

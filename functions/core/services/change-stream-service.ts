@@ -11,10 +11,8 @@ import {
 import { databaseName, type DatabaseConnection } from '../../engine/postgres.ts';
 import type { ControlPlane } from '../context.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
-import type { Condition } from './alert-service.ts';
 import { findConfig, sourceForRun } from './config-service.ts';
-import type { StoredSchedule } from './schedule-service.ts';
-import type { BackupRecord } from './backup-service.ts';
+import type { BackupRecord, Condition, StoredSchedule } from '../records.ts';
 
 /**
  * The deployment's change stream on the source database: which runs use it, what the database allows, and

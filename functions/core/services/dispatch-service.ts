@@ -2,8 +2,9 @@ import type { ControlPlane } from '../context.ts';
 import { firingsBetween } from '../cron.ts';
 import { ConflictError } from '../errors.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
-import { reapStaleRuns, startRun, type RunLauncher } from './backup-service.ts';
-import type { StoredSchedule } from './schedule-service.ts';
+import { reapStaleRuns, startRun } from './backup-service.ts';
+import type { StoredSchedule } from '../records.ts';
+import type { RunLauncher } from '../ports.ts';
 
 /**
  * The dispatcher: what makes schedules fire. On AWS one EventBridge rule invokes it every minute; the local

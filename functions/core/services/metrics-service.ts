@@ -11,10 +11,10 @@ import {
   type Violation,
 } from '../metrics.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
-import type { BackupRecord } from './backup-service.ts';
 import { findConfig } from './config-service.ts';
 import type { FiringRecord } from './dispatch-service.ts';
 import { listDrTests, type DrTestRecord } from './drtest-service.ts';
+import type { BackupRecord } from '../records.ts';
 
 const DAY_MS = 86_400_000;
 const ISO_DATE = /^(\d{4})-(\d{2})-(\d{2})$/;

@@ -1,9 +1,8 @@
 import type { ControlPlane } from '../context.ts';
 import { planRetention, type RetentionPlan } from '../retention.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
-import type { BackupRecord } from './backup-service.ts';
 import { findConfig } from './config-service.ts';
-import type { StoredSchedule } from './schedule-service.ts';
+import type { BackupRecord, StoredSchedule } from '../records.ts';
 
 /** The config's ceiling when no config exists yet (the seed's default). */
 const DEFAULT_RETENTION_DAYS = 30;

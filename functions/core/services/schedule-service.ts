@@ -14,25 +14,12 @@ import {
 import { findConfig } from './config-service.ts';
 import { loadForChange, requireFound, throwIfIssues, versioned, type Versioned } from './common.ts';
 import { targetIds } from './target-service.ts';
+import type { StoredSchedule } from '../records.ts';
 
 /** How many upcoming firing times a schedule response shows. */
 export const NEXT_RUNS_SHOWN = 5;
 /** Retention when neither the schedule nor the DR config says (the seed's default). */
 const DEFAULT_RETENTION_DAYS = 30;
-
-export interface StoredSchedule {
-  readonly id: string;
-  readonly name: string;
-  readonly scheduleType: ScheduleInput['scheduleType'];
-  readonly frequency?: ScheduleInput['frequency'];
-  readonly cronExpression: string;
-  readonly timezone: string;
-  readonly active: boolean;
-  readonly retentionDays: number;
-  readonly targets: readonly string[];
-  /** Absent on schedules saved before change-stream mode existed: `auto`. */
-  readonly mode?: ScheduleInput['mode'];
-}
 
 export type ScheduleView = StoredSchedule &
   Versioned & {

@@ -15,10 +15,10 @@ import {
   versioned,
   type Versioned,
 } from './common.ts';
-import type { StoredSchedule } from './schedule-service.ts';
 import { publicReason, StorageError, type Storage } from '../../storage/storage.ts';
 import { openTarget, probeTarget, s3Storage, type ProbeResult } from '../../storage/targets.ts';
 import type { S3Lifecycle } from '../../storage/s3/s3-storage.ts';
+import type { StoredSchedule } from '../records.ts';
 
 /** A target as stored and returned: `config` has no secret field; `secretsSet` names those that are set. */
 export interface Target {

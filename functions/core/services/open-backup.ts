@@ -1,12 +1,12 @@
-import type { ControlPlane } from '../core/context.ts';
-import { NotFoundError } from '../core/errors.ts';
-import { getBackup } from '../core/services/backup-service.ts';
-import { targetSecrets, type Target } from '../core/services/target-service.ts';
-import { Partition } from '../core/store/table.ts';
-import type { MasterKey } from '../engine/crypto.ts';
-import type { Manifest } from '../engine/manifest.ts';
-import { Repository } from '../engine/repository.ts';
-import { openTarget } from '../storage/targets.ts';
+import type { ControlPlane } from '../context.ts';
+import { NotFoundError } from '../errors.ts';
+import { getBackup } from './backup-service.ts';
+import { targetSecrets, type Target } from './target-service.ts';
+import { Partition } from '../store/table.ts';
+import type { MasterKey } from '../../engine/crypto.ts';
+import type { Manifest } from '../../engine/manifest.ts';
+import { Repository } from '../../engine/repository.ts';
+import { openTarget } from '../../storage/targets.ts';
 
 /**
  * Runs `use` with the repository of a target that holds the backup and the backup's manifest: the given
