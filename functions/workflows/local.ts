@@ -1,7 +1,8 @@
 import { StateMachine } from 'aws-local-stepfunctions';
 import type { ControlPlane, WorkflowLauncher, WorkflowName } from '../core/context.ts';
 import { definition, taskStates, waitStates } from './definitions.ts';
-import { runWorkflowTask, type WorkflowDeps } from './tasks.ts';
+import type { WorkflowDeps } from './steps.ts';
+import { runWorkflowTask } from './tasks.ts';
 
 /** The worker's ARN in the definitions the local runtime runs (any well-formed ARN would do). */
 export const LOCAL_WORKER_ARN = 'arn:aws:lambda:local:000000000000:function:dr-worker';
