@@ -12,16 +12,14 @@ import { DrTable } from '../core/store/table.ts';
 import { VERSION } from '../core/version.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { signDownload, streamArtifact, verifyDownload } from '../worker/download.ts';
-import { dispatch } from '../core/services/dispatch-service.ts';
 import { generateMasterKey, parseMasterKey, type MasterKey } from '../engine/crypto.ts';
-import { applyRetention } from '../worker/retention.ts';
-import { executeRun } from '../worker/run-backup.ts';
+import { tick } from '../core/services/tick.ts';
+import { retention, runBackup, type PipelineDeps } from '../worker/pipeline.ts';
 import { startLocalDynamo } from './dynamodb.ts';
 import { startServer } from './server.ts';
 import { localWorkflows, type LocalWorkflowOptions } from '../workflows/local.ts';
 import { writeToOutbox } from './outbox.ts';
 import type { MailMessage } from '../core/mail/ses-mailer.ts';
-import { runAlertChecks } from '../core/services/alert-service.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
 import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { cloudWatchFreeStorage } from '../core/rds-storage.ts';
@@ -99,29 +97,23 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       .finally(() => running.delete(run));
     running.add(run);
   };
-  const retention = () =>
-    applyRetention(controlPlane, masterKey).then((report) => {
-      if (report.deleted.length + report.failed.length > 0)
-        options.logger.info('retention applied', {
-          deleted: report.deleted.length,
-          failed: report.failed.length,
-        });
-    });
+  // Emails (test results, alerts) land in <dataDir>/outbox as .eml files.
+  const outbox = join(dataDir, 'outbox');
+  const mailer = async (message: MailMessage) => {
+    await writeToOutbox(outbox, message);
+  };
+  const pipeline: PipelineDeps = { masterKey, notify: mailer };
   const runs: RunLauncher = {
     launch: (backupId) => {
-      // After each run, retention (the run may have made older backups unnecessary).
-      track('backup worker', async () => {
-        await executeRun(controlPlane, backupId, {
-          masterKey,
+      track('backup worker', () =>
+        runBackup(worker(), backupId, pipeline, {
           ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
-        });
-        await retention();
-        await runAlertChecks(worker(), mailer);
-      });
+        }),
+      );
       return Promise.resolve();
     },
     retention: () => {
-      track('retention', retention);
+      track('retention', () => retention(controlPlane, pipeline));
       return Promise.resolve();
     },
     watch: () => {
@@ -175,12 +167,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     );
     return true;
   };
-  // Restores and DR tests: the statemachines/ definitions run by the local ASL interpreter. Emails (test
-  // results, alerts) land in <dataDir>/outbox as .eml files.
-  const outbox = join(dataDir, 'outbox');
-  const mailer = async (message: MailMessage) => {
-    await writeToOutbox(outbox, message);
-  };
+  // Restores and DR tests: the statemachines/ definitions run by the local ASL interpreter.
   let workflowRunner: WorkflowLauncher | undefined;
   const workflows: WorkflowLauncher = {
     start: (workflow, name, input) => {
@@ -223,8 +210,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   const dispatcher =
     intervalMs > 0
       ? setInterval(() => {
-          dispatching ??= dispatch(controlPlane, runs)
-            .then(() => runAlertChecks(controlPlane, mailer))
+          dispatching ??= tick(controlPlane, runs, pipeline)
             .then(async () => {
               if (Date.now() - lastRetention < 24 * 60 * 60_000) return;
               lastRetention = Date.now();

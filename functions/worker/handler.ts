@@ -1,16 +1,17 @@
-import { masterKeyBytesFromSecret, awsControlPlane } from '../core/runs/aws-control-plane.ts';
-import type { WorkerEvent } from '../core/runs/aws-launcher.ts';
+import middy from '@middy/core';
+import type { Context } from 'aws-lambda';
+import { z } from 'zod';
+import { emitBackupMetrics, emitHealthMetrics } from '../core/cloudwatch.ts';
 import { requireEnv } from '../core/env.ts';
-import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
 import { sesMailer } from '../core/mail/ses-mailer.ts';
-import { runAlertChecks } from '../core/services/alert-service.ts';
+import { awsControlPlane, masterKeyBytesFromSecret } from '../core/runs/aws-control-plane.ts';
+import { workerEvent, type WorkerEvent } from '../core/runs/aws-launcher.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
-import { emitBackupMetrics } from '../core/cloudwatch.ts';
+import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
 import type { WorkflowDeps } from '../workflows/steps.ts';
 import { runWorkflowTask } from '../workflows/tasks.ts';
 import { exportToBucket } from './export.ts';
-import { applyRetention } from './retention.ts';
-import { executeRun } from './run-backup.ts';
+import { retention, runBackup, type PipelineDeps } from './pipeline.ts';
 
 /**
  * The backup worker on AWS, one container image for both runners: the Lambda handler below (`index.handler`)
@@ -23,35 +24,45 @@ const masterKey = () =>
 
 // Completion emails through SES when the stack names a sender (-c mailFrom=…).
 const mailFrom = process.env.MAIL_FROM;
-const workflowDeps: WorkflowDeps = {
+const notify = mailFrom ? sesMailer({ from: mailFrom }) : undefined;
+const workflowDeps: WorkflowDeps = { masterKey, ...(notify ? { notify } : {}) };
+const pipeline: PipelineDeps = {
   masterKey,
-  ...(mailFrom ? { notify: sesMailer({ from: mailFrom }) } : {}),
+  ...(notify ? { notify } : {}),
+  metrics: { backup: emitBackupMetrics, health: emitHealthMetrics },
 };
 
-export async function handler(event: WorkerEvent): Promise<unknown> {
-  if (event.action === 'retention') return applyRetention(controlPlane, masterKey);
-  if (event.action === 'watch') {
-    const measured = await measureSource(controlPlane, { readiness: true });
-    return { measuredAt: measured?.measuredAt, failure: measured?.failure?.error };
+async function work(event: WorkerEvent): Promise<unknown> {
+  switch (event.action) {
+    case 'retention':
+      return retention(controlPlane, pipeline);
+    case 'watch': {
+      const measured = await measureSource(controlPlane, { readiness: true });
+      return { measuredAt: measured?.measuredAt, failure: measured?.failure?.error };
+    }
+    case 'workflow':
+      return runWorkflowTask(controlPlane, workflowDeps, event.task, event.input);
+    case 'export':
+      return exportToBucket(controlPlane, event.backupId, {
+        bucket: requireEnv('DOWNLOAD_BUCKET'),
+        masterKey,
+      });
+    case 'backup': {
+      const record = await runBackup(controlPlane, event.backupId, pipeline);
+      return { id: record.id, status: record.status };
+    }
   }
-  if (event.action === 'workflow')
-    return runWorkflowTask(controlPlane, workflowDeps, event.task, event.input);
-  if (event.action === 'export')
-    return exportToBucket(controlPlane, event.backupId, { bucket: requireEnv('DOWNLOAD_BUCKET'), masterKey });
-  const record = await executeRun(controlPlane, event.backupId, { masterKey });
-  await emitBackupMetrics(record).catch((error: unknown) =>
-    controlPlane.logger.error('metrics not emitted', { error: (error as Error).message }),
-  );
-  // Retention after every run: it may have made older backups unnecessary.
-  await applyRetention(controlPlane, masterKey).catch((error: unknown) =>
-    controlPlane.logger.error('retention failed', { error: (error as Error).message }),
-  );
-  // A failed run alerts at once rather than at the dispatcher's next minute.
-  await runAlertChecks(controlPlane, workflowDeps.notify).catch((error: unknown) =>
-    controlPlane.logger.error('alert checks failed', { error: (error as Error).message }),
-  );
-  return { id: record.id, status: record.status };
 }
+
+export const handler = middy<unknown, unknown>().handler(async (event: unknown) => {
+  const parsed = workerEvent.safeParse(event);
+  if (!parsed.success) {
+    const reason = z.prettifyError(parsed.error);
+    controlPlane.logger.error('worker event refused', { reason });
+    throw new Error(`not a worker event (backup, export, retention, watch, workflow): ${reason}`);
+  }
+  return work(parsed.data);
+});
 
 const fargateEvent: WorkerEvent | undefined = process.env.BACKUP_ID
   ? { action: 'backup', backupId: process.env.BACKUP_ID }
@@ -59,7 +70,7 @@ const fargateEvent: WorkerEvent | undefined = process.env.BACKUP_ID
     ? { action: 'export', backupId: process.env.EXPORT_ID }
     : undefined;
 if (fargateEvent && !process.env.AWS_LAMBDA_FUNCTION_NAME) {
-  handler(fargateEvent).then(
+  handler(fargateEvent, {} as Context).then(
     (result) => {
       controlPlane.logger.info('fargate run finished', { result: JSON.stringify(result) });
     },

@@ -56,9 +56,8 @@ beforeAll(async () => {
   // The worker's environment: it runs in the subnets, and starts nothing
   delete process.env.WORKER_FUNCTION;
   delete process.env.SOURCE_FROM_WORKER;
-  ({ handler: worker } = (await import('../../functions/worker/handler.ts')) as {
-    handler: (event: unknown) => Promise<unknown>;
-  });
+  const { handler: middyfied } = await import('../../functions/worker/handler.ts');
+  worker = (event) => middyfied(event, context);
 });
 afterAll(async () => {
   process.env = saved;
@@ -111,5 +110,17 @@ describe('worker Lambda: the watch action', () => {
       measuredAt: measured.measuredAt,
       readiness: { available: true, walLevel: 'logical' },
     });
+  });
+});
+
+describe('worker Lambda: its events', () => {
+  it('refuses an unknown action or a missing id, never taking it for a backup', async () => {
+    for (const event of [
+      {},
+      { action: 'bakcup', backupId: 'b-1' },
+      { action: 'backup' },
+      { action: 'workflow', task: 'restore.plan' },
+    ])
+      await expect(worker(event), JSON.stringify(event)).rejects.toThrow(/not a worker event/);
   });
 });

@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import type { RunLauncher } from '../ports.ts';
@@ -23,14 +24,24 @@ export interface AwsLauncherOptions {
   readonly ecs?: ECSClient;
 }
 
-export type WorkerEvent =
-  | { readonly action: 'backup'; readonly backupId: string }
-  | { readonly action: 'export'; readonly backupId: string }
-  | { readonly action: 'retention' }
+/**
+ * What the worker is asked to do, checked when it arrives: anything else (an unknown action, a missing id)
+ * is refused, never taken for a backup.
+ */
+export const workerEvent = z.discriminatedUnion('action', [
+  z.strictObject({ action: z.literal('backup'), backupId: z.string().min(1) }),
+  z.strictObject({ action: z.literal('export'), backupId: z.string().min(1) }),
+  z.strictObject({ action: z.literal('retention') }),
   /** Measure the source's change stream (the worker reaches the database; the API and dispatcher may not). */
-  | { readonly action: 'watch' }
+  z.strictObject({ action: z.literal('watch') }),
   /** A step of a restore or DR-test state machine (Step Functions invokes the worker directly). */
-  | { readonly action: 'workflow'; readonly task: string; readonly input: Record<string, unknown> };
+  z.strictObject({
+    action: z.literal('workflow'),
+    task: z.string().min(1),
+    input: z.record(z.string(), z.unknown()),
+  }),
+]);
+export type WorkerEvent = z.infer<typeof workerEvent>;
 
 export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
   const lambda = options.lambda ?? new LambdaClient({});
