@@ -4,7 +4,8 @@
  * circle of types is still a circle of modules a reader has to hold at once.
  *
  * The layers, lowest first: storage (adapters) < engine (repository format, backup, restore) < core (ports,
- * records, services) < aws (their AWS implementations), workflows, worker < api, cli, dispatcher, local.
+ * records, services: no AWS SDK) < aws (their AWS implementations), workflows, worker < api, cli, dispatcher,
+ * local.
  */
 /**
  * @param {string} name
@@ -49,6 +50,14 @@ module.exports = {
       ['aws', 'workflows', 'worker', 'api', 'cli', 'dispatcher', 'local'],
       'core/ holds ports, records and services: implementations and entry points depend on it, not the reverse.',
     ),
+    {
+      name: 'core-is-not-aws',
+      comment:
+        'core/ holds ports and services; their AWS implementations (DynamoDB, Secrets Manager, SES, ECS, Step Functions, CloudWatch) live in aws/.',
+      severity: 'error',
+      from: { path: '^functions/(core|engine)/' },
+      to: { path: '(^|node_modules/)(@aws-sdk/|aws-embedded-metrics)' },
+    },
     layer(
       'workflows-below-worker',
       'workflows',

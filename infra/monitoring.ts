@@ -10,7 +10,7 @@ import {
   TreatMissingData,
 } from 'aws-cdk-lib/aws-cloudwatch';
 import { Construct } from 'constructs';
-import { METRICS_NAMESPACE } from '../functions/core/cloudwatch.ts';
+import { METRICS_NAMESPACE } from '../functions/aws/metrics.ts';
 
 /**
  * Alarms and a dashboard over the metrics the worker and the dispatcher write in Embedded Metric Format

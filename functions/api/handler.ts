@@ -1,4 +1,4 @@
-import { awsControlPlane } from '../core/runs/aws-control-plane.ts';
+import { awsControlPlane } from '../aws/control-plane.ts';
 import { VERSION } from '../core/version.ts';
 import { createApiHandler } from './app.ts';
 

@@ -2,10 +2,10 @@ import type { EgressPolicy } from '../storage/egress.ts';
 import type { PathPolicy } from './paths.ts';
 import type { AuditLog } from './audit.ts';
 import type { Logger } from './log.ts';
-import type { FreeStorage } from './rds-storage.ts';
 import type { SecretStore } from './secrets/secret-store.ts';
 import type { DrTable } from './store/table.ts';
 import type { DownloadLinks, RunLauncher } from './ports.ts';
+import type { FreeStorage } from './ports.ts';
 
 /** The state machines of the restore and DR-test workflows (files in statemachines/). */
 export type WorkflowName =

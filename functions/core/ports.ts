@@ -63,3 +63,12 @@ export interface DownloadLinks {
     artifacts: readonly Artifact[],
   ): Promise<{ ready: true; links: ArtifactLink[] } | { ready: false; retryAfterSeconds: number }>;
 }
+
+/** An RDS instance, as the config names it. */
+export interface RdsInstance {
+  readonly instanceIdentifier: string;
+  readonly region?: string;
+}
+
+/** Free storage of an RDS instance in bytes (undefined when CloudWatch has no recent figure). */
+export type FreeStorage = (instance: RdsInstance, now: Date) => Promise<number | undefined>;

@@ -1,6 +1,6 @@
-import { emitHealthMetrics } from '../core/cloudwatch.ts';
-import { sesMailer } from '../core/mail/ses-mailer.ts';
-import { awsControlPlane } from '../core/runs/aws-control-plane.ts';
+import { emitHealthMetrics } from '../aws/metrics.ts';
+import { sesMailer } from '../aws/ses-mailer.ts';
+import { awsControlPlane } from '../aws/control-plane.ts';
 import { tick } from '../core/services/tick.ts';
 
 /**

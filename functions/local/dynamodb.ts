@@ -6,7 +6,8 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import type { AddressInfo } from 'node:net';
 import dynalite from 'dynalite';
-import { createDocumentClient, TABLE_KEYS } from '../core/store/table.ts';
+import { createDocumentClient } from '../aws/dynamodb-table.ts';
+import { TABLE_KEYS } from '../core/store/table.ts';
 
 /**
  * The local runtime's store: dynalite, a DynamoDB-compatible server (conditional writes, queries, indexes)

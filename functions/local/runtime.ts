@@ -8,7 +8,7 @@ import { AuditLog } from '../core/audit.ts';
 import type { ControlPlane, WorkflowLauncher } from '../core/context.ts';
 import type { Logger } from '../core/log.ts';
 import { LocalSecretStore, writeAtomically } from '../core/secrets/local-secret-store.ts';
-import { DrTable } from '../core/store/table.ts';
+import { DynamoTable } from '../aws/dynamodb-table.ts';
 import { VERSION } from '../core/version.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { signDownload, streamArtifact, verifyDownload } from '../worker/download.ts';
@@ -19,11 +19,11 @@ import { startLocalDynamo } from './dynamodb.ts';
 import { startServer } from './server.ts';
 import { localWorkflows, type LocalWorkflowOptions } from '../workflows/local.ts';
 import { writeToOutbox } from './outbox.ts';
-import type { MailMessage } from '../core/mail/ses-mailer.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
 import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
-import { cloudWatchFreeStorage } from '../core/rds-storage.ts';
+import { cloudWatchFreeStorage } from '../aws/free-storage.ts';
 import { ARTIFACTS, artifactFilename, type DownloadLinks, type RunLauncher } from '../core/ports.ts';
+import type { MailMessage } from '../core/mail.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 
@@ -87,7 +87,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   const { token, generated } = await resolveToken(dataDir, options.token);
   const dynamo = await startLocalDynamo({ path: join(dataDir, 'dynamodb'), tableName: LOCAL_TABLE_NAME });
   const now = options.now ?? (() => new Date());
-  const table = new DrTable({ tableName: LOCAL_TABLE_NAME, client: dynamo.documentClient });
+  const table = new DynamoTable({ tableName: LOCAL_TABLE_NAME, client: dynamo.documentClient });
   // The backup worker runs in this process: a launch starts the run and returns at once.
   const running = new Set<Promise<unknown>>();
   const masterKey = () => localMasterKey(dataDir, options.masterKey, options.logger);

@@ -2,7 +2,7 @@ import { PassThrough } from 'node:stream';
 import { S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import type { ControlPlane } from '../core/context.ts';
-import { exportKey, finishExport } from '../core/runs/s3-downloads.ts';
+import { exportKey, finishExport } from '../aws/s3-downloads.ts';
 import { getBackup } from '../core/services/backup-service.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { streamArtifact } from './download.ts';

@@ -1,11 +1,11 @@
 import middy from '@middy/core';
 import type { Context } from 'aws-lambda';
 import { z } from 'zod';
-import { emitBackupMetrics, emitHealthMetrics } from '../core/cloudwatch.ts';
+import { emitBackupMetrics, emitHealthMetrics } from '../aws/metrics.ts';
 import { requireEnv } from '../core/env.ts';
-import { sesMailer } from '../core/mail/ses-mailer.ts';
-import { awsControlPlane, masterKeyBytesFromSecret } from '../core/runs/aws-control-plane.ts';
-import { workerEvent, type WorkerEvent } from '../core/runs/aws-launcher.ts';
+import { sesMailer } from '../aws/ses-mailer.ts';
+import { awsControlPlane, masterKeyBytesFromSecret } from '../aws/control-plane.ts';
+import { workerEvent, type WorkerEvent } from '../aws/launcher.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
 import type { WorkflowDeps } from '../workflows/steps.ts';

@@ -4,7 +4,6 @@ import type { Manifest } from '../engine/manifest.ts';
 import { PassThrough } from 'node:stream';
 import { z } from 'zod';
 import type { ControlPlane } from '../core/context.ts';
-import { mailBody, type MailMessage } from '../core/mail/ses-mailer.ts';
 import type { BackupRecord } from '../core/records.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
 import { environmentConnection, findConfig } from '../core/services/config-service.ts';
@@ -27,6 +26,7 @@ import {
   type DatabaseConnection,
 } from '../engine/postgres.ts';
 import { type DatabaseRestoreResult } from '../engine/restore.ts';
+import { mailBody, type MailMessage } from '../core/mail.ts';
 
 /**
  * What every workflow shares: its dependencies, the state schema, the step registry's types, and the steps

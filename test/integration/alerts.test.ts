@@ -2,11 +2,11 @@ import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { MailMessage } from '../../functions/core/mail/ses-mailer.ts';
 import { runAlertChecks } from '../../functions/core/services/alert-service.ts';
 import { Partition } from '../../functions/core/store/table.ts';
 import { catalogEntry, slowRestoreTest } from '../support/catalog.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
+import type { MailMessage } from '../../functions/core/mail.ts';
 
 /**
  * Alerts: one email per episode and one when it ends, across repeated checks, with a controlled clock over a

@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { ControlPlane } from '../../functions/core/context.ts';
-import { s3DownloadLinks } from '../../functions/core/runs/s3-downloads.ts';
+import { s3DownloadLinks } from '../../functions/aws/s3-downloads.ts';
 import { downloadLinks } from '../../functions/core/services/backup-service.ts';
 import { Partition } from '../../functions/core/store/table.ts';
 import { parseMasterKey } from '../../functions/engine/crypto.ts';

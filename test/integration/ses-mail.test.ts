@@ -1,6 +1,6 @@
 import { CreateEmailIdentityCommand, SESv2Client } from '@aws-sdk/client-sesv2';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { sesMailer } from '../../functions/core/mail/ses-mailer.ts';
+import { sesMailer } from '../../functions/aws/ses-mailer.ts';
 import { runAlertChecks } from '../../functions/core/services/alert-service.ts';
 import { Partition } from '../../functions/core/store/table.ts';
 import { runWorkflowTask } from '../../functions/workflows/tasks.ts';

@@ -2,7 +2,7 @@ import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { mockClient } from 'aws-sdk-client-mock';
 import { describe, expect, it } from 'vitest';
-import { awsLauncher } from '../../functions/core/runs/aws-launcher.ts';
+import { awsLauncher } from '../../functions/aws/launcher.ts';
 
 /** No local server plays Lambda or ECS: aws-sdk-client-mock stands in for both. */
 describe('awsLauncher', () => {

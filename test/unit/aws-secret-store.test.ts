@@ -10,7 +10,7 @@ import {
 import { mockClient } from 'aws-sdk-client-mock';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { SecretStoreError } from '../../functions/core/errors.ts';
-import { AwsSecretStore } from '../../functions/core/secrets/aws-secret-store.ts';
+import { AwsSecretStore } from '../../functions/aws/secret-store.ts';
 
 const sm = mockClient(SecretsManagerClient);
 const store = () =>

@@ -1,7 +1,7 @@
 import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { mockClient } from 'aws-sdk-client-mock';
 import { expect, it } from 'vitest';
-import { awsWorkflows, awsWorkflowsFromEnv } from '../../functions/core/runs/aws-workflows.ts';
+import { awsWorkflows, awsWorkflowsFromEnv } from '../../functions/aws/workflows.ts';
 
 /** Step Functions has no local server that runs our Lambda tasks without Docker: aws-sdk-client-mock. */
 it('starts an execution of the right state machine, named after the restore or test, with the input', async () => {

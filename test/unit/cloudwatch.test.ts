@@ -2,7 +2,7 @@ import { afterEach, expect, it, vi } from 'vitest';
 
 // As on the Fargate task: EMF lines to stdout (the library reads this when it loads).
 process.env.AWS_EMF_ENVIRONMENT = 'Local';
-const { emitBackupMetrics, emitHealthMetrics } = await import('../../functions/core/cloudwatch.ts');
+const { emitBackupMetrics, emitHealthMetrics } = await import('../../functions/aws/metrics.ts');
 
 /** The Embedded Metric Format lines the worker and the dispatcher write on AWS. */
 afterEach(() => {

@@ -71,6 +71,16 @@ describe('import rules', () => {
     expect(output).toContain('storage-is-lowest');
   });
 
+  it('fail when core/ uses an AWS SDK (its AWS implementations belong in aws/)', async () => {
+    const dir = await tree({
+      'functions/core/store/table.ts':
+        "import { DynamoDBClient } from '@aws-sdk/client-dynamodb';\nexport const client = new DynamoDBClient({});\n",
+    });
+    const { code, output } = await lint(dir);
+    expect(code).not.toBe(0);
+    expect(output).toContain('core-is-not-aws');
+  });
+
   it('pass a tree whose imports point down', async () => {
     const dir = await tree({
       'functions/storage/storage.ts': 'export interface Storage { name: string }\n',

@@ -1,4 +1,3 @@
-import { mailBody, type MailMessage } from '../mail/ses-mailer.ts';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError } from '../errors.ts';
 import { isRestorePoint, rpoViolations } from '../metrics.ts';
@@ -8,6 +7,7 @@ import { findConfig } from './config-service.ts';
 import { listDrTests, type DrTestRecord } from './drtest-service.ts';
 import { targetUsage, type Target } from './target-service.ts';
 import type { BackupRecord, Condition } from '../records.ts';
+import { mailBody, type MailMessage } from '../mail.ts';
 
 /**
  * Alerts by email, one per episode: a condition that starts (a schedule's backups fail, the RPO is

@@ -7,8 +7,8 @@ import {
   ResourceNotFoundException,
   SecretsManagerClient,
 } from '@aws-sdk/client-secrets-manager';
-import { SecretStoreError } from '../errors.ts';
-import type { SecretStore } from './secret-store.ts';
+import { SecretStoreError } from '../core/errors.ts';
+import type { SecretStore } from '../core/secrets/secret-store.ts';
 
 export interface AwsSecretStoreOptions {
   /** Customer-managed KMS key that encrypts the secrets (the stack's key). */

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
-import type { RunLauncher } from '../ports.ts';
+import type { RunLauncher } from '../core/ports.ts';
 
 /**
  * Starts the backup worker on AWS: an asynchronous invocation of the worker Lambda (the default: backups that

@@ -1,5 +1,5 @@
 import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
-import type { WorkflowLauncher, WorkflowName } from '../context.ts';
+import type { WorkflowLauncher, WorkflowName } from '../core/context.ts';
 
 /**
  * Starts restores and DR tests as Step Functions executions of the state machines the stack defines (their

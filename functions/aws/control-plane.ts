@@ -1,22 +1,22 @@
 import { createHash } from 'node:crypto';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { AuditLog } from '../audit.ts';
-import { egressFromEnv } from '../../storage/egress.ts';
-import { pathPolicyFromEnv } from '../paths.ts';
-import type { ControlPlane } from '../context.ts';
-import { optionalEnv, requireEnv } from '../env.ts';
-import { createLogger, parseLevel } from '../log.ts';
-import { AwsSecretStore } from '../secrets/aws-secret-store.ts';
-import { DrTable } from '../store/table.ts';
-import { cloudWatchFreeStorage } from '../rds-storage.ts';
-import { awsLauncherFromEnv } from './aws-launcher.ts';
+import { AuditLog } from '../core/audit.ts';
+import { egressFromEnv } from '../storage/egress.ts';
+import { pathPolicyFromEnv } from '../core/paths.ts';
+import type { ControlPlane } from '../core/context.ts';
+import { optionalEnv, requireEnv } from '../core/env.ts';
+import { createLogger, parseLevel } from '../core/log.ts';
+import { AwsSecretStore } from './secret-store.ts';
+import { DynamoTable } from './dynamodb-table.ts';
+import { cloudWatchFreeStorage } from './free-storage.ts';
+import { awsLauncherFromEnv } from './launcher.ts';
 import { s3DownloadLinks } from './s3-downloads.ts';
-import { awsWorkflowsFromEnv } from './aws-workflows.ts';
+import { awsWorkflowsFromEnv } from './workflows.ts';
 
 /** The control plane of a Lambda or Fargate task, from the environment the CDK stack sets. */
 export function awsControlPlane(): ControlPlane {
   const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
-  const table = new DrTable({ tableName: requireEnv('TABLE_NAME') });
+  const table = new DynamoTable({ tableName: requireEnv('TABLE_NAME') });
   const runs = awsLauncherFromEnv();
   const workflows = awsWorkflowsFromEnv();
   const cp: ControlPlane = {

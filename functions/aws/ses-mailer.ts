@@ -1,11 +1,5 @@
 import { SendEmailCommand, SESv2Client } from '@aws-sdk/client-sesv2';
-
-export interface MailMessage {
-  readonly to: readonly string[];
-  readonly subject: string;
-  readonly text: string;
-  readonly html?: string;
-}
+import type { MailMessage } from '../core/mail.ts';
 
 /**
  * Mail on AWS: Amazon SES (v2 SendEmail), from a verified identity (the stack's `mailFrom`), with a text part
@@ -32,14 +26,5 @@ export function sesMailer(options: {
         },
       }),
     );
-  };
-}
-
-/** A message body as text and HTML parts, one paragraph a line (HTML-escaped), with the signature. */
-export function mailBody(lines: readonly string[]): { text: string; html: string } {
-  const escape = (text: string) => text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
-  return {
-    text: `${lines.join('\n')}\n\n— DR Automation\n`,
-    html: `<html><body>${lines.map((line) => `<p>${escape(line)}</p>`).join('')}<p>— DR Automation</p></body></html>`,
   };
 }

@@ -1,13 +1,5 @@
 import { CloudWatchClient, GetMetricStatisticsCommand } from '@aws-sdk/client-cloudwatch';
-
-/** An RDS instance, as the config names it. */
-export interface RdsInstance {
-  readonly instanceIdentifier: string;
-  readonly region?: string;
-}
-
-/** Free storage of an RDS instance in bytes (undefined when CloudWatch has no recent figure). */
-export type FreeStorage = (instance: RdsInstance, now: Date) => Promise<number | undefined>;
+import type { FreeStorage } from '../core/ports.ts';
 
 /**
  * Free storage from the instance's CloudWatch metric `AWS/RDS FreeStorageSpace` (published every minute):

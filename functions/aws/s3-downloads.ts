@@ -1,9 +1,9 @@
 import { GetObjectCommand, HeadObjectCommand, NotFound, S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import type { ControlPlane } from '../context.ts';
-import { ConflictError, ServiceUnavailableError } from '../errors.ts';
-import { Partition } from '../store/table.ts';
-import { ARTIFACTS, type Artifact, type DownloadLinks } from '../ports.ts';
+import type { ControlPlane } from '../core/context.ts';
+import { ConflictError, ServiceUnavailableError } from '../core/errors.ts';
+import { Partition } from '../core/store/table.ts';
+import { ARTIFACTS, type Artifact, type DownloadLinks } from '../core/ports.ts';
 
 /**
  * Downloads on AWS. A backup's artifacts are produced by the worker (which has `pg_dump`'s tools and the

@@ -1,5 +1,5 @@
 import { createMetricsLogger, Unit } from 'aws-embedded-metrics';
-import type { BackupRecord } from './records.ts';
+import type { BackupRecord } from '../core/records.ts';
 
 /**
  * CloudWatch metrics in Embedded Metric Format: structured log lines that CloudWatch Logs turns into metrics
