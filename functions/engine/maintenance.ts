@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { isNotFound, StorageError } from '../storage/storage.ts';
 import { referencedChunks } from './backup.ts';
 import type { ProgressListener } from './progress.ts';
-import { changeLines } from './changes.ts';
+import { changeLines } from './change-applier.ts';
 import type { MasterKey } from './crypto.ts';
 import { CorruptDataError, EngineError, RepositoryLockedError } from './errors.ts';
 import {

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { RestoreError } from './errors.ts';
 import { finishEntries, globFilter, makeEntry, writeFile } from './files.ts';
-import { ChangeApplier, changeLines, isoToMicros } from './changes.ts';
+import { ChangeApplier, changeLines } from './change-applier.ts';
+import { isoToMicros } from './changes.ts';
 import {
   isFlagged,
   type Manifest,

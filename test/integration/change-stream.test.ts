@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
+import { ChangeApplier } from '../../functions/engine/change-applier.ts';
 import {
-  ChangeApplier,
   changeStreamReadiness,
   type ChangeLine,
   confirmChanges,
