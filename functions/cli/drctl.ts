@@ -79,7 +79,7 @@ const opened: Storage[] = [];
 async function storageFrom(options: Common): Promise<Storage> {
   if (options.target && options.repo) throw new InvalidArgumentError('give --repo or --target, not both');
   if (options.target) {
-    const storage = openTarget(await readTargetFile(options.target));
+    const storage = await openTarget(await readTargetFile(options.target));
     opened.push(storage);
     return storage;
   }

@@ -1,4 +1,16 @@
 import { z } from 'zod';
+import { DRIVERS, type TargetType } from '../storage/drivers.ts';
+import {
+  absolutePath,
+  awsRegion,
+  hostname,
+  objectPrefix,
+  port,
+  range,
+  s3Bucket,
+  secret,
+  wholeRange,
+} from '../storage/fields.ts';
 
 /**
  * Request schemas for the /api/dr API. They validate requests at the edge and generate the OpenAPI document,
@@ -6,15 +18,6 @@ import { z } from 'zod';
  * (`shared/seed/000_*.txt`); every object is strict, so a misspelt field fails with its name instead of
  * being silently ignored.
  */
-
-const range = (min: number, max: number, unit: string) =>
-  z
-    .number({ error: `must be a number of ${unit}` })
-    .min(min, { error: `must be at least ${min} ${unit}` })
-    .max(max, { error: `must be at most ${max} ${unit}` });
-
-const wholeRange = (min: number, max: number, unit: string) =>
-  range(min, max, unit).int({ error: `must be a whole number of ${unit}` });
 
 /** A short human-readable label. */
 const label = z
@@ -28,262 +31,26 @@ const label = z
     error: 'must be printable text, without control or bidirectional-override characters',
   });
 
-/** A secret value. On update: omitted keeps the stored one, `null` removes it. */
-const secret = z
-  .string()
-  .min(1, { error: 'must not be empty' })
-  .max(65_536, { error: 'must be at most 64 KiB' })
-  .nullable()
-  .optional();
+export { TARGET_TYPES, type TargetType } from '../storage/drivers.ts';
 
-const hostname = z
-  .string()
-  .min(1)
-  .max(253)
-  .regex(
-    /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$/,
-    {
-      error: 'must be a host name or an IP address',
-    },
-  );
-
-const port = z
-  .number()
-  .int({ error: 'must be a whole number' })
-  .min(1, { error: 'must be between 1 and 65535' })
-  .max(65_535, { error: 'must be between 1 and 65535' });
+/** Which config fields of each target type are secrets: stored in the secret store, never in the table. */
+export const SECRET_FIELDS = Object.fromEntries(
+  Object.values(DRIVERS).map((driver) => [driver.type, driver.secretFields]),
+) as unknown as Record<TargetType, readonly string[]>;
 
 /**
- * An absolute POSIX path with no `..` segment and no control character: it will reach the filesystem, so
- * it is checked here rather than trusted.
+ * The settings that decide where (and how safely) a target's secrets are sent (each driver says which):
+ * changing one on a target with stored secrets needs the secrets given again.
  */
-export const absolutePath = z
-  .string()
-  .max(4096)
-  .refine((value) => value.startsWith('/'), { error: 'must be an absolute path' })
-  .refine((value) => !value.split('/').includes('..'), { error: "must not contain a '..' segment" })
-  // eslint-disable-next-line no-control-regex -- control characters are exactly what this rejects
-  .refine((value) => !/[\u0000-\u001f]/.test(value), { error: 'must not contain control characters' });
-
-/** A remote directory on an FTP or SFTP server (relative paths are relative to the login directory). */
-const remotePath = z
-  .string()
-  .min(1)
-  .max(1024)
-  .refine((value) => !value.split('/').includes('..'), { error: "must not contain a '..' segment" })
-  // eslint-disable-next-line no-control-regex -- control characters are exactly what this rejects
-  .refine((value) => !/[\u0000-\u001f]/.test(value), { error: 'must not contain control characters' });
-
-const objectPrefix = z
-  .string()
-  .max(512)
-  .refine((value) => !value.startsWith('/'), { error: "must not start with '/'" })
-  .refine((value) => !value.split('/').includes('..'), { error: "must not contain a '..' segment" });
-
-const awsRegion = z
-  .string()
-  .regex(/^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}$/, { error: 'must be an AWS region such as us-east-1' });
-
-/** S3 bucket naming rules (the subset that matters for validation). */
-const s3Bucket = z
-  .string()
-  .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, {
-    error:
-      'must be 3-63 characters of lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit',
-  })
-  .refine((value) => !value.includes('..') && !/^\d+\.\d+\.\d+\.\d+$/.test(value), {
-    error: 'must not contain two adjacent dots or look like an IP address',
-  });
-
-const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
-
-export const TARGET_TYPES = ['LOCAL', 'S3', 'AZURE', 'GCP', 'FTP', 'SFTP'] as const;
-export type TargetType = (typeof TARGET_TYPES)[number];
+export const DESTINATION_FIELDS = Object.fromEntries(
+  Object.values(DRIVERS).map((driver) => [driver.type, driver.destinationFields]),
+) as unknown as Record<TargetType, readonly string[]>;
 
 /** A client-chosen id (optional on create), such as the seed's `s3-target-id`. */
 export const resourceId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$/, {
   error:
     'must be 3-64 characters of letters, digits, hyphens and underscores, starting with a letter or digit',
 });
-
-const localConfig = z.strictObject({
-  path: absolutePath,
-});
-
-/** Storage classes that still serve a ranged read at once (GLACIER and DEEP_ARCHIVE need a restore first). */
-const INSTANT_CLASSES = ['STANDARD_IA', 'ONEZONE_IA', 'INTELLIGENT_TIERING', 'GLACIER_IR'] as const;
-
-/**
- * Lifecycle rules an S3 target puts on its bucket, for its prefix. No expiry of current objects: packs are
- * shared between backups, and retention deletes what no kept backup needs.
- */
-const s3Lifecycle = z
-  .strictObject({
-    transitions: z
-      .array(
-        z
-          .strictObject({
-            days: wholeRange(0, 36_500, 'days'),
-            storageClass: z.enum(INSTANT_CLASSES, {
-              error: `must be one of ${INSTANT_CLASSES.join(', ')}: classes that serve reads at once (GLACIER and DEEP_ARCHIVE need a restore before any backup in them can be read)`,
-            }),
-          })
-          .refine((step) => !step.storageClass.endsWith('_IA') || step.days >= 30, {
-            error: 'S3 moves objects to STANDARD_IA or ONEZONE_IA only after 30 days or more',
-            path: ['days'],
-          }),
-      )
-      .max(4, { error: 'must have at most 4 steps' })
-      .refine((steps) => steps.every((step, index) => index === 0 || step.days > steps[index - 1]!.days), {
-        error: 'steps must have increasing days',
-      })
-      .optional(),
-    abortIncompleteUploadsAfterDays: wholeRange(1, 365, 'days').optional(),
-    noncurrentVersionExpirationDays: wholeRange(1, 36_500, 'days').optional(),
-    expirationDays: z
-      .never({
-        error:
-          'is not allowed: a pack written for an old backup holds chunks newer backups use; set retentionDays on the schedules, and retention deletes what no kept backup needs',
-      })
-      .optional(),
-  })
-  .optional();
-
-const s3Config = z.strictObject({
-  bucket: s3Bucket,
-  region: awsRegion,
-  prefix: objectPrefix.optional(),
-  accessKeyId: z
-    .string()
-    .regex(/^[A-Z0-9]{16,128}$/, { error: 'must be an AWS access key id' })
-    .nullable()
-    .optional(),
-  secretAccessKey: secret,
-  /** For S3-compatible stores (MinIO, Ceph, a local emulator). */
-  endpoint: httpUrl.optional(),
-  forcePathStyle: z.boolean().optional(),
-  encryption: z.enum(['AES256', 'aws:kms']).default('AES256'),
-  kmsKeyId: z.string().min(1).max(2048).optional(),
-  storageClass: z
-    .enum([
-      'STANDARD',
-      'STANDARD_IA',
-      'ONEZONE_IA',
-      'INTELLIGENT_TIERING',
-      'GLACIER_IR',
-      'GLACIER',
-      'DEEP_ARCHIVE',
-    ])
-    .optional(),
-  objectLock: z
-    .strictObject({
-      mode: z.enum(['GOVERNANCE', 'COMPLIANCE']),
-      days: wholeRange(1, 36_500, 'days'),
-    })
-    .optional(),
-  lifecycle: s3Lifecycle,
-});
-
-const azureConfig = z.strictObject({
-  accountName: z.string().regex(/^[a-z0-9]{3,24}$/, { error: 'must be 3-24 lowercase letters and digits' }),
-  accountKey: secret,
-  sasToken: secret,
-  connectionString: secret,
-  containerName: z.string().regex(/^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/, {
-    error:
-      'must be 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit',
-  }),
-  region: z
-    .string()
-    .regex(/^[a-z0-9]{2,40}$/, { error: 'must be an Azure region such as eastus' })
-    .optional(),
-  prefix: objectPrefix.optional(),
-  accessTier: z.enum(['Hot', 'Cool', 'Cold', 'Archive']).optional(),
-  /** For Azurite or sovereign clouds; defaults to https://<accountName>.blob.core.windows.net. */
-  endpoint: httpUrl.optional(),
-});
-
-const gcpConfig = z.strictObject({
-  projectId: z.string().regex(/^[a-z][a-z0-9-]{4,28}[a-z0-9]$/, {
-    error: 'must be a Google Cloud project id (6-30 lowercase letters, digits, hyphens)',
-  }),
-  bucket: z
-    .string()
-    .regex(/^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$/, { error: 'must be a Cloud Storage bucket name' }),
-  prefix: objectPrefix.optional(),
-  /** The service-account key: its JSON contents, or a path to it on the machine that runs backups. */
-  keyFile: secret,
-  endpoint: httpUrl.optional(),
-});
-
-const ftpConfig = z.strictObject({
-  host: hostname,
-  port: port.default(21),
-  username: z.string().min(1).max(256),
-  password: secret,
-  path: remotePath,
-  /**
-   * `auto` (default) upgrades to explicit TLS when the server offers it; `required` refuses a server that
-   * does not; `off` sends credentials in clear and is flagged with a warning.
-   */
-  tls: z.enum(['auto', 'required', 'off']).default('auto'),
-  /** Accept a self-signed server certificate (test servers only). */
-  allowSelfSignedCertificate: z.boolean().default(false),
-});
-
-const sftpConfig = z.strictObject({
-  host: hostname,
-  port: port.default(22),
-  username: z.string().min(1).max(256),
-  /** An OpenSSH/PEM private key, or a path to one on the machine that runs backups. */
-  privateKey: secret,
-  passphrase: secret,
-  password: secret,
-  path: remotePath,
-  /**
-   * The server's host key as `ssh-keygen -lf` prints it (SHA256:…), checked on every connection. Without it
-   * connections are refused, and the error (and the target check) shows the key the server presented.
-   */
-  hostKeyFingerprint: z
-    .string()
-    .regex(/^SHA256:[A-Za-z0-9+/]{43}=?$/, {
-      error: "must be a SHA256 fingerprint such as 'SHA256:…' (ssh-keygen -lf)",
-    })
-    .optional(),
-});
-
-export const TARGET_CONFIG_SCHEMAS = {
-  LOCAL: localConfig,
-  S3: s3Config,
-  AZURE: azureConfig,
-  GCP: gcpConfig,
-  FTP: ftpConfig,
-  SFTP: sftpConfig,
-} as const;
-
-/** Which config fields of each target type are secrets: stored in the secret store, never in the table. */
-export const SECRET_FIELDS: Record<TargetType, readonly string[]> = {
-  LOCAL: [],
-  S3: ['secretAccessKey'],
-  AZURE: ['accountKey', 'sasToken', 'connectionString'],
-  GCP: ['keyFile'],
-  FTP: ['password'],
-  SFTP: ['privateKey', 'passphrase', 'password'],
-};
-
-/**
- * The settings that decide where (and how safely) a target's secrets are sent: changing one of them on a
- * target with stored secrets needs the secrets given again, so that a stored secret never follows a new
- * destination.
- */
-export const DESTINATION_FIELDS: Record<TargetType, readonly string[]> = {
-  LOCAL: [],
-  S3: ['bucket', 'region', 'endpoint', 'accessKeyId'],
-  AZURE: ['accountName', 'containerName', 'endpoint'],
-  GCP: ['projectId', 'bucket', 'endpoint'],
-  FTP: ['host', 'port', 'username', 'tls', 'allowSelfSignedCertificate'],
-  SFTP: ['host', 'port', 'username', 'hostKeyFingerprint'],
-};
 
 const targetOf = <T extends TargetType, C extends z.ZodType>(targetType: T, config: C) =>
   z.strictObject({
@@ -307,12 +74,12 @@ const targetOf = <T extends TargetType, C extends z.ZodType>(targetType: T, conf
   });
 
 export const targetInput = z.discriminatedUnion('targetType', [
-  targetOf('LOCAL', localConfig),
-  targetOf('S3', s3Config),
-  targetOf('AZURE', azureConfig),
-  targetOf('GCP', gcpConfig),
-  targetOf('FTP', ftpConfig),
-  targetOf('SFTP', sftpConfig),
+  targetOf('LOCAL', DRIVERS.LOCAL.config),
+  targetOf('S3', DRIVERS.S3.config),
+  targetOf('AZURE', DRIVERS.AZURE.config),
+  targetOf('GCP', DRIVERS.GCP.config),
+  targetOf('FTP', DRIVERS.FTP.config),
+  targetOf('SFTP', DRIVERS.SFTP.config),
 ]);
 export type TargetInput = z.output<typeof targetInput>;
 

@@ -43,7 +43,7 @@ export async function applyRetention(
   for (const [targetId, held] of byTarget) {
     const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, targetId))?.data;
     if (!stored) continue; // the target is gone, and its data with it as far as we can reach
-    const storage = openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
+    const storage = await openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
     try {
       const repository = await Repository.open(storage, key);
       const present: string[] = [];

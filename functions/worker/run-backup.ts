@@ -92,7 +92,9 @@ export async function executeRun(
         continue;
       }
       try {
-        const storage = openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
+        const storage = await openTarget(stored, await targetSecrets(cp, stored), {
+          egress: cp.egress ?? {},
+        });
         members.push({ id: targetId, storage });
         results.set(targetId, {
           targetId,

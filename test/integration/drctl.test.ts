@@ -40,6 +40,25 @@ afterAll(async () => {
 });
 
 describe('drctl', () => {
+  it("checks a --target file with the API's rules for its type, naming the field", async () => {
+    const misspelt = join(work, 'target-misspelt.json');
+    await writeFile(
+      misspelt,
+      JSON.stringify({
+        targetType: 'SFTP',
+        config: { host: 'backup.example.com', usename: 'x', path: '/b' },
+      }),
+    );
+    const refused = await drctl('list', '--target', misspelt, '--key-file', key);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/config\.(usename|username)/);
+    const unknown = join(work, 'target-unknown.json');
+    await writeFile(unknown, JSON.stringify({ targetType: 'DROPBOX', config: {} }));
+    const type = await drctl('list', '--target', unknown, '--key-file', key);
+    expect(type.code).not.toBe(0);
+    expect(type.stderr).toContain('unknown target type DROPBOX (LOCAL, S3, AZURE, GCP, FTP, SFTP)');
+  });
+
   it('answers --help through npx, for the tool and each command', async () => {
     const { stdout } = await exec('npx', ['drctl', '--help']);
     for (const command of ['init', 'backup', 'list', 'verify', 'restore', 'export', 'gc', 'rekey'])

@@ -152,7 +152,7 @@ describe('GET /api/dr/targets/{id}/usage', () => {
       name: 'SFTP usage',
       config: { ...sftpTarget(sftp.hostKeyFingerprint).config, path: `${sftp.directory}/usage` },
     });
-    const storage = openTarget(
+    const storage = await openTarget(
       { targetType: 'SFTP', config: { ...created.body.config } },
       { privateKey: sftp.privateKey, passphrase: sftp.passphrase },
     );

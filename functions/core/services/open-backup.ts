@@ -30,7 +30,7 @@ export async function withBackup<T>(
     const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, holder.targetId))
       ?.data;
     if (!stored) continue;
-    const storage = openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
+    const storage = await openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
     let opened = false;
     try {
       const repository = await Repository.open(storage, await masterKey());

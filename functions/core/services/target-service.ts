@@ -16,7 +16,10 @@ import {
   type Versioned,
 } from './common.ts';
 import { publicReason, StorageError, type Storage } from '../../storage/storage.ts';
-import { openTarget, probeTarget, s3Storage, type ProbeResult } from '../../storage/targets.ts';
+import type { TargetDriver } from '../../storage/driver.ts';
+import { DRIVERS } from '../../storage/drivers.ts';
+import { s3Storage } from '../../storage/s3/driver.ts';
+import { openTarget, probeTarget, type ProbeResult } from '../../storage/targets.ts';
 import type { S3Lifecycle } from '../../storage/s3/s3-storage.ts';
 import type { StoredSchedule } from '../records.ts';
 
@@ -340,60 +343,19 @@ function defaultName(type: TargetType, config: Record<string, unknown>): string 
   return `${type} ${String(where)}`;
 }
 
-/** Cross-field rules that a per-field schema cannot express; `secrets` are the fields set after the change. */
+/** Cross-field rules that a per-field schema cannot express (the type's driver says which). */
 export function requirements(
   type: TargetType,
   config: Record<string, unknown>,
   secrets: Set<string>,
 ): FieldIssue[] {
-  const issues: FieldIssue[] = [];
-  const need = (field: string, message: string) => issues.push({ field: `config.${field}`, message });
-  switch (type) {
-    case 'S3':
-      if ((config.accessKeyId !== undefined) !== secrets.has('secretAccessKey')) {
-        need(
-          'secretAccessKey',
-          'accessKeyId and secretAccessKey go together (omit both to use the function role)',
-        );
-      }
-      if (config.encryption === 'aws:kms' && config.kmsKeyId === undefined)
-        need('kmsKeyId', "is required when encryption is 'aws:kms'");
-      if (config.encryption !== 'aws:kms' && config.kmsKeyId !== undefined)
-        need('kmsKeyId', "only applies when encryption is 'aws:kms'");
-      break;
-    case 'AZURE':
-      if (!['accountKey', 'sasToken', 'connectionString'].some((field) => secrets.has(field))) {
-        need('accountKey', 'one of accountKey, sasToken or connectionString is required');
-      }
-      break;
-    case 'FTP':
-      if (!secrets.has('password')) need('password', 'is required');
-      break;
-    case 'SFTP':
-      if (!secrets.has('privateKey') && !secrets.has('password'))
-        need('privateKey', 'one of privateKey or password is required');
-      if (secrets.has('passphrase') && !secrets.has('privateKey'))
-        need('passphrase', 'only applies with a privateKey');
-      break;
-    case 'LOCAL':
-    case 'GCP':
-      break;
-  }
-  return issues;
+  const driver: TargetDriver = DRIVERS[type];
+  return driver.requirements?.(config, secrets) ?? [];
 }
 
 function warnings(type: TargetType, config: Record<string, unknown>): string[] {
-  if (type === 'FTP' && config.tls === 'off') {
-    return [
-      'FTP without TLS sends the password and the backup data in clear; prefer tls "auto" or "required", or SFTP',
-    ];
-  }
-  if (type === 'SFTP' && config.hostKeyFingerprint === undefined) {
-    return [
-      'no hostKeyFingerprint: connections are refused until it is set; POST …/check shows the key the server presents',
-    ];
-  }
-  return [];
+  const driver: TargetDriver = DRIVERS[type];
+  return driver.warnings?.(config) ?? [];
 }
 
 function toView(item: StoredItem<StoredTarget>): TargetView {
@@ -473,7 +435,7 @@ async function withTarget<T>(
   const about = { id, name: target.name, targetType: target.targetType };
   try {
     // Every connection is checked as it is made: a name can resolve elsewhere since it was saved
-    const storage = openTarget(target, secrets, { egress: cp.egress ?? {} });
+    const storage = await openTarget(target, secrets, { egress: cp.egress ?? {} });
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(
