@@ -1,9 +1,9 @@
-import { Duration, RemovalPolicy } from 'aws-cdk-lib';
+import { AssetHashType, Duration, RemovalPolicy } from 'aws-cdk-lib';
 import { PolicyStatement, Role, ServicePrincipal } from 'aws-cdk-lib/aws-iam';
-import { Architecture, Runtime, Tracing } from 'aws-cdk-lib/aws-lambda';
-import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { Architecture, Code, Function as LambdaFunction, Runtime, Tracing } from 'aws-cdk-lib/aws-lambda';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
+import { buildSync } from 'esbuild';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -22,12 +22,56 @@ export interface DrFunctionProps {
 }
 
 /**
+ * The function's code: `entry` bundled by esbuild as ESM with code splitting, so that what a cold start loads
+ * (`index.mjs`) holds only what every request needs; the target adapters (Azure, GCS, SSH, FTP) are chunks
+ * loaded when a target of their type is first opened. The AWS SDK is bundled too: the versions tested are
+ * the versions deployed. Left out: ssh2's optional native add-ons (cpu-features, sshcrypto.node), whose
+ * require() ssh2 wraps in try/catch, falling back to Node's own crypto.
+ */
+function bundled(entry: string): Code {
+  return Code.fromAsset(ROOT, {
+    assetHashType: AssetHashType.OUTPUT,
+    bundling: {
+      image: Runtime.NODEJS_24_X.bundlingImage,
+      // Part of the asset's cache key: without it, two functions (the same source directory, the same
+      // options) would share the first one's bundle
+      environment: { DR_ENTRY: entry },
+      local: {
+        tryBundle(outputDir: string): boolean {
+          buildSync({
+            entryPoints: { index: `${ROOT}${entry}` },
+            bundle: true,
+            splitting: true,
+            format: 'esm',
+            platform: 'node',
+            target: 'node24',
+            minify: true,
+            sourcemap: true,
+            outdir: outputDir,
+            outExtension: { '.js': '.mjs' },
+            chunkNames: 'chunks/[name]-[hash]',
+            external: ['cpu-features', '*.node'],
+            mainFields: ['module', 'main'],
+            // CommonJS dependencies inside an ESM bundle still call require().
+            banner: {
+              js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
+            },
+            logLevel: 'error',
+          });
+          return true;
+        },
+      },
+    },
+  });
+}
+
+/**
  * Every DR Lambda the same way: Node.js 24 on arm64, bundled locally by esbuild as ESM (no Docker), X-Ray
  * tracing, its own log group with a retention, and a role that may write only to that log group (instead of
  * the AWSLambdaBasicExecutionRole managed policy, which may write to any).
  */
 export class DrFunction extends Construct {
-  readonly function: NodejsFunction;
+  readonly function: LambdaFunction;
   readonly logGroup: LogGroup;
   readonly role: Role;
 
@@ -51,11 +95,9 @@ export class DrFunction extends Construct {
       }),
     );
 
-    this.function = new NodejsFunction(this, 'Function', {
-      entry: `${ROOT}${props.entry}`,
-      projectRoot: ROOT,
-      depsLockFilePath: `${ROOT}package-lock.json`,
-      handler: 'handler',
+    this.function = new LambdaFunction(this, 'Function', {
+      code: bundled(props.entry),
+      handler: 'index.handler',
       description: props.description,
       runtime: Runtime.NODEJS_24_X,
       architecture: Architecture.ARM_64,
@@ -65,21 +107,6 @@ export class DrFunction extends Construct {
       role,
       logGroup: this.logGroup,
       environment: { NODE_OPTIONS: '--enable-source-maps', ...props.environment },
-      bundling: {
-        format: OutputFormat.ESM,
-        target: 'node24',
-        minify: true,
-        sourceMap: true,
-        // Bundle the AWS SDK too: the versions tested are the versions deployed. Left out: ssh2's optional
-        // native add-ons (cpu-features, sshcrypto.node), whose require() ssh2 wraps in try/catch, falling back
-        // to Node's own crypto.
-        externalModules: ['cpu-features', '*.node'],
-        mainFields: ['module', 'main'],
-        // CommonJS dependencies inside an ESM bundle still call require().
-        banner:
-          "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
-        forceDockerBundling: false,
-      },
     });
   }
 }

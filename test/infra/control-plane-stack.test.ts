@@ -72,6 +72,33 @@ describe('ControlPlaneStack template', () => {
     expect(typeof handlers[0]).toBe('function');
   });
 
+  it('bundles each function from its own entry, the target adapters as chunks loaded when first used', async () => {
+    const functions = synthesized.template.findResources('AWS::Lambda::Function');
+    const codeOf = (description: string) => {
+      const fn = Object.values(functions).find((resource) => resource.Properties.Description === description);
+      const key = String(fn?.Properties.Code.S3Key);
+      return join(synthesized.outdir, `asset.${key.replace(/\.zip$/, '')}`);
+    };
+    const api = codeOf('DR Automation /api/dr API');
+    const dispatcher = codeOf(
+      Object.values(functions)
+        .map((resource) => String(resource.Properties.Description))
+        .find((description) => /dispatcher/i.test(description))!,
+    );
+    expect(api).not.toBe(dispatcher);
+    const [apiIndex, dispatcherIndex] = await Promise.all([
+      readFile(join(api, 'index.mjs'), 'utf8'),
+      readFile(join(dispatcher, 'index.mjs'), 'utf8'),
+    ]);
+    expect(apiIndex).toContain('/api/dr/openapi.json');
+    expect(dispatcherIndex).not.toContain('/api/dr/openapi.json');
+    // The Azure adapter is in a chunk of its own, not in what every cold start loads
+    expect(apiIndex).not.toContain('BlobServiceClient');
+    const chunks = await readdir(join(api, 'chunks'));
+    const texts = await Promise.all(chunks.map((chunk) => readFile(join(api, 'chunks', chunk), 'utf8')));
+    expect(texts.some((text) => text.includes('BlobServiceClient'))).toBe(true);
+  });
+
   it('keeps the table encrypted with the stack key, with point-in-time recovery and deletion protection', () => {
     synthesized.template.hasResourceProperties('AWS::DynamoDB::Table', {
       KeySchema: [
