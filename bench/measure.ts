@@ -12,9 +12,10 @@ import { connectionFrom, databaseName } from '../functions/engine/postgres.ts';
 import { Repository } from '../functions/engine/repository.ts';
 import { restoreDatabase } from '../functions/engine/restore.ts';
 import { LocalStorage } from '../functions/storage/local/local-storage.ts';
+import { checked } from '../functions/storage/facade.ts';
 
 const [operation, repo, key, url, arg, mode] = process.argv.slice(2);
-const repository = await Repository.open(new LocalStorage(repo!), parseMasterKey(key!));
+const repository = await Repository.open(checked(new LocalStorage(repo!)), parseMasterKey(key!));
 const started = performance.now();
 let result: Record<string, unknown>;
 if (operation === 'backup') {

@@ -17,6 +17,7 @@ import { Repository } from '../functions/engine/repository.ts';
 import { LocalStorage } from '../functions/storage/local/local-storage.ts';
 import { startPostgres } from '../test/support/postgres.ts';
 import { generate, realisticHour, uniformUpdate } from './dataset.ts';
+import { checked } from '../functions/storage/facade.ts';
 
 const run = promisify(execFile);
 const scale = Number(process.env.BENCH_SCALE ?? '0.25');
@@ -118,11 +119,11 @@ try {
   // Ours.
   const key = generateMasterKey();
   const repo = join(work, 'repo');
-  await Repository.init(new LocalStorage(repo), parseMasterKey(key));
+  await Repository.init(checked(new LocalStorage(repo)), parseMasterKey(key));
   const full = await measure('backup', repo, key, url, 'FULL');
   // Change-stream mode, in a repository of its own: a FULL that starts the slot, then the same workloads.
   const repoChanges = join(work, 'repo-changes');
-  await Repository.init(new LocalStorage(repoChanges), parseMasterKey(key));
+  await Repository.init(checked(new LocalStorage(repoChanges)), parseMasterKey(key));
   const fullChanges = await measure('backup', repoChanges, key, url, 'FULL', 'changes');
 
   console.log('FULL backup (ours | reference)');

@@ -38,6 +38,7 @@ import { LocalStorage } from '../storage/local/local-storage.ts';
 import { StorageError, type Storage } from '../storage/storage.ts';
 import { openTarget, readTargetFile } from '../storage/targets.ts';
 import { VERSION } from '../core/version.ts';
+import { compose } from '../storage/facade.ts';
 
 /**
  * drctl: the backup engine from the command line, standalone — no control plane, no AWS account: only the
@@ -83,7 +84,7 @@ async function storageFrom(options: Common): Promise<Storage> {
     opened.push(storage);
     return storage;
   }
-  if (options.repo) return new LocalStorage(options.repo);
+  if (options.repo) return compose(new LocalStorage(options.repo));
   throw new InvalidArgumentError('give --repo <dir> (or DR_REPO) or --target <file> (or DR_TARGET)');
 }
 

@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import type { EgressPolicy } from './egress.ts';
-import type { Storage } from './storage.ts';
+import type { Backend } from './storage.ts';
 
 /**
  * What a target type is, in one place: each `storage/<type>/driver.ts` exports one, and the registry
@@ -24,7 +24,7 @@ export interface TargetDriver {
   /** What an operator should know about this configuration (credentials in clear, a key not pinned). */
   warnings?(config: Readonly<Record<string, unknown>>): string[];
   /** The adapter for a target of this type (loaded on first use). */
-  open(spec: TargetSpec, secrets: Readonly<Record<string, string>>, opening: OpenOptions): Promise<Storage>;
+  open(spec: TargetSpec, secrets: Readonly<Record<string, string>>, opening: OpenOptions): Promise<Backend>;
 }
 
 export interface ConfigIssue {

@@ -1,9 +1,9 @@
 import type { Readable } from 'node:stream';
 
 /**
- * The storage interface every target type implements (LOCAL, S3, Azure, GCS, FTP, SFTP). The
- * engine is written against this and nothing else. Keys are relative, '/'-separated, and normalized by
- * `normalizeKey` before any backend sees them.
+ * The storage every caller uses: the engine is written against this and nothing else. Keys are relative,
+ * '/'-separated, and normalized by `normalizeKey` before any adapter sees them: adapters implement `Backend`
+ * (their I/O and the classification of their errors), and `compose` (facade.ts) makes a `Storage` of one.
  *
  * Contract:
  * - `put` makes an object visible only once all of it is durably written; a failed or aborted `put` leaves
@@ -37,6 +37,13 @@ export interface Storage {
   /** Closes a connection the storage holds open (SFTP, FTP); the next call opens a new one. */
   close?(): Promise<void>;
 }
+
+/**
+ * What an adapter implements (LOCAL, S3, Azure, GCS, FTP, SFTP): the contract above, for keys and prefixes
+ * already normalized and ranges already checked for sign; `read` comes from `get` in the facade, and `stat`
+ * of a missing object may fail `not-found` (the facade answers undefined).
+ */
+export type Backend = Omit<Storage, 'read'>;
 
 export interface PutOptions {
   readonly signal?: AbortSignal;

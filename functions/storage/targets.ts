@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import type { OpenOptions, TargetSpec } from './driver.ts';
 import { driverOf, TARGET_TYPES } from './drivers.ts';
-import { withRetries } from './retry.ts';
+import { compose } from './facade.ts';
 import { publicReason, StorageError, type Storage } from './storage.ts';
 
 /**
@@ -21,7 +21,7 @@ export async function openTarget(
       undefined,
       `unknown target type ${spec.targetType} (${TARGET_TYPES.join(', ')})`,
     );
-  return withRetries(await driver.open(spec, secrets, opening));
+  return compose(await driver.open(spec, secrets, opening));
 }
 
 /** A target file for drctl: the API's target JSON (`{ "targetType": …, "config": { … } }`), secrets inline. */

@@ -13,6 +13,7 @@ import { fieldsOf, startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { makeFilesTree } from '../support/engine.ts';
 import { readFile } from 'node:fs/promises';
+import { checked } from '../../functions/storage/facade.ts';
 
 /** Backups run through the local runtime's API: execute, the worker, the catalog. */
 let api: TestApi;
@@ -106,7 +107,7 @@ describe('POST /api/dr/schedules/{id}/execute', () => {
 
     // The repository is a normal one: drctl (the engine) restores it with the runtime's master key.
     const key = parseMasterKey(await readFile(join(api.dataDir, 'master.key'), 'utf8'));
-    const repository = await Repository.open(new LocalStorage(join(work, 'primary')), key);
+    const repository = await Repository.open(checked(new LocalStorage(join(work, 'primary'))), key);
     const manifest = await repository.loadManifest(incremental.id);
     const restored = await pg.createDatabase('restored_primary');
     expect((await restoreDatabase(repository, manifest, { target: restored })).consistent).toBe(true);
@@ -143,7 +144,7 @@ describe('POST /api/dr/schedules/{id}/execute', () => {
     // Both good copies hold the same repository and the whole backup.
     const key = parseMasterKey(await readFile(join(api.dataDir, 'master.key'), 'utf8'));
     for (const copy of ['copy-a', 'copy-b']) {
-      const repository = await Repository.open(new LocalStorage(join(work, copy)), key);
+      const repository = await Repository.open(checked(new LocalStorage(join(work, copy))), key);
       expect((await repository.loadManifest(backup.id)).id).toBe(backup.id);
     }
   });
@@ -298,7 +299,7 @@ describe('retention', () => {
     expect(after.map((b) => b.id).sort()).toEqual([...keptIds].sort());
     // The data went with the entries: deleted manifests are gone from the target, kept ones verify.
     const key = parseMasterKey(await readFile(join(api.dataDir, 'master.key'), 'utf8'));
-    const repository = await Repository.open(new LocalStorage(join(work, 'primary')), key);
+    const repository = await Repository.open(checked(new LocalStorage(join(work, 'primary'))), key);
     const onPrimary = await repository.backupIds();
     for (const gone of plan.delete) expect(onPrimary).not.toContain(gone.id);
     for (const id of onPrimary) expect((await verify(repository, id)).ok).toBe(true);

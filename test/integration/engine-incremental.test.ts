@@ -10,6 +10,7 @@ import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
 import { describeTree, makeFilesTree, testKey } from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+import { checked } from '../../functions/storage/facade.ts';
 
 /** Small chunks so that the small test database spans enough of them for proportions to mean something. */
 const SMALL_CHUNKS = { minSize: 4096, avgSize: 16384, maxSize: 65536 };
@@ -42,7 +43,7 @@ async function realisticHour(round: number): Promise<void> {
 describe('INCREMENTAL', () => {
   it('stores a small fraction of the FULL after a 1% change, and every point of a chain restores exactly', async () => {
     // Prepare
-    const storage = new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-repo-')));
+    const storage = checked(new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-repo-'))));
     const repository = await Repository.init(storage, testKey(), SMALL_CHUNKS);
     const database = pg.connection('app');
     const full = (await backup(repository, { type: 'FULL', source: { database } })).manifest;
@@ -75,7 +76,7 @@ describe('INCREMENTAL', () => {
 
   it('takes an INCREMENTAL with no earlier backup as a FULL, and says so', async () => {
     const repository = await Repository.init(
-      new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-repo-'))),
+      checked(new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-repo-')))),
       testKey(),
     );
     const result = await backup(repository, {
@@ -88,7 +89,7 @@ describe('INCREMENTAL', () => {
 
   it('does not read files whose size and mtime are unchanged, and restores the changed tree', async () => {
     const repository = await Repository.init(
-      new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-repo-'))),
+      checked(new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-repo-')))),
       testKey(),
     );
     const files = await makeFilesTree();

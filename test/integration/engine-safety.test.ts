@@ -26,6 +26,8 @@ import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
 import { describeTree, makeFilesTree, newRepository, schemaOf, testKey } from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+import { checked } from '../../functions/storage/facade.ts';
+import type { Storage } from '../../functions/storage/storage.ts';
 
 const run = promisify(execFile);
 let pg: TestPostgres;
@@ -55,10 +57,10 @@ afterAll(async () => {
 });
 
 /** A copy of the shared repository, so each case can damage its own. */
-async function copyOfRepository(): Promise<{ dir: string; storage: LocalStorage }> {
+async function copyOfRepository(): Promise<{ dir: string; storage: Storage }> {
   const dir = await mkdtemp(join(tmpdir(), 'dr-repo-copy-'));
   await cp(repoDir, dir, { recursive: true });
-  return { dir, storage: new LocalStorage(dir) };
+  return { dir, storage: checked(new LocalStorage(dir)) };
 }
 
 async function flipByte(file: string, at: (size: number) => number): Promise<void> {
@@ -328,7 +330,7 @@ describe('source failures', () => {
         return super.put(key, body);
       }
     }
-    const repository = await Repository.init(new FailingStorage(dir), testKey());
+    const repository = await Repository.init(checked(new FailingStorage(dir)), testKey());
     const fakeBin = await mkdtemp(join(tmpdir(), 'dr-fake-'));
     const marker = `dr-endless-dump-${process.pid}`;
     // Endless output that does not deduplicate, under a name pgrep can find
@@ -396,7 +398,7 @@ describe('other backup types and outputs', () => {
   });
 
   it('exports a plain SQL script that psql restores, and a tar of the files', async () => {
-    const repository = await Repository.open(new LocalStorage(repoDir), testKey());
+    const repository = await Repository.open(checked(new LocalStorage(repoDir)), testKey());
     const out = join(await mkdtemp(join(tmpdir(), 'dr-export-')), 'backup.sql');
     const stream = createWriteStream(out);
     await exportSql(repository, full, stream);
@@ -418,7 +420,7 @@ describe('other backup types and outputs', () => {
   });
 
   it('exports a custom-format archive that pg_restore lists and restores, with one job or several', async () => {
-    const repository = await Repository.open(new LocalStorage(repoDir), testKey());
+    const repository = await Repository.open(checked(new LocalStorage(repoDir)), testKey());
     const out = join(await mkdtemp(join(tmpdir(), 'dr-export-')), 'backup.dump');
     const stream = createWriteStream(out);
     await exportArchive(repository, full, stream);
@@ -456,7 +458,7 @@ describe('other backup types and outputs', () => {
   });
 
   it('restores chosen tables only, with their indexes and constraints', async () => {
-    const repository = await Repository.open(new LocalStorage(repoDir), testKey());
+    const repository = await Repository.open(checked(new LocalStorage(repoDir)), testKey());
     const target = await pg.createDatabase('partial');
     const result = await restoreDatabase(repository, full, { target, tables: ['users', 'public.events'] });
     expect(result.tables).toBe(2);
@@ -480,7 +482,7 @@ describe('other backup types and outputs', () => {
   });
 
   it('replaces chosen tables without dropping what depends on them, and refuses before writing what it cannot do safely', async () => {
-    const repository = await Repository.open(new LocalStorage(repoDir), testKey());
+    const repository = await Repository.open(checked(new LocalStorage(repoDir)), testKey());
     await pg.sql('postgres', 'CREATE DATABASE partial_over TEMPLATE app');
     const foreignKeys = async () =>
       (
@@ -519,7 +521,7 @@ describe('other backup types and outputs', () => {
   });
 
   it('refuses to restore over a database that is not empty unless told to clean', async () => {
-    const repository = await Repository.open(new LocalStorage(repoDir), testKey());
+    const repository = await Repository.open(checked(new LocalStorage(repoDir)), testKey());
     await expect(restoreDatabase(repository, full, { target: pg.connection('app') })).rejects.toThrow(
       'not empty',
     );

@@ -4,6 +4,7 @@ import { StorageError } from '../../functions/storage/storage.ts';
 import { startFtp, type TestFtp } from '../support/ftp-server.ts';
 import { storageConformance } from '../support/storage-conformance.ts';
 import { engineEndToEnd } from '../support/storage-end-to-end.ts';
+import { checked } from '../../functions/storage/facade.ts';
 
 const ftp = (server: TestFtp, path: string, overrides: Partial<FtpStorageOptions> = {}) =>
   new FtpStorage({
@@ -48,7 +49,7 @@ describe('FTP transport security', () => {
   it('uses TLS where the server offers it, and records no warning', async () => {
     const storage = ftp(secure, '/auto', { tls: 'auto' });
     await storage.put('a/object', Buffer.from('over TLS'));
-    expect((await storage.read('a/object')).toString()).toBe('over TLS');
+    expect((await checked(storage).read('a/object')).toString()).toBe('over TLS');
     expect(storage.warnings).toEqual([]);
     await storage.close();
   });
@@ -62,7 +63,9 @@ describe('FTP transport security', () => {
 
   it('with tls required, refuses a server without TLS before sending the password', async () => {
     const storage = ftp(plain, '/required', { tls: 'required' });
-    const error = await storage.read('a/object').catch((caught: unknown) => caught);
+    const error = await checked(storage)
+      .read('a/object')
+      .catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(StorageError);
     expect(error).toMatchObject({ kind: 'authentication' });
     expect((error as Error).message).toContain('explicit TLS failed');
@@ -71,7 +74,9 @@ describe('FTP transport security', () => {
 
   it('refuses a certificate no CA vouches for unless told otherwise', async () => {
     const storage = ftp(secure, '/strict', { allowSelfSignedCertificate: false });
-    const error = await storage.read('a/object').catch((caught: unknown) => caught);
+    const error = await checked(storage)
+      .read('a/object')
+      .catch((caught: unknown) => caught);
     expect(error).toMatchObject({ kind: 'authentication' });
     expect((error as Error).message).toMatch(/certificate/i);
     await storage.close();
@@ -79,7 +84,11 @@ describe('FTP transport security', () => {
 
   it('reports an unreachable server as a network error', async () => {
     const storage = ftp(plain, '/x', { port: 1, tls: 'off' });
-    expect(await storage.read('a/object').catch((caught: unknown) => caught)).toMatchObject({
+    expect(
+      await checked(storage)
+        .read('a/object')
+        .catch((caught: unknown) => caught),
+    ).toMatchObject({
       kind: 'network',
     });
   });
@@ -92,7 +101,7 @@ describe('FTP transport security', () => {
     const before = secure.retrievals();
     const reads = await Promise.all(
       Array.from({ length: 64 }, (_, index) =>
-        storage.read('packs/p', { offset: index * 131_072 + 3, length: 1000 }),
+        checked(storage).read('packs/p', { offset: index * 131_072 + 3, length: 1000 }),
       ),
     );
     reads.forEach((bytes, index) =>
@@ -103,15 +112,15 @@ describe('FTP transport security', () => {
     const large = Buffer.alloc(20 * 1024 * 1024, 7);
     large.write('middle', 10 * 1024 * 1024);
     await storage.put('packs/large', large);
-    expect((await storage.read('packs/large', { offset: 10 * 1024 * 1024, length: 6 })).toString()).toBe(
-      'middle',
-    );
-    expect((await storage.read('packs/large', { offset: 0, length: 3 })).equals(Buffer.alloc(3, 7))).toBe(
-      true,
-    );
+    expect(
+      (await checked(storage).read('packs/large', { offset: 10 * 1024 * 1024, length: 6 })).toString(),
+    ).toBe('middle');
+    expect(
+      (await checked(storage).read('packs/large', { offset: 0, length: 3 })).equals(Buffer.alloc(3, 7)),
+    ).toBe(true);
     // A replaced object is never served from what was fetched before.
     await storage.put('packs/p', Buffer.from('replaced'));
-    expect((await storage.read('packs/p', { offset: 0, length: 8 })).toString()).toBe('replaced');
+    expect((await checked(storage).read('packs/p', { offset: 0, length: 8 })).toString()).toBe('replaced');
     await storage.close();
   });
 });

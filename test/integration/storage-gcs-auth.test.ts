@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GcsStorage } from '../../functions/storage/gcs/gcs-storage.ts';
 import { StorageError } from '../../functions/storage/storage.ts';
 import { startGcs, type TestGcs } from '../support/gcs-server.ts';
+import { checked } from '../../functions/storage/facade.ts';
 
 /**
  * Service-account authentication end to end: the library signs a JWT with the key, exchanges it at Google's
@@ -80,11 +81,11 @@ describe('GCS service-account authentication', () => {
   it('writes and reads with a valid service-account key', async () => {
     const storage = open(writer.json);
     await storage.put('a/object', Buffer.from('authenticated'));
-    expect((await storage.read('a/object')).toString()).toBe('authenticated');
+    expect((await checked(storage).read('a/object')).toString()).toBe('authenticated');
   });
 
   it('classifies a key Google does not know as an authentication error, without the key', async () => {
-    const error = await open(impostor.json)
+    const error = await checked(open(impostor.json))
       .read('a/object')
       .catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(StorageError);
@@ -95,7 +96,7 @@ describe('GCS service-account authentication', () => {
 
   it('classifies a write the account may not make as a permission error', async () => {
     const storage = open(reader.json);
-    expect((await storage.read('a/object')).toString()).toBe('authenticated');
+    expect((await checked(storage).read('a/object')).toString()).toBe('authenticated');
     await expect(storage.put('a/other', Buffer.from('x'))).rejects.toMatchObject({ kind: 'permission' });
   });
 

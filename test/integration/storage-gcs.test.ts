@@ -3,6 +3,7 @@ import { GcsStorage, type GcsStorageOptions } from '../../functions/storage/gcs/
 import { startGcs, type TestGcs } from '../support/gcs-server.ts';
 import { patternStream, storageConformance } from '../support/storage-conformance.ts';
 import { engineEndToEnd } from '../support/storage-end-to-end.ts';
+import { checked } from '../../functions/storage/facade.ts';
 
 const gcs = (server: TestGcs, bucket: string, prefix: string, overrides: Partial<GcsStorageOptions> = {}) =>
   new GcsStorage({
@@ -44,6 +45,6 @@ describe('GCS resumable uploads', () => {
     await expect(
       storage.put('streamed/broken', patternStream(3 * 1024 * 1024, 2 * 1024 * 1024 + 100)),
     ).rejects.toThrow();
-    expect(await storage.stat('streamed/broken')).toBeUndefined();
+    expect(await checked(storage).stat('streamed/broken')).toBeUndefined();
   });
 });

@@ -4,6 +4,7 @@ import { StorageError } from '../../functions/storage/storage.ts';
 import { startSftp, type TestSftp } from '../support/sftp-server.ts';
 import { storageConformance } from '../support/storage-conformance.ts';
 import { engineEndToEnd } from '../support/storage-end-to-end.ts';
+import { checked } from '../../functions/storage/facade.ts';
 
 const sftp = (server: TestSftp, path: string, overrides: Partial<SftpStorageOptions> = {}) =>
   new SftpStorage({
@@ -49,7 +50,9 @@ describe('SFTP host keys and credentials', () => {
   });
 
   async function failure(storage: SftpStorage): Promise<StorageError> {
-    const error = await storage.read('any/key').catch((caught: unknown) => caught);
+    const error = await checked(storage)
+      .read('any/key')
+      .catch((caught: unknown) => caught);
     await storage.close();
     expect(error).toBeInstanceOf(StorageError);
     return error as StorageError;
@@ -95,7 +98,7 @@ describe('SFTP host keys and credentials', () => {
     const storage = sftp(server, 'reconnect');
     await storage.put('a/object', Buffer.from('before'));
     await storage.close();
-    expect((await storage.read('a/object')).toString()).toBe('before');
+    expect((await checked(storage).read('a/object')).toString()).toBe('before');
     expect((await storage.usage()).bytesFree).toBeGreaterThan(0);
     await storage.close();
   });

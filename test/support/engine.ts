@@ -19,6 +19,8 @@ import { masterKeyFrom, type MasterKey } from '../../functions/engine/crypto.ts'
 import { Repository } from '../../functions/engine/repository.ts';
 import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
 import type { TestPostgres } from './postgres.ts';
+import { checked } from '../../functions/storage/facade.ts';
+import type { Storage } from '../../functions/storage/storage.ts';
 
 const run = promisify(execFile);
 
@@ -28,9 +30,9 @@ export function testKey(seed = 1): MasterKey {
 
 export async function newRepository(
   master = testKey(),
-): Promise<{ repository: Repository; dir: string; storage: LocalStorage }> {
+): Promise<{ repository: Repository; dir: string; storage: Storage }> {
   const dir = await mkdtemp(join(tmpdir(), 'dr-repo-'));
-  const storage = new LocalStorage(dir);
+  const storage = checked(new LocalStorage(dir));
   return { repository: await Repository.init(storage, master), dir, storage };
 }
 

@@ -1,16 +1,18 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collect, StorageError, type Storage } from '../../functions/storage/storage.ts';
+import { checked } from '../../functions/storage/facade.ts';
+import { collect, StorageError, type Backend, type Storage } from '../../functions/storage/storage.ts';
 
 /**
  * The one conformance suite every target type runs against a real server (restic's backend test suite is
  * the model): the contract of `functions/storage/storage.ts`, exercised the way the engine uses it.
  */
 export interface ConformanceTarget {
-  readonly storage: Storage;
+  /** The adapter; the suite checks it as callers get it, through the facade (`checked`: no retries). */
+  readonly storage: Backend;
   /** The same target with wrong credentials (a secret containing 'wrong-secret'); required with `credentials`. */
-  readonly withWrongCredentials?: Storage;
+  readonly withWrongCredentials?: Backend;
   cleanup(): Promise<void>;
 }
 
@@ -54,9 +56,16 @@ export function storageConformance(
   options: { bigUploadBytes?: number; credentials?: boolean } = {},
 ): void {
   describe(`storage conformance: ${name}`, () => {
-    let target: ConformanceTarget;
+    let target: { storage: Storage; withWrongCredentials?: Storage; cleanup(): Promise<void> };
     beforeAll(async () => {
-      target = await open();
+      const opened = await open();
+      target = {
+        storage: checked(opened.storage),
+        ...(opened.withWrongCredentials
+          ? { withWrongCredentials: checked(opened.withWrongCredentials) }
+          : {}),
+        cleanup: () => opened.cleanup(),
+      };
     });
     afterAll(async () => {
       await target?.cleanup();

@@ -6,14 +6,15 @@ import { backup } from '../../functions/engine/backup.ts';
 import { verify } from '../../functions/engine/maintenance.ts';
 import { Repository } from '../../functions/engine/repository.ts';
 import { restoreDatabase, restoreFiles } from '../../functions/engine/restore.ts';
-import type { Storage } from '../../functions/storage/storage.ts';
+import { checked } from '../../functions/storage/facade.ts';
+import type { Backend } from '../../functions/storage/storage.ts';
 import { describeTree, makeFilesTree, testKey } from './engine.ts';
 import { createEventManager, tableChecksums } from './event-manager.ts';
 import { startPostgres, type TestPostgres } from './postgres.ts';
 
 export interface EndToEndTarget {
   /** A new Storage on the same repository location each call (the restore reopens it from scratch). */
-  open(): Storage;
+  open(): Backend;
   cleanup(): Promise<void>;
 }
 
@@ -35,7 +36,7 @@ export function engineEndToEnd(name: string, start: () => Promise<EndToEndTarget
     });
 
     it('backs up FULL and INCREMENTAL, verifies and restores them', async () => {
-      const repository = await Repository.init(target.open(), testKey());
+      const repository = await Repository.init(checked(target.open()), testKey());
       const files = await makeFilesTree();
       const database = pg.connection('app');
       const full = (await backup(repository, { type: 'FULL', source: { database, files } })).manifest;
@@ -50,7 +51,7 @@ export function engineEndToEnd(name: string, start: () => Promise<EndToEndTarget
       expect(incremental.parent).toBe(full.id);
       expect(incremental.stats.bytesStored).toBeLessThan(full.stats.bytesStored);
 
-      const reopened = await Repository.open(target.open(), testKey());
+      const reopened = await Repository.open(checked(target.open()), testKey());
       expect((await verify(reopened, full.id)).ok).toBe(true);
       expect((await verify(reopened, incremental.id)).ok).toBe(true);
       const restored = await pg.createDatabase(`from_${name.toLowerCase()}`);

@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
 import { StorageError } from '../../functions/storage/storage.ts';
+import { checked } from '../../functions/storage/facade.ts';
 
 let dir: string;
 let storage: LocalStorage;
@@ -18,9 +19,9 @@ describe('LocalStorage', () => {
     await storage.put('data/ab/one', Buffer.from('0123456789'));
     await storage.put('index/x', Readable.from([Buffer.from('a'), Buffer.from('b')]));
     expect(await storage.stat('data/ab/one')).toEqual({ key: 'data/ab/one', size: 10 });
-    expect((await storage.read('data/ab/one')).toString()).toBe('0123456789');
-    expect((await storage.read('data/ab/one', { offset: 3, length: 4 })).toString()).toBe('3456');
-    expect((await storage.read('data/ab/one', { offset: 10, length: 0 })).toString()).toBe('');
+    expect((await checked(storage).read('data/ab/one')).toString()).toBe('0123456789');
+    expect((await checked(storage).read('data/ab/one', { offset: 3, length: 4 })).toString()).toBe('3456');
+    expect((await checked(storage).read('data/ab/one', { offset: 10, length: 0 })).toString()).toBe('');
     const listed = [];
     for await (const object of storage.list('data/')) listed.push(object.key);
     expect(listed).toEqual(['data/ab/one']);
@@ -31,15 +32,22 @@ describe('LocalStorage', () => {
 
   it('refuses a range past the end and a missing key, with the storage and key named', async () => {
     await storage.put('k', Buffer.from('abc'));
-    await expect(storage.read('k', { offset: 2, length: 2 })).rejects.toThrow('outside the object');
-    await expect(storage.read('missing')).rejects.toMatchObject({ kind: 'not-found', key: 'missing' });
+    await expect(checked(storage).read('k', { offset: 2, length: 2 })).rejects.toThrow('outside the object');
+    await expect(checked(storage).read('missing')).rejects.toMatchObject({
+      kind: 'not-found',
+      key: 'missing',
+    });
   });
 
   it.each(['../escape', '/absolute', 'a//b', 'a/./b', 'a/../b', 'sp ace', '', 'a\\b'])(
-    'refuses the key %j',
+    'refuses the key %j (the facade, before the adapter sees it), writing nothing',
     async (key) => {
-      await expect(storage.put(key, Buffer.from('x'))).rejects.toBeInstanceOf(StorageError);
-      await expect(storage.put(key, Buffer.from('x'))).rejects.toMatchObject({ kind: 'invalid-key' });
+      const composed = checked(storage);
+      await expect(composed.put(key, Buffer.from('x'))).rejects.toBeInstanceOf(StorageError);
+      await expect(composed.put(key, Buffer.from('x'))).rejects.toMatchObject({ kind: 'invalid-key' });
+      await expect(composed.get(key)).rejects.toMatchObject({ kind: 'invalid-key' });
+      await expect(composed.delete([key])).rejects.toMatchObject({ kind: 'invalid-key' });
+      expect(await readdir(dir, { recursive: true })).toEqual([]);
     },
   );
 
@@ -63,6 +71,6 @@ describe('LocalStorage', () => {
   it('replaces an existing object whole', async () => {
     await storage.put('k', Buffer.from('first version'));
     await storage.put('k', Buffer.from('second'));
-    expect((await storage.read('k')).toString()).toBe('second');
+    expect((await checked(storage).read('k')).toString()).toBe('second');
   });
 });

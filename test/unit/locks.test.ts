@@ -12,14 +12,16 @@ import {
   staleReason,
   type LockInfo,
 } from '../../functions/engine/locks.ts';
+import { checked } from '../../functions/storage/facade.ts';
 import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
+import type { Storage } from '../../functions/storage/storage.ts';
 
-async function storage(): Promise<LocalStorage> {
-  return new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-locks-')));
+async function storage(): Promise<Storage> {
+  return checked(new LocalStorage(await mkdtemp(join(tmpdir(), 'dr-locks-'))));
 }
 
 /** A lock written by a process on another machine, last refreshed `minutesAgo`. */
-async function foreignLock(store: LocalStorage, kind: 'shared' | 'exclusive', minutesAgo: number) {
+async function foreignLock(store: Storage, kind: 'shared' | 'exclusive', minutesAgo: number) {
   const at = new Date(Date.now() - minutesAgo * 60_000).toISOString();
   const info: LockInfo = {
     operation: `${kind} elsewhere`,

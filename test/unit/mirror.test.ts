@@ -6,9 +6,10 @@ import { describe, expect, it } from 'vitest';
 import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
 import { MirrorStorage } from '../../functions/storage/mirror.ts';
 import type { Storage } from '../../functions/storage/storage.ts';
+import { checked } from '../../functions/storage/facade.ts';
 
 const local = async (name: string) =>
-  new LocalStorage(await mkdtemp(join(tmpdir(), `dr-mirror-${name}-`)), name);
+  checked(new LocalStorage(await mkdtemp(join(tmpdir(), `dr-mirror-${name}-`)), name));
 
 /** A storage whose writes each take `ms` longer; `done.count` says how many it finished. */
 function slow(storage: Storage, ms: number, done: { count: number }): Storage {
@@ -51,7 +52,7 @@ describe('MirrorStorage', () => {
     await writeFile(file, 'x');
     const mirror = new MirrorStorage([
       { id: 'a', storage: a },
-      { id: 'broken', storage: new LocalStorage(join(file, 'repo'), 'broken') },
+      { id: 'broken', storage: checked(new LocalStorage(join(file, 'repo'), 'broken')) },
       { id: 'c', storage: c },
     ]);
     await mirror.put('data/one', Buffer.from('one'));
@@ -70,8 +71,8 @@ describe('MirrorStorage', () => {
     const file = join(await mkdtemp(join(tmpdir(), 'dr-mirror-none-')), 'file');
     await writeFile(file, 'x');
     const mirror = new MirrorStorage([
-      { id: 'x', storage: new LocalStorage(join(file, 'x'), 'x') },
-      { id: 'y', storage: new LocalStorage(join(file, 'y'), 'y') },
+      { id: 'x', storage: checked(new LocalStorage(join(file, 'x'), 'x')) },
+      { id: 'y', storage: checked(new LocalStorage(join(file, 'y'), 'y')) },
     ]);
     await mirror.put('first', Buffer.from('queued, then failed everywhere'));
     await mirror.flush();

@@ -4,14 +4,11 @@ import { endpointGuard, guardedAgents, type EgressGuard, type EgressPolicy } fro
 import {
   bytesUnder,
   inBatches,
-  collect,
-  normalizeKey,
-  normalizePrefix,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Storage,
+  type Backend,
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
@@ -60,7 +57,7 @@ function plainHttp(endpoint: string, connectionString: string | undefined): bool
  * A repository in an Azure Blob container. Streaming uploads stage blocks and commit the block list only when
  * the last block is in: a failed upload leaves no blob (uncommitted blocks expire on their own).
  */
-export class AzureStorage implements Storage {
+export class AzureStorage implements Backend {
   readonly name: string;
   private readonly container: ContainerClient;
   private readonly options: AzureStorageOptions;
@@ -157,23 +154,17 @@ export class AzureStorage implements Storage {
     }
   }
 
-  async read(key: string, range?: ByteRange): Promise<Buffer> {
-    return collect(await this.get(key, range));
-  }
-
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
       const properties = await this.container.getBlobClient(this.blobName(key)).getProperties();
       return { key, size: properties.contentLength ?? 0 };
     } catch (error) {
-      const wrapped = this.wrap(error, key);
-      if (wrapped.kind === 'not-found') return undefined;
-      throw wrapped;
+      throw this.wrap(error, key); // not-found: the facade answers undefined
     }
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const full = this.root + normalizePrefix(this.name, prefix);
+    const full = this.root + prefix;
     try {
       for await (const page of this.container.listBlobsFlat({ prefix: full }).byPage({ maxPageSize: 1000 })) {
         for (const item of page.segment.blobItems)
@@ -200,7 +191,7 @@ export class AzureStorage implements Storage {
   }
 
   private blobName(key: string): string {
-    return this.root + normalizeKey(this.name, key);
+    return this.root + key;
   }
 
   /** Azure REST errors to the storage vocabulary; messages keep the service's code, never a key or SAS. */

@@ -5,13 +5,11 @@ import {
   bytesUnder,
   inBatches,
   collect,
-  normalizeKey,
-  normalizePrefix,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Storage,
+  type Backend,
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
@@ -55,7 +53,7 @@ const CACHE_BYTES_MAX = 32 * 1024 * 1024;
  *   after the last byte. Since the engine reads many small ranges of 8 MiB packs, objects up to 16 MiB are
  *   fetched whole once and ranges served from a bounded cache (32 MiB; packs are immutable, named by hash).
  */
-export class FtpStorage implements Storage {
+export class FtpStorage implements Backend {
   readonly name: string;
   /** What an operator should know about how this target is reached (credentials in clear, …). */
   readonly warnings: string[] = [];
@@ -111,8 +109,7 @@ export class FtpStorage implements Storage {
     const size = (await this.stat(key))?.size;
     if (size === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
     if (range === undefined) return this.download(key, 0);
-    if (range.offset < 0 || range.length < 0 || range.offset + range.length > size)
-      throw rangeError(this.name, key, range, size);
+    if (range.offset + range.length > size) throw rangeError(this.name, key, range, size);
     if (range.length === 0) return Readable.from([]);
     if (size <= CACHED_OBJECT_MAX) {
       const whole = await this.cached(key);
@@ -126,23 +123,17 @@ export class FtpStorage implements Storage {
     return withinLength(stream, range.length, () => rangeError(this.name, key, range, size));
   }
 
-  async read(key: string, range?: ByteRange): Promise<Buffer> {
-    return collect(await this.get(key, range));
-  }
-
   async stat(key: string): Promise<ObjectInfo | undefined> {
     const file = this.pathOf(key);
     try {
       return { key, size: await this.withClient(key, (client) => client.size(file)) };
     } catch (error) {
-      const wrapped = this.wrap(error, key);
-      if (wrapped.kind === 'not-found') return undefined;
-      throw wrapped;
+      throw this.wrap(error, key); // not-found: the facade answers undefined
     }
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const normalized = normalizePrefix(this.name, prefix);
+    const normalized = prefix;
     const slash = normalized.lastIndexOf('/');
     for await (const entry of this.walk(slash < 0 ? '' : normalized.slice(0, slash))) {
       if (!entry.key.endsWith(PARTIAL_SUFFIX) && entry.key.startsWith(normalized))
@@ -403,7 +394,7 @@ export class FtpStorage implements Storage {
   }
 
   private pathOf(key: string): string {
-    return `${this.root}/${normalizeKey(this.name, key)}`;
+    return `${this.root}/${key}`;
   }
 
   /** FTP replies and socket errors to the storage vocabulary, never with the password. */

@@ -6,14 +6,11 @@ import { pipeline } from 'node:stream/promises';
 import {
   bytesUnder,
   inBatches,
-  collect,
-  normalizeKey,
-  normalizePrefix,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Storage,
+  type Backend,
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
@@ -53,7 +50,7 @@ const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND',
  * expires on its own). Buffers go up in one multipart request. Every upload is checked against the CRC32C
  * the service computed.
  */
-export class GcsStorage implements Storage {
+export class GcsStorage implements Backend {
   readonly name: string;
   private readonly options: GcsStorageOptions;
   private readonly bucket: Bucket;
@@ -146,7 +143,6 @@ export class GcsStorage implements Storage {
   async get(key: string, range?: ByteRange): Promise<Readable> {
     const file = this.bucket.file(this.objectName(key));
     if (range !== undefined) {
-      if (range.offset < 0 || range.length < 0) throw rangeError(this.name, key, range);
       if (range.length === 0) {
         const size = (await this.stat(key))?.size;
         if (size === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
@@ -170,23 +166,17 @@ export class GcsStorage implements Storage {
     return range ? withinLength(out, range.length, () => rangeError(this.name, key, range)) : out;
   }
 
-  async read(key: string, range?: ByteRange): Promise<Buffer> {
-    return collect(await this.get(key, range));
-  }
-
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
       const [metadata] = await this.bucket.file(this.objectName(key)).getMetadata();
       return { key, size: Number(metadata.size ?? 0) };
     } catch (error) {
-      const wrapped = this.wrap(error, key);
-      if (wrapped.kind === 'not-found') return undefined;
-      throw wrapped;
+      throw this.wrap(error, key); // not-found: the facade answers undefined
     }
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const full = this.root + normalizePrefix(this.name, prefix);
+    const full = this.root + prefix;
     let pageToken: string | undefined;
     do {
       let files;
@@ -237,7 +227,7 @@ export class GcsStorage implements Storage {
   }
 
   private objectName(key: string): string {
-    return this.root + normalizeKey(this.name, key);
+    return this.root + key;
   }
 
   /** API and token errors to the storage vocabulary; messages never carry the private key. */

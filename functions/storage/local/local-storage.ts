@@ -6,14 +6,11 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   bytesUnder,
-  collect,
-  normalizeKey,
-  normalizePrefix,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Storage,
+  type Backend,
   type Usage,
 } from '../storage.ts';
 
@@ -24,7 +21,7 @@ const TEMP_SUFFIX = '.partial';
  * renamed over the key, and the directory is fsynced: a crash leaves the old object or the new one, never a
  * torn one under the final name. Leftover `.partial` files are not listed; `gc` removes them.
  */
-export class LocalStorage implements Storage {
+export class LocalStorage implements Backend {
   readonly name: string;
   private readonly root: string;
 
@@ -63,7 +60,7 @@ export class LocalStorage implements Storage {
     const info = await this.stat(key);
     if (info === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
     if (range !== undefined) {
-      if (range.offset < 0 || range.length < 0 || range.offset + range.length > info.size) {
+      if (range.offset + range.length > info.size) {
         throw new StorageError(
           'other',
           this.name,
@@ -77,10 +74,6 @@ export class LocalStorage implements Storage {
     return createReadStream(file);
   }
 
-  async read(key: string, range?: ByteRange): Promise<Buffer> {
-    return collect(await this.get(key, range));
-  }
-
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
       const info = await stat(this.pathOf(key));
@@ -92,7 +85,7 @@ export class LocalStorage implements Storage {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const normalized = normalizePrefix(this.name, prefix);
+    const normalized = prefix;
     // Walk from the deepest directory the prefix names, then filter by the full prefix.
     const slash = normalized.lastIndexOf('/');
     const base = slash < 0 ? '' : normalized.slice(0, slash);
@@ -148,7 +141,7 @@ export class LocalStorage implements Storage {
   }
 
   private pathOf(key: string): string {
-    return join(this.root, ...normalizeKey(this.name, key).split('/'));
+    return join(this.root, ...key.split('/'));
   }
 
   private wrap(error: unknown, key: string): StorageError {

@@ -18,14 +18,11 @@ import { Readable } from 'node:stream';
 import { endpointGuard, guardedAgents, type EgressGuard, type EgressPolicy } from '../egress.ts';
 import {
   bytesUnder,
-  collect,
-  normalizeKey,
-  normalizePrefix,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Storage,
+  type Backend,
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
@@ -98,7 +95,7 @@ function agentsOf(guard: EgressGuard) {
  * A repository in an S3 bucket (or an S3-compatible store). Large bodies stream as multipart uploads that
  * S3 assembles only when the last part is in, and that are aborted on failure: a failed put leaves no object.
  */
-export class S3Storage implements Storage {
+export class S3Storage implements Backend {
   readonly name: string;
   private readonly client: S3Client;
   private readonly options: S3StorageOptions;
@@ -188,10 +185,6 @@ export class S3Storage implements Storage {
     }
   }
 
-  async read(key: string, range?: ByteRange): Promise<Buffer> {
-    return collect(await this.get(key, range));
-  }
-
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
       const head = await this.client.send(
@@ -199,14 +192,12 @@ export class S3Storage implements Storage {
       );
       return { key, size: head.ContentLength ?? 0 };
     } catch (error) {
-      const wrapped = this.wrap(error, key);
-      if (wrapped.kind === 'not-found') return undefined;
-      throw wrapped;
+      throw this.wrap(error, key); // not-found: the facade answers undefined
     }
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const full = this.root + normalizePrefix(this.name, prefix);
+    const full = this.root + prefix;
     try {
       for await (const page of paginateListObjectsV2(
         { client: this.client, pageSize: 1000 },
@@ -249,7 +240,7 @@ export class S3Storage implements Storage {
   }
 
   private objectKey(key: string): string {
-    return this.root + normalizeKey(this.name, key);
+    return this.root + key;
   }
 
   private writeParams(): Partial<PutObjectCommandInput> {

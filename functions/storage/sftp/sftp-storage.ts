@@ -7,14 +7,11 @@ import type { FileEntryWithStats, SFTPWrapper, Stats } from 'ssh2';
 import {
   bytesUnder,
   inBatches,
-  collect,
-  normalizeKey,
-  normalizePrefix,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Storage,
+  type Backend,
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
@@ -65,7 +62,7 @@ export function hostKeyFingerprint(key: Buffer): string {
  * offers `fsync@openssh.com`, then renamed over the key with `posix-rename@openssh.com` (atomic replace): a
  * failed upload never leaves an object under its final name.
  */
-export class SftpStorage implements Storage {
+export class SftpStorage implements Backend {
   readonly name: string;
   private readonly options: SftpStorageOptions;
   private readonly root: string;
@@ -134,8 +131,7 @@ export class SftpStorage implements Storage {
     const info = await this.stat(key);
     if (info === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
     if (range !== undefined) {
-      if (range.offset < 0 || range.length < 0 || range.offset + range.length > info.size)
-        throw rangeError(this.name, key, range, info.size);
+      if (range.offset + range.length > info.size) throw rangeError(this.name, key, range, info.size);
       if (range.length === 0) return Readable.from([]);
     }
     const sftp = await this.connected();
@@ -149,10 +145,6 @@ export class SftpStorage implements Storage {
     return range ? withinLength(out, range.length, () => rangeError(this.name, key, range, info.size)) : out;
   }
 
-  async read(key: string, range?: ByteRange): Promise<Buffer> {
-    return collect(await this.get(key, range));
-  }
-
   async stat(key: string): Promise<ObjectInfo | undefined> {
     const file = this.pathOf(key);
     try {
@@ -160,14 +152,12 @@ export class SftpStorage implements Storage {
       const attributes = await this.request<Stats>(key, (done) => sftp.stat(file, done));
       return attributes.isFile() ? { key, size: attributes.size } : undefined;
     } catch (error) {
-      const wrapped = this.wrap(error, key);
-      if (wrapped.kind === 'not-found') return undefined;
-      throw wrapped;
+      throw this.wrap(error, key); // not-found: the facade answers undefined
     }
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const normalized = normalizePrefix(this.name, prefix);
+    const normalized = prefix;
     const slash = normalized.lastIndexOf('/');
     const base = slash < 0 ? '' : normalized.slice(0, slash);
     for await (const entry of this.walk(base)) {
@@ -375,7 +365,7 @@ export class SftpStorage implements Storage {
   }
 
   private pathOf(key: string): string {
-    return `${this.rootPath()}/${normalizeKey(this.name, key)}`;
+    return `${this.rootPath()}/${key}`;
   }
 
   /** SSH and SFTP failures to the storage vocabulary; messages never carry a key, passphrase or password. */
