@@ -15,12 +15,12 @@ import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
 import { streamForRun } from '../core/services/change-stream-service.ts';
 import { backup, type BackupSource } from '../engine/backup.ts';
 import { confirmBackup } from '../engine/changes.ts';
-import { protectedBytes, type ChangesManifest } from '../engine/manifest.ts';
+import { protectedBytes, type ChangesManifest, type Manifest } from '../engine/manifest.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { connectionFrom } from '../engine/postgres.ts';
 import { Repository } from '../engine/repository.ts';
 import { MirrorStorage, type MirrorMember, type MirrorMemberResult } from '../storage/mirror.ts';
-import { StorageError } from '../storage/storage.ts';
+import { publicReason } from '../storage/storage.ts';
 import { openTarget } from '../storage/targets.ts';
 import { prepareRepositories } from './repositories.ts';
 import type { BackupRecord, BackupStatus, StoredSchedule, TargetResult } from '../core/records.ts';
@@ -61,55 +61,11 @@ export async function executeRun(
     const schedule = (await cp.table.get<StoredSchedule>(Partition.schedule, record.scheduleId))?.data;
     if (!schedule)
       return await fail(cp, record, `schedule ${record.scheduleId} was deleted before the run started`);
-    const source = await sourceForRun(cp);
-    const engineSource: BackupSource = {
-      ...(source?.database
-        ? { database: connectionFrom(source.database.url, source.database.password) }
-        : {}),
-      ...(source?.files?.type === 'directory' ? { files: source.files.path } : {}),
-    };
-    const notices: string[] = [];
-    if (source?.files?.type === 's3')
-      notices.push('files in an S3 bucket are not backed up yet: only the database was');
-    if (!engineSource.database && !engineSource.files)
-      return await fail(cp, record, 'the DR config names no source to back up');
-    // Checked again at every run: a link may have been put in the path since the config was saved
-    if (engineSource.files !== undefined) {
-      const problem = await pathProblem(engineSource.files, cp.paths);
-      if (problem !== undefined)
-        return await fail(cp, record, `the files source ${engineSource.files} ${problem}`);
-    }
+    const source = await sourceOfRun(cp);
+    if (typeof source === 'string') return await fail(cp, record, source);
+    const { engineSource, notices } = source;
 
-    // Open every target; one that cannot be opened is recorded as failed, the others go on.
-    const members: MirrorMember[] = [];
-    for (const targetId of schedule.targets) {
-      const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, targetId))?.data;
-      if (!stored) {
-        results.set(
-          targetId,
-          failed(targetId, targetId, 'UNKNOWN', 'not-found', 'the target no longer exists'),
-        );
-        continue;
-      }
-      try {
-        const storage = await openTarget(stored, await targetSecrets(cp, stored), {
-          egress: cp.egress ?? {},
-        });
-        members.push({ id: targetId, storage });
-        results.set(targetId, {
-          targetId,
-          name: stored.name,
-          targetType: stored.targetType,
-          status: 'RUNNING',
-        });
-      } catch (error) {
-        const kind = error instanceof StorageError ? error.kind : 'other';
-        results.set(
-          targetId,
-          failed(targetId, stored.name, stored.targetType, kind, (error as Error).message),
-        );
-      }
-    }
+    const members = await openTargets(cp, schedule, results);
     if (members.length === 0)
       return await fail(cp, record, 'no target of the schedule could be opened', [...results.values()]);
 
@@ -121,19 +77,7 @@ export async function executeRun(
     for (const [id, error] of await prepareRepositories(members, key)) mirror.exclude(id, error);
     const repository = await Repository.open(mirror, key);
 
-    // An INCREMENTAL builds on the newest restore point that every target still in the run holds.
-    const live = (await mirror.flush()).filter((member) => member.ok).map((member) => member.id);
-    let type = record.requestedType;
-    let parent: string | undefined;
-    if (type === 'INCREMENTAL') {
-      parent = await parentFor(cp, backupId, live);
-      if (!parent) {
-        type = 'FULL';
-        notices.push(
-          'no earlier backup held by every target of this run: this INCREMENTAL was taken as a FULL',
-        );
-      }
-    }
+    const { type, parent } = await typeAndParent(cp, record, mirror, notices);
     const changeStream = engineSource.database
       ? await streamForRun(cp, schedule, type, engineSource.database)
       : undefined;
@@ -156,38 +100,10 @@ export async function executeRun(
     const succeeded = targets.filter((target) => target.status === 'SUCCESS').length;
     const status: BackupStatus =
       succeeded === targets.length ? 'SUCCESS' : succeeded > 0 ? 'PARTIAL' : 'FAILED';
-    const { stats } = manifest;
     const finished = await finishRecord(cp, backupId, {
+      ...outcomeOf(manifest, { schemaChanged, streamUnavailable }),
       status,
-      type: manifest.type,
       targets,
-      ...(manifest.parent ? { parent: manifest.parent } : {}),
-      restorePoint: manifest.restorePoint,
-      ...(manifest.database
-        ? {
-            database: {
-              name: manifest.database.database,
-              serverVersion: manifest.database.serverVersion,
-              tables: manifest.database.tables.length,
-            },
-          }
-        : {}),
-      ...(manifest.files ? { files: { entries: manifest.files.entries.length } } : {}),
-      ...(manifest.changes ? { changes: changeSummary(manifest.changes) } : {}),
-      ...(schemaChanged ? { schemaChanged } : {}),
-      ...(streamUnavailable ? { streamUnavailable } : {}),
-      sizes: {
-        sourceBytes: stats.bytesRead,
-        protectedBytes: protectedBytes(manifest),
-        storedBytes: stats.bytesStored,
-        newBytes: stats.bytesNew,
-        chunks: stats.chunks,
-        newChunks: stats.newChunks,
-        ...(stats.bytesStored > 0
-          ? { dedupRatio: Math.round((stats.bytesRead / stats.bytesStored) * 100) / 100 }
-          : {}),
-      },
-      ...(manifest.review ? { review: manifest.review.reason } : {}),
       ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
       ...(status === 'FAILED' ? { error: 'no target holds the backup' } : {}),
     });
@@ -228,6 +144,117 @@ export async function executeRun(
     await mirror?.close();
     await releaseRun(cp, record.scheduleId, backupId);
   }
+}
+
+/** What to back up: the DR config's source, checked again now; a reason when there is nothing to run. */
+async function sourceOfRun(
+  cp: ControlPlane,
+): Promise<{ engineSource: BackupSource; notices: string[] } | string> {
+  const source = await sourceForRun(cp);
+  const engineSource: BackupSource = {
+    ...(source?.database ? { database: connectionFrom(source.database.url, source.database.password) } : {}),
+    ...(source?.files?.type === 'directory' ? { files: source.files.path } : {}),
+  };
+  const notices: string[] = [];
+  if (source?.files?.type === 's3')
+    notices.push('files in an S3 bucket are not backed up yet: only the database was');
+  if (!engineSource.database && !engineSource.files) return 'the DR config names no source to back up';
+  // Checked again at every run: a link may have been put in the path since the config was saved
+  if (engineSource.files !== undefined) {
+    const problem = await pathProblem(engineSource.files, cp.paths);
+    if (problem !== undefined) return `the files source ${engineSource.files} ${problem}`;
+  }
+  return { engineSource, notices };
+}
+
+/**
+ * Every target of the schedule, opened; one that cannot be opened is recorded as failed (in the API's words,
+ * the full reason in the log) and the others go on.
+ */
+async function openTargets(
+  cp: ControlPlane,
+  schedule: StoredSchedule,
+  results: Map<string, TargetResult>,
+): Promise<MirrorMember[]> {
+  const members: MirrorMember[] = [];
+  for (const targetId of schedule.targets) {
+    const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, targetId))?.data;
+    if (!stored) {
+      results.set(
+        targetId,
+        failed(targetId, targetId, 'UNKNOWN', 'not-found', 'the target no longer exists'),
+      );
+      continue;
+    }
+    try {
+      const storage = await openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
+      members.push({ id: targetId, storage });
+      results.set(targetId, {
+        targetId,
+        name: stored.name,
+        targetType: stored.targetType,
+        status: 'RUNNING',
+      });
+    } catch (error) {
+      const reason = publicReason(error);
+      cp.logger.warn('target not opened', { target: targetId, error: (error as Error).message });
+      results.set(targetId, failed(targetId, stored.name, stored.targetType, reason.kind, reason.message));
+    }
+  }
+  return members;
+}
+
+/** An INCREMENTAL builds on the newest restore point every target still in the run holds; without one, a FULL. */
+async function typeAndParent(
+  cp: ControlPlane,
+  record: BackupRecord,
+  mirror: MirrorStorage,
+  notices: string[],
+): Promise<{ type: BackupRecord['type']; parent?: string }> {
+  if (record.requestedType !== 'INCREMENTAL') return { type: record.requestedType };
+  const live = (await mirror.flush()).filter((member) => member.ok).map((member) => member.id);
+  const parent = await parentFor(cp, record.id, live);
+  if (parent) return { type: 'INCREMENTAL', parent };
+  notices.push('no earlier backup held by every target of this run: this INCREMENTAL was taken as a FULL');
+  return { type: 'FULL' };
+}
+
+/** What the catalog shows of a finished backup, from its manifest. */
+function outcomeOf(
+  manifest: Manifest,
+  flags: { schemaChanged?: string | undefined; streamUnavailable?: string | undefined },
+): Partial<BackupRecord> {
+  const { stats } = manifest;
+  return {
+    type: manifest.type,
+    ...(manifest.parent ? { parent: manifest.parent } : {}),
+    restorePoint: manifest.restorePoint,
+    ...(manifest.database
+      ? {
+          database: {
+            name: manifest.database.database,
+            serverVersion: manifest.database.serverVersion,
+            tables: manifest.database.tables.length,
+          },
+        }
+      : {}),
+    ...(manifest.files ? { files: { entries: manifest.files.entries.length } } : {}),
+    ...(manifest.changes ? { changes: changeSummary(manifest.changes) } : {}),
+    ...(flags.schemaChanged ? { schemaChanged: flags.schemaChanged } : {}),
+    ...(flags.streamUnavailable ? { streamUnavailable: flags.streamUnavailable } : {}),
+    sizes: {
+      sourceBytes: stats.bytesRead,
+      protectedBytes: protectedBytes(manifest),
+      storedBytes: stats.bytesStored,
+      newBytes: stats.bytesNew,
+      chunks: stats.chunks,
+      newChunks: stats.newChunks,
+      ...(stats.bytesStored > 0
+        ? { dedupRatio: Math.round((stats.bytesRead / stats.bytesStored) * 100) / 100 }
+        : {}),
+    },
+    ...(manifest.review ? { review: manifest.review.reason } : {}),
+  };
 }
 
 function changeSummary(changes: ChangesManifest): NonNullable<BackupRecord['changes']> {

@@ -225,7 +225,7 @@ describe('GET /api/dr/backups', () => {
     expect(done).toMatchObject({ type: 'SCHEMA', status: 'SUCCESS' });
     // The source has files; a SCHEMA backup leaves them out (the guide: "structure only")
     expect(done.files).toBeUndefined();
-    expect(done.database).toBeDefined();
+    expect(done.database).toMatchObject({ name: expect.any(String), tables: expect.any(Number) });
     const newest = (await api.call('GET', '/api/dr/backups?limit=1')).body.items[0];
     expect(newest.id).toBe(run.body.id);
     const latest = (await api.call('GET', '/api/dr/backups?latest=true')).body.items;

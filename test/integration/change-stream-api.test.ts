@@ -132,7 +132,7 @@ describe('change-stream schedules', () => {
   it('stores only the changes, advances the slot after the commit, and restores to any instant', async () => {
     const full = await run('nightly');
     expect(full.changes).toMatchObject({ base: full.id, transactions: 0 });
-    expect(await slot()).toBeDefined();
+    expect(await slot()).toMatchObject({ confirmed: expect.stringMatching(/^[0-9A-F]+\/[0-9A-F]+$/) });
     const instants: { at: string; sums: Record<string, string> }[] = [];
     for (const sql of [
       "UPDATE users SET name = 'renamed ' || id WHERE id % 100 = 0",
@@ -230,7 +230,7 @@ describe('change-stream schedules', () => {
   });
 
   it('drops the slot when the last schedule reading it is deleted', async () => {
-    expect(await slot()).toBeDefined();
+    expect(await slot()).toMatchObject({ confirmed: expect.stringMatching(/^[0-9A-F]+\/[0-9A-F]+$/) });
     expect((await api.call('DELETE', '/api/dr/schedules/frequent')).status).toBe(204);
     expect(await slot()).toBeUndefined();
     // A FULL alone starts no slot
@@ -346,7 +346,7 @@ describe('change stream when only the worker reaches the source (AWS with the wo
     expect(await active('slot-wal:dr_automation_shop')).toBe(false);
 
     // Deleting the schedule: the API cannot reach the source, the worker drops the slot
-    expect(await slot('shop')).toBeDefined();
+    expect(await slot('shop')).toMatchObject({ confirmed: expect.stringMatching(/^[0-9A-F]+\/[0-9A-F]+$/) });
     expect((await remote.call('DELETE', '/api/dr/schedules/frequent')).status).toBe(204);
     await remote.runtime.idle();
     expect(await slot('shop')).toBeUndefined();

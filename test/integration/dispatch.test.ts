@@ -163,7 +163,7 @@ describe('the dispatcher', () => {
       ['02:00', 'MISSED'],
       ['01:00', 'MISSED'],
     ]);
-    expect(recorded[0].backupId).toBeDefined();
+    expect(recorded[0].backupId).toMatch(/^\d{8}T\d{9}Z-[0-9a-f]{6}$/);
     const late = await getBackup(api.runtime.controlPlane, recorded[0].backupId);
     expect(late.trigger).toMatchObject({ kind: 'schedule', late: true });
   });

@@ -308,7 +308,7 @@ describe('source failures', () => {
     // An INCREMENTAL does not build on it either (and, built on the larger FULL, is flagged too)
     const next = (await backup(repository, { type: 'INCREMENTAL', source: { database } })).manifest;
     expect(next.parent).toBe(good.id);
-    expect(next.review).toBeDefined();
+    expect(next.review?.reason).toMatch(/\S/);
 
     const confirmed = await confirmReview(repository, shrunk.id, 'ops@example.com');
     expect(confirmed.review?.confirmed?.by).toBe('ops@example.com');
@@ -389,7 +389,7 @@ describe('other backup types and outputs', () => {
       type: 'SCHEMA',
       source: { database: pg.connection('app') },
     });
-    expect(manifest.database?.schemaOnly).toBeDefined();
+    expect(manifest.database?.schemaOnly?.size).toBeGreaterThan(0);
     const target = await pg.createDatabase('schema_only');
     await restoreDatabase(repository, manifest, { target });
     expect(await schemaOf(pg, 'schema_only')).toEqual(await schemaOf(pg, 'app'));

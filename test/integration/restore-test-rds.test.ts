@@ -174,7 +174,8 @@ it('restores a temporary instance from the newest snapshot, checks the backup on
   expect(test.status, JSON.stringify(test.results)).toBe('PASSED');
   const instance = `dr-restore-${test.id.toLowerCase()}`;
   expect(test.results.rdsSnapshot).toMatchObject({ identifier: 'newest', instance });
-  expect(test.results.phases.instanceRestore).toBeGreaterThanOrEqual(0);
+  expect(test.results.phases.instanceRestore).toEqual(expect.any(Number));
+  expect(test.results.phases.instanceRestore).toBeLessThanOrEqual(test.results.actualRTO * 3600);
   expect(test.results.actualRTO).toBeLessThan(1);
   expect(test.results.backups).toEqual([{ backupId: expect.any(String), ok: true }]);
   // From the snapshot, with the source's class, tagged with the test (moto does not echo PubliclyAccessible).

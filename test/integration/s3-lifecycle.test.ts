@@ -126,7 +126,9 @@ it('puts the target rule on its bucket for its prefix, keeps the bucket other ru
       )
     ).status,
   ).toBe(200);
-  expect(ours(await rules())).toBeDefined();
+  expect(ours(await rules())?.Transitions).toEqual([
+    expect.objectContaining({ Days: 0, StorageClass: 'GLACIER_IR' }),
+  ]);
   expect((await api.call('DELETE', '/api/dr/targets/archive')).status).toBe(204);
   expect(await rules()).toEqual([expect.objectContaining({ ID: 'logs-expire' })]);
 });

@@ -27,5 +27,5 @@ it('is configured from the environment the stack sets, and absent without it', (
   expect(awsWorkflowsFromEnv({})).toBeUndefined();
   expect(
     awsWorkflowsFromEnv({ STATE_MACHINE_RESTORE: 'arn:aws:states:eu-west-1:1:stateMachine:restore' }),
-  ).toBeDefined();
+  ).toMatchObject({ start: expect.any(Function) });
 });
