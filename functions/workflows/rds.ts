@@ -51,15 +51,11 @@ export async function planRdsRestore(
       'NoRestorePoint',
       `RDS can restore ${source.clusterIdentifier ?? source.instanceIdentifier} up to ${latest.toISOString()}, not ${asked.toISOString()}`,
     );
-  const target = `dr-restore-${restore.id.toLowerCase()}`;
+  const copy = copyOf(source, restore.id);
   return {
     method: 'rds',
     rds: {
-      ...(source.region ? { region: source.region } : {}),
-      ...(source.clusterIdentifier
-        ? { sourceCluster: source.clusterIdentifier }
-        : { sourceInstance: source.instanceIdentifier! }),
-      target,
+      ...copy,
       restoreTime: asked.toISOString(),
       ...(latest ? { latestRestorableTime: latest.toISOString() } : {}),
     },
@@ -69,7 +65,7 @@ export async function planRdsRestore(
     bytes: 0,
     database: true,
     files: false,
-    destination: { environment: 'RDS', database: target },
+    destination: { environment: 'RDS', database: copy.target },
   };
 }
 
@@ -291,3 +287,17 @@ export const rdsSteps = group(workflowState, {
     return { deleted };
   },
 });
+
+/** The source an RDS step copies, and the name of the copy (`dr-restore-<restore or test id>`). */
+export function copyOf(
+  source: { instanceIdentifier?: string; clusterIdentifier?: string; region?: string },
+  id: string,
+): { region?: string; sourceCluster?: string; sourceInstance?: string; target: string } {
+  return {
+    ...(source.region ? { region: source.region } : {}),
+    ...(source.clusterIdentifier
+      ? { sourceCluster: source.clusterIdentifier }
+      : { sourceInstance: source.instanceIdentifier! }),
+    target: `dr-restore-${id.toLowerCase()}`,
+  };
+}

@@ -10,7 +10,7 @@ import type { Manifest } from '../engine/manifest.ts';
 import { readArchiveToc } from '../engine/pg-archive.ts';
 import { connect, withDatabase, type DatabaseConnection } from '../engine/postgres.ts';
 import { checkTables, readStream, restoreDatabase } from '../engine/restore.ts';
-import { newestSnapshot, rdsClient } from './rds.ts';
+import { copyOf, newestSnapshot, rdsClient } from './rds.ts';
 import { snapshotHealth } from './recovery-time-test.ts';
 import { WorkflowError, group, required, round, serverOf, testState } from './steps.ts';
 
@@ -102,11 +102,7 @@ export const restoreTest = group(testState, {
       ...planned,
       method: 'rds',
       rds: {
-        ...(source.region ? { region: source.region } : {}),
-        ...(source.clusterIdentifier
-          ? { sourceCluster: source.clusterIdentifier }
-          : { sourceInstance: source.instanceIdentifier! }),
-        target: `dr-restore-${test.id.toLowerCase()}`,
+        ...copyOf(source, test.id),
         snapshot: snapshot.identifier,
         snapshotTime: snapshot.createdAt.toISOString(),
       },
