@@ -1,7 +1,7 @@
 import { GetObjectCommand, HeadObjectCommand, NotFound, S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { ControlPlane } from '../core/context.ts';
-import { ConflictError, ServiceUnavailableError } from '../core/errors.ts';
+import { ConflictError, ignoreLostRace, ServiceUnavailableError } from '../core/errors.ts';
 import { Partition } from '../core/store/table.ts';
 import { ARTIFACTS, type Artifact, type DownloadLinks } from '../core/ports.ts';
 
@@ -65,7 +65,8 @@ export function s3DownloadLinks(cp: ControlPlane, options: S3DownloadOptions): D
     const now = cp.now();
     const current = await cp.table.get<ExportRecord>(Partition.export, backupId);
     if (current?.data.status === 'FAILED') {
-      await cp.table.delete(current).catch(() => undefined);
+      // Another request may have removed it first
+      await cp.table.delete(current).catch(ignoreLostRace);
       throw new ServiceUnavailableError(
         `preparing the download of backup ${backupId} failed: ${current.data.reason ?? 'unknown reason'}; ask again to retry`,
       );

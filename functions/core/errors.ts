@@ -114,3 +114,11 @@ export class UpstreamError extends DrError {
   readonly status = 502;
   readonly code = 'BadGateway';
 }
+
+/**
+ * For a write whose only expected failure is losing a race to another writer (the item changed or exists):
+ * that is ignored, anything else (a throttled or unreachable table) still fails.
+ */
+export function ignoreLostRace(error: unknown): void {
+  if (!(error instanceof ConflictError)) throw error;
+}

@@ -1,5 +1,5 @@
 import type { ControlPlane } from '../context.ts';
-import { ConflictError } from '../errors.ts';
+import { ConflictError, ignoreLostRace } from '../errors.ts';
 import { isRestorePoint, rpoViolations } from '../metrics.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import { changeStreamConditions } from './change-stream-service.ts';
@@ -178,8 +178,9 @@ async function capacityConditions(cp: ControlPlane): Promise<Condition[]> {
         ...(measured.bytesStored === undefined ? {} : { bytesStored: measured.bytesStored }),
         ...(measured.bytesFree === undefined ? {} : { bytesFree: measured.bytesFree }),
       };
-      if (stored) await cp.table.replace(stored, usage, cp.now()).catch(() => undefined);
-      else await cp.table.create(Partition.alert, key, usage, cp.now(), 'measured').catch(() => undefined);
+      // Two checks measuring at once: the other's figure stands
+      if (stored) await cp.table.replace(stored, usage, cp.now()).catch(ignoreLostRace);
+      else await cp.table.create(Partition.alert, key, usage, cp.now(), 'measured').catch(ignoreLostRace);
     }
     const problems = [
       ...(minFreeBytes !== undefined && usage.bytesFree !== undefined && usage.bytesFree < minFreeBytes
