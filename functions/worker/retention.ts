@@ -1,11 +1,10 @@
 import type { ControlPlane } from '../core/context.ts';
 import { retentionInputs } from '../core/services/retention-service.ts';
-import { targetSecrets, type Target } from '../core/services/target-service.ts';
+import { findStoredTarget, openStoredTarget } from '../core/services/target-service.ts';
 import { Partition } from '../core/store/table.ts';
 import type { MasterKey } from '../engine/crypto.ts';
 import { forget, gc } from '../engine/maintenance.ts';
 import { keys, Repository } from '../engine/repository.ts';
-import { openTarget } from '../storage/targets.ts';
 import type { BackupRecord } from '../core/records.ts';
 
 export interface RetentionReport {
@@ -41,9 +40,9 @@ export async function applyRetention(
   const problems = new Map<string, string>();
   const key = await masterKey();
   for (const [targetId, held] of byTarget) {
-    const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, targetId))?.data;
-    if (!stored) continue; // the target is gone, and its data with it as far as we can reach
-    const storage = await openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
+    const target = await findStoredTarget(cp, targetId);
+    if (!target) continue; // the target is gone, and its data with it as far as we can reach
+    const storage = await openStoredTarget(cp, target);
     try {
       const repository = await Repository.open(storage, key);
       const present: string[] = [];

@@ -10,7 +10,8 @@ import {
   releaseRun,
 } from '../core/services/backup-service.ts';
 import { sourceForRun } from '../core/services/config-service.ts';
-import { targetSecrets, type Target } from '../core/services/target-service.ts';
+import { findSchedule } from '../core/services/schedule-service.ts';
+import { findStoredTarget, openStoredTarget } from '../core/services/target-service.ts';
 import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
 import { streamForRun } from '../core/services/change-stream-service.ts';
 import { backup, type BackupSource } from '../engine/backup.ts';
@@ -21,7 +22,6 @@ import { connectionFrom } from '../engine/postgres.ts';
 import { Repository } from '../engine/repository.ts';
 import { MirrorStorage, type MirrorMember, type MirrorMemberResult } from '../storage/mirror.ts';
 import { publicReason } from '../storage/storage.ts';
-import { openTarget } from '../storage/targets.ts';
 import { prepareRepositories } from './repositories.ts';
 import type { BackupRecord, BackupStatus, StoredSchedule, TargetResult } from '../core/records.ts';
 
@@ -58,7 +58,7 @@ export async function executeRun(
   let mirror: MirrorStorage | undefined;
   const results = new Map<string, TargetResult>();
   try {
-    const schedule = (await cp.table.get<StoredSchedule>(Partition.schedule, record.scheduleId))?.data;
+    const schedule = await findSchedule(cp, record.scheduleId);
     if (!schedule)
       return await fail(cp, record, `schedule ${record.scheduleId} was deleted before the run started`);
     const source = await sourceOfRun(cp);
@@ -178,8 +178,8 @@ async function openTargets(
 ): Promise<MirrorMember[]> {
   const members: MirrorMember[] = [];
   for (const targetId of schedule.targets) {
-    const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, targetId))?.data;
-    if (!stored) {
+    const target = await findStoredTarget(cp, targetId);
+    if (!target) {
       results.set(
         targetId,
         failed(targetId, targetId, 'UNKNOWN', 'not-found', 'the target no longer exists'),
@@ -187,18 +187,17 @@ async function openTargets(
       continue;
     }
     try {
-      const storage = await openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
-      members.push({ id: targetId, storage });
+      members.push({ id: targetId, storage: await openStoredTarget(cp, target) });
       results.set(targetId, {
         targetId,
-        name: stored.name,
-        targetType: stored.targetType,
+        name: target.name,
+        targetType: target.targetType,
         status: 'RUNNING',
       });
     } catch (error) {
       const reason = publicReason(error);
       cp.logger.warn('target not opened', { target: targetId, error: (error as Error).message });
-      results.set(targetId, failed(targetId, stored.name, stored.targetType, reason.kind, reason.message));
+      results.set(targetId, failed(targetId, target.name, target.targetType, reason.kind, reason.message));
     }
   }
   return members;

@@ -1,12 +1,10 @@
 import type { ControlPlane } from '../context.ts';
 import { NotFoundError } from '../errors.ts';
 import { getBackup } from './backup-service.ts';
-import { targetSecrets, type Target } from './target-service.ts';
-import { Partition } from '../store/table.ts';
+import { findStoredTarget, openStoredTarget } from './target-service.ts';
 import type { MasterKey } from '../../engine/crypto.ts';
 import type { Manifest } from '../../engine/manifest.ts';
 import { Repository } from '../../engine/repository.ts';
-import { openTarget } from '../../storage/targets.ts';
 
 /**
  * Runs `use` with the repository of a target that holds the backup and the backup's manifest: the given
@@ -27,10 +25,9 @@ export async function withBackup<T>(
     `no target${onlyTarget === undefined ? '' : ` ${onlyTarget}`} holds backup ${backupId}`,
   );
   for (const holder of holders) {
-    const stored = (await cp.table.get<Target & { secretName?: string }>(Partition.target, holder.targetId))
-      ?.data;
-    if (!stored) continue;
-    const storage = await openTarget(stored, await targetSecrets(cp, stored), { egress: cp.egress ?? {} });
+    const target = await findStoredTarget(cp, holder.targetId);
+    if (!target) continue;
+    const storage = await openStoredTarget(cp, target);
     let opened = false;
     try {
       const repository = await Repository.open(storage, await masterKey());

@@ -30,6 +30,11 @@ export type ScheduleView = StoredSchedule &
     readonly changeStream?: ChangeStreamReport;
   };
 
+/** A stored schedule, or undefined when it was deleted (for the worker: no view, no firing times). */
+export async function findSchedule(cp: ControlPlane, id: string): Promise<StoredSchedule | undefined> {
+  return (await cp.table.get<StoredSchedule>(Partition.schedule, id))?.data;
+}
+
 export async function getSchedule(cp: ControlPlane, id: string): Promise<ScheduleView> {
   return toView(cp, await load(cp, id));
 }

@@ -270,6 +270,19 @@ export async function targetSecrets(
   return stored.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
 }
 
+/** A stored target as the code that connects to it needs it (secrets named, not read); undefined when gone. */
+export async function findStoredTarget(cp: ControlPlane, id: string): Promise<Target | undefined> {
+  return (await cp.table.get<StoredTarget>(Partition.target, id))?.data;
+}
+
+/**
+ * A stored target opened for the code that reads and writes it (the worker, restores, retention): with its
+ * secrets, and every connection under the egress policy.
+ */
+export async function openStoredTarget(cp: ControlPlane, target: Target): Promise<Storage> {
+  return openTarget(target, await targetSecrets(cp, target), { egress: cp.egress ?? {} });
+}
+
 async function load(cp: ControlPlane, id: string): Promise<StoredItem<StoredTarget>> {
   return requireFound(await cp.table.get<StoredTarget>(Partition.target, id), `target ${id}`);
 }
