@@ -31,3 +31,14 @@ export const silentLogger: Logger = createLogger('error', () => undefined);
 export function parseLevel(value: string | undefined): Level {
   return value === 'debug' || value === 'info' || value === 'warn' || value === 'error' ? value : 'info';
 }
+
+/** Runs the steps one after another; a step that fails is logged (`<name> failed`) and the next still runs. */
+export async function inTurn(
+  logger: Logger,
+  steps: readonly (readonly [string, () => Promise<unknown>])[],
+): Promise<void> {
+  for (const [name, step] of steps)
+    await step().catch((error: unknown) =>
+      logger.error(`${name} failed`, { error: (error as Error).message }),
+    );
+}

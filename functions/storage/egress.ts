@@ -195,17 +195,12 @@ function guarded<T extends HttpAgent>(agent: T, guards: () => readonly EgressGua
   (agent as unknown as { createConnection: CreateConnection }).createConnection = (options, callback) => {
     const { host = 'localhost', port } = options as { host?: string; port?: number };
     const guard = guards().find((candidate) => hostAllowed(candidate, host, port));
-    let refusal: Error | undefined;
-    if (guard === undefined)
-      refusal = new EgressRefused(
-        `${host}:${String(port)} is not this target's endpoint (redirects are not followed)`,
-      );
-    else if (isIP(host.replace(/^\[|\]$/g, '')) !== 0) {
-      const problem = addressProblem(host, guard.policy);
-      if (problem !== undefined) refusal = new EgressRefused(problem);
-    }
-    if (refusal !== undefined || guard === undefined) {
-      process.nextTick(() => callback(refusal ?? new EgressRefused(host)));
+    const problem =
+      guard === undefined
+        ? `${host}:${String(port)} is not this target's endpoint (redirects are not followed)`
+        : addressProblem(host, guard.policy); // a literal address; names are checked by the lookup
+    if (guard === undefined || problem !== undefined) {
+      process.nextTick(() => callback(new EgressRefused(problem ?? host)));
       return undefined;
     }
     let lookupFor = lookups.get(guard.policy);

@@ -1,4 +1,5 @@
 import type { ControlPlane } from '../core/context.ts';
+import { inTurn } from '../core/log.ts';
 import type { BackupRecord } from '../core/records.ts';
 import { runAlertChecks, type Mailer } from '../core/services/alert-service.ts';
 import type { HealthFigures } from '../core/services/tick.ts';
@@ -21,14 +22,6 @@ export interface PipelineDeps {
   };
 }
 
-/** One step after another; a step that fails is logged and the next still runs. */
-async function steps(cp: ControlPlane, list: readonly [string, () => Promise<unknown>][]): Promise<void> {
-  for (const [name, step] of list)
-    await step().catch((error: unknown) =>
-      cp.logger.error(`${name} failed`, { error: (error as Error).message }),
-    );
-}
-
 /** A backup run, then what follows it. */
 export async function runBackup(
   cp: ControlPlane,
@@ -46,7 +39,7 @@ export async function runBackup(
  * checks (a failed run alerts at once rather than at the next minute).
  */
 export async function afterBackup(cp: ControlPlane, record: BackupRecord, deps: PipelineDeps): Promise<void> {
-  await steps(cp, [
+  await inTurn(cp.logger, [
     ['metrics', () => deps.metrics?.backup(record) ?? Promise.resolve()],
     ['retention', () => retention(cp, deps)],
     ['alert checks', () => runAlertChecks(cp, deps.notify)],

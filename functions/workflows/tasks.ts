@@ -39,19 +39,28 @@ export async function runWorkflowTask(
 }
 
 /** Every workflow's steps, by the name the state machines give them. */
-const TASKS = new Map<string, Step>(
-  Object.entries({
-    ...restore,
-    ...rdsRestore,
-    ...rdsTest,
-    ...rdsSteps,
-    ...backupVerification,
-    ...restoreTest,
-    ...recoveryTimeTest,
-    ...failoverSteps,
-    ...standbySteps,
-    ...testSteps,
-  }),
-);
+const TASKS = registry([
+  restore,
+  rdsRestore,
+  rdsTest,
+  rdsSteps,
+  backupVerification,
+  restoreTest,
+  recoveryTimeTest,
+  failoverSteps,
+  standbySteps,
+  testSteps,
+]);
+
+/** The steps of all groups by name; two groups naming the same step is a mistake, refused at load. */
+export function registry(groups: readonly Record<string, Step>[]): Map<string, Step> {
+  const steps = new Map<string, Step>();
+  for (const group of groups)
+    for (const [name, step] of Object.entries(group)) {
+      if (steps.has(name)) throw new Error(`two workflow groups define the step ${name}`);
+      steps.set(name, step);
+    }
+  return steps;
+}
 
 export const WORKFLOW_TASKS = [...TASKS.keys()];

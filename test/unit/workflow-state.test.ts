@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ControlPlane } from '../../functions/core/context.ts';
-import { runWorkflowTask, WORKFLOW_TASKS } from '../../functions/workflows/tasks.ts';
-import { required } from '../../functions/workflows/steps.ts';
+import { registry, runWorkflowTask, WORKFLOW_TASKS } from '../../functions/workflows/tasks.ts';
+import { required, testState } from '../../functions/workflows/steps.ts';
 
 /** The execution's state is parsed at the task boundary: what the definitions do not build is refused by name. */
 const cp = {} as ControlPlane; // never reached: the state is refused before any step runs
@@ -27,8 +27,10 @@ describe('workflow task boundary', () => {
     });
   });
 
-  it('knows every task the state machines name, once', () => {
-    expect(new Set(WORKFLOW_TASKS).size).toBe(WORKFLOW_TASKS.length);
+  it('refuses two groups that name the same step, keeping every step otherwise', () => {
+    const step = { state: testState, run: () => Promise.resolve(undefined) };
+    expect(() => registry([{ 'test.finish': step }, { 'test.finish': step }])).toThrow(/test\.finish/);
+    expect([...registry([{ a: step }, { b: step }]).keys()]).toEqual(['a', 'b']);
     expect(WORKFLOW_TASKS).toEqual(
       expect.arrayContaining(['restore.plan', 'test.verify', 'test.standby.promote']),
     );

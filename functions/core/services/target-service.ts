@@ -444,7 +444,7 @@ async function withTarget<T>(
   outcome: { value: T } | { error: { kind: string; message: string } };
 }> {
   const target = (await load(cp, id)).data;
-  const secrets = target.secretName === undefined ? {} : ((await cp.secrets.get(target.secretName)) ?? {});
+  const secrets = await targetSecrets(cp, target);
   const about = { id, name: target.name, targetType: target.targetType };
   try {
     // Every connection is checked as it is made: a name can resolve elsewhere since it was saved

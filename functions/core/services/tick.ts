@@ -1,4 +1,5 @@
 import type { ControlPlane } from '../context.ts';
+import { inTurn } from '../log.ts';
 import type { RunLauncher } from '../ports.ts';
 import { healthFigures, runAlertChecks, type Mailer } from './alert-service.ts';
 import { dispatch, type DispatchResult } from './dispatch-service.ts';
@@ -22,13 +23,10 @@ export async function tick(
   deps: TickDeps,
 ): Promise<DispatchResult> {
   const result = await dispatch(cp, runs);
-  // Each logged if it fails; the next still runs
-  await runAlertChecks(cp, deps.notify).catch((error: unknown) =>
-    cp.logger.error('alert checks failed', { error: (error as Error).message }),
-  );
-  await (async () => deps.metrics?.health(await healthFigures(cp)))().catch((error: unknown) =>
-    cp.logger.error('health metrics failed', { error: (error as Error).message }),
-  );
+  await inTurn(cp.logger, [
+    ['alert checks', () => runAlertChecks(cp, deps.notify)],
+    ['health metrics', async () => deps.metrics?.health(await healthFigures(cp))],
+  ]);
   const counts = {
     started: result.started.length,
     missed: result.missed.length,
