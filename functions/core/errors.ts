@@ -38,82 +38,53 @@ export abstract class DrError extends Error {
   }
 }
 
-/** The request body, query or path is invalid. */
-export class ValidationError extends DrError {
-  readonly status = 400;
-  readonly code = 'ValidationError';
+/** A class of `DrError` answered with `status`, named `code`; `expose: false` keeps its message from clients. */
+function answeredWith(status: number, code: string, expose = true) {
+  return class extends DrError {
+    readonly status = status;
+    readonly code = code;
+    override readonly expose = expose;
+  };
+}
 
+/** The request body, query or path is invalid. */
+export class ValidationError extends answeredWith(400, 'ValidationError') {
   static forField(field: string, message: string): ValidationError {
     return new ValidationError(`${field}: ${message}`, { details: [{ field, message }] });
   }
 }
 
 /** The request body is not well-formed JSON. */
-export class MalformedJsonError extends DrError {
-  readonly status = 400;
-  readonly code = 'MalformedJson';
-}
+export class MalformedJsonError extends answeredWith(400, 'MalformedJson') {}
 
-export class UnauthorizedError extends DrError {
-  readonly status = 401;
-  readonly code = 'Unauthorized';
-}
+export class UnauthorizedError extends answeredWith(401, 'Unauthorized') {}
 
-export class NotFoundError extends DrError {
-  readonly status = 404;
-  readonly code = 'NotFound';
-}
+export class NotFoundError extends answeredWith(404, 'NotFound') {}
 
-export class MethodNotAllowedError extends DrError {
-  readonly status = 405;
-  readonly code = 'MethodNotAllowed';
-}
+export class MethodNotAllowedError extends answeredWith(405, 'MethodNotAllowed') {}
 
 /** The request conflicts with the current state: a stale version, a duplicate id, a resource still in use. */
-export class ConflictError extends DrError {
-  readonly status = 409;
-  readonly code = 'Conflict';
-}
+export class ConflictError extends answeredWith(409, 'Conflict') {}
 
-export class PayloadTooLargeError extends DrError {
-  readonly status = 413;
-  readonly code = 'PayloadTooLarge';
-}
+export class PayloadTooLargeError extends answeredWith(413, 'PayloadTooLarge') {}
 
-export class UnsupportedMediaTypeError extends DrError {
-  readonly status = 415;
-  readonly code = 'UnsupportedMediaType';
-}
+export class UnsupportedMediaTypeError extends answeredWith(415, 'UnsupportedMediaType') {}
 
 /** A secret could not be stored or read. Never carries the secret's value. */
-export class SecretStoreError extends DrError {
-  readonly status = 500;
-  readonly code = 'SecretStoreError';
-  override readonly expose = false;
-}
+export class SecretStoreError extends answeredWith(500, 'SecretStoreError', false) {}
 
 /** A required setting is missing or invalid at start-up. */
-export class ConfigurationError extends DrError {
-  readonly status = 500;
-  readonly code = 'ConfigurationError';
-  override readonly expose = false;
-}
+export class ConfigurationError extends answeredWith(500, 'ConfigurationError', false) {}
 
 export function isDrError(error: unknown): error is DrError {
   return error instanceof DrError;
 }
 
 /** A part of the deployment that the request needs is not there (no backup worker, say). */
-export class ServiceUnavailableError extends DrError {
-  readonly status = 503;
-  readonly code = 'ServiceUnavailable';
-}
+export class ServiceUnavailableError extends answeredWith(503, 'ServiceUnavailable') {}
 
 /** A service the request had to change (a storage target's bucket, say) refused or failed. */
-export class UpstreamError extends DrError {
-  readonly status = 502;
-  readonly code = 'BadGateway';
-}
+export class UpstreamError extends answeredWith(502, 'BadGateway') {}
 
 /**
  * For a write whose only expected failure is losing a race to another writer (the item changed or exists):

@@ -8,54 +8,36 @@ export class EngineError extends Error {
   }
 }
 
+/** A class of engine error whose `name` (what the CLI and the state machines match on) is `name`. */
+function named(name: string) {
+  return class extends EngineError {
+    override get name(): string {
+      return name;
+    }
+  };
+}
+
 /** A stored object failed authentication or does not parse: `object` names it (a key, or `chunk <id>`). */
-export class CorruptDataError extends EngineError {
+export class CorruptDataError extends named('CorruptData') {
   readonly object: string;
   constructor(message: string, object: string, options?: { cause?: unknown }) {
     super(message, options);
     this.object = object;
   }
-  override get name(): string {
-    return 'CorruptData';
-  }
 }
 
 /** The master key does not open this repository, or is malformed or missing. */
-export class WrongKeyError extends EngineError {
-  override get name(): string {
-    return 'WrongKey';
-  }
-}
+export class WrongKeyError extends named('WrongKey') {}
 
-export class RepositoryNotFoundError extends EngineError {
-  override get name(): string {
-    return 'RepositoryNotFound';
-  }
-}
+export class RepositoryNotFoundError extends named('RepositoryNotFound') {}
 
-export class BackupNotFoundError extends EngineError {
-  override get name(): string {
-    return 'BackupNotFound';
-  }
-}
+export class BackupNotFoundError extends named('BackupNotFound') {}
 
 /** Reading the source failed: pg_dump missing, connection refused, a dump that exited non-zero. */
-export class SourceError extends EngineError {
-  override get name(): string {
-    return 'SourceError';
-  }
-}
+export class SourceError extends named('SourceError') {}
 
 /** Restoring is refused (destination not empty) or failed. */
-export class RestoreError extends EngineError {
-  override get name(): string {
-    return 'RestoreError';
-  }
-}
+export class RestoreError extends named('RestoreError') {}
 
 /** Another operation holds the repository (a backup in progress while gc runs, for instance). */
-export class RepositoryLockedError extends EngineError {
-  override get name(): string {
-    return 'RepositoryLocked';
-  }
-}
+export class RepositoryLockedError extends named('RepositoryLocked') {}

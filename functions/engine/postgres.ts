@@ -170,21 +170,30 @@ export function runTool(
 export interface TableInfo {
   readonly schema: string;
   readonly name: string;
+  /** Stored columns in attribute order (generated columns are computed again on restore). */
   readonly columns: readonly string[];
+  /** The primary key's columns, which the COPY is ordered by (so equal data digests equal); none without one. */
   readonly orderBy: readonly string[];
+  /** Names of the table's indexes, sorted. */
   readonly indexes: readonly string[];
 }
+
+export type TableShape = Pick<TableInfo, 'schema' | 'name' | 'columns' | 'orderBy'>;
 
 export interface SequenceInfo {
   readonly schema: string;
   readonly name: string;
+  /** `last_value`, as text (it can exceed a JS number), and `is_called`: what `setval` takes back. */
   readonly lastValue: string;
   readonly isCalled: boolean;
 }
 
 export interface Snapshot {
+  /** What `pg_export_snapshot()` returned: other sessions join with `SET TRANSACTION SNAPSHOT`. */
   readonly id: string;
+  /** The database server's `now()` in the snapshot (ISO 8601): the backup's point in time. */
   readonly time: string;
+  /** The source's `server_version`, recorded in the manifest. */
   readonly serverVersion: string;
   readonly database: string;
   readonly tables: readonly TableInfo[];
@@ -322,10 +331,7 @@ export async function copyTable(
   };
 }
 
-export function copyQuery(
-  client: pg.Client,
-  table: { schema: string; name: string; columns: readonly string[]; orderBy: readonly string[] },
-): string {
+export function copyQuery(client: pg.Client, table: TableShape): string {
   const columns = table.columns.map((column) => client.escapeIdentifier(column)).join(', ');
   const order =
     table.orderBy.length > 0
@@ -354,7 +360,7 @@ export class CopyDigest {
 /** Reads a table back the way a backup reads it, and digests it (to compare with the recorded checksum). */
 export async function digestTable(
   client: pg.Client,
-  table: { schema: string; name: string; columns: readonly string[]; orderBy: readonly string[] },
+  table: TableShape,
 ): Promise<{ rows: number; digest: () => string }> {
   const digest = new CopyDigest();
   for await (const data of client.query(copyTo(copyQuery(client, table)))) digest.update(data as Buffer);

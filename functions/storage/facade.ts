@@ -1,11 +1,14 @@
-import type { Readable } from 'node:stream';
-import { rangeError } from './remote.ts';
+import { Readable } from 'node:stream';
+import { rangeError, withinLength } from './remote.ts';
 import { withRetries, type RetryOptions } from './retry.ts';
 import {
+  bytesUnder,
   collect,
+  inBatches,
   isNotFound,
   normalizeKey,
   normalizePrefix,
+  StorageError,
   type Backend,
   type ByteRange,
   type PutOptions,
@@ -26,14 +29,33 @@ export function compose(backend: Backend, retry: RetryOptions = {}): Storage {
 export function checked(backend: Backend): Storage {
   const name = backend.name;
   const key = (value: string) => normalizeKey(name, value);
+  const stat = async (normalized: string) => {
+    try {
+      return await backend.stat(normalized);
+    } catch (error) {
+      // Adapters may answer a missing object either way; callers get undefined
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  };
   const get = async (value: string, range?: ByteRange): Promise<Readable> => {
     const normalized = key(value);
+    if (range === undefined) return backend.get(normalized);
     if (
-      (range !== undefined && !(Number.isSafeInteger(range.offset) && Number.isSafeInteger(range.length))) ||
-      (range !== undefined && (range.offset < 0 || range.length < 0))
+      !(Number.isSafeInteger(range.offset) && Number.isSafeInteger(range.length)) ||
+      range.offset < 0 ||
+      range.length < 0
     )
       throw rangeError(name, normalized, range);
-    return backend.get(normalized, range);
+    if (range.length === 0) {
+      const size = (await stat(normalized))?.size;
+      if (size === undefined) throw new StorageError('not-found', name, normalized, 'no such object');
+      if (range.offset > size) throw rangeError(name, normalized, range, size);
+      return Readable.from([]);
+    }
+    // Some media answer a range that runs past the end with the bytes they have: the contract is to refuse.
+    const body = await backend.get(normalized, range);
+    return withinLength(body, range.length, () => rangeError(name, normalized, range));
   };
   return {
     name,
@@ -44,23 +66,19 @@ export function checked(backend: Backend): Storage {
       backend.put(key(value), body, options),
     get,
     read: async (value: string, range?: ByteRange) => collect(await get(value, range)),
-    stat: async (value: string) => {
-      const normalized = key(value);
-      try {
-        return await backend.stat(normalized);
-      } catch (error) {
-        // Adapters may answer a missing object either way; callers get undefined
-        if (isNotFound(error)) return undefined;
-        throw error;
-      }
-    },
+    stat: async (value: string) => stat(key(value)),
     list: (prefix: string) => ({
       async *[Symbol.asyncIterator]() {
         yield* backend.list(normalizePrefix(name, prefix));
       },
     }),
-    delete: async (keys: readonly string[]) => backend.delete(keys.map(key)),
-    usage: () => backend.usage(),
+    delete: async (keys: readonly string[]) =>
+      'delete' in backend
+        ? backend.delete(keys.map(key))
+        : inBatches(keys.map(key), backend.deleteParallel ?? 16, (normalized) =>
+            backend.deleteOne(normalized),
+          ),
+    usage: async () => (backend.usage ? backend.usage() : { bytesStored: await bytesUnder(backend) }),
     ...(backend.removeLeftovers
       ? { removeLeftovers: (olderThan: Date) => backend.removeLeftovers!(olderThan) }
       : {}),

@@ -3,8 +3,8 @@ import { Transform, type Readable } from 'node:stream';
 import { StorageError, type ByteRange } from './storage.ts';
 
 /**
- * Helpers shared by the adapters that write files on a remote filesystem (SFTP, FTP): temporary names for
- * uploads in progress, and the checks that make a ranged read return exactly the bytes asked for.
+ * Helpers for the adapters that write files on a filesystem (SFTP, FTP, LOCAL): temporary names for uploads
+ * in progress; and the checks that make a ranged read return exactly the bytes asked for (the facade's).
  */
 export const PARTIAL_SUFFIX = '.partial';
 
@@ -43,4 +43,22 @@ export function withinLength(stream: Readable, length: number, short: () => Erro
   });
   stream.on('error', (error) => counted.destroy(error));
   return stream.pipe(counted);
+}
+
+/**
+ * `make(directory)` run once per directory however many uploads ask at the same time; a failure is not
+ * remembered (the next upload tries again). `clear()` forgets everything (a new connection).
+ */
+export function oncePerDirectory(make: (directory: string) => Promise<void>) {
+  const made = new Map<string, Promise<void>>();
+  const ensure = (directory: string): Promise<void> => {
+    let pending = made.get(directory);
+    if (pending === undefined) {
+      pending = make(directory);
+      made.set(directory, pending);
+      pending.catch(() => made.delete(directory));
+    }
+    return pending;
+  };
+  return Object.assign(ensure, { clear: () => made.clear() });
 }

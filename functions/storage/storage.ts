@@ -40,10 +40,28 @@ export interface Storage {
 
 /**
  * What an adapter implements (LOCAL, S3, Azure, GCS, FTP, SFTP): the contract above, for keys and prefixes
- * already normalized and ranges already checked for sign; `read` comes from `get` in the facade, and `stat`
- * of a missing object may fail `not-found` (the facade answers undefined).
+ * already normalized. The facade does the rest: `read` from `get`; ranges checked for sign, an empty range
+ * answered from `stat`, and a ranged body that ends short (or runs long) failed, so `get` is only asked for
+ * ranges of at least one byte and may simply stream what the medium answers; `stat` of a missing object may
+ * fail `not-found` (the facade answers undefined); `usage` defaults to the bytes listed; and a medium without
+ * a batch delete implements `deleteOne`, run `deleteParallel` (16) at a time.
  */
-export type Backend = Omit<Storage, 'read'>;
+export type Backend = DeletingInBatches | DeletingOneByOne;
+
+interface BackendCommon extends Omit<Storage, 'read' | 'delete' | 'usage'> {
+  usage?(): Promise<Usage>;
+}
+
+/** A medium with a call that deletes many objects (S3's DeleteObjects) or a cheap delete (a local file). */
+export interface DeletingInBatches extends BackendCommon {
+  delete(keys: readonly string[]): Promise<void>;
+}
+
+export interface DeletingOneByOne extends BackendCommon {
+  /** Removes one object; nothing if it is not there. */
+  deleteOne(key: string): Promise<void>;
+  readonly deleteParallel?: number;
+}
 
 export interface PutOptions {
   readonly signal?: AbortSignal;

@@ -36,17 +36,20 @@ export function requireFound<T>(item: T | undefined, what: string): T {
  * The stored item a change (update, delete) applies to: it must exist (404), be at the version the client
  * read (409), and a body that names an id must name this one (400).
  */
+/**
+ * The stored item about to be changed (a target, a schedule), at the version the caller last read, if it
+ * gave one; `bodyId`, the id in a replacing body, must name the same item.
+ */
 export async function loadForChange<T>(
   cp: ControlPlane,
   partition: PartitionKey,
   id: string,
-  what: string,
-  expectedVersion: number | undefined,
-  bodyId?: string,
+  expected: { version: number | undefined; bodyId?: string },
 ): Promise<StoredItem<T>> {
+  const what = `${partition.toLowerCase()} ${id}`;
   const current = requireFound(await cp.table.get<T>(partition, id), what);
-  checkVersion(current, expectedVersion, what);
-  if (bodyId !== undefined && bodyId !== id)
+  checkVersion(current, expected.version, what);
+  if (expected.bodyId !== undefined && expected.bodyId !== id)
     throw ValidationError.forField('id', `must match the id in the path (${id})`);
   return current;
 }

@@ -62,16 +62,7 @@ export async function createSchedule(
     cp.now(),
     `a schedule with id ${id} already exists`,
   );
-  await cp.audit.append(actor, {
-    action: 'schedule.create',
-    resource: `schedule/${id}`,
-    details: {
-      name: data.name,
-      scheduleType: data.scheduleType,
-      cronExpression: data.cronExpression,
-      active: data.active,
-    },
-  });
+  await audited(cp, actor, 'create', id, data, { scheduleType: data.scheduleType });
   return withReport(cp, toView(cp, item));
 }
 
@@ -82,27 +73,30 @@ export async function updateSchedule(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<ScheduleView> {
-  const current = await loadForChange<StoredSchedule>(
-    cp,
-    Partition.schedule,
-    id,
-    `schedule ${id}`,
-    expectedVersion,
-    input.id,
-  );
+  const current = await loadForChange<StoredSchedule>(cp, Partition.schedule, id, {
+    version: expectedVersion,
+    bodyId: input.id,
+  });
   const data = await validated(cp, id, input);
   const item = await cp.table.replace(current, data, cp.now());
-  await cp.audit.append(actor, {
-    action: 'schedule.update',
-    resource: `schedule/${id}`,
-    details: {
-      name: data.name,
-      version: item.version,
-      cronExpression: data.cronExpression,
-      active: data.active,
-    },
-  });
+  await audited(cp, actor, 'update', id, data, { version: item.version });
   return withReport(cp, toView(cp, item));
+}
+
+/** The audit entry of a saved schedule: what it runs and when. */
+function audited(
+  cp: ControlPlane,
+  actor: Actor,
+  change: 'create' | 'update',
+  id: string,
+  data: StoredSchedule,
+  extra: Record<string, unknown>,
+): Promise<unknown> {
+  return cp.audit.append(actor, {
+    action: `schedule.${change}`,
+    resource: `schedule/${id}`,
+    details: { name: data.name, ...extra, cronExpression: data.cronExpression, active: data.active },
+  });
 }
 
 /**
@@ -133,13 +127,9 @@ export async function deleteSchedule(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<void> {
-  const current = await loadForChange<StoredSchedule>(
-    cp,
-    Partition.schedule,
-    id,
-    `schedule ${id}`,
-    expectedVersion,
-  );
+  const current = await loadForChange<StoredSchedule>(cp, Partition.schedule, id, {
+    version: expectedVersion,
+  });
   await cp.table.delete(current);
   const slot = await dropUnusedSlot(cp, current.data);
   await cp.audit.append(actor, {

@@ -103,14 +103,10 @@ export async function updateTarget(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<TargetView> {
-  const current = await loadForChange<StoredTarget>(
-    cp,
-    Partition.target,
-    id,
-    `target ${id}`,
-    expectedVersion,
-    input.id,
-  );
+  const current = await loadForChange<StoredTarget>(cp, Partition.target, id, {
+    version: expectedVersion,
+    bodyId: input.id,
+  });
   if (input.targetType !== current.data.targetType) {
     throw ValidationError.forField(
       'targetType',
@@ -185,13 +181,7 @@ export async function deleteTarget(
   actor: Actor,
   expectedVersion: number | undefined,
 ): Promise<void> {
-  const current = await loadForChange<StoredTarget>(
-    cp,
-    Partition.target,
-    id,
-    `target ${id}`,
-    expectedVersion,
-  );
+  const current = await loadForChange<StoredTarget>(cp, Partition.target, id, { version: expectedVersion });
   const schedules = await cp.table.queryAll<StoredItem<StoredSchedule>>(Partition.schedule);
   const users = schedules
     .filter((item) => item.data.active && item.data.targets.includes(id))

@@ -1,16 +1,13 @@
 import { BlobServiceClient, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { endpointGuard, guardedAgents, type EgressGuard, type EgressPolicy } from '../egress.ts';
 import {
-  bytesUnder,
-  inBatches,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Backend,
+  type DeletingOneByOne,
   type StorageErrorKind,
-  type Usage,
 } from '../storage.ts';
 
 export interface AzureStorageOptions {
@@ -57,7 +54,7 @@ function plainHttp(endpoint: string, connectionString: string | undefined): bool
  * A repository in an Azure Blob container. Streaming uploads stage blocks and commit the block list only when
  * the last block is in: a failed upload leaves no blob (uncommitted blocks expire on their own).
  */
-export class AzureStorage implements Backend {
+export class AzureStorage implements DeletingOneByOne {
   readonly name: string;
   private readonly container: ContainerClient;
   private readonly options: AzureStorageOptions;
@@ -125,29 +122,10 @@ export class AzureStorage implements Backend {
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {
-    const blob = this.container.getBlobClient(this.blobName(key));
     try {
-      if (range?.length === 0) {
-        const size = (await blob.getProperties()).contentLength ?? 0;
-        if (range.offset > size)
-          throw new StorageError(
-            'other',
-            this.name,
-            key,
-            `range ${range.offset}+0 is outside the object (${size} bytes)`,
-          );
-        return Readable.from([]);
-      }
-      const response = await blob.download(range?.offset ?? 0, range?.length);
-      if (range && response.contentLength !== range.length) {
-        response.readableStreamBody?.resume();
-        throw new StorageError(
-          'other',
-          this.name,
-          key,
-          `range ${range.offset}+${range.length} is outside the object`,
-        );
-      }
+      const response = await this.container
+        .getBlobClient(this.blobName(key))
+        .download(range?.offset ?? 0, range?.length);
       return response.readableStreamBody as Readable;
     } catch (error) {
       throw this.wrap(error, key);
@@ -175,19 +153,12 @@ export class AzureStorage implements Backend {
     }
   }
 
-  async delete(keys: readonly string[]): Promise<void> {
-    await inBatches(keys, 16, async (key) => {
-      try {
-        await this.container.getBlobClient(this.blobName(key)).deleteIfExists();
-      } catch (error) {
-        throw this.wrap(error, key);
-      }
-    });
-  }
-
-  async usage(): Promise<Usage> {
-    const bytesStored = await bytesUnder(this);
-    return { bytesStored };
+  async deleteOne(key: string): Promise<void> {
+    try {
+      await this.container.getBlobClient(this.blobName(key)).deleteIfExists();
+    } catch (error) {
+      throw this.wrap(error, key);
+    }
   }
 
   private blobName(key: string): string {

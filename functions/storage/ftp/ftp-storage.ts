@@ -3,18 +3,17 @@ import { posix } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import {
   bytesUnder,
-  inBatches,
   collect,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Backend,
+  type DeletingOneByOne,
   type StorageErrorKind,
   type Usage,
 } from '../storage.ts';
 import { resolveAllowed, type EgressPolicy } from '../egress.ts';
-import { PARTIAL_SUFFIX, partialName, rangeError, withinLength } from '../remote.ts';
+import { oncePerDirectory, PARTIAL_SUFFIX, partialName, rangeError } from '../remote.ts';
 
 export interface FtpStorageOptions {
   /** Where connections may go: the host is resolved and checked at each connection. Unset: anywhere. */
@@ -53,7 +52,7 @@ const CACHE_BYTES_MAX = 32 * 1024 * 1024;
  *   after the last byte. Since the engine reads many small ranges of 8 MiB packs, objects up to 16 MiB are
  *   fetched whole once and ranges served from a bounded cache (32 MiB; packs are immutable, named by hash).
  */
-export class FtpStorage implements Backend {
+export class FtpStorage implements DeletingOneByOne {
   readonly name: string;
   /** What an operator should know about how this target is reached (credentials in clear, …). */
   readonly warnings: string[] = [];
@@ -62,7 +61,8 @@ export class FtpStorage implements Backend {
   private readonly idle: Client[] = [];
   private readonly waiting: ((client: Client | undefined) => void)[] = [];
   private open = 0;
-  private readonly directories = new Map<string, Promise<void>>();
+  /** `mkdir -p`, each directory made once (per connection, for SFTP) even when many uploads ask at once. */
+  private readonly ensureDirectory = oncePerDirectory((directory) => this.makeDirectory(directory));
   private readonly cache = new Map<string, Promise<Buffer>>();
   private cachedBytes = 0;
 
@@ -110,17 +110,11 @@ export class FtpStorage implements Backend {
     if (size === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
     if (range === undefined) return this.download(key, 0);
     if (range.offset + range.length > size) throw rangeError(this.name, key, range, size);
-    if (range.length === 0) return Readable.from([]);
     if (size <= CACHED_OBJECT_MAX) {
       const whole = await this.cached(key);
       return Readable.from([whole.subarray(range.offset, range.offset + range.length)]);
     }
-    const stream = await this.download(
-      key,
-      range.offset,
-      range.offset + range.length < size ? range.length : undefined,
-    );
-    return withinLength(stream, range.length, () => rangeError(this.name, key, range, size));
+    return this.download(key, range.offset, range.offset + range.length < size ? range.length : undefined);
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
@@ -141,18 +135,18 @@ export class FtpStorage implements Backend {
     }
   }
 
-  async delete(keys: readonly string[]): Promise<void> {
-    const parallel = this.options.connections ?? 4;
-    await inBatches(keys, parallel, async (key) => {
-      this.forget(key);
-      const file = this.pathOf(key);
-      try {
-        // 550 (no such file) is ignored: deleting what is not there is not an error.
-        await this.withClient(key, (client) => client.remove(file, true));
-      } catch (error) {
-        throw this.wrap(error, key);
-      }
-    });
+  get deleteParallel(): number {
+    return this.options.connections ?? 4;
+  }
+
+  async deleteOne(key: string): Promise<void> {
+    this.forget(key);
+    try {
+      // 550 (no such file) is ignored: deleting what is not there is not an error.
+      await this.withClient(key, (client) => client.remove(this.pathOf(key), true));
+    } catch (error) {
+      throw this.wrap(error, key);
+    }
   }
 
   async usage(): Promise<Usage> {
@@ -280,16 +274,6 @@ export class FtpStorage implements Backend {
     if (whole === undefined) return;
     this.cache.delete(key);
     void whole.then((dropped) => (this.cachedBytes -= dropped.length)).catch(() => undefined);
-  }
-
-  private ensureDirectory(directory: string): Promise<void> {
-    let made = this.directories.get(directory);
-    if (made === undefined) {
-      made = this.makeDirectory(directory);
-      this.directories.set(directory, made);
-      made.catch(() => this.directories.delete(directory));
-    }
-    return made;
   }
 
   /** `mkdir -p` with MKD (basic-ftp's ensureDir changes the working directory, which the pool shares). */

@@ -1,21 +1,18 @@
 import { Storage as GoogleStorage, type Bucket } from '@google-cloud/storage';
 import { JWT, PassThroughClient } from 'google-auth-library';
 import { readFileSync } from 'node:fs';
-import { PassThrough, Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
-  bytesUnder,
-  inBatches,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Backend,
+  type DeletingOneByOne,
   type StorageErrorKind,
-  type Usage,
 } from '../storage.ts';
 import { endpointGuard, type EgressPolicy } from '../egress.ts';
-import { rangeError, withinLength } from '../remote.ts';
 import { agentFor, allowGcs } from './transport.ts';
 
 export interface GcsStorageOptions {
@@ -50,7 +47,7 @@ const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND',
  * expires on its own). Buffers go up in one multipart request. Every upload is checked against the CRC32C
  * the service computed.
  */
-export class GcsStorage implements Backend {
+export class GcsStorage implements DeletingOneByOne {
   readonly name: string;
   private readonly options: GcsStorageOptions;
   private readonly bucket: Bucket;
@@ -142,14 +139,6 @@ export class GcsStorage implements Backend {
 
   async get(key: string, range?: ByteRange): Promise<Readable> {
     const file = this.bucket.file(this.objectName(key));
-    if (range !== undefined) {
-      if (range.length === 0) {
-        const size = (await this.stat(key))?.size;
-        if (size === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
-        if (range.offset > size) throw rangeError(this.name, key, range, size);
-        return Readable.from([]);
-      }
-    }
     // The library reports a missing object only once the stream is read: wait for the answer, so that get()
     // itself fails as the contract says.
     const stream = file.createReadStream({
@@ -163,7 +152,7 @@ export class GcsStorage implements Backend {
       stream.once('response', () => resolve());
       out.once('error', reject);
     });
-    return range ? withinLength(out, range.length, () => rangeError(this.name, key, range)) : out;
+    return out;
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
@@ -197,19 +186,12 @@ export class GcsStorage implements Backend {
     } while (pageToken);
   }
 
-  async delete(keys: readonly string[]): Promise<void> {
-    await inBatches(keys, 16, async (key) => {
-      try {
-        await this.bucket.file(this.objectName(key)).delete({ ignoreNotFound: true });
-      } catch (error) {
-        throw this.wrap(error, key);
-      }
-    });
-  }
-
-  async usage(): Promise<Usage> {
-    const bytesStored = await bytesUnder(this);
-    return { bytesStored };
+  async deleteOne(key: string): Promise<void> {
+    try {
+      await this.bucket.file(this.objectName(key)).delete({ ignoreNotFound: true });
+    } catch (error) {
+      throw this.wrap(error, key);
+    }
   }
 
   /** A key file on this machine, read here so that its requests go through the same guarded transport. */

@@ -10,9 +10,10 @@ import {
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Backend,
+  type DeletingInBatches,
   type Usage,
 } from '../storage.ts';
+import { rangeError } from '../remote.ts';
 
 const TEMP_SUFFIX = '.partial';
 
@@ -21,7 +22,7 @@ const TEMP_SUFFIX = '.partial';
  * renamed over the key, and the directory is fsynced: a crash leaves the old object or the new one, never a
  * torn one under the final name. Leftover `.partial` files are not listed; `gc` removes them.
  */
-export class LocalStorage implements Backend {
+export class LocalStorage implements DeletingInBatches {
   readonly name: string;
   private readonly root: string;
 
@@ -59,19 +60,9 @@ export class LocalStorage implements Backend {
     const file = this.pathOf(key);
     const info = await this.stat(key);
     if (info === undefined) throw new StorageError('not-found', this.name, key, 'no such object');
-    if (range !== undefined) {
-      if (range.offset + range.length > info.size) {
-        throw new StorageError(
-          'other',
-          this.name,
-          key,
-          `range ${range.offset}+${range.length} is outside the object (${info.size} bytes)`,
-        );
-      }
-      if (range.length === 0) return Readable.from([]);
-      return createReadStream(file, { start: range.offset, end: range.offset + range.length - 1 });
-    }
-    return createReadStream(file);
+    if (range === undefined) return createReadStream(file);
+    if (range.offset + range.length > info.size) throw rangeError(this.name, key, range, info.size);
+    return createReadStream(file, { start: range.offset, end: range.offset + range.length - 1 });
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {

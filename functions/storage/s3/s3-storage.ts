@@ -17,14 +17,12 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { Readable } from 'node:stream';
 import { endpointGuard, guardedAgents, type EgressGuard, type EgressPolicy } from '../egress.ts';
 import {
-  bytesUnder,
   StorageError,
   type ByteRange,
   type ObjectInfo,
   type PutOptions,
-  type Backend,
+  type DeletingInBatches,
   type StorageErrorKind,
-  type Usage,
 } from '../storage.ts';
 
 export interface S3StorageOptions {
@@ -95,7 +93,7 @@ function agentsOf(guard: EgressGuard) {
  * A repository in an S3 bucket (or an S3-compatible store). Large bodies stream as multipart uploads that
  * S3 assembles only when the last part is in, and that are aborted on failure: a failed put leaves no object.
  */
-export class S3Storage implements Backend {
+export class S3Storage implements DeletingInBatches {
   readonly name: string;
   private readonly client: S3Client;
   private readonly options: S3StorageOptions;
@@ -149,18 +147,6 @@ export class S3Storage implements Backend {
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {
-    if (range?.length === 0) {
-      const info = await this.stat(key);
-      if (!info) throw new StorageError('not-found', this.name, key, 'no such object');
-      if (range.offset > info.size)
-        throw new StorageError(
-          'other',
-          this.name,
-          key,
-          `range ${range.offset}+0 is outside the object (${info.size} bytes)`,
-        );
-      return Readable.from([]);
-    }
     try {
       const response = await this.client.send(
         new GetObjectCommand({
@@ -169,16 +155,6 @@ export class S3Storage implements Backend {
           ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
         }),
       );
-      // S3 answers a range that runs past the end with the bytes it has: the contract is to refuse.
-      if (range && response.ContentLength !== range.length) {
-        (response.Body as Readable | undefined)?.destroy();
-        throw new StorageError(
-          'other',
-          this.name,
-          key,
-          `range ${range.offset}+${range.length} is outside the object`,
-        );
-      }
       return response.Body as Readable;
     } catch (error) {
       throw this.wrap(error, key);
@@ -232,11 +208,6 @@ export class S3Storage implements Backend {
         throw this.wrap(error, batch[0]?.Key);
       }
     }
-  }
-
-  async usage(): Promise<Usage> {
-    const bytesStored = await bytesUnder(this);
-    return { bytesStored };
   }
 
   private objectKey(key: string): string {
