@@ -6,13 +6,12 @@ import {
   finishRecord,
   getBackup,
   HEARTBEAT_MS,
-  isRestorePoint,
+  newestRestorePoint,
   releaseRun,
 } from '../core/services/backup-service.ts';
 import { sourceForRun } from '../core/services/config-service.ts';
 import { findSchedule } from '../core/services/schedule-service.ts';
 import { findStoredTarget, openStoredTarget } from '../core/services/target-service.ts';
-import { Partition, type Page, type StoredItem } from '../core/store/table.ts';
 import { streamForRun } from '../core/services/change-stream-service.ts';
 import { backup, type BackupSource } from '../engine/backup.ts';
 import { confirmBackup } from '../engine/changes.ts';
@@ -320,28 +319,15 @@ function failed(
   return { targetId, name, targetType, status: 'FAILED', error: { kind, message } };
 }
 
-/** The newest restore point (not SCHEMA) that every one of `targets` holds. */
-async function parentFor(
+/** The newest restore point (not SCHEMA) older than `backupId` that every one of `targets` holds. */
+function parentFor(
   cp: ControlPlane,
   backupId: string,
   targets: readonly string[],
 ): Promise<string | undefined> {
-  let after: string | undefined = backupId;
-  for (;;) {
-    const page: Page<StoredItem<BackupRecord>> = await cp.table.query<StoredItem<BackupRecord>>(
-      Partition.backup,
-      {
-        descending: true,
-        limit: 100,
-        ...(after ? { after } : {}),
-      },
-    );
-    for (const { data } of page.items) {
-      if (data.type === 'SCHEMA' || !isRestorePoint(data)) continue;
-      const holders = new Set(data.targets.filter((t) => t.status === 'SUCCESS').map((t) => t.targetId));
-      if (targets.every((id) => holders.has(id))) return data.id;
-    }
-    if (page.items.length === 0 || page.nextToken === undefined) return undefined;
-    after = page.items.at(-1)!.sk;
-  }
+  const holds = (backup: BackupRecord) =>
+    targets.every((id) => backup.targets.some((t) => t.targetId === id && t.status === 'SUCCESS'));
+  return newestRestorePoint(cp, (backup) => backup.type !== 'SCHEMA' && holds(backup), {
+    before: backupId,
+  }).then((found) => found?.id);
 }

@@ -1,7 +1,5 @@
 /** RESTORE_TEST: restore the newest backup into a scratch database and compare it with what the backup holds. */
-import type { ControlPlane } from '../core/context.ts';
-import type { BackupRecord } from '../core/records.ts';
-import { isRestorePoint, listBackups } from '../core/services/backup-service.ts';
+import { newestRestorePoint } from '../core/services/backup-service.ts';
 import { findConfig } from '../core/services/config-service.ts';
 import { getDrTest } from '../core/services/drtest-service.ts';
 import { withBackup } from '../core/services/open-backup.ts';
@@ -13,17 +11,6 @@ import { checkTables, readStream, restoreDatabase } from '../engine/restore.ts';
 import { copyOf, newestSnapshot, rdsClient } from './rds.ts';
 import { snapshotHealth } from './recovery-time-test.ts';
 import { WorkflowError, group, required, round, serverOf, testState } from './steps.ts';
-
-async function newestWithDatabase(cp: ControlPlane): Promise<BackupRecord | undefined> {
-  let nextToken: string | undefined;
-  do {
-    const page = await listBackups(cp, { limit: 100, ...(nextToken ? { nextToken } : {}) });
-    const found = page.items.find((backup) => isRestorePoint(backup) && backup.database);
-    if (found) return found;
-    nextToken = page.nextToken;
-  } while (nextToken !== undefined);
-  return undefined;
-}
 
 /** Schema objects the backup defines (from its archives) that the restored database lacks. */
 async function schemaIssues(
@@ -78,10 +65,7 @@ const SCHEMA_COUNTS = `
 export const restoreTest = group(testState, {
   'test.restore.plan': async (cp, deps, state) => {
     const test = await getDrTest(cp, state.testId);
-    const newest = (await listBackups(cp, { latest: true, limit: 1 })).items.find(
-      (backup) => backup.database,
-    );
-    const backup = newest ?? (await newestWithDatabase(cp));
+    const backup = await newestRestorePoint(cp, (backup) => backup.database !== undefined);
     if (!backup) throw new WorkflowError('NothingToTest', 'no backup with a database can be restored yet');
     const rpoHours =
       (Date.parse(test.startedAt) - Date.parse(backup.restorePoint ?? backup.startedAt)) / 3_600_000;

@@ -3,7 +3,7 @@ import { mkdir, readdir } from 'node:fs/promises';
 import type { ControlPlane } from '../core/context.ts';
 import { pathProblem } from '../core/paths.ts';
 import type { BackupRecord } from '../core/records.ts';
-import { getBackup, isGood, isRestorePoint, listBackups } from '../core/services/backup-service.ts';
+import { getBackup, isGood, newestRestorePoint } from '../core/services/backup-service.ts';
 import { environmentConnection, findConfig } from '../core/services/config-service.ts';
 import { withBackup } from '../core/services/open-backup.ts';
 import {
@@ -91,12 +91,9 @@ async function planRestore(
  * schedule: the FULL and the INCREMENTALs are usually different schedules).
  */
 function newestOfChain(cp: ControlPlane, base: string): Promise<BackupRecord | undefined> {
-  return newestWhere(
-    cp,
-    undefined,
-    (backup) => backup.changes?.base === base,
-    (backup) => backup.id < base,
-  );
+  return newestRestorePoint(cp, (backup) => backup.changes?.base === base, {
+    past: (backup) => backup.id < base,
+  });
 }
 
 /** The newest restore point whose restore point is at or before `at`. */
@@ -105,34 +102,11 @@ function restorePointsBefore(
   at: number,
   scheduleId?: string,
 ): Promise<BackupRecord | undefined> {
-  return newestWhere(
+  return newestRestorePoint(
     cp,
-    scheduleId,
     (backup) => backup.restorePoint !== undefined && Date.parse(backup.restorePoint) <= at,
+    { scheduleId },
   );
-}
-
-/** The newest restore point that `wanted` accepts, newest first, until one that `past` says is too old. */
-async function newestWhere(
-  cp: ControlPlane,
-  scheduleId: string | undefined,
-  wanted: (backup: BackupRecord) => boolean,
-  past: (backup: BackupRecord) => boolean = () => false,
-): Promise<BackupRecord | undefined> {
-  let nextToken: string | undefined;
-  do {
-    const page = await listBackups(cp, {
-      ...(scheduleId ? { scheduleId } : {}),
-      limit: 100,
-      ...(nextToken ? { nextToken } : {}),
-    });
-    for (const backup of page.items) {
-      if (past(backup)) return undefined;
-      if (isRestorePoint(backup) && wanted(backup)) return backup;
-    }
-    nextToken = page.nextToken;
-  } while (nextToken !== undefined);
-  return undefined;
 }
 
 /** The destination database of a restore: the environment's server, the named database on it. */

@@ -292,6 +292,37 @@ export async function listBackups(
   }
 }
 
+/**
+ * The newest restore point (SUCCESS or PARTIAL, not under review) that `wanted` accepts, paging the catalog
+ * newest first: only `scheduleId`'s if given, only older than the backup `before` if given, and giving up at
+ * the first backup that `past` says is too old.
+ */
+export async function newestRestorePoint(
+  cp: ControlPlane,
+  wanted: (backup: BackupRecord) => boolean,
+  options: {
+    readonly scheduleId?: string | undefined;
+    readonly before?: string;
+    readonly past?: (backup: BackupRecord) => boolean;
+  } = {},
+): Promise<BackupRecord | undefined> {
+  let after = options.before;
+  for (;;) {
+    const page = await cp.table.query<StoredItem<BackupRecord>>(Partition.backup, {
+      descending: true,
+      limit: 100,
+      ...(after === undefined ? {} : { after }),
+    });
+    for (const { data } of page.items) {
+      if (options.scheduleId !== undefined && data.scheduleId !== options.scheduleId) continue;
+      if (options.past?.(data)) return undefined;
+      if (isRestorePoint(data) && wanted(data)) return data;
+    }
+    if (page.items.length === 0 || page.nextToken === undefined) return undefined;
+    after = page.items.at(-1)!.sk;
+  }
+}
+
 export { isGood, isRestorePoint };
 
 async function decodeAfter(cp: ControlPlane, token: string): Promise<string> {
