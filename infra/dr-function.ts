@@ -3,7 +3,8 @@ import { PolicyStatement, Role, ServicePrincipal } from 'aws-cdk-lib/aws-iam';
 import { Architecture, Code, Function as LambdaFunction, Runtime, Tracing } from 'aws-cdk-lib/aws-lambda';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
-import { buildSync } from 'esbuild';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -21,13 +22,7 @@ export interface DrFunctionProps {
   readonly logRetention?: RetentionDays;
 }
 
-/**
- * The function's code: `entry` bundled by esbuild as ESM with code splitting, so that what a cold start loads
- * (`index.mjs`) holds only what every request needs; the target adapters (Azure, GCS, SSH, FTP) are chunks
- * loaded when a target of their type is first opened. The AWS SDK is bundled too: the versions tested are
- * the versions deployed. Left out: ssh2's optional native add-ons (cpu-features, sshcrypto.node), whose
- * require() ssh2 wraps in try/catch, falling back to Node's own crypto.
- */
+/** The function's code: `entry` bundled by `infra/bundle.ts` (see there for how, and what is left out). */
 function bundled(entry: string): Code {
   return Code.fromAsset(ROOT, {
     assetHashType: AssetHashType.OUTPUT,
@@ -38,25 +33,8 @@ function bundled(entry: string): Code {
       environment: { DR_ENTRY: entry },
       local: {
         tryBundle(outputDir: string): boolean {
-          buildSync({
-            entryPoints: { index: `${ROOT}${entry}` },
-            bundle: true,
-            splitting: true,
-            format: 'esm',
-            platform: 'node',
-            target: 'node24',
-            minify: true,
-            sourcemap: true,
-            outdir: outputDir,
-            outExtension: { '.js': '.mjs' },
-            chunkNames: 'chunks/[name]-[hash]',
-            external: ['cpu-features', '*.node'],
-            mainFields: ['module', 'main'],
-            // CommonJS dependencies inside an ESM bundle still call require().
-            banner: {
-              js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
-            },
-            logLevel: 'error',
+          execFileSync(process.execPath, [join(ROOT, 'infra', 'bundle.ts'), join(ROOT, entry), outputDir], {
+            stdio: 'inherit',
           });
           return true;
         },

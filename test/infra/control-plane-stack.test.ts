@@ -97,6 +97,10 @@ describe('ControlPlaneStack template', () => {
     const chunks = await readdir(join(api, 'chunks'));
     const texts = await Promise.all(chunks.map((chunk) => readFile(join(api, 'chunks', chunk), 'utf8')));
     expect(texts.some((text) => text.includes('BlobServiceClient'))).toBe(true);
+    // zod's messages in English only (its other locales are a quarter of a megabyte nothing reads)
+    const everything = [apiIndex, ...texts].join('\n');
+    expect(everything).toContain('Invalid input: expected');
+    expect(everything).not.toContain('Ungültige Eingabe');
   });
 
   it('keeps the table encrypted with the stack key, with point-in-time recovery and deletion protection', () => {
