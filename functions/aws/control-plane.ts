@@ -4,7 +4,7 @@ import { AuditLog } from '../core/audit.ts';
 import { egressFromEnv } from '../storage/egress.ts';
 import { pathPolicyFromEnv } from '../core/paths.ts';
 import type { ControlPlane } from '../core/context.ts';
-import { optionalEnv, requireEnv } from '../core/env.ts';
+import { heavyStepsFromEnv, optionalEnv, requireEnv } from '../core/env.ts';
 import { createLogger, parseLevel } from '../core/log.ts';
 import { AwsSecretStore } from './secret-store.ts';
 import { DynamoTable } from './dynamodb-table.ts';
@@ -32,6 +32,7 @@ export function awsControlPlane(): ControlPlane {
     freeStorage: cloudWatchFreeStorage(),
     egress: egressFromEnv(),
     paths: pathPolicyFromEnv([]),
+    heavySteps: heavyStepsFromEnv(),
   };
   const bucket = optionalEnv('DOWNLOAD_BUCKET');
   if (!bucket || !runs?.export) return cp;

@@ -1,27 +1,24 @@
 import { z } from 'zod';
-import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
+import { randomBytes } from 'node:crypto';
+import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { ConfigurationError } from '../core/errors.ts';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import type { RunLauncher } from '../core/ports.ts';
 
 /**
  * Starts the backup worker on AWS: an asynchronous invocation of the worker Lambda (the default: backups that
  * finish within Lambda's 15 minutes), or the same container image as an ECS Fargate task (`runner: fargate`,
- * for databases whose backup takes longer). Retention always runs in the worker Lambda (it only lists,
- * deletes and collects).
+ * for databases whose backup takes longer), started by the worker-task state machine (`ecs:runTask.sync`): the
+ * API and the dispatcher start executions, only that machine's role may run the task. Retention always runs
+ * in the worker Lambda (it only lists, deletes and collects).
  */
 export interface AwsLauncherOptions {
   readonly workerFunction: string;
   readonly runner: 'lambda' | 'fargate';
-  readonly fargate?: {
-    readonly cluster: string;
-    readonly taskDefinition: string;
-    readonly containerName: string;
-    readonly subnets: readonly string[];
-    readonly securityGroups: readonly string[];
-    readonly assignPublicIp: boolean;
-  };
+  /** The state machine that runs the worker task with `{variable, value}` in its environment. */
+  readonly taskMachine?: string;
   readonly lambda?: LambdaClient;
-  readonly ecs?: ECSClient;
+  readonly sfn?: SFNClient;
 }
 
 /**
@@ -45,7 +42,7 @@ export type WorkerEvent = z.infer<typeof workerEvent>;
 
 export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
   const lambda = options.lambda ?? new LambdaClient({});
-  const ecs = options.ecs ?? new ECSClient({});
+  const sfn = options.sfn ?? new SFNClient({});
   const invoke = async (event: WorkerEvent) => {
     const result = await lambda.send(
       new InvokeCommand({
@@ -58,34 +55,16 @@ export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
   };
   /** The worker image as a Fargate task, told what to do by one environment variable. */
   const runTask = async (variable: 'BACKUP_ID' | 'EXPORT_ID', backupId: string) => {
-    const fargate = options.fargate!;
-    const result = await ecs.send(
-      new RunTaskCommand({
-        cluster: fargate.cluster,
-        taskDefinition: fargate.taskDefinition,
-        launchType: 'FARGATE',
-        count: 1,
-        networkConfiguration: {
-          awsvpcConfiguration: {
-            subnets: [...fargate.subnets],
-            securityGroups: [...fargate.securityGroups],
-            assignPublicIp: fargate.assignPublicIp ? 'ENABLED' : 'DISABLED',
-          },
-        },
-        overrides: {
-          containerOverrides: [
-            { name: fargate.containerName, environment: [{ name: variable, value: backupId }] },
-          ],
-        },
+    await sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: options.taskMachine,
+        // Unique for 90 days per machine: an export of one backup may be asked for again
+        name: `${variable === 'BACKUP_ID' ? 'backup' : 'export'}-${backupId}-${randomBytes(3).toString('hex')}`,
+        input: JSON.stringify({ variable, value: backupId }),
       }),
     );
-    const failure = result.failures?.[0];
-    if (failure || !result.tasks?.length)
-      throw new Error(
-        `the Fargate task did not start: ${failure?.reason ?? 'no task'} ${failure?.detail ?? ''}`.trim(),
-      );
   };
-  const fargate = options.runner === 'fargate' && options.fargate !== undefined;
+  const fargate = options.runner === 'fargate' && options.taskMachine !== undefined;
   return {
     launch: (backupId) => (fargate ? runTask('BACKUP_ID', backupId) : invoke({ action: 'backup', backupId })),
     // An export reads the whole backup like a restore: it runs where the backups run.
@@ -100,21 +79,13 @@ export function awsLauncherFromEnv(env: NodeJS.ProcessEnv = process.env): RunLau
   const workerFunction = env.WORKER_FUNCTION;
   if (!workerFunction) return undefined;
   const runner = env.WORKER_RUNNER === 'fargate' ? 'fargate' : 'lambda';
-  const list = (value: string | undefined) => (value ?? '').split(',').filter((item) => item !== '');
+  if (runner === 'fargate' && !env.WORKER_TASK_MACHINE)
+    throw new ConfigurationError(
+      'WORKER_RUNNER=fargate needs WORKER_TASK_MACHINE (the worker-task state machine)',
+    );
   return awsLauncher({
     workerFunction,
     runner,
-    ...(runner === 'fargate'
-      ? {
-          fargate: {
-            cluster: env.WORKER_CLUSTER ?? '',
-            taskDefinition: env.WORKER_TASK_DEFINITION ?? '',
-            containerName: env.WORKER_CONTAINER ?? 'worker',
-            subnets: list(env.WORKER_SUBNETS),
-            securityGroups: list(env.WORKER_SECURITY_GROUPS),
-            assignPublicIp: env.WORKER_PUBLIC_IP === 'true',
-          },
-        }
-      : {}),
+    ...(runner === 'fargate' ? { taskMachine: env.WORKER_TASK_MACHINE } : {}),
   });
 }

@@ -1,3 +1,4 @@
+import type { HeavySteps } from './env.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import type { PathPolicy } from './paths.ts';
 import type { AuditLog } from './audit.ts';
@@ -49,4 +50,6 @@ export interface ControlPlane {
   readonly egress?: EgressPolicy;
   /** Where files may be backed up from and restored into (absent: nowhere). */
   readonly paths?: PathPolicy;
+  /** Where workflows run their heavy steps (absent: in the worker Lambda, or in-process locally). */
+  readonly heavySteps?: HeavySteps;
 }

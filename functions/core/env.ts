@@ -25,3 +25,29 @@ export function portEnv(name: string, fallback: number, env: NodeJS.ProcessEnv =
   }
   return port;
 }
+
+/**
+ * Where a workflow's heavy steps run (restores, verification, consistency checks, the recovery-time test's
+ * phases): in the worker Lambda, always on Fargate, or on Fargate for backups of `fromBytes` and more
+ * (`auto`). Put in each execution's input; the state machines choose by it (statemachines/README.md).
+ */
+export interface HeavySteps {
+  readonly heavy: 'lambda' | 'fargate' | 'auto';
+  readonly fromBytes: number;
+}
+
+/** DR_HEAVY_STEPS (lambda, fargate or auto; lambda when unset) and DR_FARGATE_FROM_BYTES (1 GiB). */
+export function heavyStepsFromEnv(env: NodeJS.ProcessEnv = process.env): HeavySteps {
+  const heavy = optionalEnv('DR_HEAVY_STEPS', env) ?? 'lambda';
+  if (heavy !== 'lambda' && heavy !== 'fargate' && heavy !== 'auto')
+    throw new ConfigurationError(
+      `environment variable DR_HEAVY_STEPS must be lambda, fargate or auto, not '${heavy}'`,
+    );
+  const raw = optionalEnv('DR_FARGATE_FROM_BYTES', env);
+  const fromBytes = raw === undefined ? 1024 ** 3 : Number(raw);
+  if (!Number.isSafeInteger(fromBytes) || fromBytes < 0)
+    throw new ConfigurationError(
+      `environment variable DR_FARGATE_FROM_BYTES must be a byte count, not '${raw}'`,
+    );
+  return { heavy, fromBytes };
+}

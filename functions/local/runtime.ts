@@ -24,6 +24,7 @@ import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { cloudWatchFreeStorage } from '../aws/free-storage.ts';
 import { ARTIFACTS, artifactFilename, type DownloadLinks, type RunLauncher } from '../core/ports.ts';
 import type { MailMessage } from '../core/mail.ts';
+import { type HeavySteps, heavyStepsFromEnv } from '../core/env.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 
@@ -61,6 +62,8 @@ export interface LocalRuntimeOptions {
   readonly egress?: EgressPolicy;
   /** Where files may be read and restored (default DR_FILES_ROOTS; the data directory never). */
   readonly paths?: PathPolicy;
+  /** Where workflows run their heavy steps (tests: 'fargate', through the same staging as on AWS). */
+  readonly heavySteps?: HeavySteps;
   /** The CloudWatch client that reads an RDS source's free storage (tests: moto); default: the SDK's, by region. */
   readonly cloudwatch?: CloudWatchClient;
 }
@@ -201,6 +204,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     freeStorage: cloudWatchFreeStorage(options.cloudwatch ? () => options.cloudwatch! : undefined),
     egress: options.egress ?? egressFromEnv(),
     paths: options.paths ?? pathPolicyFromEnv([dataDir]),
+    heavySteps: options.heavySteps ?? heavyStepsFromEnv(),
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
   // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.

@@ -10,12 +10,14 @@ import { measureSource } from '../core/services/change-stream-service.ts';
 import { masterKeyFrom, type MasterKey } from '../engine/crypto.ts';
 import type { WorkflowDeps } from '../workflows/steps.ts';
 import { runWorkflowTask } from '../workflows/tasks.ts';
+import { runStagedStep } from '../workflows/fargate.ts';
 import { exportToBucket } from './export.ts';
 import { retention, runBackup, type PipelineDeps } from './pipeline.ts';
 
 /**
  * The backup worker on AWS, one container image for both runners: the Lambda handler below (`index.handler`)
- * and, on Fargate, `node /var/task/index.mjs` with BACKUP_ID or EXPORT_ID set (see the bottom of this file).
+ * and, on Fargate, `node /var/task/index.mjs` with BACKUP_ID, EXPORT_ID, or a workflow's heavy step
+ * (WORKFLOW_TASK, WORKFLOW_STATE) set (see the bottom of this file).
  */
 const controlPlane = awsControlPlane();
 let key: Promise<MasterKey> | undefined;
@@ -64,18 +66,25 @@ export const handler = middy<unknown, unknown>().handler(async (event: unknown) 
   return work(parsed.data);
 });
 
-const fargateEvent: WorkerEvent | undefined = process.env.BACKUP_ID
-  ? { action: 'backup', backupId: process.env.BACKUP_ID }
-  : process.env.EXPORT_ID
-    ? { action: 'export', backupId: process.env.EXPORT_ID }
-    : undefined;
-if (fargateEvent && !process.env.AWS_LAMBDA_FUNCTION_NAME) {
-  handler(fargateEvent, {} as Context).then(
+/** What a Fargate task was started for: a backup or an export (the launcher), or a workflow's heavy step. */
+async function fargateTask(env: NodeJS.ProcessEnv): Promise<unknown> {
+  if (env.WORKFLOW_TASK && env.WORKFLOW_STATE)
+    return runStagedStep(controlPlane, env.WORKFLOW_TASK, env.WORKFLOW_STATE, (task, input) =>
+      runWorkflowTask(controlPlane, workflowDeps, task, input),
+    );
+  if (env.BACKUP_ID) return handler({ action: 'backup', backupId: env.BACKUP_ID }, {} as Context);
+  if (env.EXPORT_ID) return handler({ action: 'export', backupId: env.EXPORT_ID }, {} as Context);
+  throw new Error('a Fargate task needs BACKUP_ID, EXPORT_ID, or WORKFLOW_TASK and WORKFLOW_STATE');
+}
+
+const { AWS_LAMBDA_FUNCTION_NAME, BACKUP_ID, EXPORT_ID, WORKFLOW_TASK } = process.env;
+if (!AWS_LAMBDA_FUNCTION_NAME && (BACKUP_ID || EXPORT_ID || WORKFLOW_TASK)) {
+  fargateTask(process.env).then(
     (result) => {
-      controlPlane.logger.info('fargate run finished', { result: JSON.stringify(result) });
+      controlPlane.logger.info('fargate task finished', { result: JSON.stringify(result ?? null) });
     },
     (error: unknown) => {
-      controlPlane.logger.error('fargate run failed', { error: (error as Error).message });
+      controlPlane.logger.error('fargate task failed', { error: (error as Error).message });
       process.exitCode = 1;
     },
   );

@@ -9,13 +9,19 @@ import { archiveListing, group, required, testState } from './steps.ts';
 export const backupVerification = group(testState, {
   'test.verification.plan': async (cp) => {
     const schedules = await cp.table.queryAll<StoredItem<StoredSchedule>>(Partition.schedule);
-    const items: { scheduleId: string; backupId: string; targetId: string }[] = [];
+    const items: { scheduleId: string; backupId: string; targetId: string; bytes: number }[] = [];
     for (const { data: schedule } of schedules) {
       const newest = (await listBackups(cp, { scheduleId: schedule.id, latest: true })).items[0];
       if (!newest) continue;
       for (const target of newest.targets)
         if (target.status === 'SUCCESS')
-          items.push({ scheduleId: schedule.id, backupId: newest.id, targetId: target.targetId });
+          items.push({
+            scheduleId: schedule.id,
+            backupId: newest.id,
+            targetId: target.targetId,
+            // What the target holds of it: how much verification reads (the state machine picks the runner by it)
+            bytes: target.bytesWritten ?? 0,
+          });
     }
     return { items };
   },

@@ -12,8 +12,20 @@ export const WORKFLOW_NAMES: readonly WorkflowName[] = [
 
 /** What `${…}` in the definitions stands for: CDK's DefinitionSubstitutions give the same keys on AWS. */
 export interface Substitutions {
+  /** The worker Lambda every light step invokes. */
   readonly WorkerFunctionArn: string;
+  /** Where heavy steps run as Fargate tasks: the cluster, the worker's task definition, its network. */
+  readonly WorkerCluster: string;
+  readonly WorkerTaskDefinition: string;
+  /** Comma-separated (the definitions split them with States.StringSplit). */
+  readonly WorkerSubnets: string;
+  readonly WorkerSecurityGroups: string;
+  /** ENABLED or DISABLED. */
+  readonly WorkerPublicIp: string;
 }
+
+/** The Resource of a heavy step's Fargate task (fargate.ts). */
+export const RUN_TASK = 'arn:aws:states:::ecs:runTask.sync';
 
 export function definitionPath(name: WorkflowName): URL {
   return new URL(`../../statemachines/${name}.asl.json`, import.meta.url);
@@ -37,6 +49,11 @@ export function definition(name: WorkflowName, substitutions: Substitutions): Re
 /** The names of every Task state whose Resource is `resource`, nested Map and Parallel states included. */
 export function taskStates(node: unknown, resource: string): string[] {
   return statesWhere(node, (state) => state.Type === 'Task' && state.Resource === resource);
+}
+
+/** The names of every Task state that runs a step as a Fargate task. */
+export function fargateStates(node: unknown): string[] {
+  return statesWhere(node, (state) => state.Type === 'Task' && state.Resource === RUN_TASK);
 }
 
 /** The names of every Wait state. */

@@ -69,7 +69,13 @@ export const restoreTest = group(testState, {
     if (!backup) throw new WorkflowError('NothingToTest', 'no backup with a database can be restored yet');
     const rpoHours =
       (Date.parse(test.startedAt) - Date.parse(backup.restorePoint ?? backup.startedAt)) / 3_600_000;
-    const planned = { backupId: backup.id, restorePoint: backup.restorePoint, actualRPO: round(rpoHours) };
+    const planned = {
+      backupId: backup.id,
+      restorePoint: backup.restorePoint,
+      actualRPO: round(rpoHours),
+      // About what the restore writes (the state machine picks the runner of its heavy steps by it)
+      bytes: backup.sizes?.sourceBytes ?? 0,
+    };
     if (test.method !== 'rds') return { ...planned, method: 'backup' };
     // The environment is a temporary copy of the RDS source, from its newest snapshot.
     const source = (await findConfig(cp))?.source?.rds;

@@ -138,6 +138,8 @@ export const workflowState = z.looseObject({
   rds: z
     .looseObject({ identifier: z.string(), cluster: z.boolean().optional(), startedAt: stamp })
     .optional(),
+  /** A heavy step handed to a Fargate task: where its state and outcome are kept (fargate.ts). */
+  fargate: z.looseObject({ key: z.string() }).optional(),
   rdsStatus: z
     .looseObject({
       polls: count,

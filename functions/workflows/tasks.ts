@@ -10,6 +10,7 @@ import { z } from 'zod';
 import type { ControlPlane } from '../core/context.ts';
 import { backupVerification } from './backup-verification.ts';
 import { failoverSteps, standbySteps } from './failover-test.ts';
+import { fargateSteps } from './fargate.ts';
 import { rdsRestore, rdsSteps, rdsTest } from './rds.ts';
 import { recoveryTimeTest } from './recovery-time-test.ts';
 import { restoreTest } from './restore-test.ts';
@@ -50,6 +51,7 @@ const TASKS = registry([
   failoverSteps,
   standbySteps,
   testSteps,
+  fargateSteps,
 ]);
 
 /** The steps of all groups by name; two groups naming the same step is a mistake, refused at load. */

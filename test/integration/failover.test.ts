@@ -28,6 +28,7 @@ import { nightlySchedule } from '../support/catalog.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { motoRds } from '../support/rds.ts';
 import { startMoto } from '../support/s3-server.ts';
+import type { HeavySteps } from '../../functions/core/env.ts';
 
 /**
  * FAILOVER_TEST end to end through the local runtime: the standby restored from the newest backup on the
@@ -40,6 +41,8 @@ let api: TestApi;
 let route53: Route53Client;
 let zoneId: string;
 let tamper = false;
+/** Heavy steps handed to a Fargate task (the local runtime runs them in-process, through the same staging). */
+let staged = 0;
 const RECORD = 'db.staging.example.com';
 
 beforeAll(async () => {
@@ -53,6 +56,10 @@ beforeAll(async () => {
     route53: () => route53,
     rds: rdsClient,
     taskWrappers: {
+      'fargate.stage': async (_input, real) => {
+        staged += 1;
+        return real();
+      },
       'test.restore.run': async (input, real) => {
         const result = await real();
         if (tamper) await pg.sql((input.scratch as { database: string }).database, 'DELETE FROM tickets');
@@ -195,6 +202,28 @@ it('fails back and cleans up when the standby does not match the backup', async 
     expect(await databases()).toEqual(before);
   } finally {
     tamper = false;
+  }
+});
+
+it('brings up and checks the standby in Fargate tasks when the runner says so, failing back on every path', async () => {
+  const cp = api.runtime.controlPlane as { heavySteps?: HeavySteps };
+  const before = await databases();
+  cp.heavySteps = { heavy: 'fargate', fromBytes: 0 };
+  staged = 0;
+  try {
+    const test = await failoverTest();
+    expect(test.status, JSON.stringify(test.results)).toBe('PASSED');
+    // BringUpStandby and CheckData
+    expect(staged).toBe(2);
+    tamper = true;
+    const failed = await failoverTest();
+    expect(failed.status).toBe('FAILED');
+    expect(staged).toBe(4);
+    expect(await record()).toEqual({ type: 'CNAME', value: 'staging-primary.internal', ttl: 300 });
+    expect(await databases()).toEqual(before);
+  } finally {
+    tamper = false;
+    delete cp.heavySteps;
   }
 });
 

@@ -48,6 +48,8 @@ export async function startTestApi(
     /** Default: the machine's temporary directory is the files root (the tests' trees live there). */
     paths?: LocalRuntimeOptions['paths'];
     cloudwatch?: LocalRuntimeOptions['cloudwatch'];
+    /** Where workflows run their heavy steps (default: in-process, as the Lambda path). */
+    heavySteps?: LocalRuntimeOptions['heavySteps'];
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -65,6 +67,7 @@ export async function startTestApi(
     egress: options.egress ?? { allowLoopback: true },
     paths: options.paths ?? { roots: [tmpdir()], forbidden: [dataDir, PROGRAM_DIR] },
     ...(options.cloudwatch ? { cloudwatch: options.cloudwatch } : {}),
+    ...(options.heavySteps ? { heavySteps: options.heavySteps } : {}),
   });
   const api: TestApi = {
     runtime,

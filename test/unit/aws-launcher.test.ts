@@ -1,10 +1,10 @@
-import { ECSClient, RunTaskCommand } from '@aws-sdk/client-ecs';
+import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { mockClient } from 'aws-sdk-client-mock';
 import { describe, expect, it } from 'vitest';
-import { awsLauncher } from '../../functions/aws/launcher.ts';
+import { awsLauncher, awsLauncherFromEnv } from '../../functions/aws/launcher.ts';
 
-/** No local server plays Lambda or ECS: aws-sdk-client-mock stands in for both. */
+/** No local server plays Lambda or Step Functions: aws-sdk-client-mock stands in for both. */
 describe('awsLauncher', () => {
   it('invokes the worker Lambda asynchronously with the backup id, retention and the source watch', async () => {
     const lambda = mockClient(LambdaClient);
@@ -31,45 +31,38 @@ describe('awsLauncher', () => {
     await expect(launcher.launch('x')).rejects.toThrow(/answered 500/);
   });
 
-  it('runs the Fargate task with the backup id in its environment, and reports a task that did not start', async () => {
-    const ecs = mockClient(ECSClient);
-    ecs.on(RunTaskCommand).resolves({ tasks: [{ taskArn: 'arn:task' }] });
+  it('starts the worker-task state machine for a Fargate run, with the backup id for its environment', async () => {
+    const sfn = mockClient(SFNClient);
+    sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:execution' });
     const launcher = awsLauncher({
       workerFunction: 'dr-worker',
       runner: 'fargate',
-      ecs: ecs as never,
-      fargate: {
-        cluster: 'arn:cluster',
-        taskDefinition: 'arn:taskdef',
-        containerName: 'worker',
-        subnets: ['subnet-a'],
-        securityGroups: ['sg-1'],
-        assignPublicIp: false,
-      },
+      taskMachine: 'arn:aws:states:us-east-1:123456789012:stateMachine:dr-worker-task',
+      sfn: sfn as never,
     });
     await launcher.launch('20261124T020000000Z-abcdef');
-    const input = ecs.commandCalls(RunTaskCommand)[0]!.args[0].input;
-    expect(input).toMatchObject({
-      cluster: 'arn:cluster',
-      taskDefinition: 'arn:taskdef',
-      launchType: 'FARGATE',
-      networkConfiguration: {
-        awsvpcConfiguration: { subnets: ['subnet-a'], securityGroups: ['sg-1'], assignPublicIp: 'DISABLED' },
-      },
-      overrides: {
-        containerOverrides: [
-          { name: 'worker', environment: [{ name: 'BACKUP_ID', value: '20261124T020000000Z-abcdef' }] },
-        ],
-      },
-    });
     // A download export reads the whole backup: it runs where backups run, told by EXPORT_ID.
     await launcher.export!('20261124T020000000Z-abcdef');
-    expect(ecs.commandCalls(RunTaskCommand)[1]!.args[0].input.overrides).toEqual({
-      containerOverrides: [
-        { name: 'worker', environment: [{ name: 'EXPORT_ID', value: '20261124T020000000Z-abcdef' }] },
-      ],
-    });
-    ecs.on(RunTaskCommand).resolves({ tasks: [], failures: [{ reason: 'RESOURCE:MEMORY' }] });
-    await expect(launcher.launch('y')).rejects.toThrow(/did not start: RESOURCE:MEMORY/);
+    await launcher.export!('20261124T020000000Z-abcdef');
+    const inputs = sfn.commandCalls(StartExecutionCommand).map((call) => call.args[0].input);
+    expect(inputs.map((input) => input.stateMachineArn)).toEqual(
+      Array(3).fill('arn:aws:states:us-east-1:123456789012:stateMachine:dr-worker-task'),
+    );
+    expect(inputs.map((input) => JSON.parse(input.input!))).toEqual([
+      { variable: 'BACKUP_ID', value: '20261124T020000000Z-abcdef' },
+      { variable: 'EXPORT_ID', value: '20261124T020000000Z-abcdef' },
+      { variable: 'EXPORT_ID', value: '20261124T020000000Z-abcdef' },
+    ]);
+    expect(inputs[0]!.name).toMatch(/^backup-20261124T020000000Z-abcdef-[0-9a-f]{6}$/);
+    // Two exports of one backup are two executions (names are unique per machine)
+    expect(new Set(inputs.map((input) => input.name)).size).toBe(3);
+    sfn.on(StartExecutionCommand).rejects(new Error('AccessDenied'));
+    await expect(launcher.launch('y')).rejects.toThrow('AccessDenied');
+  });
+
+  it('refuses a Fargate runner without its state machine, at start-up', () => {
+    expect(() => awsLauncherFromEnv({ WORKER_FUNCTION: 'dr-worker', WORKER_RUNNER: 'fargate' })).toThrow(
+      'WORKER_TASK_MACHINE',
+    );
   });
 });

@@ -2,14 +2,48 @@ import aslValidator from 'asl-validator';
 import { describe, expect, it } from 'vitest';
 import {
   definition,
+  fargateStates,
   rawDefinition,
+  RUN_TASK,
   taskStates,
   WORKFLOW_NAMES,
+  type Substitutions,
 } from '../../functions/workflows/definitions.ts';
 import { WORKFLOW_TASKS } from '../../functions/workflows/tasks.ts';
 
 /** The definitions in statemachines/: what Step Functions and the local interpreter both run. */
 const ARN = 'arn:aws:lambda:us-east-1:123456789012:function:dr-worker';
+const SUBSTITUTIONS: Substitutions = {
+  WorkerFunctionArn: ARN,
+  WorkerCluster: 'arn:aws:ecs:us-east-1:123456789012:cluster/dr',
+  WorkerTaskDefinition: 'arn:aws:ecs:us-east-1:123456789012:task-definition/dr-worker:3',
+  WorkerSubnets: 'subnet-a,subnet-b',
+  WorkerSecurityGroups: 'sg-1',
+  WorkerPublicIp: 'DISABLED',
+};
+
+/** The heavy steps each workflow can run on Fargate: the state's name, the step, where the size is read. */
+const HEAVY: Record<string, Record<string, [task: string, bytes: string]>> = {
+  restore: {
+    RestoreDatabase: ['restore.database', '$.plan.bytes'],
+    RestoreFiles: ['restore.files', '$.plan.bytes'],
+  },
+  'backup-verification': { Verify: ['test.verify', '$.item.bytes'] },
+  'restore-test': {
+    Restore: ['test.restore.run', '$.plan.bytes'],
+    CheckConsistency: ['test.restore.check', '$.plan.bytes'],
+  },
+  'recovery-time-test': {
+    Fetch: ['test.recovery.fetch', '$.plan.bytes'],
+    RestoreDatabase: ['test.restore.run', '$.plan.bytes'],
+    RestoreFiles: ['test.recovery.files', '$.plan.bytes'],
+    Verify: ['test.restore.check', '$.plan.bytes'],
+  },
+  'failover-test': {
+    BringUpStandby: ['test.restore.run', '$.plan.bytes'],
+    CheckData: ['test.restore.check', '$.plan.bytes'],
+  },
+};
 
 type State = Record<string, any>;
 function allStates(node: State): [string, State][] {
@@ -23,28 +57,87 @@ function allStates(node: State): [string, State][] {
 }
 
 describe.each(WORKFLOW_NAMES)('statemachines/%s.asl.json', (name) => {
-  const parsed = definition(name, { WorkerFunctionArn: ARN });
+  const parsed = definition(name, SUBSTITUTIONS);
 
-  it('is valid Amazon States Language (asl-validator), with only the worker as a placeholder', () => {
+  it('is valid Amazon States Language (asl-validator), with only the worker and its task as placeholders', () => {
     const result = aslValidator(parsed);
     expect(result.errorsText('\n')).toBe('');
     expect(result.isValid).toBe(true);
     expect([...rawDefinition(name).matchAll(/\$\{(\w+)\}/g)].map((match) => match[1])).toSatisfy(
-      (keys: string[]) => keys.every((key) => key === 'WorkerFunctionArn'),
+      (keys: string[]) => keys.every((key) => key in SUBSTITUTIONS),
     );
   });
 
   it('invokes only worker steps that exist, each with a timeout, and has a time limit of its own', () => {
     expect(parsed.TimeoutSeconds).toBeGreaterThan(0);
-    const tasks = allStates(parsed).filter(([, state]) => state.Type === 'Task');
+    const all = allStates(parsed).filter(([, state]) => state.Type === 'Task');
+    const tasks = all.filter(([, state]) => state.Resource !== RUN_TASK);
     expect(tasks.length).toBeGreaterThan(0);
     expect(taskStates(parsed, ARN).sort()).toEqual(tasks.map(([task]) => task).sort());
+    expect(fargateStates(parsed).length + tasks.length).toBe(all.length);
     for (const [task, state] of tasks) {
       expect(state.Resource, task).toBe(ARN);
       expect(WORKFLOW_TASKS, task).toContain(state.Parameters.task);
       expect(state.Parameters.action, task).toBe('workflow');
       expect(state.TimeoutSeconds, task).toBeGreaterThan(0);
       expect(state.TimeoutSeconds, task).toBeLessThanOrEqual(900);
+    }
+  });
+
+  it('runs each heavy step in the worker Lambda or, as the runner says, as a Fargate task with the same Catch', () => {
+    const states = Object.fromEntries(allStates(parsed));
+    const heavy = HEAVY[name]!;
+    expect(fargateStates(parsed).sort()).toEqual(
+      Object.keys(heavy)
+        .map((state) => `${state}OnFargate`)
+        .sort(),
+    );
+    for (const [state, [task, bytes]] of Object.entries(heavy)) {
+      const choice = states[state]!;
+      const [lambda, stage, fargate, result] = ['OnLambda', 'Stage', 'OnFargate', 'Result'].map(
+        (suffix) => states[`${state}${suffix}`]!,
+      );
+      // Without a runner (or with lambda), and in auto mode below the threshold: the Lambda step as before.
+      expect(choice.Type).toBe('Choice');
+      expect(choice.Default).toBe(`${state}OnLambda`);
+      expect(choice.Choices).toEqual([
+        { Variable: '$.runner.heavy', IsPresent: false, Next: `${state}OnLambda` },
+        { Variable: '$.runner.heavy', StringEquals: 'fargate', Next: `${state}Stage` },
+        { Variable: bytes, IsPresent: false, Next: `${state}OnLambda` },
+        {
+          And: [
+            { Variable: '$.runner.heavy', StringEquals: 'auto' },
+            { Variable: bytes, NumericGreaterThanEqualsPath: '$.runner.fromBytes' },
+          ],
+          Next: `${state}Stage`,
+        },
+      ]);
+      expect(lambda!.Parameters.task).toBe(task);
+      expect(stage!.Parameters.task).toBe('fargate.stage');
+      expect(stage!.Next).toBe(`${state}OnFargate`);
+      expect(fargate!.Parameters).toMatchObject({
+        Cluster: SUBSTITUTIONS.WorkerCluster,
+        TaskDefinition: SUBSTITUTIONS.WorkerTaskDefinition,
+        LaunchType: 'FARGATE',
+        NetworkConfiguration: { AwsvpcConfiguration: { AssignPublicIp: 'DISABLED' } },
+        Overrides: {
+          ContainerOverrides: [
+            {
+              Name: 'worker',
+              Environment: [
+                { Name: 'WORKFLOW_TASK', Value: task },
+                { Name: 'WORKFLOW_STATE', 'Value.$': '$.fargate.key' },
+              ],
+            },
+          ],
+        },
+      });
+      expect(fargate!.Next).toBe(`${state}Result`);
+      expect(result!.Parameters.task).toBe('fargate.result');
+      // The result lands where the Lambda step's would, and the way on is the same
+      expect(result!.ResultPath).toBe(lambda!.ResultPath);
+      expect(result!.Next ?? 'END').toBe(lambda!.Next ?? 'END');
+      for (const other of [stage, fargate, result]) expect(other!.Catch).toEqual(lambda!.Catch);
     }
   });
 
@@ -79,7 +172,7 @@ describe.each(WORKFLOW_NAMES)('statemachines/%s.asl.json', (name) => {
 });
 
 it('asl-validator refuses a broken definition (the check is live)', () => {
-  const broken = definition('restore', { WorkerFunctionArn: ARN }) as State;
+  const broken = definition('restore', SUBSTITUTIONS) as State;
   broken.States.Plan.Next = 'NoSuchState';
   expect(aslValidator(broken).isValid).toBe(false);
 });

@@ -1,3 +1,4 @@
+import type { HeavySteps } from '../env.ts';
 import { randomBytes } from 'node:crypto';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError, NotFoundError, ValidationError, type FieldIssue } from '../errors.ts';
@@ -137,4 +138,9 @@ export async function updateItem<T>(
       if (!(error instanceof ConflictError) || attempt >= 4) throw error;
     }
   }
+}
+
+/** Where an execution's heavy steps run: part of every restore's and DR test's execution input. */
+export function runnerOf(cp: ControlPlane): HeavySteps {
+  return cp.heavySteps ?? { heavy: 'lambda', fromBytes: 0 };
 }

@@ -4,7 +4,7 @@ import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError 
 import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../schemas.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
-import { updateItem } from './common.ts';
+import { runnerOf, updateItem } from './common.ts';
 import { environmentConnection, findConfig, findConfigItem } from './config-service.ts';
 
 export type DrTestType = (typeof DR_TEST_TYPES)[number];
@@ -163,6 +163,7 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
   try {
     const { executionArn } = await cp.workflows.start(workflow, id, {
       testId: id,
+      runner: runnerOf(cp),
       testType: input.testType,
       targetEnvironment: input.targetEnvironment,
       notifyOnCompletion: input.notifyOnCompletion,

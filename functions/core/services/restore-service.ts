@@ -6,7 +6,7 @@ import type { RestoreInput } from '../schemas.ts';
 import { Partition } from '../store/table.ts';
 import { getBackup, isGood, newBackupId } from './backup-service.ts';
 import { environmentConnection, findConfig } from './config-service.ts';
-import { updateItem } from './common.ts';
+import { runnerOf, updateItem } from './common.ts';
 
 export type RestoreStatus = 'RUNNING' | 'PLANNED' | 'SUCCEEDED' | 'FAILED';
 
@@ -148,7 +148,11 @@ export async function startRestore(
     },
   });
   try {
-    const { executionArn } = await cp.workflows.start('restore', id, { restoreId: id, request: input });
+    const { executionArn } = await cp.workflows.start('restore', id, {
+      restoreId: id,
+      runner: runnerOf(cp),
+      request: input,
+    });
     const started = await cp.table.replace(item, { ...record, executionArn }, cp.now());
     return started.data;
   } catch (error) {

@@ -30,6 +30,11 @@ export const Partition = {
   drTest: 'DRTEST',
   /** Alert episodes (sort key = the condition's key): whether one is open, since when. */
   alert: 'ALERT',
+  /**
+   * A workflow step handed to a Fargate task (sort key = a random id): the execution's state it runs on,
+   * then its output or error, until the step after it collects them.
+   */
+  step: 'STEP',
 } as const;
 export type PartitionKey = (typeof Partition)[keyof typeof Partition];
 
