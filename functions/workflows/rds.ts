@@ -90,6 +90,7 @@ async function addClusterInstance(
       DBClusterIdentifier: target,
       Engine: source?.Engine ?? 'aurora-postgresql',
       DBInstanceClass: instanceClass ?? 'db.r6g.large',
+      PubliclyAccessible: false,
       Tags: tags,
     }),
   );
@@ -150,27 +151,38 @@ export const rdsRestore = group(restoreState, {
     const plan = required(state.plan?.rds, 'plan.rds');
     const rds = rdsClient(deps, plan.region);
     const tags = [{ Key: 'dr-automation:restore', Value: state.restoreId }];
+    // In the source's subnet group and security groups, private: without them RDS puts the new database in
+    // the default VPC (or fails where there is none), reachable by nothing the application uses.
     if (plan.sourceCluster) {
-      const cluster = await rds.send(
-        new DescribeDBClustersCommand({ DBClusterIdentifier: plan.sourceCluster }),
-      );
-      const writer = cluster.DBClusters?.[0];
+      const source = (
+        await rds.send(new DescribeDBClustersCommand({ DBClusterIdentifier: plan.sourceCluster }))
+      ).DBClusters?.[0];
       await rds.send(
         new RestoreDBClusterToPointInTimeCommand({
           SourceDBClusterIdentifier: plan.sourceCluster,
           DBClusterIdentifier: plan.target,
           RestoreToTime: new Date(plan.restoreTime!),
+          ...(source?.DBSubnetGroup ? { DBSubnetGroupName: source.DBSubnetGroup } : {}),
+          ...securityGroupsOf(source?.VpcSecurityGroups),
           Tags: tags,
         }),
       );
-      await addClusterInstance(rds, writer, plan.target, tags);
+      await addClusterInstance(rds, source, plan.target, tags);
       return { identifier: plan.target, cluster: true };
     }
+    const source = (
+      await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: plan.sourceInstance }))
+    ).DBInstances?.[0];
     await rds.send(
       new RestoreDBInstanceToPointInTimeCommand({
         SourceDBInstanceIdentifier: plan.sourceInstance,
         TargetDBInstanceIdentifier: plan.target,
         RestoreTime: new Date(plan.restoreTime!),
+        ...(source?.DBSubnetGroup?.DBSubnetGroupName
+          ? { DBSubnetGroupName: source.DBSubnetGroup.DBSubnetGroupName }
+          : {}),
+        ...securityGroupsOf(source?.VpcSecurityGroups),
+        PubliclyAccessible: false,
         Tags: tags,
       }),
     );

@@ -1,6 +1,13 @@
 import type { RDSClient } from '@aws-sdk/client-rds';
 import {
+  CreateSecurityGroupCommand,
+  CreateSubnetCommand,
+  CreateVpcCommand,
+  EC2Client,
+} from '@aws-sdk/client-ec2';
+import {
   CreateDBInstanceCommand,
+  CreateDBSubnetGroupCommand,
   DescribeDBClustersCommand,
   DescribeDBInstancesCommand,
 } from '@aws-sdk/client-rds';
@@ -17,10 +24,17 @@ let moto: Awaited<ReturnType<typeof startMoto>>;
 let api: TestApi;
 let rds: RDSClient;
 let failStatus = false;
+let securityGroup: string;
+const requests: { command: string; input: Record<string, unknown> }[] = [];
 
 beforeAll(async () => {
   moto = await startMoto();
-  const client = (region: string | undefined) => motoRds(moto.endpoint, region);
+  // What the workflow asked RDS for (moto copies a source's network on a point-in-time restore by itself; RDS
+  // does not: it uses the default VPC unless told)
+  const client = (region: string | undefined) =>
+    motoRds(moto.endpoint, region, ({ command, input }) => {
+      if (/^Restore|^CreateDBInstance/.test(command)) requests.push({ command, input });
+    });
   rds = client('eu-west-1');
   api = await startTestApi({
     rds: client,
@@ -32,6 +46,35 @@ beforeAll(async () => {
       },
     },
   });
+  // The source in its own VPC: a subnet group and a security group the restored copy must land in.
+  const ec2 = new EC2Client({
+    region: 'eu-west-1',
+    endpoint: moto.endpoint,
+    credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+  });
+  const vpc = (await ec2.send(new CreateVpcCommand({ CidrBlock: '10.20.0.0/16' }))).Vpc!.VpcId!;
+  const subnets = await Promise.all(
+    ['10.20.1.0/24', '10.20.2.0/24'].map(
+      async (CidrBlock, index) =>
+        (
+          await ec2.send(
+            new CreateSubnetCommand({ VpcId: vpc, CidrBlock, AvailabilityZone: `eu-west-1${'ab'[index]}` }),
+          )
+        ).Subnet!.SubnetId!,
+    ),
+  );
+  securityGroup = (
+    await ec2.send(
+      new CreateSecurityGroupCommand({ GroupName: 'event-manager-db', Description: 'database', VpcId: vpc }),
+    )
+  ).GroupId!;
+  await rds.send(
+    new CreateDBSubnetGroupCommand({
+      DBSubnetGroupName: 'event-manager-private',
+      DBSubnetGroupDescription: 'private subnets',
+      SubnetIds: subnets,
+    }),
+  );
   await rds.send(
     new CreateDBInstanceCommand({
       DBInstanceIdentifier: 'event-manager-prod',
@@ -40,6 +83,9 @@ beforeAll(async () => {
       AllocatedStorage: 20,
       MasterUsername: 'events',
       MasterUserPassword: 'not-a-real-password',
+      DBSubnetGroupName: 'event-manager-private',
+      VpcSecurityGroupIds: [securityGroup],
+      PubliclyAccessible: false,
     }),
   );
   await configure({ instanceIdentifier: 'event-manager-prod', region: 'eu-west-1' });
@@ -90,6 +136,18 @@ it('restores an RDS instance to a point in time as a new instance, polled until 
   const created = (await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: target })))
     .DBInstances![0]!;
   expect(created.DBInstanceStatus).toBe('available');
+  // Where the source is: its subnet group and security groups, and private
+  expect(created.DBSubnetGroup?.DBSubnetGroupName).toBe('event-manager-private');
+  expect(created.VpcSecurityGroups?.map((group) => group.VpcSecurityGroupId)).toEqual([securityGroup]);
+  expect(created.PubliclyAccessible).toBe(false);
+  expect(
+    requests.find((request) => request.command === 'RestoreDBInstanceToPointInTimeCommand')?.input,
+  ).toMatchObject({
+    TargetDBInstanceIdentifier: target,
+    DBSubnetGroupName: 'event-manager-private',
+    VpcSecurityGroupIds: [securityGroup],
+    PubliclyAccessible: false,
+  });
 });
 
 it('plans an RDS restore without creating anything on a dry run', async () => {
