@@ -9,6 +9,13 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *   workerSubnets, workerSecurityGroups (comma-separated)
  *                                              run the worker (Lambda and Fargate) in these subnets
  *   workerRunner=fargate                       run backups as Fargate tasks (longer than 15 minutes)
+ *   heavySteps=lambda|fargate|auto, fargateFromBytes
+ *                                              where workflows run restores and checks (auto: by size)
+ *   workerPublicIp=true                        give the Fargate task a public IP (no NAT, no endpoints)
+ *   failoverZones (comma-separated)            Route 53 zone ids FAILOVER_TEST may change records in
+ *   globalCluster                              the Aurora global database FAILOVER_TEST may switch over
+ *   targetKmsKeys (comma-separated)            KMS key ARNs that S3 targets name in kmsKeyId
+ *   masterKeySecretArn, masterKeyKmsKey        redeploy with the master key of a deleted stack
  *   mailFrom                                   verified SES address DR-test emails are sent from
  *   allowPrivateEndpoints=true                 targets may point at private addresses (never metadata)
  *   filesRoots=/mnt/uploads,/mnt/restores       where files may be backed up from and restored into
@@ -19,6 +26,10 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
   const list = (name: string) =>
     ((app.node.tryGetContext(name) as string | undefined) ?? '').split(',').filter((value) => value !== '');
   const subnets = list('workerSubnets');
+  const context = (name: string) => app.node.tryGetContext(name) as string | undefined;
+  const heavySteps = context('heavySteps');
+  if (heavySteps !== undefined && !['lambda', 'fargate', 'auto'].includes(heavySteps))
+    throw new Error(`-c heavySteps must be lambda, fargate or auto, not '${heavySteps}'`);
   const props: ControlPlaneStackProps = {
     worker: {
       backupBuckets: list('backupBuckets'),
@@ -28,6 +39,14 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
         : {}),
       ...(subnets.length > 0 ? { network: { subnets, securityGroups: list('workerSecurityGroups') } } : {}),
       ...(list('filesRoots').length > 0 ? { filesRoots: list('filesRoots') } : {}),
+      ...(heavySteps ? { heavySteps: heavySteps as 'lambda' | 'fargate' | 'auto' } : {}),
+      ...(context('fargateFromBytes') ? { fargateFromBytes: Number(context('fargateFromBytes')) } : {}),
+      ...(context('workerPublicIp') === 'true' ? { publicIp: true } : {}),
+      ...(list('failoverZones').length > 0 ? { failoverZones: list('failoverZones') } : {}),
+      ...(context('globalCluster') ? { globalCluster: context('globalCluster')! } : {}),
+      ...(list('targetKmsKeys').length > 0 ? { targetKeys: list('targetKmsKeys') } : {}),
+      ...(context('masterKeySecretArn') ? { masterKeySecretArn: context('masterKeySecretArn')! } : {}),
+      ...(context('masterKeyKmsKey') ? { masterKeyKey: context('masterKeyKmsKey')! } : {}),
     },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',
     ...(app.node.tryGetContext('allowPrivateEndpoints') === 'true' ? { allowPrivateEndpoints: true } : {}),

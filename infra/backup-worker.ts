@@ -23,9 +23,11 @@ import {
 } from 'aws-cdk-lib/aws-lambda';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { BlockPublicAccess, Bucket, BucketEncryption } from 'aws-cdk-lib/aws-s3';
-import { Secret } from 'aws-cdk-lib/aws-secretsmanager';
+import { Secret, type ISecret } from 'aws-cdk-lib/aws-secretsmanager';
+import { DefinitionBody, LogLevel, StateMachine, StateMachineType } from 'aws-cdk-lib/aws-stepfunctions';
+import { RUN_TASK } from '../functions/workflows/definitions.ts';
 import type { Table } from 'aws-cdk-lib/aws-dynamodb';
-import { Construct } from 'constructs';
+import { Construct, type IConstruct } from 'constructs';
 import { fileURLToPath } from 'node:url';
 import { DrFunction } from './dr-function.ts';
 
@@ -60,6 +62,32 @@ export interface BackupWorkerProps {
   readonly allowPrivateEndpoints?: boolean;
   /** Which runner starts backups: the worker Lambda (≤ 15 minutes) or the Fargate task. @default 'lambda' */
   readonly runner?: 'lambda' | 'fargate';
+  /**
+   * Where the restore and DR-test workflows run their heavy steps: the worker Lambda, always a Fargate task,
+   * or a Fargate task for backups of `fargateFromBytes` and more. Fargate needs `network`.
+   * @default 'auto' with a network, 'lambda' without
+   */
+  readonly heavySteps?: 'lambda' | 'fargate' | 'auto';
+  /** @default 1 GiB */
+  readonly fargateFromBytes?: number;
+  /**
+   * Give the Fargate task a public IP (subnets with an internet gateway and no NAT). Without it the subnets
+   * need a NAT gateway or the VPC endpoints listed in the README. @default false
+   */
+  readonly publicIp?: boolean;
+  /** Route 53 hosted zones (ids) whose records FAILOVER_TEST may switch. @default none: no Route 53 access */
+  readonly failoverZones?: readonly string[];
+  /** The Aurora global database FAILOVER_TEST may switch over. @default none */
+  readonly globalCluster?: string;
+  /** KMS keys (ARNs) that S3 targets name in `kmsKeyId`: the worker and the API may use them. @default none */
+  readonly targetKeys?: readonly string[];
+  /**
+   * An existing master-key secret (complete ARN) to use instead of generating one: a redeploy after the stack
+   * was deleted, with the repositories it wrote. `masterKeyKey`: the KMS key that secret is encrypted with,
+   * when it is not this stack's.
+   */
+  readonly masterKeySecretArn?: string;
+  readonly masterKeyKey?: string;
 }
 
 /**
@@ -79,7 +107,14 @@ export class BackupWorker extends Construct {
   readonly dispatcher: DrFunction;
   readonly taskDefinition: FargateTaskDefinition;
   readonly cluster: CfnCluster;
-  readonly masterKey: Secret;
+  readonly masterKey: ISecret;
+  /** The state machine that runs the worker task for Fargate backups and exports (runner fargate). */
+  readonly taskMachine?: StateMachine;
+  /** Placeholders of the workflow definitions that say where heavy steps' Fargate tasks run. */
+  readonly fargateSubstitutions: Record<string, string>;
+  /** Whether workflows may run heavy steps on Fargate (their roles then may run the task). */
+  readonly heavyOnFargate: boolean;
+  private readonly workerRoles: readonly IRole[];
   readonly downloads: Bucket;
   private readonly buckets: readonly string[];
   /** Environment for the functions that start runs (API, dispatcher). */
@@ -88,14 +123,29 @@ export class BackupWorker extends Construct {
   constructor(scope: Construct, id: string, props: BackupWorkerProps) {
     super(scope, id);
     this.buckets = props.backupBuckets ?? [];
-    this.masterKey = new Secret(this, 'MasterKey', {
-      secretName: `${props.secretPrefix}/repository-master-key`,
-      description:
-        'DR Automation: the backup repositories master key (SHA-256 of this string); keep a copy offline',
-      encryptionKey: props.key,
-      generateSecretString: { passwordLength: 64, excludePunctuation: true },
-      removalPolicy: RemovalPolicy.RETAIN,
-    });
+    const network = props.network;
+    if (props.runner === 'fargate' && !network)
+      throw new Error(
+        "BackupWorker: workerRunner=fargate needs workerSubnets (and workerSecurityGroups): a Fargate task runs in the operator's subnets, where the database is",
+      );
+    const heavySteps = props.heavySteps ?? (network ? 'auto' : 'lambda');
+    if (heavySteps !== 'lambda' && !network)
+      throw new Error(
+        `BackupWorker: heavySteps=${heavySteps} needs workerSubnets (and workerSecurityGroups): heavy steps run as Fargate tasks in them`,
+      );
+    this.heavyOnFargate = heavySteps !== 'lambda';
+    // Generated, under a name CloudFormation picks (a fixed name would collide with the retained secret of
+    // a deleted stack on redeploy); kept when the stack is deleted. A redeploy brings the old one back with
+    // masterKeySecretArn: without it, no repository it sealed can be read.
+    this.masterKey = props.masterKeySecretArn
+      ? Secret.fromSecretCompleteArn(this, 'MasterKey', props.masterKeySecretArn)
+      : new Secret(this, 'MasterKey', {
+          description:
+            'DR Automation: the backup repositories master key (SHA-256 of this string); keep a copy offline',
+          encryptionKey: props.key,
+          generateSecretString: { passwordLength: 64, excludePunctuation: true },
+          removalPolicy: RemovalPolicy.RETAIN,
+        });
 
     this.downloads = new Bucket(this, 'Downloads', {
       encryption: BucketEncryption.KMS,
@@ -110,7 +160,9 @@ export class BackupWorker extends Construct {
           abortIncompleteMultipartUploadAfter: Duration.days(1),
         },
       ],
+      // Exports are copies that live a day: they do not block deleting the stack.
       removalPolicy: RemovalPolicy.DESTROY,
+      autoDeleteObjects: true,
     });
 
     const image = new DockerImageAsset(this, 'Image', {
@@ -211,25 +263,30 @@ export class BackupWorker extends Construct {
       clusterSettings: [{ name: 'containerInsights', value: 'enabled' }],
     });
 
-    for (const grantee of [workerRole, this.taskDefinition.taskRole]) this.grantWorker(grantee, props);
+    this.workerRoles = [workerRole, this.taskDefinition.taskRole];
+    for (const grantee of this.workerRoles) this.grantWorker(grantee, props);
     this.grantFreeStorage(workerRole);
 
-    const runner = props.runner === 'fargate' && props.network ? 'fargate' : 'lambda';
+    this.fargateSubstitutions = {
+      WorkerCluster: this.cluster.attrArn,
+      WorkerTaskDefinition: this.taskDefinition.taskDefinitionArn,
+      // Without a network heavy steps never take the Fargate branch; the placeholders still need a value
+      // (an empty substitution is dropped, and a definition with a placeholder left in it is refused).
+      WorkerSubnets: network?.subnets.join(',') ?? 'none',
+      WorkerSecurityGroups: network?.securityGroups.join(',') ?? 'none',
+      WorkerPublicIp: props.publicIp ? 'ENABLED' : 'DISABLED',
+    };
+    const runner = props.runner === 'fargate' ? 'fargate' : 'lambda';
+    if (runner === 'fargate') this.taskMachine = this.workerTaskMachine();
     this.launcherEnvironment = {
       WORKER_FUNCTION: this.workerFunction.functionName,
       WORKER_RUNNER: runner,
+      DR_HEAVY_STEPS: heavySteps,
+      DR_FARGATE_FROM_BYTES: String(props.fargateFromBytes ?? 1024 ** 3),
       // The API and the dispatcher run outside the operator's subnets: what they know of the source database
       // (the change stream's slot and readiness) the worker measures for them (`watch`).
-      ...(props.network ? { SOURCE_FROM_WORKER: 'true' } : {}),
-      ...(runner === 'fargate'
-        ? {
-            WORKER_CLUSTER: this.cluster.attrArn,
-            WORKER_TASK_DEFINITION: this.taskDefinition.taskDefinitionArn,
-            WORKER_CONTAINER: 'worker',
-            WORKER_SUBNETS: props.network!.subnets.join(','),
-            WORKER_SECURITY_GROUPS: props.network!.securityGroups.join(','),
-          }
-        : {}),
+      ...(network ? { SOURCE_FROM_WORKER: 'true' } : {}),
+      ...(this.taskMachine ? { WORKER_TASK_MACHINE: this.taskMachine.stateMachineArn } : {}),
     };
 
     this.dispatcher = new DrFunction(this, 'Dispatcher', {
@@ -252,17 +309,11 @@ export class BackupWorker extends Construct {
     this.dispatcher.role.addToPrincipalPolicy(
       new PolicyStatement({
         actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
-        resources: [
-          Stack.of(this).formatArn({
-            service: 'secretsmanager',
-            resource: 'secret',
-            resourceName: `${props.secretPrefix}/*`,
-            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
-          }),
-        ],
+        resources: storedSecrets(this, props.secretPrefix),
       }),
     );
     this.grantBuckets(this.dispatcher.role);
+    this.grantTargetKeys(this.dispatcher.role, props);
     this.grantFreeStorage(this.dispatcher.role);
     new Rule(this, 'EveryMinute', {
       description: 'DR Automation: evaluate the backup schedules',
@@ -279,77 +330,109 @@ export class BackupWorker extends Construct {
         }),
       ],
     });
-    this.acknowledge(props.secretPrefix);
+    this.acknowledge(props);
   }
 
-  /** The cdk-nag findings this construct accepts, each with its reason. */
-  private acknowledge(secretPrefix: string): void {
-    const invoke = `Resource::<${Stack.of(this).getLogicalId(this.workerFunction.node.defaultChild as CfnElement)}.Arn>:*`;
-    const findings: [string, string][] = [
+  /** The cdk-nag findings each role of this construct accepts, each with the reason that covers it. */
+  private acknowledge(props: BackupWorkerProps): void {
+    const stack = Stack.of(this);
+    const logicalId = (construct: Construct) => stack.getLogicalId(construct.node.defaultChild as CfnElement);
+    const rds = (kind: string, name = '*') =>
+      `Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:${kind}:${name}`;
+    const kms: [string, string][] = [
+      ['Action::kms:GenerateDataKey*', 'Granted by key.grantEncryptDecrypt on the stack key only.'],
+      ['Action::kms:ReEncrypt*', 'Granted by key.grantEncryptDecrypt on the stack key only.'],
+    ];
+    const secrets: [string, string][] = ['config', 'target'].map((kind) => [
+      `Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${props.secretPrefix}/${kind}/*`,
+      kind === 'config'
+        ? 'Reads the database credentials the DR config names, created at run time under this prefix (read only).'
+        : 'Reads target credentials, one secret per target created at run time under this prefix (read only).',
+    ]);
+    const worker: [string, string][] = [
       [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::*]',
-        "X-Ray, ECR authorization (GetAuthorizationToken), the Lambda network interfaces in the operator subnets (ec2:*NetworkInterface*) and CloudWatch GetMetricStatistics (an RDS source's free storage, for the replication slot watch) have no resource-level permissions.",
+        'Resource::*',
+        "X-Ray, ECR GetAuthorizationToken, the Lambda network interfaces in the operator subnets (ec2:*NetworkInterface*) and CloudWatch GetMetricStatistics (an RDS source's free storage) have no resource-level permissions.",
+      ],
+      ...kms,
+      ...secrets,
+      [
+        `Resource::<${logicalId(this.downloads)}.Arn>/exports/*`,
+        'Write only, on the exports of the downloads bucket (the worker writes the artifacts there).',
       ],
       [
-        'AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]',
-        'Granted by key.grantEncryptDecrypt on the stack key only.',
+        rds('db'),
+        'Describe any instance (read only); restore to a point in time only from a source tagged dr-automation:source=true; promote, snapshot, delete and re-create only a standby tagged dr-automation:standby=true (conditions on each statement).',
       ],
       [
-        'AwsSolutions::AwsSolutions-IAM5[Action::kms:ReEncrypt*]',
-        'Granted by key.grantEncryptDecrypt on the stack key only.',
+        rds('cluster'),
+        'Describe any cluster (read only); restore to a point in time only from a source tagged dr-automation:source=true; global-database switchover only within the configured global cluster.',
+      ],
+      ...['snapshot', 'cluster-snapshot'].map((kind): [string, string] => [
+        rds(kind),
+        'Describe and restore from snapshots of the source (restore and recovery-time tests); what is created is only a dr-restore-* copy.',
+      ]),
+      ...['subgrp', 'og', 'pg', 'cluster-pg'].map((kind): [string, string] => [
+        rds(kind),
+        "A restored copy or re-created standby is placed in the source's subnet group, option and parameter groups, which RDS authorizes as resources of the request.",
+      ]),
+      [
+        rds('db', 'dr-restore-*'),
+        'Create, tag and delete only the instances a restore or test creates (dr-restore-<id>).',
       ],
       [
-        `AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${secretPrefix}/*]`,
-        "The worker reads target credentials and the database password, created at run time under this stack's prefix (read only).",
+        rds('cluster', 'dr-restore-*'),
+        'Create, tag and delete only the clusters a restore or test creates (dr-restore-<id>).',
       ],
       [
-        `AwsSolutions::AwsSolutions-IAM5[${invoke}]`,
+        rds('snapshot', 'dr-failover-*'),
+        'The final snapshot of a promoted standby replica before it is re-created (dr-failover-<test id>).',
+      ],
+      ...this.buckets.map((bucket): [string, string] => [
+        `Resource::arn:<AWS::Partition>:s3:::${bucket}/*`,
+        'Objects of a bucket the operator named as a backup target (context backupBuckets): the repository lives there.',
+      ]),
+      ...(props.globalCluster
+        ? [
+            [
+              rds('global-cluster', props.globalCluster),
+              'FAILOVER_TEST switches over the global database named at deploy (context globalCluster), in whichever region it is homed.',
+            ] as [string, string],
+          ]
+        : []),
+    ];
+    for (const role of this.workerRoles) acknowledgeOn(role, worker);
+    // Pulling the image and writing the task's log stream (the execution role CDK makes for the task)
+    acknowledgeOn(this.taskDefinition.obtainExecutionRole(), [
+      ['Resource::*', 'ECR GetAuthorizationToken has no resource-level permission.'],
+    ]);
+    acknowledgeOn(this.dispatcher.role, [
+      [
+        'Resource::*',
+        "X-Ray PutTraceSegments/PutTelemetryRecords and CloudWatch GetMetricStatistics (an RDS source's free storage) have no resource-level permissions.",
+      ],
+      ...kms,
+      ...secrets,
+      [
+        `Resource::<${logicalId(this.workerFunction)}.Arn>:*`,
         'grantInvoke covers the worker function and its versions only.',
       ],
-      [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:db:*]',
-        'Point-in-time restores read and restore the RDS source configured at run time (describe and restore only).',
-      ],
-      [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:cluster:*]',
-        'Point-in-time restores read and restore the Aurora source configured at run time (describe and restore only).',
-      ],
-      ...(['snapshot', 'cluster-snapshot', 'subgrp', 'og', 'pg', 'cluster-pg'] as const).map(
-        (kind): [string, string] => [
-          `AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:${kind}:*]`,
-          "Restore and recovery-time tests on RDS read the source's snapshots and restore the newest into a temporary dr-restore-* instance in the source's subnet group, option and parameter groups (configured at run time).",
-        ],
-      ),
-      [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:global-cluster:*]',
-        'FAILOVER_TEST switches the staging Aurora global database (configured at run time) over to its secondary and back.',
-      ],
-      [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:snapshot:dr-failover-*]',
-        'The final snapshot of a promoted standby replica before it is re-created (named dr-failover-<test id>).',
-      ],
-      [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:db:dr-restore-*]',
-        'Create, tag and delete only the instances a restore creates (named dr-restore-<restore id>).',
-      ],
-      [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:*:<AWS::AccountId>:cluster:dr-restore-*]',
-        'Create, tag and delete only the clusters a restore creates (named dr-restore-<restore id>).',
-      ],
-      [
-        'AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:route53:::hostedzone/*]',
-        "FAILOVER_TEST switches the staging environment's endpoint record, whose zone is configured at run time, and switches it back.",
-      ],
-      [
-        'AwsSolutions::AwsSolutions-SMG4',
-        'The master key seals every repository; rotating it is a drctl rekey of each repository, not a secret rotation (see README).',
-      ],
-      [
-        'AwsSolutions::AwsSolutions-ECS2',
+      ...this.buckets.map((bucket): [string, string] => [
+        `Resource::arn:<AWS::Partition>:s3:::${bucket}/*`,
+        'Objects of a bucket the operator named as a backup target: the storage-capacity check lists them.',
+      ]),
+    ]);
+    if (this.masterKey instanceof Secret)
+      Validations.of(this.masterKey).acknowledge({
+        id: 'AwsSolutions::AwsSolutions-SMG4',
+        reason:
+          'The master key seals every repository; rotating it is a drctl rekey of each repository, not a secret rotation (see README).',
+      });
+    Validations.of(this.taskDefinition).acknowledge({
+      id: 'AwsSolutions::AwsSolutions-ECS2',
+      reason:
         'The environment holds names and ARNs only (table, secret prefix, key, master-key secret ARN); no secret values.',
-      ],
-    ];
-    for (const [id, reason] of findings) Validations.of(this).acknowledge({ id, reason });
+    });
     Validations.of(this.downloads).acknowledge({
       id: 'AwsSolutions::AwsSolutions-S1',
       reason:
@@ -381,17 +464,28 @@ export class BackupWorker extends Construct {
   }
 
   /** The findings a function that starts runs carries (grantLaunch). */
-  acknowledgeLaunch(scope: Construct): void {
+  acknowledgeLaunch(role: IRole): void {
     const invoke = `Resource::<${Stack.of(this).getLogicalId(this.workerFunction.node.defaultChild as CfnElement)}.Arn>:*`;
-    Validations.of(scope).acknowledge({
-      id: `AwsSolutions::AwsSolutions-IAM5[${invoke}]`,
-      reason: 'grantInvoke covers the worker function and its versions only.',
-    });
+    acknowledgeOn(role, [[invoke, 'grantInvoke covers the worker function and its versions only.']]);
   }
 
-  /** What a function that starts runs (API, dispatcher) needs: invoke the worker, or run its task. */
+  /**
+   * What a function that starts runs (API, dispatcher) needs: invoke the worker Lambda, or start the
+   * worker-task state machine (runner fargate). Never RunTask or PassRole: RunTask takes command overrides,
+   * which would let the caller run anything as the worker's task role.
+   */
   grantLaunch(role: IRole): void {
     this.workerFunction.grantInvoke(role);
+    this.taskMachine?.grantStartExecution(role);
+  }
+
+  /**
+   * What a state machine needs to run the worker image as a Fargate task and wait for it (`runTask.sync`):
+   * RunTask of this task definition in this cluster, stopping and describing its tasks, the managed rule
+   * Step Functions watches them with, and passing the task's two roles to ECS only.
+   */
+  grantRunTask(role: IRole): void {
+    const stack = Stack.of(this);
     role.addToPrincipalPolicy(
       new PolicyStatement({
         actions: ['ecs:RunTask'],
@@ -401,11 +495,97 @@ export class BackupWorker extends Construct {
     );
     role.addToPrincipalPolicy(
       new PolicyStatement({
+        actions: ['ecs:StopTask', 'ecs:DescribeTasks'],
+        resources: [
+          stack.formatArn({ service: 'ecs', resource: 'task', resourceName: `${this.cluster.ref}/*` }),
+        ],
+      }),
+    );
+    role.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['events:PutTargets', 'events:PutRule', 'events:DescribeRule'],
+        resources: [
+          stack.formatArn({
+            service: 'events',
+            resource: 'rule',
+            resourceName: 'StepFunctionsGetEventsForECSTaskRule',
+          }),
+        ],
+      }),
+    );
+    role.addToPrincipalPolicy(
+      new PolicyStatement({
         actions: ['iam:PassRole'],
         resources: [this.taskDefinition.taskRole.roleArn, this.taskDefinition.obtainExecutionRole().roleArn],
         conditions: { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
       }),
     );
+    acknowledgeOn(role, [
+      [
+        `Resource::arn:<AWS::Partition>:ecs:<AWS::Region>:<AWS::AccountId>:task/<${stack.getLogicalId(this.cluster)}>/*`,
+        'StopTask and DescribeTasks on the tasks of the worker cluster only (their ids are not known in advance).',
+      ],
+    ]);
+  }
+
+  /** Fargate backups and exports: one Task state that runs the worker image with `{variable, value}` set. */
+  private workerTaskMachine(): StateMachine {
+    const role = new Role(this, 'TaskMachineRole', {
+      assumedBy: new ServicePrincipal('states.amazonaws.com'),
+      description: 'DR Automation worker-task state machine: runs the backup worker as a Fargate task',
+    });
+    this.grantRunTask(role);
+    const logs = new LogGroup(this, 'TaskMachineLogs', {
+      retention: RetentionDays.ONE_YEAR,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    const definition = {
+      Comment: 'DR Automation: a backup or an export as a Fargate task (the worker image), until it stops',
+      StartAt: 'RunWorker',
+      TimeoutSeconds: 86_400,
+      States: {
+        RunWorker: {
+          Type: 'Task',
+          Resource: RUN_TASK,
+          Parameters: {
+            Cluster: '${WorkerCluster}',
+            TaskDefinition: '${WorkerTaskDefinition}',
+            LaunchType: 'FARGATE',
+            NetworkConfiguration: {
+              AwsvpcConfiguration: {
+                'Subnets.$': "States.StringSplit('${WorkerSubnets}', ',')",
+                'SecurityGroups.$': "States.StringSplit('${WorkerSecurityGroups}', ',')",
+                AssignPublicIp: '${WorkerPublicIp}',
+              },
+            },
+            Overrides: {
+              ContainerOverrides: [
+                { Name: 'worker', Environment: [{ 'Name.$': '$.variable', 'Value.$': '$.value' }] },
+              ],
+            },
+          },
+          Retry: [
+            { ErrorEquals: ['ECS.AmazonECSException'], IntervalSeconds: 10, MaxAttempts: 3, BackoffRate: 2 },
+          ],
+          End: true,
+        },
+      },
+    };
+    const machine = new StateMachine(this, 'TaskMachine', {
+      stateMachineType: StateMachineType.STANDARD,
+      definitionBody: DefinitionBody.fromString(JSON.stringify(definition)),
+      definitionSubstitutions: this.fargateSubstitutions,
+      role,
+      tracingEnabled: true,
+      logs: { destination: logs, level: LogLevel.ALL, includeExecutionData: true },
+    });
+    acknowledgeOn(role, [
+      [
+        'Resource::*',
+        'Step Functions needs logs:*Delivery* and X-Ray PutTraceSegments, which have no resource-level permissions.',
+      ],
+    ]);
+    return machine;
   }
 
   /** The replication slot's watch reads an RDS source's free storage (CloudWatch has no resource-level rights). */
@@ -415,48 +595,44 @@ export class BackupWorker extends Construct {
     );
   }
 
+  /** Encrypt and decrypt with the KMS keys S3 targets name (context targetKeys). */
+  grantTargetKeys(grantee: IGrantable, props: Pick<BackupWorkerProps, 'targetKeys'>): void {
+    if (!props.targetKeys?.length) return;
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new PolicyStatement({
+        actions: ['kms:Encrypt', 'kms:Decrypt', 'kms:GenerateDataKey'],
+        resources: [...props.targetKeys],
+      }),
+    );
+  }
+
   private grantWorker(grantee: IGrantable, props: BackupWorkerProps): void {
     props.table.grantReadWriteData(grantee);
     props.key.grantEncryptDecrypt(grantee);
     this.masterKey.grantRead(grantee);
+    if (props.masterKeyKey)
+      grantee.grantPrincipal.addToPrincipalPolicy(
+        new PolicyStatement({ actions: ['kms:Decrypt'], resources: [props.masterKeyKey] }),
+      );
     const stack = Stack.of(this);
     grantee.grantPrincipal.addToPrincipalPolicy(
       new PolicyStatement({
         actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
-        resources: [
-          stack.formatArn({
-            service: 'secretsmanager',
-            resource: 'secret',
-            resourceName: `${props.secretPrefix}/*`,
-            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
-          }),
-        ],
+        resources: storedSecrets(this, props.secretPrefix),
       }),
     );
-    // RDS/Aurora point-in-time restores: read and restore any instance or cluster (the source is
-    // configured at run time), but create, tag and delete only what a restore creates (dr-restore-*): the
-    // worker can never delete a database it did not make.
     this.grantMail(grantee, props);
-    // FAILOVER_TEST switches the staging endpoint record (the zone is configured at run time) and back.
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new PolicyStatement({
-        actions: ['route53:ListResourceRecordSets', 'route53:ChangeResourceRecordSets'],
-        resources: [`arn:${stack.partition}:route53:::hostedzone/*`],
-      }),
-    );
-    const rdsArn = (
-      resource:
-        | 'db'
-        | 'cluster'
-        | 'global-cluster'
-        | 'snapshot'
-        | 'cluster-snapshot'
-        | 'subgrp'
-        | 'og'
-        | 'pg'
-        | 'cluster-pg',
-      name: string,
-    ) =>
+    this.grantTargetKeys(grantee, props);
+    const add = (statement: PolicyStatement) => grantee.grantPrincipal.addToPrincipalPolicy(statement);
+    // FAILOVER_TEST switches the staging endpoint record, in the zones named at deploy only.
+    if (props.failoverZones?.length)
+      add(
+        new PolicyStatement({
+          actions: ['route53:ListResourceRecordSets', 'route53:ChangeResourceRecordSets'],
+          resources: props.failoverZones.map((zone) => `arn:${stack.partition}:route53:::hostedzone/${zone}`),
+        }),
+      );
+    const rdsArn = (resource: string, name = '*') =>
       stack.formatArn({
         service: 'rds',
         resource,
@@ -464,68 +640,32 @@ export class BackupWorker extends Construct {
         region: '*',
         arnFormat: ArnFormat.COLON_RESOURCE_NAME,
       });
-    grantee.grantPrincipal.addToPrincipalPolicy(
+    const sourceTag = { StringEquals: { 'aws:ResourceTag/dr-automation:source': 'true' } };
+    const standbyTag = { StringEquals: { 'aws:ResourceTag/dr-automation:standby': 'true' } };
+    const restores = [
+      'rds:RestoreDBInstanceToPointInTime',
+      'rds:RestoreDBClusterToPointInTime',
+      'rds:RestoreDBInstanceFromDBSnapshot',
+      'rds:RestoreDBClusterFromSnapshot',
+    ];
+    // Reading is open: which instance, cluster or snapshot is the source is configured at run time.
+    add(
       new PolicyStatement({
         actions: [
           'rds:DescribeDBInstances',
           'rds:DescribeDBClusters',
-          'rds:RestoreDBInstanceToPointInTime',
-          'rds:RestoreDBClusterToPointInTime',
+          'rds:DescribeDBSnapshots',
+          'rds:DescribeDBClusterSnapshots',
         ],
-        resources: [rdsArn('db', '*'), rdsArn('cluster', '*')],
+        resources: [rdsArn('db'), rdsArn('cluster'), rdsArn('snapshot'), rdsArn('cluster-snapshot')],
       }),
     );
-    // FAILOVER_TEST with an RDS standby: only instances tagged dr-automation:standby=true are promoted, deleted
-    // (with a final snapshot) and re-created (with that tag); Aurora global databases are switched over.
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new PolicyStatement({
-        actions: ['rds:PromoteReadReplica', 'rds:DeleteDBInstance'],
-        resources: [rdsArn('db', '*')],
-        conditions: { StringEquals: { 'aws:ResourceTag/dr-automation:standby': 'true' } },
-      }),
-    );
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new PolicyStatement({
-        actions: ['rds:CreateDBInstanceReadReplica', 'rds:CreateDBSnapshot'],
-        resources: [rdsArn('db', '*'), rdsArn('snapshot', 'dr-failover-*'), rdsArn('subgrp', '*')],
-      }),
-    );
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new PolicyStatement({
-        actions: ['rds:DescribeGlobalClusters', 'rds:SwitchoverGlobalCluster'],
-        resources: [rdsArn('global-cluster', '*'), rdsArn('cluster', '*')],
-      }),
-    );
-    // RESTORE_TEST / RECOVERY_TIME_TEST on RDS: the source's newest snapshot into a temporary dr-restore-*.
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new PolicyStatement({
-        actions: ['rds:DescribeDBSnapshots', 'rds:DescribeDBClusterSnapshots'],
-        resources: [
-          rdsArn('db', '*'),
-          rdsArn('cluster', '*'),
-          rdsArn('snapshot', '*'),
-          rdsArn('cluster-snapshot', '*'),
-        ],
-      }),
-    );
-    grantee.grantPrincipal.addToPrincipalPolicy(
-      new PolicyStatement({
-        actions: ['rds:RestoreDBInstanceFromDBSnapshot', 'rds:RestoreDBClusterFromSnapshot'],
-        resources: [
-          rdsArn('db', 'dr-restore-*'),
-          rdsArn('cluster', 'dr-restore-*'),
-          rdsArn('snapshot', '*'),
-          rdsArn('cluster-snapshot', '*'),
-          rdsArn('subgrp', '*'),
-          rdsArn('og', '*'),
-          rdsArn('pg', '*'),
-          rdsArn('cluster-pg', '*'),
-        ],
-      }),
-    );
-    grantee.grantPrincipal.addToPrincipalPolicy(
+    // What a restore or test creates is a dr-restore-* copy, and only that may be tagged and deleted. IAM
+    // checks each resource of a request on its own: the new copy matches here, the source below.
+    add(
       new PolicyStatement({
         actions: [
+          ...restores,
           'rds:CreateDBInstance',
           'rds:AddTagsToResource',
           'rds:DeleteDBInstance',
@@ -534,17 +674,63 @@ export class BackupWorker extends Construct {
         resources: [rdsArn('db', 'dr-restore-*'), rdsArn('cluster', 'dr-restore-*')],
       }),
     );
+    // The source of a point-in-time restore: an instance or cluster the operator tagged for it.
+    add(
+      new PolicyStatement({
+        actions: ['rds:RestoreDBInstanceToPointInTime', 'rds:RestoreDBClusterToPointInTime'],
+        resources: [rdsArn('db'), rdsArn('cluster')],
+        conditions: sourceTag,
+      }),
+    );
+    add(
+      new PolicyStatement({
+        actions: [...restores, 'rds:CreateDBInstanceReadReplica'],
+        resources: [
+          rdsArn('snapshot'),
+          rdsArn('cluster-snapshot'),
+          rdsArn('subgrp'),
+          rdsArn('og'),
+          rdsArn('pg'),
+          rdsArn('cluster-pg'),
+        ],
+      }),
+    );
+    // FAILOVER_TEST with an RDS standby: only an instance tagged dr-automation:standby=true is promoted,
+    // snapshotted and deleted; its re-creation must carry that tag (the replica and its tags are one request).
+    add(
+      new PolicyStatement({
+        actions: ['rds:PromoteReadReplica', 'rds:DeleteDBInstance', 'rds:CreateDBSnapshot'],
+        resources: [rdsArn('db')],
+        conditions: standbyTag,
+      }),
+    );
+    add(
+      new PolicyStatement({
+        actions: ['rds:CreateDBSnapshot'],
+        resources: [rdsArn('snapshot', 'dr-failover-*')],
+      }),
+    );
+    add(
+      new PolicyStatement({
+        actions: ['rds:CreateDBInstanceReadReplica', 'rds:AddTagsToResource'],
+        resources: [rdsArn('db')],
+        conditions: { StringEquals: { 'aws:RequestTag/dr-automation:standby': 'true' } },
+      }),
+    );
+    if (props.globalCluster)
+      add(
+        new PolicyStatement({
+          actions: ['rds:DescribeGlobalClusters', 'rds:SwitchoverGlobalCluster'],
+          resources: [rdsArn('global-cluster', props.globalCluster), rdsArn('cluster')],
+        }),
+      );
     this.grantBuckets(grantee);
-    grantee.grantPrincipal.addToPrincipalPolicy(
+    add(
       new PolicyStatement({
         actions: ['s3:PutObject', 's3:AbortMultipartUpload'],
         resources: [this.downloads.arnForObjects('exports/*')],
       }),
     );
-    Validations.of(grantee instanceof Construct ? grantee : this).acknowledge({
-      id: `AwsSolutions::AwsSolutions-IAM5[Resource::<${Stack.of(this).getLogicalId(this.downloads.node.defaultChild as CfnElement)}.Arn>/exports/*]`,
-      reason: 'Write only, on the exports of the downloads bucket (the worker writes the artifacts there).',
-    });
   }
 
   /** SES sending from the configured address (or its domain) only, where one is configured. */
@@ -596,11 +782,24 @@ export class BackupWorker extends Construct {
           resources: [`arn:${stack.partition}:s3:::${bucket}/*`],
         }),
       );
-      Validations.of(grantee instanceof Construct ? grantee : this).acknowledge({
-        id: `AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::${bucket}/*]`,
-        reason:
-          'Objects of a bucket the operator named as a backup target (context backupBuckets): the repository lives there.',
-      });
     }
   }
+}
+
+/** Acknowledges cdk-nag IAM5 findings on one role, each with the reason that covers it. */
+export function acknowledgeOn(role: IConstruct, findings: readonly (readonly [string, string])[]): void {
+  for (const [finding, reason] of findings)
+    Validations.of(role).acknowledge({ id: `AwsSolutions::AwsSolutions-IAM5[${finding}]`, reason });
+}
+
+/** The secrets the API writes and the worker and dispatcher read: database credentials and target credentials (never the master key). */
+export function storedSecrets(scope: Construct, prefix: string): string[] {
+  return ['config', 'target'].map((kind) =>
+    Stack.of(scope).formatArn({
+      service: 'secretsmanager',
+      resource: 'secret',
+      resourceName: `${prefix}/${kind}/*`,
+      arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+    }),
+  );
 }

@@ -1,4 +1,4 @@
-import { ArnFormat, CfnOutput, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
 import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
 import {
   HttpApi,
@@ -15,7 +15,7 @@ import { Key } from 'aws-cdk-lib/aws-kms';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import { TABLE_KEYS } from '../functions/core/store/table.ts';
-import { BackupWorker, type BackupWorkerProps } from './backup-worker.ts';
+import { acknowledgeOn, BackupWorker, storedSecrets, type BackupWorkerProps } from './backup-worker.ts';
 import { Workflows } from './workflows.ts';
 import { Monitoring } from './monitoring.ts';
 import { DrFunction } from './dr-function.ts';
@@ -107,8 +107,13 @@ export class ControlPlaneStack extends Stack {
     this.worker.acknowledgeLaunch(apiFunction.role);
     // check, usage and lifecycle rules of role-based S3 targets run with the API's role.
     this.worker.grantBuckets(apiFunction.role, { lifecycle: true });
+    this.worker.grantTargetKeys(apiFunction.role, props.worker ?? {});
     this.worker.grantDownloads(fn);
-    this.workflows = new Workflows(this, 'Workflows', { worker: this.worker.workerFunction });
+    this.workflows = new Workflows(this, 'Workflows', {
+      worker: this.worker.workerFunction,
+      fargateSubstitutions: this.worker.fargateSubstitutions,
+      ...(this.worker.heavyOnFargate ? { grantRunTask: (role) => this.worker.grantRunTask(role) } : {}),
+    });
     this.workflows.grantStart(fn);
     this.monitoring = new Monitoring(this, 'Monitoring');
     this.table.grantReadWriteData(fn);
@@ -123,17 +128,11 @@ export class ControlPlaneStack extends Stack {
           'secretsmanager:DescribeSecret',
           'secretsmanager:TagResource',
         ],
-        resources: [
-          this.formatArn({
-            service: 'secretsmanager',
-            resource: 'secret',
-            resourceName: `${secretPrefix}/*`,
-            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
-          }),
-        ],
+        // The database credentials and the target credentials: never the master key (the worker's alone).
+        resources: storedSecrets(this, secretPrefix),
       }),
     );
-    const findings: [string, string][] = [
+    acknowledgeOn(apiFunction.role, [
       ['Resource::*', 'X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.'],
       [
         'Action::kms:GenerateDataKey*',
@@ -144,16 +143,18 @@ export class ControlPlaneStack extends Stack {
         'Granted by key.grantEncryptDecrypt on the stack key only (table and secrets encryption).',
       ],
       [
-        `Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${secretPrefix}/*`,
-        "Target credentials are created at run time, one secret per target, all under this stack's prefix.",
+        `Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${secretPrefix}/config/*`,
+        'The database credentials of the DR config, written when the config is saved (one secret, generations under this prefix).',
       ],
-    ];
-    for (const [finding, reason] of findings) {
-      Validations.of(apiFunction.role).acknowledge({
-        id: `AwsSolutions::AwsSolutions-IAM5[${finding}]`,
-        reason,
-      });
-    }
+      [
+        `Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:${secretPrefix}/target/*`,
+        'Target credentials, one secret per target, created at run time under this prefix.',
+      ],
+      ...(props.worker?.backupBuckets ?? []).map((bucket): [string, string] => [
+        `Resource::arn:<AWS::Partition>:s3:::${bucket}/*`,
+        'Objects of a bucket the operator named as a backup target: the target check writes, reads and deletes one probe object.',
+      ]),
+    ]);
 
     const accessLogs = new LogGroup(this, 'ApiAccessLogs', {
       retention: RetentionDays.ONE_YEAR,
@@ -198,5 +199,10 @@ export class ControlPlaneStack extends Stack {
       description: 'Base URL of the /api/dr API',
     });
     new CfnOutput(this, 'TableName', { value: this.table.tableName });
+    new CfnOutput(this, 'MasterKeySecretArn', {
+      value: this.worker.masterKey.secretArn,
+      description:
+        'The repositories master key (kept when the stack is deleted): redeploy with -c masterKeySecretArn=<this> to read them again',
+    });
   }
 }

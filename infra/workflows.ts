@@ -8,15 +8,20 @@ import type { WorkflowName } from '../functions/core/context.ts';
 import { rawDefinition, WORKFLOW_NAMES } from '../functions/workflows/definitions.ts';
 
 export interface WorkflowsProps {
-  /** The worker every Task state invokes (`${WorkerFunctionArn}` in the definitions). */
+  /** The worker every light Task state invokes (`${WorkerFunctionArn}` in the definitions). */
   readonly worker: IFunction;
+  /** Where heavy steps' Fargate tasks run (the definitions' other placeholders). */
+  readonly fargateSubstitutions: Record<string, string>;
+  /** Set when heavy steps may run on Fargate: each machine's role may then run the worker task. */
+  readonly grantRunTask?: (role: IRole) => void;
 }
 
 /**
  * The restore and DR-test state machines, one per file of statemachines/, loaded as written with the
- * worker's ARN substituted: the definitions the local runtime and the tests run, unchanged. Operators start
- * and watch them in the Step Functions console. Each machine's role may invoke the worker and nothing else;
- * executions are logged in full and traced.
+ * worker's ARN and its Fargate task substituted: the definitions the local runtime and the tests run,
+ * unchanged. Operators start and watch them in the Step Functions console. Each machine's role may invoke the
+ * worker and, where heavy steps may run on Fargate, run the worker's task (nothing else); executions are
+ * logged in full and traced.
  */
 export class Workflows extends Construct {
   readonly machines: ReadonlyMap<WorkflowName, StateMachine>;
@@ -31,7 +36,7 @@ export class Workflows extends Construct {
     for (const name of WORKFLOW_NAMES) {
       const role = new Role(this, `${pascal(name)}Role`, {
         assumedBy: new ServicePrincipal('states.amazonaws.com'),
-        description: `DR Automation ${name} workflow: invokes the worker only`,
+        description: `DR Automation ${name} workflow: invokes the worker, runs its Fargate task`,
       });
       role.addToPolicy(
         new PolicyStatement({
@@ -42,11 +47,15 @@ export class Workflows extends Construct {
       const machine = new StateMachine(this, pascal(name), {
         stateMachineType: StateMachineType.STANDARD,
         definitionBody: DefinitionBody.fromString(rawDefinition(name)),
-        definitionSubstitutions: { WorkerFunctionArn: props.worker.functionArn },
+        definitionSubstitutions: {
+          WorkerFunctionArn: props.worker.functionArn,
+          ...props.fargateSubstitutions,
+        },
         role,
         tracingEnabled: true,
         logs: { destination: logs, level: LogLevel.ALL, includeExecutionData: true },
       });
+      props.grantRunTask?.(role);
       machines.set(name, machine);
       Validations.of(role).acknowledge({
         id: 'AwsSolutions::AwsSolutions-IAM5[Resource::*]',

@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { App, Stack, Validations } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { AttributeType, Table } from 'aws-cdk-lib/aws-dynamodb';
+import { Role } from 'aws-cdk-lib/aws-iam';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildApp } from '../../infra/app.ts';
@@ -18,20 +19,33 @@ interface Report {
     pluginName: string;
     conclusion: string;
     violations: unknown[];
-    suppressedViolations: { ruleName: string; reason?: string }[];
+    suppressedViolations: { ruleName: string; reason?: string; acknowledgedAt?: string }[];
   }[];
 }
 
 async function synthesize(
   context: Record<string, string> = {},
-): Promise<{ outdir: string; template: Template; report: Report }> {
+): Promise<{ outdir: string; template: Template; report: Report; app: App }> {
   const outdir = await mkdtemp(join(tmpdir(), 'dr-cdk-'));
   const { app, controlPlane } = buildApp(new App({ outdir, context }));
   const template = Template.fromStack(controlPlane);
   app.synth();
   const report = JSON.parse(await readFile(join(outdir, 'validation-report.json'), 'utf8')) as Report;
-  return { outdir, template, report };
+  return { outdir, template, report, app };
 }
+
+type Statement = { Action: string | string[]; Resource: unknown; Condition?: unknown };
+
+/** Every statement of every inline policy, with the roles the policy is attached to (their logical ids). */
+function statementsOf(template: Template): (Statement & { roles: string[] })[] {
+  return Object.values(template.findResources('AWS::IAM::Policy')).flatMap((policy) =>
+    (policy.Properties.PolicyDocument.Statement as Statement[]).map((statement) => ({
+      ...statement,
+      roles: (policy.Properties.Roles as { Ref: string }[]).map((role) => role.Ref),
+    })),
+  );
+}
+const actions = (statement: Statement) => [statement.Action].flat();
 
 /** cfn-lint's exit code is a bit mask: 2 errors, 4 warnings, 8 informational; 1 is a fatal failure. */
 async function cfnLint(file: string): Promise<{ code: number; output: string }> {
@@ -159,26 +173,35 @@ describe('ControlPlaneStack template', () => {
 
   it("grants least privilege: no managed policies, secrets only under the stack's prefix", () => {
     const roles = synthesized.template.findResources('AWS::IAM::Role');
-    for (const role of Object.values(roles)) expect(role.Properties.ManagedPolicyArns).toBeUndefined();
-    const policies = Object.values(synthesized.template.findResources('AWS::IAM::Policy'));
-    const statements = policies.flatMap(
-      (policy) =>
-        policy.Properties.PolicyDocument.Statement as { Action: string | string[]; Resource: unknown }[],
-    );
-    const secrets = statements.filter((statement) =>
-      [statement.Action].flat().some((action) => action.startsWith('secretsmanager:')),
-    );
-    // Every secret grant is under the stack's prefix (target credentials) or on the master-key secret.
-    for (const statement of secrets) {
-      expect([statement.Action].flat()).not.toContain('secretsmanager:*');
-      expect(JSON.stringify(statement.Resource)).toMatch(/:secret:DrControlPlane\/\*|MasterKey/);
+    for (const [id, role] of Object.entries(roles)) {
+      // CDK's own provider that empties the downloads bucket on stack deletion: its log-writing managed policy
+      if (id.startsWith('CustomS3AutoDeleteObjectsCustomResourceProviderRole')) continue;
+      expect(role.Properties.ManagedPolicyArns, id).toBeUndefined();
     }
-    // Only the API writes secrets (targets and the config are changed through it).
+    const statements = statementsOf(synthesized.template);
+    const secrets = statements.filter((statement) =>
+      actions(statement).some((action) => action.startsWith('secretsmanager:')),
+    );
+    // Every secret grant is on the stored credentials (config/*, target/*) or on the master-key secret.
+    for (const statement of secrets) {
+      expect(actions(statement)).not.toContain('secretsmanager:*');
+      for (const resource of [statement.Resource].flat())
+        expect(JSON.stringify(resource)).toMatch(/:secret:DrControlPlane\/(config|target)\/\*"|MasterKey/);
+    }
+    // Only the API writes secrets (targets and the config are changed through it), and never the master key.
     const writers = secrets.filter((statement) =>
-      [statement.Action].flat().some((action) => /Create|Put|Delete/.test(action)),
+      actions(statement).some((action) => /Create|Put|Delete/.test(action)),
     );
     expect(writers).toHaveLength(1);
-    const logs = statements.find((statement) => [statement.Action].flat().includes('logs:PutLogEvents'));
+    expect(writers[0]!.roles).toEqual([expect.stringMatching(/^ApiFunctionRole/)]);
+    expect(JSON.stringify(writers[0]!.Resource)).not.toContain('MasterKey');
+    // The master key: read by the worker Lambda's role and the Fargate task's role, nobody else.
+    const masterKey = secrets.filter((statement) => JSON.stringify(statement.Resource).includes('MasterKey'));
+    expect(masterKey.flatMap((statement) => statement.roles).sort()).toEqual([
+      expect.stringMatching(/^BackupWorkerTaskTaskRole/),
+      expect.stringMatching(/^BackupWorkerWorkerRole/),
+    ]);
+    const logs = statements.find((statement) => actions(statement).includes('logs:PutLogEvents'));
     expect(JSON.stringify(logs?.Resource)).toContain('Fn::GetAtt');
   });
 
@@ -222,34 +245,23 @@ describe('ControlPlaneStack template', () => {
     expect(roles.some((role) => role.includes('Dispatcher'))).toBe(true);
   });
 
-  it('lets the API and the dispatcher start the worker, and nothing more', () => {
+  it('lets the API and the dispatcher start the worker, and nothing more: no RunTask, no PassRole', () => {
     const workerId = Object.keys(
       synthesized.template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
     )[0]!;
-    const taskId = Object.keys(synthesized.template.findResources('AWS::ECS::TaskDefinition'))[0]!;
-    const policies = Object.entries(synthesized.template.findResources('AWS::IAM::Policy'));
-    const statements = policies.flatMap(([, policy]) => policy.Properties.PolicyDocument.Statement as any[]);
-    const invokes = statements.filter((statement) =>
-      [statement.Action].flat().includes('lambda:InvokeFunction'),
-    );
+    const statements = statementsOf(synthesized.template);
+    const invokes = statements.filter((statement) => actions(statement).includes('lambda:InvokeFunction'));
     // The API and the dispatcher start runs; the five state machines run their steps in the worker.
     expect(invokes).toHaveLength(7);
     for (const statement of invokes) expect(JSON.stringify(statement.Resource)).toContain(`"${workerId}"`);
-    const runTask = statements.filter((statement) => [statement.Action].flat().includes('ecs:RunTask'));
-    for (const statement of runTask) {
-      expect(statement.Condition).toHaveProperty(['ArnEquals', 'ecs:cluster']);
-      expect(JSON.stringify(statement.Resource)).toContain(taskId);
+    // Without a network nothing runs the Fargate task: no role may run it or pass its roles
+    for (const statement of statements) {
+      expect(actions(statement)).not.toContain('ecs:RunTask');
+      expect(actions(statement)).not.toContain('iam:PassRole');
     }
-    const passRole = statements.filter((statement) => [statement.Action].flat().includes('iam:PassRole'));
-    for (const statement of passRole)
-      expect(statement.Condition).toEqual({
-        StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' },
-      });
     // No S3 access unless buckets are named, but the downloads bucket's.
     const downloads = Object.keys(synthesized.template.findResources('AWS::S3::Bucket'))[0]!;
-    const s3 = statements.filter((statement) =>
-      [statement.Action].flat().some((a: string) => a.startsWith('s3:')),
-    );
+    const s3 = statements.filter((statement) => actions(statement).some((a: string) => a.startsWith('s3:')));
     for (const statement of s3) expect(JSON.stringify(statement.Resource)).toContain(`"${downloads}"`);
   });
 
@@ -358,10 +370,20 @@ describe('ControlPlaneStack template', () => {
     const api = Object.values(template.findResources('AWS::Lambda::Function')).find(
       (fn) => fn.Properties.Description === 'DR Automation /api/dr API',
     )!;
+    const taskMachine = Object.entries(template.findResources('AWS::StepFunctions::StateMachine')).find(
+      ([id]) => id.startsWith('BackupWorkerTaskMachine'),
+    )!;
     expect(api.Properties.Environment.Variables).toMatchObject({
       WORKER_RUNNER: 'fargate',
-      WORKER_SUBNETS: 'subnet-a,subnet-b',
-      WORKER_SECURITY_GROUPS: 'sg-1',
+      WORKER_TASK_MACHINE: { Ref: taskMachine[0] },
+      DR_HEAVY_STEPS: 'auto',
+      DR_FARGATE_FROM_BYTES: String(1024 ** 3),
+    });
+    // The Fargate task's network is in the definitions, not in the functions that start runs
+    expect(taskMachine[1].Properties.DefinitionSubstitutions).toMatchObject({
+      WorkerSubnets: 'subnet-a,subnet-b',
+      WorkerSecurityGroups: 'sg-1',
+      WorkerPublicIp: 'DISABLED',
     });
     // The API and the dispatcher stay outside the subnets: the worker measures the source for them
     const dispatcher = Object.values(template.findResources('AWS::Lambda::Function')).find((fn) =>
@@ -380,46 +402,64 @@ describe('ControlPlaneStack template', () => {
     );
     expect(eni).toHaveLength(1);
     expect(Object.keys(template.findResources('AWS::IAM::Role')).length).toBeGreaterThan(0);
-    for (const role of Object.values(template.findResources('AWS::IAM::Role')))
-      expect(role.Properties.ManagedPolicyArns ?? []).toEqual([]);
+    for (const [id, role] of Object.entries(template.findResources('AWS::IAM::Role')))
+      if (!id.startsWith('CustomS3AutoDeleteObjectsCustomResourceProviderRole'))
+        expect(role.Properties.ManagedPolicyArns ?? [], id).toEqual([]);
     const [nag] = report.pluginReports.filter((plugin) => plugin.pluginName === 'AwsSolutions');
     expect(nag!.violations).toEqual([]);
   });
 
-  it('lets the worker create from snapshots and delete only the RDS instances and clusters a restore or test created', () => {
-    const statements = Object.values(synthesized.template.findResources('AWS::IAM::Policy')).flatMap(
-      (policy) => policy.Properties.PolicyDocument.Statement as any[],
+  it('lets the worker create, tag and delete only dr-restore-* copies and tagged standbys, restoring only tagged sources', () => {
+    const statements = statementsOf(synthesized.template).filter((statement) =>
+      actions(statement).some((action) => action.startsWith('rds:')),
     );
-    const deletes = statements.filter((statement) =>
-      [statement.Action].flat().some((action: string) => /^rds:Delete/.test(action)),
-    );
-    expect(deletes.length).toBeGreaterThan(0);
-    for (const statement of deletes) {
-      // A standby replica FAILOVER_TEST re-creates: any instance, but only one tagged for it.
-      if (statement.Condition) {
-        expect(statement.Condition).toEqual({
-          StringEquals: { 'aws:ResourceTag/dr-automation:standby': 'true' },
-        });
-        expect([statement.Action].flat().sort()).toEqual(['rds:DeleteDBInstance', 'rds:PromoteReadReplica']);
-        continue;
-      }
-      for (const resource of [statement.Resource].flat())
-        expect(JSON.stringify(resource)).toMatch(/:(db|cluster):dr-restore-\*"/);
-    }
-    expect(statements.some((statement) => [statement.Action].flat().includes('rds:*'))).toBe(false);
-    // Snapshots are restored only into temporary dr-restore-* instances and clusters.
-    const fromSnapshot = statements.filter((statement) =>
-      [statement.Action].flat().includes('rds:RestoreDBInstanceFromDBSnapshot'),
-    );
-    expect(fromSnapshot.length).toBeGreaterThan(0); // the worker Lambda's role and the Fargate task's
-    for (const statement of fromSnapshot) {
-      const targets = [statement.Resource]
+    expect(statements.some((statement) => actions(statement).includes('rds:*'))).toBe(false);
+    const databases = (statement: Statement) =>
+      [statement.Resource]
         .flat()
-        .map((resource: unknown) => JSON.stringify(resource))
-        .filter((resource: string) => /:(db|cluster):/.test(resource));
-      expect(targets).toHaveLength(2);
-      for (const resource of targets) expect(resource).toMatch(/:(db|cluster):dr-restore-\*"/);
+        .map((resource) => JSON.stringify(resource))
+        .filter((arn) => /:(db|cluster):/.test(arn));
+    const writes = /^rds:(Restore|Create|Delete|AddTags|Promote|Switchover)/;
+    for (const statement of statements) {
+      if (!actions(statement).some((action) => writes.test(action))) continue;
+      const names = databases(statement);
+      if (names.length === 0) continue; // snapshots, subnet, option and parameter groups the request uses
+      if (names.every((arn) => /:(db|cluster):dr-restore-\*"/.test(arn))) continue;
+      // Any other database only under a condition: a tagged source, a tagged standby, or a request that tags
+      // what it creates as a standby
+      expect(statement.Condition, JSON.stringify(actions(statement))).toBeOneOf([
+        { StringEquals: { 'aws:ResourceTag/dr-automation:source': 'true' } },
+        { StringEquals: { 'aws:ResourceTag/dr-automation:standby': 'true' } },
+        { StringEquals: { 'aws:RequestTag/dr-automation:standby': 'true' } },
+      ]);
+      if (JSON.stringify(statement.Condition).includes(':source'))
+        expect(actions(statement).sort()).toEqual([
+          'rds:RestoreDBClusterToPointInTime',
+          'rds:RestoreDBInstanceToPointInTime',
+        ]);
     }
+    // Deleting: only copies and tagged standbys
+    for (const statement of statements.filter((one) =>
+      actions(one).some((action) => action.startsWith('rds:Delete')),
+    ))
+      expect(
+        databases(statement).every((arn) => /dr-restore-\*"/.test(arn)) ||
+          JSON.stringify(statement.Condition).includes('ResourceTag/dr-automation:standby'),
+      ).toBe(true);
+    // The standby's re-creation carries its tag, and that is what lets it be tagged (the gap moto cannot see)
+    const recreate = statements.find(
+      (statement) => actions(statement).includes('rds:CreateDBInstanceReadReplica') && statement.Condition,
+    );
+    expect(actions(recreate!).sort()).toEqual(['rds:AddTagsToResource', 'rds:CreateDBInstanceReadReplica']);
+    // No Route 53 and no global-database switchover unless named at deploy
+    expect(statements.some((statement) => actions(statement).includes('rds:SwitchoverGlobalCluster'))).toBe(
+      false,
+    );
+    expect(
+      statementsOf(synthesized.template).some((statement) =>
+        actions(statement).some((a) => a.startsWith('route53:')),
+      ),
+    ).toBe(false);
   });
 
   it('defines the restore and DR-test state machines from statemachines/ with the worker substituted, logged and traced', () => {
@@ -442,8 +482,14 @@ describe('ControlPlaneStack template', () => {
     );
     for (const machine of machines) {
       const props = machine.Properties;
-      expect(props.DefinitionSubstitutions).toEqual({
+      expect(props.DefinitionSubstitutions).toMatchObject({
         WorkerFunctionArn: { 'Fn::GetAtt': [workerId, 'Arn'] },
+        WorkerCluster: { 'Fn::GetAtt': [expect.stringMatching(/^BackupWorkerCluster/), 'Arn'] },
+        WorkerTaskDefinition: { Ref: expect.stringMatching(/^BackupWorkerTask/) },
+        // No network: heavy steps stay in the Lambda, the placeholders hold a value all the same
+        WorkerSubnets: 'none',
+        WorkerSecurityGroups: 'none',
+        WorkerPublicIp: 'DISABLED',
       });
       expect(props.TracingConfiguration).toEqual({ Enabled: true });
       expect(props.LoggingConfiguration).toMatchObject({ Level: 'ALL', IncludeExecutionData: true });
@@ -549,6 +595,158 @@ describe('ControlPlaneStack template', () => {
   });
 });
 
+describe('the AWS production path', () => {
+  let fargate: Awaited<ReturnType<typeof synthesize>>;
+  beforeAll(async () => {
+    fargate = await synthesize({
+      workerRunner: 'fargate',
+      workerSubnets: 'subnet-0123456789abcdef0,subnet-0123456789abcdef1',
+      workerSecurityGroups: 'sg-0123456789abcdef0',
+      workerPublicIp: 'true',
+      failoverZones: 'Z0123456789ABC',
+      globalCluster: 'event-manager-global',
+      targetKmsKeys: 'arn:aws:kms:eu-west-1:123456789012:key/target-key',
+    });
+  });
+
+  it('runs the worker task only from state machines: RunTask on that task definition in that cluster, PassRole of its two roles', () => {
+    const { template } = fargate;
+    const taskId = Object.keys(template.findResources('AWS::ECS::TaskDefinition'))[0]!;
+    const statements = statementsOf(template);
+    const machineRoles = Object.keys(template.findResources('AWS::IAM::Role')).filter((id) =>
+      /^(Workflows.*Role|BackupWorkerTaskMachineRole)/.test(id),
+    );
+    expect(machineRoles).toHaveLength(6); // five workflows and the worker-task machine
+    const runTask = statements.filter((statement) => actions(statement).includes('ecs:RunTask'));
+    expect(runTask.flatMap((statement) => statement.roles).sort()).toEqual(machineRoles.sort());
+    for (const statement of runTask) {
+      expect(actions(statement)).toEqual(['ecs:RunTask']);
+      expect(statement.Condition).toEqual({
+        ArnEquals: {
+          'ecs:cluster': { 'Fn::GetAtt': [expect.stringMatching(/^BackupWorkerCluster/), 'Arn'] },
+        },
+      });
+      expect(JSON.stringify(statement.Resource)).toContain(taskId);
+    }
+    const passRole = statements.filter((statement) => actions(statement).includes('iam:PassRole'));
+    expect(passRole.flatMap((statement) => statement.roles).sort()).toEqual(machineRoles.sort());
+    for (const statement of passRole) {
+      expect(statement.Condition).toEqual({
+        StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' },
+      });
+      expect(JSON.stringify(statement.Resource)).toMatch(
+        /BackupWorkerTaskTaskRole.*BackupWorkerTaskExecutionRole/,
+      );
+    }
+    // The API and the dispatcher start executions of the worker-task machine instead
+    const starts = statements.filter((statement) => actions(statement).includes('states:StartExecution'));
+    const taskMachine = Object.keys(template.findResources('AWS::StepFunctions::StateMachine')).find((id) =>
+      id.startsWith('BackupWorkerTaskMachine'),
+    )!;
+    const startersOfTask = starts.filter((statement) =>
+      JSON.stringify(statement.Resource).includes(taskMachine),
+    );
+    expect(startersOfTask.flatMap((statement) => statement.roles).sort()).toEqual([
+      expect.stringMatching(/^ApiFunctionRole/),
+      expect.stringMatching(/^BackupWorkerDispatcherRole/),
+    ]);
+  });
+
+  it('puts the heavy steps on Fargate by size (auto), with a public IP when asked', () => {
+    const machines = Object.entries(fargate.template.findResources('AWS::StepFunctions::StateMachine'));
+    for (const [, machine] of machines)
+      expect(machine.Properties.DefinitionSubstitutions).toMatchObject({
+        WorkerSubnets: 'subnet-0123456789abcdef0,subnet-0123456789abcdef1',
+        WorkerSecurityGroups: 'sg-0123456789abcdef0',
+        WorkerPublicIp: 'ENABLED',
+      });
+    const restore = machines.find(([id]) => id.startsWith('WorkflowsRestore') && !id.includes('Test'))!;
+    const definition = JSON.parse(restore[1].Properties.DefinitionString);
+    expect(definition.States.RestoreDatabaseOnFargate.Resource).toBe('arn:aws:states:::ecs:runTask.sync');
+  });
+
+  it('passes cfn-lint with the Fargate paths in (no placeholder left unsubstituted)', async () => {
+    const { code, output } = await cfnLint(join(fargate.outdir, 'DrControlPlane.template.json'));
+    expect(code & 3, output).toBe(0);
+  });
+
+  it('changes Route 53 records only in the zones named, and switches over only the global cluster named', () => {
+    const statements = statementsOf(fargate.template);
+    const route53 = statements.filter((statement) =>
+      actions(statement).some((a) => a.startsWith('route53:')),
+    );
+    expect(route53.length).toBeGreaterThan(0);
+    for (const statement of route53)
+      expect(statement.Resource).toEqual({
+        'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':route53:::hostedzone/Z0123456789ABC']],
+      });
+    const switchover = statements.filter((statement) =>
+      actions(statement).includes('rds:SwitchoverGlobalCluster'),
+    );
+    expect(switchover.length).toBeGreaterThan(0);
+    for (const statement of switchover)
+      expect(JSON.stringify(statement.Resource)).toContain(':global-cluster:event-manager-global"');
+  });
+
+  it('grants the KMS keys S3 targets name to the worker, the API (check) and the dispatcher (usage)', () => {
+    const statements = statementsOf(fargate.template).filter((statement) =>
+      JSON.stringify(statement.Resource).includes('key/target-key'),
+    );
+    expect(statements.flatMap((statement) => statement.roles).sort()).toEqual([
+      expect.stringMatching(/^ApiFunctionRole/),
+      expect.stringMatching(/^BackupWorkerDispatcherRole/),
+      expect.stringMatching(/^BackupWorkerTaskTaskRole/),
+      expect.stringMatching(/^BackupWorkerWorkerRole/),
+    ]);
+    for (const statement of statements)
+      expect(actions(statement).sort()).toEqual(['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey']);
+  });
+
+  it('refuses a Fargate runner or Fargate heavy steps without subnets, saying why', () => {
+    expect(() => buildApp(new App({ context: { workerRunner: 'fargate' } }))).toThrow(/needs workerSubnets/);
+    expect(() => buildApp(new App({ context: { heavySteps: 'fargate' } }))).toThrow(/needs workerSubnets/);
+    expect(() => buildApp(new App({ context: { heavySteps: 'sometimes' } }))).toThrow(
+      /lambda, fargate or auto/,
+    );
+  });
+
+  it('generates the master key under a name of its own, kept on deletion, and brings back an existing one', async () => {
+    const secrets = Object.values(synthesized.template.findResources('AWS::SecretsManager::Secret'));
+    expect(secrets).toHaveLength(1);
+    expect(secrets[0]!.Properties.Name).toBeUndefined();
+    synthesized.template.hasResource('AWS::SecretsManager::Secret', { DeletionPolicy: 'Retain' });
+    synthesized.template.hasOutput('MasterKeySecretArn', {});
+    const arn =
+      'arn:aws:secretsmanager:eu-west-1:123456789012:secret:DrControlPlane/repository-master-key-AbCdEf';
+    const { template } = await synthesize({
+      masterKeySecretArn: arn,
+      masterKeyKmsKey: 'arn:aws:kms:eu-west-1:123456789012:key/old-stack-key',
+    });
+    expect(Object.keys(template.findResources('AWS::SecretsManager::Secret'))).toHaveLength(0);
+    const worker = Object.values(
+      template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
+    )[0]!;
+    expect(worker.Properties.Environment.Variables.MASTER_KEY_SECRET).toBe(arn);
+    const readers = statementsOf(template).filter((statement) =>
+      JSON.stringify(statement.Resource).includes(arn),
+    );
+    expect(readers.flatMap((statement) => statement.roles).sort()).toEqual([
+      expect.stringMatching(/^BackupWorkerTaskTaskRole/),
+      expect.stringMatching(/^BackupWorkerWorkerRole/),
+    ]);
+    const oldKey = statementsOf(template).filter((statement) =>
+      JSON.stringify(statement.Resource).includes('old-stack-key'),
+    );
+    expect(oldKey.flatMap((statement) => statement.roles)).toHaveLength(2);
+  });
+
+  it('empties the downloads bucket when the stack is deleted', () => {
+    const [deleter] = Object.values(synthesized.template.findResources('Custom::S3AutoDeleteObjects'));
+    const bucket = Object.keys(synthesized.template.findResources('AWS::S3::Bucket'))[0]!;
+    expect(deleter!.Properties.BucketName).toEqual({ Ref: bucket });
+  });
+});
+
 describe('cdk-nag (AwsSolutions)', () => {
   it('passes, and every acknowledged finding carries a reason', () => {
     const [nag] = synthesized.report.pluginReports.filter((report) => report.pluginName === 'AwsSolutions');
@@ -557,6 +755,29 @@ describe('cdk-nag (AwsSolutions)', () => {
     expect(nag!.suppressedViolations.length).toBeGreaterThan(0);
     for (const suppressed of nag!.suppressedViolations) {
       expect((suppressed.reason ?? '').length, suppressed.ruleName).toBeGreaterThan(20);
+    }
+  });
+
+  it('acknowledges wildcard findings on single roles, never on a wider construct', async () => {
+    for (const { app, report } of [
+      synthesized,
+      await synthesize({
+        workerRunner: 'fargate',
+        workerSubnets: 'subnet-a',
+        workerSecurityGroups: 'sg-1',
+        backupBuckets: 'acme-backups',
+      }),
+    ]) {
+      const [nag] = report.pluginReports.filter((plugin) => plugin.pluginName === 'AwsSolutions');
+      expect(nag!.violations).toEqual([]);
+      const iam5 = nag!.suppressedViolations.filter((suppressed) =>
+        suppressed.ruleName.startsWith('AwsSolutions-IAM5'),
+      );
+      expect(iam5.length).toBeGreaterThan(0);
+      for (const suppressed of iam5) {
+        const at = app.node.findAll().find((construct) => construct.node.path === suppressed.acknowledgedAt);
+        expect(at, `${suppressed.ruleName} at ${suppressed.acknowledgedAt}`).toBeInstanceOf(Role);
+      }
     }
   });
 
