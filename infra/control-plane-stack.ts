@@ -132,7 +132,22 @@ export class ControlPlaneStack extends Stack {
         resources: storedSecrets(this, secretPrefix),
       }),
     );
+    // With IAM authorization, a caller's role is its principal's dr-automation:role tag (read, cached).
+    if (!props.jwt)
+      fn.addToRolePolicy(
+        new PolicyStatement({
+          actions: ['iam:ListRoleTags', 'iam:ListUserTags'],
+          resources: [
+            this.formatArn({ service: 'iam', region: '', resource: 'role', resourceName: '*' }),
+            this.formatArn({ service: 'iam', region: '', resource: 'user', resourceName: '*' }),
+          ],
+        }),
+      );
     acknowledgeOn(apiFunction.role, [
+      ...(['role', 'user'] as const).map((kind): [string, string] => [
+        `Resource::arn:<AWS::Partition>:iam::<AWS::AccountId>:${kind}/*`,
+        'Reads the tags of the IAM principal calling the API (its dr-automation:role), whichever it is; tags only.',
+      ]),
       ['Resource::*', 'X-Ray PutTraceSegments/PutTelemetryRecords have no resource-level permissions.'],
       [
         'Action::kms:GenerateDataKey*',

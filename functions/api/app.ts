@@ -5,6 +5,7 @@ import type { ControlPlane } from '../core/context.ts';
 import { MethodNotAllowedError, NotFoundError } from '../core/errors.ts';
 import {
   authenticate,
+  authorize,
   errorResponse,
   jsonBody,
   jsonResult,
@@ -12,7 +13,7 @@ import {
   type HttpResult,
 } from './http.ts';
 import { openApiDocument } from './openapi.ts';
-import { buildRoutes, runRoute, type ApiInfo, type Route } from './routes.ts';
+import { buildRoutes, neededRole, runRoute, type ApiInfo, type Route } from './routes.ts';
 
 export type ApiHandler = (event: HttpEvent, context: Context) => Promise<HttpResult>;
 
@@ -29,6 +30,17 @@ export function createApiHandler(cp: ControlPlane, info: ApiInfo): ApiHandler {
     path: route.path,
     handler: middy<HttpEvent, HttpResult>()
       .use(authenticate(route.public === true))
+      .use(
+        authorize(route.public ? undefined : neededRole(route), {
+          audit: (actor, refused) =>
+            cp.audit.append(actor, {
+              action: 'authz.refused',
+              resource: refused.route,
+              details: { role: actor.role, needed: refused.needed },
+            }),
+          ...(cp.principalRole ? { principalRole: cp.principalRole } : {}),
+        }),
+      )
       .use(jsonBody())
       .handler(async (event: HttpEvent) => {
         const response = await runRoute(route, event);

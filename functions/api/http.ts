@@ -2,7 +2,9 @@ import type { MiddlewareObj } from '@middy/core';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import type { z } from 'zod';
 import type { Actor } from '../core/audit.ts';
+import { atLeast, roleNamed, type DrRole } from '../core/authz.ts';
 import {
+  ForbiddenError,
   isDrError,
   MalformedJsonError,
   PayloadTooLargeError,
@@ -17,13 +19,15 @@ import type { Logger } from '../core/log.ts';
 export interface Authorizer {
   readonly iam?: { readonly userArn?: string; readonly callerId?: string };
   readonly jwt?: { readonly claims?: Readonly<Record<string, unknown>> };
-  readonly lambda?: { readonly principal?: string };
+  readonly lambda?: { readonly principal?: string; readonly role?: string };
 }
 
 export type HttpEvent = APIGatewayProxyEventV2 & {
   requestContext: APIGatewayProxyEventV2['requestContext'] & { authorizer?: Authorizer };
   /** The parsed JSON body, set by `jsonBody`. */
   parsedBody?: unknown;
+  /** The caller's role, set by `authorize`. */
+  drRole?: DrRole;
 };
 
 export type HttpResult = APIGatewayProxyStructuredResultV2 & { statusCode: number; body: string };
@@ -94,6 +98,7 @@ export function identityOf(event: HttpEvent): string | undefined {
 export function actorOf(event: HttpEvent): Actor {
   return {
     principal: identityOf(event) ?? 'anonymous',
+    ...(event.drRole ? { role: event.drRole } : {}),
     sourceIp: event.requestContext.http.sourceIp,
     userAgent: event.requestContext.http.userAgent,
   };
@@ -110,6 +115,56 @@ export function authenticate(isPublic: boolean): MiddlewareObj<HttpEvent, HttpRe
       throw new UnauthorizedError('authentication required: send Authorization: Bearer <token>', {
         headers: { 'www-authenticate': 'Bearer realm="dr"' },
       });
+    },
+  };
+}
+
+/**
+ * The caller's role: the local runtime's token says it; a JWT by its groups (`cognito:groups`, `groups`) or
+ * scopes (`scope`, `scp`) named `dr:admin`, `dr:operator` or `dr:viewer`; an IAM caller by its principal's
+ * `dr-automation:role` tag (`principalRole`). Anything else is a viewer.
+ */
+export async function roleOf(
+  event: HttpEvent,
+  principalRole?: (arn: string) => Promise<DrRole | undefined>,
+): Promise<DrRole> {
+  const authorizer = event.requestContext.authorizer;
+  if (authorizer?.lambda?.role) return roleNamed([authorizer.lambda.role]) ?? 'viewer';
+  const claims = authorizer?.jwt?.claims;
+  if (claims) {
+    // API Gateway hands array claims over as "[a b]"
+    const names = ['cognito:groups', 'groups', 'scope', 'scp'].flatMap((claim) => {
+      const value = claims[claim];
+      if (Array.isArray(value)) return value.map(String);
+      return typeof value === 'string' ? value.replace(/^\[|\]$/g, '').split(/[\s,]+/) : [];
+    });
+    return roleNamed(names) ?? 'viewer';
+  }
+  const arn = authorizer?.iam?.userArn;
+  if (arn && principalRole) return (await principalRole(arn)) ?? 'viewer';
+  return 'viewer';
+}
+
+/**
+ * Refuses a caller whose role may not run the route (403, audited as `authz.refused`); reads are for viewers,
+ * changes for operators, unless the route asks for more.
+ */
+export function authorize(
+  needed: DrRole | undefined,
+  options: {
+    readonly audit: (actor: Actor, refused: { route: string; needed: DrRole }) => Promise<unknown>;
+    readonly principalRole?: (arn: string) => Promise<DrRole | undefined>;
+  },
+): MiddlewareObj<HttpEvent, HttpResult> {
+  return {
+    before: async (request) => {
+      const event = request.event;
+      if (needed === undefined) return;
+      event.drRole = await roleOf(event, options.principalRole);
+      if (atLeast(event.drRole, needed)) return;
+      const route = `${event.requestContext.http.method} ${event.rawPath}`;
+      await options.audit(actorOf(event), { route, needed });
+      throw new ForbiddenError(`${route} needs the ${needed} role; this caller is a ${event.drRole}`);
     },
   };
 }

@@ -55,6 +55,7 @@ import {
   updateTarget,
 } from '../core/services/target-service.ts';
 import { actorOf, ifMatchVersion, parseWith, type HttpEvent } from './http.ts';
+import type { DrRole } from '../core/authz.ts';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -83,6 +84,8 @@ export interface Route<B = unknown, Q = unknown, P = unknown> {
   readonly tag: string;
   /** Reachable without authentication (health only). */
   readonly public?: boolean;
+  /** Who may call it (core/authz.ts). @default viewer for GET, operator otherwise */
+  readonly role?: DrRole;
   readonly body?: z.ZodType<B>;
   readonly query?: z.ZodType<Q>;
   readonly params?: z.ZodType<P>;
@@ -93,6 +96,11 @@ export interface Route<B = unknown, Q = unknown, P = unknown> {
 
 function route<B = undefined, Q = undefined, P = undefined>(definition: Route<B, Q, P>): Route {
   return definition as unknown as Route;
+}
+
+/** The role a route needs: its own, or viewer to read and operator to change. */
+export function neededRole(route: Route): DrRole {
+  return route.role ?? (route.method === 'GET' ? 'viewer' : 'operator');
 }
 
 /** The version a client expects to be replacing: If-Match header first, then `version` in the body. */
@@ -150,6 +158,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'POST',
       path: '/api/dr/config',
+      role: 'admin',
       operationId: 'putConfig',
       summary:
         'Create or replace the DR config: unset settings take the seed defaults; an omitted source, environments or notificationEmails keeps the stored one, null removes it',
@@ -164,6 +173,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'PATCH',
       path: '/api/dr/config',
+      role: 'admin',
       operationId: 'patchConfig',
       summary:
         'Change part of the DR config as a JSON merge patch (RFC 7396): members given replace, objects merge, null removes; passwords not given are kept',
@@ -192,6 +202,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'POST',
       path: '/api/dr/targets',
+      role: 'admin',
       operationId: 'createTarget',
       summary: 'Create a backup target (secret fields go to the secret store and are never returned)',
       tag: 'targets',
@@ -218,6 +229,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'PUT',
       path: '/api/dr/targets/{id}',
+      role: 'admin',
       operationId: 'updateTarget',
       summary: 'Replace a backup target (omitted secrets are kept; null removes one)',
       tag: 'targets',
@@ -232,6 +244,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'DELETE',
       path: '/api/dr/targets/{id}',
+      role: 'admin',
       operationId: 'deleteTarget',
       summary: 'Delete a backup target (409 while an active schedule uses it)',
       tag: 'targets',
@@ -311,6 +324,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'GET',
       path: '/api/dr/backups/{id}/download',
+      role: 'operator',
       operationId: 'downloadBackup',
       summary:
         'Time-limited links to the backup as standard artifacts: SQL for psql, an archive for pg_restore, files as .tar.gz (202 while they are being prepared)',
@@ -322,6 +336,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'POST',
       path: '/api/dr/backups/{id}/confirm',
+      role: 'admin',
       operationId: 'confirmBackup',
       summary:
         'Confirm a backup flagged for review (empty, or far smaller than the one before) after checking the source really shrank: it becomes a restore point; 409 when it is not flagged',
@@ -498,6 +513,7 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     route({
       method: 'POST',
       path: '/api/dr/retention/apply',
+      role: 'admin',
       operationId: 'applyRetention',
       summary: 'Apply retention now (it also runs daily and after every backup): 202, done by the worker',
       tag: 'backups',

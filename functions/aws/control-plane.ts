@@ -1,3 +1,4 @@
+import { iamPrincipalRoles } from './principal-roles.ts';
 import { createHash } from 'node:crypto';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { AuditLog } from '../core/audit.ts';
@@ -33,6 +34,8 @@ export function awsControlPlane(): ControlPlane {
     egress: egressFromEnv(),
     paths: pathPolicyFromEnv([]),
     heavySteps: heavyStepsFromEnv(),
+    // IAM callers' roles from their principal's tag (a JWT carries its groups or scopes itself)
+    principalRole: iamPrincipalRoles(),
   };
   const bucket = optionalEnv('DOWNLOAD_BUCKET');
   if (!bucket || !runs?.export) return cp;

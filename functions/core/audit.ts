@@ -1,3 +1,4 @@
+import type { DrRole } from './authz.ts';
 import { createHash } from 'node:crypto';
 import type { Logger } from './log.ts';
 import { ConflictError } from './errors.ts';
@@ -6,6 +7,8 @@ import { Partition, type DrTable, type Page } from './store/table.ts';
 /** Who made a change, and from where. */
 export interface Actor {
   readonly principal: string;
+  /** What the caller may do (absent: a process acting on its own, such as the dispatcher). */
+  readonly role?: DrRole;
   readonly sourceIp?: string | undefined;
   readonly userAgent?: string | undefined;
 }

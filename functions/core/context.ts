@@ -1,3 +1,4 @@
+import type { DrRole } from './authz.ts';
 import type { HeavySteps } from './env.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import type { PathPolicy } from './paths.ts';
@@ -52,4 +53,6 @@ export interface ControlPlane {
   readonly paths?: PathPolicy;
   /** Where workflows run their heavy steps (absent: in the worker Lambda, or in-process locally). */
   readonly heavySteps?: HeavySteps;
+  /** The role an IAM caller's principal is tagged with (AWS, IAM authorization; absent: IAM callers are viewers). */
+  readonly principalRole?: (arn: string) => Promise<DrRole | undefined>;
 }

@@ -59,6 +59,9 @@ export class MalformedJsonError extends answeredWith(400, 'MalformedJson') {}
 
 export class UnauthorizedError extends answeredWith(401, 'Unauthorized') {}
 
+/** The caller is known but its role may not do this. */
+export class ForbiddenError extends answeredWith(403, 'Forbidden') {}
+
 export class NotFoundError extends answeredWith(404, 'NotFound') {}
 
 export class MethodNotAllowedError extends answeredWith(405, 'MethodNotAllowed') {}

@@ -326,6 +326,11 @@ export const restoreInput = z
     preserveSpecialBits: z.boolean().default(false),
     /** Only plan: which backup, its chain and size, and the gap to pointInTime; nothing is touched. */
     dryRun: z.boolean().default(false),
+    /**
+     * Into PRODUCTION, or with overwrite: the name of the database the restore writes into (the directory, for
+     * files alone), typed by the caller as proof they mean it. Needs the admin role too.
+     */
+    confirm: z.string().max(4096).optional(),
   })
   .refine((value) => (value.backupId === undefined) !== (value.pointInTime === undefined), {
     error: 'give exactly one of backupId and pointInTime',

@@ -8,7 +8,9 @@ import { startLocalRuntime } from './runtime.ts';
  *   PORT          HTTP port (default 3000)
  *   DR_HOST       address to listen on (default 127.0.0.1: loopback only)
  *   DR_DATA_DIR   where state persists (default ./.dr)
- *   DR_API_TOKEN  bearer token for the API; generated on first start and kept in DR_DATA_DIR when unset
+ *   DR_API_TOKEN  bearer token for the API (an admin); generated on first start and kept in DR_DATA_DIR when unset
+ *   DR_OPERATOR_TOKEN, DR_VIEWER_TOKEN
+ *                 tokens for callers who may run backups, restores into STAGING and tests, or only read
  *   DR_SECRET_KEY base64 key for the local secret store; generated into DR_DATA_DIR when unset
  *   DR_MASTER_KEY the backup repositories' master key (64 hex); generated into DR_DATA_DIR/master.key when unset
  *   LOG_LEVEL     debug | info | warn | error (default info)
@@ -21,6 +23,10 @@ const runtime = await startLocalRuntime({
   port: portEnv('PORT', 3000),
   host: optionalEnv('DR_HOST') ?? '127.0.0.1',
   token: optionalEnv('DR_API_TOKEN'),
+  roleTokens: (['operator', 'viewer'] as const).flatMap((role) => {
+    const token = optionalEnv(`DR_${role.toUpperCase()}_TOKEN`);
+    return token ? [{ token, role }] : [];
+  }),
   secretKey: optionalEnv('DR_SECRET_KEY'),
   masterKey: optionalEnv('DR_MASTER_KEY'),
   logger,

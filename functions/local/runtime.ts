@@ -1,3 +1,4 @@
+import { ConfigurationError } from '../core/errors.ts';
 import { egressFromEnv, type EgressPolicy } from '../storage/egress.ts';
 import { pathPolicyFromEnv, type PathPolicy } from '../core/paths.ts';
 import { randomBytes } from 'node:crypto';
@@ -35,6 +36,8 @@ export interface LocalRuntimeOptions {
   readonly host?: string;
   /** DR_API_TOKEN; when unset a token is generated on first start and kept in the data directory. */
   readonly token?: string | undefined;
+  /** DR_OPERATOR_TOKEN, DR_VIEWER_TOKEN: tokens for callers who may run things, or only read. */
+  readonly roleTokens?: readonly { readonly token: string; readonly role: 'operator' | 'viewer' }[];
   /** DR_SECRET_KEY (base64, 32 bytes); when unset a key file is generated in the data directory. */
   readonly secretKey?: string | undefined;
   readonly logger: Logger;
@@ -228,9 +231,15 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       : undefined;
   let server;
   try {
+    for (const { token: other, role } of options.roleTokens ?? [])
+      if (other.length < MIN_TOKEN_LENGTH || other === token)
+        throw new ConfigurationError(
+          `DR_${role.toUpperCase()}_TOKEN must be at least ${MIN_TOKEN_LENGTH} characters and differ from DR_API_TOKEN`,
+        );
     server = await startServer({
       handler,
       token,
+      ...(options.roleTokens ? { roleTokens: options.roleTokens } : {}),
       logger: options.logger,
       stream,
       ...(options.host === undefined ? {} : { host: options.host }),

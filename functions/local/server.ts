@@ -13,7 +13,10 @@ import type { Logger } from '../core/log.ts';
  */
 export interface LocalServerOptions {
   readonly handler: ApiHandler;
+  /** The operator's token: an admin. */
   readonly token: string;
+  /** Further tokens with a lesser role (DR_OPERATOR_TOKEN, DR_VIEWER_TOKEN). */
+  readonly roleTokens?: readonly { readonly token: string; readonly role: 'operator' | 'viewer' }[];
   readonly logger: Logger;
   readonly host?: string;
   readonly port?: number;
@@ -31,7 +34,14 @@ export interface RunningServer {
 }
 
 export async function startServer(options: LocalServerOptions): Promise<RunningServer> {
-  const expected = digest(options.token);
+  const expected: Caller[] = [
+    { digest: digest(options.token), principal: 'local-operator', role: 'admin' },
+    ...(options.roleTokens ?? []).map((entry) => ({
+      digest: digest(entry.token),
+      principal: `local-${entry.role}`,
+      role: entry.role,
+    })),
+  ];
   const server = createServer((request, response) => {
     handle(request, response, options, expected).catch((error: unknown) => {
       options.logger.error('local server failure', {
@@ -64,7 +74,7 @@ async function handle(
   request: IncomingMessage,
   response: ServerResponse,
   options: LocalServerOptions,
-  expected: Buffer,
+  expected: readonly Caller[],
 ): Promise<void> {
   if (
     options.stream &&
@@ -82,8 +92,9 @@ async function handle(
   }
   const url = new URL(request.url ?? '/', 'http://localhost');
   const event = toEvent(request, url, body);
-  const principal = bearerPrincipal(request.headers.authorization, expected);
-  if (principal !== undefined) event.requestContext.authorizer = { lambda: { principal } };
+  const caller = bearerCaller(request.headers.authorization, expected);
+  if (caller !== undefined)
+    event.requestContext.authorizer = { lambda: { principal: caller.principal, role: caller.role } };
   const context = {
     awsRequestId: event.requestContext.requestId,
     getRemainingTimeInMillis: () => 30_000,
@@ -91,11 +102,23 @@ async function handle(
   send(response, await options.handler(event, context));
 }
 
-/** The local token stands for one operator; a wrong or missing token leaves the request anonymous. */
-function bearerPrincipal(header: string | undefined, expected: Buffer): string | undefined {
+interface Caller {
+  readonly digest: Buffer;
+  readonly principal: string;
+  readonly role: 'admin' | 'operator' | 'viewer';
+}
+
+/**
+ * The local token stands for the operator who runs the runtime (an admin); further tokens for callers with a
+ * lesser role. A wrong or missing token leaves the request anonymous. Every token is compared, in constant time.
+ */
+function bearerCaller(header: string | undefined, expected: readonly Caller[]): Caller | undefined {
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
   if (!match?.[1]) return undefined;
-  return timingSafeEqual(digest(match[1]), expected) ? 'local-operator' : undefined;
+  const given = digest(match[1]);
+  let found: Caller | undefined;
+  for (const caller of expected) if (timingSafeEqual(given, caller.digest) && !found) found = caller;
+  return found;
 }
 
 function digest(value: string): Buffer {

@@ -740,6 +740,19 @@ describe('the AWS production path', () => {
     expect(oldKey.flatMap((statement) => statement.roles)).toHaveLength(2);
   });
 
+  it("lets the API read IAM callers' role tags (and nothing else of IAM), unless callers come with JWTs", async () => {
+    const iam = statementsOf(synthesized.template).filter((statement) =>
+      actions(statement).some((action) => action.startsWith('iam:') && action !== 'iam:PassRole'),
+    );
+    expect(iam).toHaveLength(1);
+    expect(actions(iam[0]!).sort()).toEqual(['iam:ListRoleTags', 'iam:ListUserTags']);
+    expect(iam[0]!.roles).toEqual([expect.stringMatching(/^ApiFunctionRole/)]);
+    const { template } = await synthesize({ jwtIssuer: 'https://issuer.example.com', jwtAudience: 'dr-api' });
+    expect(statementsOf(template).some((statement) => actions(statement).includes('iam:ListRoleTags'))).toBe(
+      false,
+    );
+  });
+
   it('empties the downloads bucket when the stack is deleted', () => {
     const [deleter] = Object.values(synthesized.template.findResources('Custom::S3AutoDeleteObjects'));
     const bucket = Object.keys(synthesized.template.findResources('AWS::S3::Bucket'))[0]!;

@@ -188,6 +188,7 @@ describe('restore workflow', () => {
       scope: { files: false },
       destination: { database: 'overwritten' },
       overwrite: true,
+      confirm: 'overwritten',
     });
     expect(again.status, again.error).toBe('SUCCEEDED');
     expect(await tableChecksums(pg, 'overwritten')).toEqual(firstSums);

@@ -50,6 +50,7 @@ export async function startTestApi(
     cloudwatch?: LocalRuntimeOptions['cloudwatch'];
     /** Where workflows run their heavy steps (default: in-process, as the Lambda path). */
     heavySteps?: LocalRuntimeOptions['heavySteps'];
+    roleTokens?: LocalRuntimeOptions['roleTokens'];
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -68,6 +69,7 @@ export async function startTestApi(
     paths: options.paths ?? { roots: [tmpdir()], forbidden: [dataDir, PROGRAM_DIR] },
     ...(options.cloudwatch ? { cloudwatch: options.cloudwatch } : {}),
     ...(options.heavySteps ? { heavySteps: options.heavySteps } : {}),
+    ...(options.roleTokens ? { roleTokens: options.roleTokens } : {}),
   });
   const api: TestApi = {
     runtime,

@@ -319,6 +319,17 @@ export async function sourceForRun(cp: ControlPlane): Promise<SourceForRun | und
  * The connection to an environment's database server, with its password, for the workflows (never for API
  * responses). PRODUCTION is the source database; STAGING the configured staging one.
  */
+/** The name of the database an environment's connection opens (what a restore with no database writes into). */
+export async function environmentDatabaseName(
+  cp: ControlPlane,
+  environment: 'STAGING' | 'PRODUCTION',
+): Promise<string | undefined> {
+  const connection = await environmentConnection(cp, environment);
+  if (!connection) return undefined;
+  const name = decodeURIComponent(new URL(connection.url).pathname.replace(/^\//, ''));
+  return name === '' ? undefined : name;
+}
+
 export async function environmentConnection(
   cp: ControlPlane,
   environment: 'STAGING' | 'PRODUCTION',

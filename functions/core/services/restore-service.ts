@@ -1,12 +1,13 @@
 import { pathProblem } from '../paths.ts';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
-import { NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
+import { ForbiddenError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
 import type { RestoreInput } from '../schemas.ts';
 import { Partition } from '../store/table.ts';
 import { getBackup, isGood, newBackupId } from './backup-service.ts';
-import { environmentConnection, findConfig } from './config-service.ts';
+import { environmentConnection, environmentDatabaseName, findConfig } from './config-service.ts';
 import { runnerOf, updateItem } from './common.ts';
+import { atLeast } from '../authz.ts';
 
 export type RestoreStatus = 'RUNNING' | 'PLANNED' | 'SUCCEEDED' | 'FAILED';
 
@@ -77,6 +78,46 @@ export interface RestoreRecord {
  * POST /api/dr/restore: checks what can be checked at once (the backup exists and can be restored, the
  * destination is configured), records the restore and starts its workflow. 202 with the id and execution.
  */
+/**
+ * A restore into PRODUCTION, or over existing data, takes an admin and a `confirm` field naming what it writes
+ * into (the database; the directory for files alone). A dry run touches nothing and needs neither; an RDS
+ * point-in-time restore makes a new instance and overwrites nothing. Every refusal is audited.
+ */
+async function checkDestructive(
+  cp: ControlPlane,
+  input: RestoreInput,
+  actor: Actor,
+  viaRds: boolean,
+): Promise<void> {
+  const production = input.destination.environment === 'PRODUCTION';
+  if (input.dryRun || viaRds || (!production && !input.overwrite)) return;
+  const what = production ? 'a restore into PRODUCTION' : 'a restore with overwrite';
+  const refuse = async (error: Error) => {
+    await cp.audit.append(actor, {
+      action: 'restore.refused',
+      resource: `restore/${input.destination.environment}`,
+      details: { reason: error.message, overwrite: input.overwrite, role: actor.role ?? 'none' },
+    });
+    throw error;
+  };
+  if (!atLeast(actor.role ?? 'viewer', 'admin'))
+    await refuse(
+      new ForbiddenError(`${what} needs the admin role; this caller is a ${actor.role ?? 'viewer'}`),
+    );
+  const named = input.scope.database
+    ? (input.destination.database ?? (await environmentDatabaseName(cp, input.destination.environment)))
+    : input.destination.filesTo;
+  if (named === undefined || input.confirm !== named)
+    await refuse(
+      ValidationError.forField(
+        'confirm',
+        named === undefined
+          ? `${what} must name its destination: give destination.database`
+          : `${what} writes into ${JSON.stringify(named)} on ${input.destination.environment}: give confirm: ${JSON.stringify(named)} to go ahead`,
+      ),
+    );
+}
+
 export async function startRestore(
   cp: ControlPlane,
   input: RestoreInput,
@@ -126,6 +167,8 @@ export async function startRestore(
       'destination.filesTo',
       'is required to restore files (or set scope.files to false)',
     );
+
+  await checkDestructive(cp, input, actor, viaRds);
 
   const now = cp.now();
   const id = newBackupId(now);
