@@ -16,6 +16,7 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *   globalCluster                              the Aurora global database FAILOVER_TEST may switch over
  *   targetKmsKeys (comma-separated)            KMS key ARNs that S3 targets name in kmsKeyId
  *   masterKeySecretArn, masterKeyKmsKey        redeploy with the master key of a deleted stack
+ *   alarmEmails (comma-separated)              subscribe these addresses to the alarm topic
  *   mailFrom                                   verified SES address DR-test emails are sent from
  *   allowPrivateEndpoints=true                 targets may point at private addresses (never metadata)
  *   filesRoots=/mnt/uploads,/mnt/restores       where files may be backed up from and restored into
@@ -49,6 +50,7 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
       ...(context('masterKeyKmsKey') ? { masterKeyKey: context('masterKeyKmsKey')! } : {}),
     },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',
+    ...(list('alarmEmails').length > 0 ? { alarmEmails: list('alarmEmails') } : {}),
     ...(app.node.tryGetContext('allowPrivateEndpoints') === 'true' ? { allowPrivateEndpoints: true } : {}),
     ...(issuer
       ? { jwt: { issuer, audience: (audience ?? '').split(',').filter((value) => value !== '') } }

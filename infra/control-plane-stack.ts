@@ -10,7 +10,7 @@ import {
 import { HttpIamAuthorizer, HttpJwtAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import { AttributeType, BillingMode, Table, TableEncryption } from 'aws-cdk-lib/aws-dynamodb';
-import { PolicyStatement } from 'aws-cdk-lib/aws-iam';
+import { PolicyStatement, ServicePrincipal } from 'aws-cdk-lib/aws-iam';
 import { Key } from 'aws-cdk-lib/aws-kms';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
@@ -37,6 +37,8 @@ export interface ControlPlaneStackProps extends StackProps {
    * DR_ALLOW_PRIVATE_ENDPOINTS on the API and the worker (which check again at every connection). The instance-metadata and link-local addresses stay refused.
    */
   readonly allowPrivateEndpoints?: boolean;
+  /** Addresses subscribed to the alarm topic. @default none (subscribe later: README) */
+  readonly alarmEmails?: readonly string[];
   /** @default 50 requests per second, bursts of 100 */
   readonly throttle?: { readonly rateLimit: number; readonly burstLimit: number };
   /** The backup worker's settings (buckets of role-based S3 targets, the runner, Fargate's network). */
@@ -115,7 +117,18 @@ export class ControlPlaneStack extends Stack {
       ...(this.worker.heavyOnFargate ? { grantRunTask: (role) => this.worker.grantRunTask(role) } : {}),
     });
     this.workflows.grantStart(fn);
-    this.monitoring = new Monitoring(this, 'Monitoring');
+    this.monitoring = new Monitoring(this, 'Monitoring', {
+      key: this.key,
+      ...(props.alarmEmails?.length ? { alarmEmails: props.alarmEmails } : {}),
+    });
+    // CloudWatch publishes to the encrypted topic with the stack key
+    this.key.addToResourcePolicy(
+      new PolicyStatement({
+        principals: [new ServicePrincipal('cloudwatch.amazonaws.com')],
+        actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+        resources: ['*'],
+      }),
+    );
     this.table.grantReadWriteData(fn);
     this.key.grantEncryptDecrypt(fn);
     fn.addToRolePolicy(
@@ -214,6 +227,10 @@ export class ControlPlaneStack extends Stack {
       description: 'Base URL of the /api/dr API',
     });
     new CfnOutput(this, 'TableName', { value: this.table.tableName });
+    new CfnOutput(this, 'AlarmTopicArn', {
+      value: this.monitoring.topic.topicArn,
+      description: 'Every alarm notifies this topic: subscribe to it (email, chat, paging)',
+    });
     new CfnOutput(this, 'MasterKeySecretArn', {
       value: this.worker.masterKey.secretArn,
       description:

@@ -9,8 +9,19 @@ import {
   SingleValueWidget,
   TreatMissingData,
 } from 'aws-cdk-lib/aws-cloudwatch';
+import { SnsAction } from 'aws-cdk-lib/aws-cloudwatch-actions';
+import type { IKey } from 'aws-cdk-lib/aws-kms';
+import { Topic } from 'aws-cdk-lib/aws-sns';
+import { EmailSubscription } from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
 import { METRICS_NAMESPACE } from '../functions/aws/metrics.ts';
+
+export interface MonitoringProps {
+  /** Encrypts the alarm topic (CloudWatch may use it: the key policy grants it). */
+  readonly key: IKey;
+  /** Addresses subscribed to the alarm topic at deploy (each confirms by email). */
+  readonly alarmEmails?: readonly string[];
+}
 
 /**
  * Alarms and a dashboard over the metrics the worker and the dispatcher write in Embedded Metric Format
@@ -20,9 +31,11 @@ import { METRICS_NAMESPACE } from '../functions/aws/metrics.ts';
  */
 export class Monitoring extends Construct {
   readonly alarms: { readonly failedBackups: Alarm; readonly rpo: Alarm; readonly testsOverdue: Alarm };
+  /** Where the alarms notify. */
+  readonly topic: Topic;
   readonly dashboard: Dashboard;
 
-  constructor(scope: Construct, id: string) {
+  constructor(scope: Construct, id: string, props: MonitoringProps) {
     super(scope, id);
     const metric = (metricName: string, statistic: string, period = Duration.minutes(5)) =>
       new Metric({ namespace: METRICS_NAMESPACE, metricName, statistic, period });
@@ -55,6 +68,17 @@ export class Monitoring extends Construct {
       }),
     };
     const hourly = (name: string, statistic: string) => metric(name, statistic, Duration.hours(1));
+    // Every alarm, when it fires and when it clears, to one topic operators subscribe to (the README says how).
+    this.topic = new Topic(this, 'AlarmTopic', {
+      displayName: 'DR Automation alarms',
+      masterKey: props.key,
+      enforceSSL: true,
+    });
+    for (const alarm of Object.values(this.alarms)) {
+      alarm.addAlarmAction(new SnsAction(this.topic));
+      alarm.addOkAction(new SnsAction(this.topic));
+    }
+    for (const email of props.alarmEmails ?? []) this.topic.addSubscription(new EmailSubscription(email));
     this.dashboard = new Dashboard(this, 'Dashboard', {
       widgets: [
         [

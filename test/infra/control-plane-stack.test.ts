@@ -753,6 +753,24 @@ describe('the AWS production path', () => {
     );
   });
 
+  it('sends every alarm, firing and clearing, to one encrypted topic operators subscribe to', async () => {
+    const { template } = synthesized;
+    const topic = Object.keys(template.findResources('AWS::SNS::Topic'))[0]!;
+    template.hasResourceProperties('AWS::SNS::Topic', { KmsMasterKeyId: Match.anyValue() });
+    const alarms = Object.values(template.findResources('AWS::CloudWatch::Alarm'));
+    expect(alarms.length).toBeGreaterThanOrEqual(3);
+    for (const alarm of alarms) {
+      expect(alarm.Properties.AlarmActions).toEqual([{ Ref: topic }]);
+      expect(alarm.Properties.OKActions).toEqual([{ Ref: topic }]);
+    }
+    template.hasOutput('AlarmTopicArn', { Value: { Ref: topic } });
+    const subscribed = (await synthesize({ alarmEmails: 'ops@example.com' })).template;
+    subscribed.hasResourceProperties('AWS::SNS::Subscription', {
+      Protocol: 'email',
+      Endpoint: 'ops@example.com',
+    });
+  });
+
   it('empties the downloads bucket when the stack is deleted', () => {
     const [deleter] = Object.values(synthesized.template.findResources('Custom::S3AutoDeleteObjects'));
     const bucket = Object.keys(synthesized.template.findResources('AWS::S3::Bucket'))[0]!;
