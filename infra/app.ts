@@ -17,6 +17,8 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *   targetKmsKeys (comma-separated)            KMS key ARNs that S3 targets name in kmsKeyId
  *   masterKeySecretArn, masterKeyKmsKey        redeploy with the master key of a deleted stack
  *   alarmEmails (comma-separated)              subscribe these addresses to the alarm topic
+ *   filesFileSystem, filesAccessPoint          an EFS access point mounted at /mnt/dr-files in the worker:
+ *                                              files restores and the recovery-time test's scratch files
  *   mailFrom                                   verified SES address DR-test emails are sent from
  *   allowPrivateEndpoints=true                 targets may point at private addresses (never metadata)
  *   filesRoots=/mnt/uploads,/mnt/restores       where files may be backed up from and restored into
@@ -29,6 +31,10 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
   const subnets = list('workerSubnets');
   const context = (name: string) => app.node.tryGetContext(name) as string | undefined;
   const heavySteps = context('heavySteps');
+  if ((context('filesFileSystem') === undefined) !== (context('filesAccessPoint') === undefined))
+    throw new Error(
+      '-c filesFileSystem and -c filesAccessPoint go together (the EFS file system and its access point)',
+    );
   if (heavySteps !== undefined && !['lambda', 'fargate', 'auto'].includes(heavySteps))
     throw new Error(`-c heavySteps must be lambda, fargate or auto, not '${heavySteps}'`);
   const props: ControlPlaneStackProps = {
@@ -48,6 +54,14 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
       ...(list('targetKmsKeys').length > 0 ? { targetKeys: list('targetKmsKeys') } : {}),
       ...(context('masterKeySecretArn') ? { masterKeySecretArn: context('masterKeySecretArn')! } : {}),
       ...(context('masterKeyKmsKey') ? { masterKeyKey: context('masterKeyKmsKey')! } : {}),
+      ...(context('filesFileSystem') && context('filesAccessPoint')
+        ? {
+            filesVolume: {
+              fileSystemId: context('filesFileSystem')!,
+              accessPointId: context('filesAccessPoint')!,
+            },
+          }
+        : {}),
     },
     description: 'DR Automation control plane: /api/dr API, state table, encryption key',
     ...(list('alarmEmails').length > 0 ? { alarmEmails: list('alarmEmails') } : {}),

@@ -88,7 +88,16 @@ export interface BackupWorkerProps {
    */
   readonly masterKeySecretArn?: string;
   readonly masterKeyKey?: string;
+  /**
+   * An EFS access point mounted at `/mnt/dr-files` in the worker Lambda and the Fargate task (needs
+   * `network`): files restores go there (`filesTo` under it: it is a files root), and so do the recovery-time
+   * test's scratch files. Without it, files restore only into the worker's own disk (the Lambda's /tmp).
+   */
+  readonly filesVolume?: { readonly fileSystemId: string; readonly accessPointId: string };
 }
+
+/** Where the files volume is mounted in the worker (Lambda requires a path under /mnt). */
+export const FILES_MOUNT = '/mnt/dr-files';
 
 /**
  * The backup worker and what drives it:
@@ -134,6 +143,10 @@ export class BackupWorker extends Construct {
         `BackupWorker: heavySteps=${heavySteps} needs workerSubnets (and workerSecurityGroups): heavy steps run as Fargate tasks in them`,
       );
     this.heavyOnFargate = heavySteps !== 'lambda';
+    if (props.filesVolume && !network)
+      throw new Error(
+        'BackupWorker: filesFileSystem needs workerSubnets (and workerSecurityGroups): EFS is mounted in the VPC',
+      );
     // Generated, under a name CloudFormation picks (a fixed name would collide with the retained secret of
     // a deleted stack on redeploy); kept when the stack is deleted. A redeploy brings the old one back with
     // masterKeySecretArn: without it, no repository it sealed can be read.
@@ -182,7 +195,8 @@ export class BackupWorker extends Construct {
       DOWNLOAD_BUCKET: this.downloads.bucketName,
       DR_METRICS: 'emf',
       ...(props.mailFrom ? { MAIL_FROM: props.mailFrom } : {}),
-      ...(props.filesRoots?.length ? { DR_FILES_ROOTS: props.filesRoots.join(':') } : {}),
+      ...(filesRoots(props).length ? { DR_FILES_ROOTS: filesRoots(props).join(':') } : {}),
+      ...(props.filesVolume ? { DR_SCRATCH_DIR: `${FILES_MOUNT}/scratch` } : {}),
       ...(props.allowPrivateEndpoints ? { DR_ALLOW_PRIVATE_ENDPOINTS: 'true' } : {}),
     };
 
@@ -236,6 +250,24 @@ export class BackupWorker extends Construct {
       );
       this.workerFunction.node.addDependency(workerRole);
     }
+    const stack = Stack.of(this);
+    const files = props.filesVolume && {
+      fileSystem: stack.formatArn({
+        service: 'elasticfilesystem',
+        resource: 'file-system',
+        resourceName: props.filesVolume.fileSystemId,
+      }),
+      accessPoint: stack.formatArn({
+        service: 'elasticfilesystem',
+        resource: 'access-point',
+        resourceName: props.filesVolume.accessPointId,
+      }),
+    };
+    if (files) {
+      (this.workerFunction.node.defaultChild as CfnFunction).fileSystemConfigs = [
+        { arn: files.accessPoint, localMountPath: FILES_MOUNT },
+      ];
+    }
 
     // The same image as a Fargate task for long backups.
     const taskLogs = new LogGroup(this, 'TaskLogs', {
@@ -259,12 +291,37 @@ export class BackupWorker extends Construct {
       environment: { ...workerEnvironment, AWS_EMF_ENVIRONMENT: 'Local' },
       logging: LogDrivers.awsLogs({ streamPrefix: 'worker', logGroup: taskLogs }),
     });
+    if (props.filesVolume) {
+      this.taskDefinition.addVolume({
+        name: 'files',
+        efsVolumeConfiguration: {
+          fileSystemId: props.filesVolume.fileSystemId,
+          transitEncryption: 'ENABLED',
+          authorizationConfig: { accessPointId: props.filesVolume.accessPointId, iam: 'ENABLED' },
+        },
+      });
+      this.taskDefinition.defaultContainer!.addMountPoints({
+        containerPath: FILES_MOUNT,
+        sourceVolume: 'files',
+        readOnly: false,
+      });
+    }
     this.cluster = new CfnCluster(this, 'Cluster', {
       clusterSettings: [{ name: 'containerInsights', value: 'enabled' }],
     });
 
     this.workerRoles = [workerRole, this.taskDefinition.taskRole];
     for (const grantee of this.workerRoles) this.grantWorker(grantee, props);
+    // Mount and write the files volume, through its access point only
+    if (files)
+      for (const grantee of this.workerRoles)
+        grantee.addToPrincipalPolicy(
+          new PolicyStatement({
+            actions: ['elasticfilesystem:ClientMount', 'elasticfilesystem:ClientWrite'],
+            resources: [files.fileSystem],
+            conditions: { StringEquals: { 'elasticfilesystem:AccessPointArn': files.accessPoint } },
+          }),
+        );
     this.grantFreeStorage(workerRole);
 
     this.fargateSubstitutions = {
@@ -802,4 +859,9 @@ export function storedSecrets(scope: Construct, prefix: string): string[] {
       arnFormat: ArnFormat.COLON_RESOURCE_NAME,
     }),
   );
+}
+
+/** Where files may be backed up from and restored into: the operator's roots, and the files volume. */
+export function filesRoots(props: Pick<BackupWorkerProps, 'filesRoots' | 'filesVolume'>): string[] {
+  return [...(props.filesRoots ?? []), ...(props.filesVolume ? [FILES_MOUNT] : [])];
 }

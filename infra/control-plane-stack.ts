@@ -15,7 +15,13 @@ import { Key } from 'aws-cdk-lib/aws-kms';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import { TABLE_KEYS } from '../functions/core/store/table.ts';
-import { acknowledgeOn, BackupWorker, storedSecrets, type BackupWorkerProps } from './backup-worker.ts';
+import {
+  acknowledgeOn,
+  BackupWorker,
+  filesRoots,
+  storedSecrets,
+  type BackupWorkerProps,
+} from './backup-worker.ts';
 import { Workflows } from './workflows.ts';
 import { Monitoring } from './monitoring.ts';
 import { DrFunction } from './dr-function.ts';
@@ -92,7 +98,9 @@ export class ControlPlaneStack extends Stack {
         SECRET_PREFIX: secretPrefix,
         SECRETS_KMS_KEY_ID: this.key.keyArn,
         ...(props.allowPrivateEndpoints ? { DR_ALLOW_PRIVATE_ENDPOINTS: 'true' } : {}),
-        ...(props.worker?.filesRoots?.length ? { DR_FILES_ROOTS: props.worker.filesRoots.join(':') } : {}),
+        ...(filesRoots(props.worker ?? {}).length
+          ? { DR_FILES_ROOTS: filesRoots(props.worker ?? {}).join(':') }
+          : {}),
       },
     });
     const fn = apiFunction.function;

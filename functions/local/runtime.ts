@@ -65,6 +65,8 @@ export interface LocalRuntimeOptions {
   readonly egress?: EgressPolicy;
   /** Where files may be read and restored (default DR_FILES_ROOTS; the data directory never). */
   readonly paths?: PathPolicy;
+  /** DR_SCRATCH_DIR: where a recovery-time test restores its scratch files (default: the temporary directory). */
+  readonly scratchDir?: string;
   /** Where workflows run their heavy steps (tests: 'fargate', through the same staging as on AWS). */
   readonly heavySteps?: HeavySteps;
   /** The CloudWatch client that reads an RDS source's free storage (tests: moto); default: the SDK's, by region. */
@@ -185,6 +187,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
         ...(options.workflowWaitMs === undefined ? {} : { waitMs: options.workflowWaitMs }),
         ...(options.rds ? { rds: options.rds } : {}),
         ...(options.route53 ? { route53: options.route53 } : {}),
+        ...(options.scratchDir ? { scratchDir: options.scratchDir } : {}),
       });
       return workflowRunner.start(workflow, name, input);
     },

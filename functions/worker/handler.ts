@@ -27,7 +27,12 @@ const masterKey = () =>
 // Completion emails through SES when the stack names a sender (-c mailFrom=…).
 const mailFrom = process.env.MAIL_FROM;
 const notify = mailFrom ? sesMailer({ from: mailFrom }) : undefined;
-const workflowDeps: WorkflowDeps = { masterKey, ...(notify ? { notify } : {}) };
+const scratchDir = process.env.DR_SCRATCH_DIR;
+const workflowDeps: WorkflowDeps = {
+  masterKey,
+  ...(notify ? { notify } : {}),
+  ...(scratchDir ? { scratchDir } : {}),
+};
 const pipeline: PipelineDeps = {
   masterKey,
   ...(notify ? { notify } : {}),

@@ -50,7 +50,7 @@ export const recoveryTimeTest = group(testState, {
       deps.masterKey,
       async (repository, manifest) => {
         if (!manifest.files) return { skipped: true, seconds: 0, verifySeconds: 0 };
-        const scratch = await mkdtemp(join(tmpdir(), `dr-test-${state.testId}-`));
+        const scratch = await mkdtemp(join(deps.scratchDir ?? tmpdir(), `dr-test-${state.testId}-`));
         try {
           const started = Date.now();
           const result = await restoreFiles(repository, manifest, { destination: scratch });

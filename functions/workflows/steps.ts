@@ -42,6 +42,11 @@ export interface WorkflowDeps {
   readonly rds?: (region: string | undefined) => RDSClient;
   /** Sends the completion email of a test (absent: the notification is recorded as not sent). */
   readonly notify?: (message: MailMessage) => Promise<void>;
+  /**
+   * Where a recovery-time test restores its scratch files (DR_SCRATCH_DIR; on AWS a mounted EFS access point,
+   * never the Lambda's small /tmp). Default: the system's temporary directory.
+   */
+  readonly scratchDir?: string;
 }
 
 /**

@@ -771,6 +771,66 @@ describe('the AWS production path', () => {
     });
   });
 
+  it('mounts an EFS access point in the worker Lambda and the Fargate task for files restores and scratch files', async () => {
+    expect(() => buildApp(new App({ context: { filesFileSystem: 'fs-0123456789abcdef0' } }))).toThrow(
+      /go together/,
+    );
+    expect(() =>
+      buildApp(
+        new App({
+          context: { filesFileSystem: 'fs-0123456789abcdef0', filesAccessPoint: 'fsap-0123456789abcdef0' },
+        }),
+      ),
+    ).toThrow(/needs workerSubnets/);
+    const { template } = await synthesize({
+      workerSubnets: 'subnet-0123456789abcdef0',
+      workerSecurityGroups: 'sg-0123456789abcdef0',
+      filesFileSystem: 'fs-0123456789abcdef0',
+      filesAccessPoint: 'fsap-0123456789abcdef0',
+    });
+    const worker = Object.values(
+      template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
+    )[0]!;
+    expect(worker.Properties.FileSystemConfigs).toEqual([
+      { Arn: expect.objectContaining({ 'Fn::Join': expect.anything() }), LocalMountPath: '/mnt/dr-files' },
+    ]);
+    expect(JSON.stringify(worker.Properties.FileSystemConfigs)).toContain(
+      'access-point/fsap-0123456789abcdef0',
+    );
+    expect(worker.Properties.Environment.Variables).toMatchObject({
+      DR_SCRATCH_DIR: '/mnt/dr-files/scratch',
+      DR_FILES_ROOTS: '/mnt/dr-files',
+    });
+    const task = Object.values(template.findResources('AWS::ECS::TaskDefinition'))[0]!;
+    expect(task.Properties.Volumes).toEqual([
+      {
+        Name: 'files',
+        EFSVolumeConfiguration: {
+          FilesystemId: 'fs-0123456789abcdef0',
+          TransitEncryption: 'ENABLED',
+          AuthorizationConfig: { AccessPointId: 'fsap-0123456789abcdef0', IAM: 'ENABLED' },
+        },
+      },
+    ]);
+    expect(task.Properties.ContainerDefinitions[0].MountPoints).toEqual([
+      { ContainerPath: '/mnt/dr-files', SourceVolume: 'files', ReadOnly: false },
+    ]);
+    // The API checks filesTo against the same roots
+    const api = Object.values(template.findResources('AWS::Lambda::Function')).find(
+      (fn) => fn.Properties.Description === 'DR Automation /api/dr API',
+    )!;
+    expect(api.Properties.Environment.Variables.DR_FILES_ROOTS).toBe('/mnt/dr-files');
+    const mounts = statementsOf(template).filter((statement) =>
+      actions(statement).includes('elasticfilesystem:ClientMount'),
+    );
+    expect(mounts.flatMap((statement) => statement.roles).sort()).toEqual([
+      expect.stringMatching(/^BackupWorkerTaskTaskRole/),
+      expect.stringMatching(/^BackupWorkerWorkerRole/),
+    ]);
+    for (const statement of mounts)
+      expect(JSON.stringify(statement.Condition)).toContain('access-point/fsap-0123456789abcdef0');
+  });
+
   it('empties the downloads bucket when the stack is deleted', () => {
     const [deleter] = Object.values(synthesized.template.findResources('Custom::S3AutoDeleteObjects'));
     const bucket = Object.keys(synthesized.template.findResources('AWS::S3::Bucket'))[0]!;

@@ -1,4 +1,5 @@
-import { mkdtemp } from 'node:fs/promises';
+import { watch } from 'node:fs';
+import { mkdtemp, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -27,6 +28,8 @@ let sums: Record<string, string>;
 let staged: number;
 let collected: number;
 let failCheck = false;
+let scratch: string;
+const scratchSeen: string[] = [];
 
 function runner(heavySteps: HeavySteps): void {
   (api.runtime.controlPlane as { heavySteps?: HeavySteps }).heavySteps = heavySteps;
@@ -34,8 +37,11 @@ function runner(heavySteps: HeavySteps): void {
 
 beforeAll(async () => {
   pg = await startPostgres();
+  scratch = await mkdtemp(join(tmpdir(), 'dr-scratch-volume-'));
   api = await startTestApi({
     heavySteps: { heavy: 'fargate', fromBytes: 0 },
+    // As on AWS, where this is the mounted files volume
+    scratchDir: scratch,
     taskWrappers: {
       'fargate.stage': async (_input, real) => {
         staged += 1;
@@ -44,6 +50,17 @@ beforeAll(async () => {
       'fargate.result': async (_input, real) => {
         collected += 1;
         return real();
+      },
+      'test.recovery.files': async (_input, real) => {
+        // The scratch files go under the scratch directory while the step runs, and are gone after it
+        const seen: string[] = [];
+        const watcher = watch(scratch, (_event, name) => name && seen.push(name));
+        try {
+          return await real();
+        } finally {
+          watcher.close();
+          scratchSeen.push(...seen);
+        }
       },
       'test.restore.check': async (_input, real) => {
         if (failCheck)
@@ -184,6 +201,8 @@ describe('heavy steps on Fargate (local interpreter)', () => {
     expect(test.status, JSON.stringify(test.results)).toBe('PASSED');
     // Fetch, RestoreDatabase, RestoreFiles and Verify
     expect([staged, collected]).toEqual([4, 4]);
+    expect(scratchSeen.some((name) => name.startsWith(`dr-test-${test.id}-`))).toBe(true);
+    expect(await readdir(scratch)).toEqual([]);
     expect(test.results.phases.databaseRestore).toBeGreaterThan(0);
     failCheck = true;
     const failed = await run('/api/dr/test', { testType: 'RECOVERY_TIME_TEST' }, 'testId');

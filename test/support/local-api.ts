@@ -51,6 +51,7 @@ export async function startTestApi(
     /** Where workflows run their heavy steps (default: in-process, as the Lambda path). */
     heavySteps?: LocalRuntimeOptions['heavySteps'];
     roleTokens?: LocalRuntimeOptions['roleTokens'];
+    scratchDir?: string;
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -70,6 +71,7 @@ export async function startTestApi(
     ...(options.cloudwatch ? { cloudwatch: options.cloudwatch } : {}),
     ...(options.heavySteps ? { heavySteps: options.heavySteps } : {}),
     ...(options.roleTokens ? { roleTokens: options.roleTokens } : {}),
+    ...(options.scratchDir ? { scratchDir: options.scratchDir } : {}),
   });
   const api: TestApi = {
     runtime,
