@@ -28,6 +28,8 @@ let sums: Record<string, string>;
 let staged: number;
 let collected: number;
 let failCheck = false;
+let failRestore = false;
+let failVerify = false;
 let scratch: string;
 const scratchSeen: string[] = [];
 
@@ -61,6 +63,14 @@ beforeAll(async () => {
           watcher.close();
           scratchSeen.push(...seen);
         }
+      },
+      'restore.database': async (_input, real) => {
+        if (failRestore) throw new WorkflowError('DiskFull', 'no space left on the restore volume');
+        return real();
+      },
+      'test.verify': async (_input, real) => {
+        if (failVerify) throw new WorkflowError('CorruptData', 'pack 3f… failed authentication');
+        return real();
       },
       'test.restore.check': async (_input, real) => {
         if (failCheck)
@@ -102,6 +112,8 @@ beforeEach(() => {
   staged = 0;
   collected = 0;
   failCheck = false;
+  failRestore = false;
+  failVerify = false;
   runner({ heavy: 'fargate', fromBytes: 0 });
 });
 
@@ -135,6 +147,23 @@ describe('heavy steps on Fargate (local interpreter)', () => {
     expect(record.result.database).toMatchObject({ consistent: true });
     expect(await tableChecksums(pg, 'on_fargate')).toEqual(sums);
     expect(await describeTree(into)).toEqual(await describeTree(files));
+    expect(await stepsLeft()).toBe(0);
+  });
+
+  it('records a restore failed inside its Fargate task with the step error, and leaves nothing staged', async () => {
+    failRestore = true;
+    const record = await run(
+      '/api/dr/restore',
+      {
+        backupId,
+        scope: { files: false },
+        destination: { environment: 'STAGING', database: 'fails_on_fargate' },
+      },
+      'restoreId',
+    );
+    expect(record.status).toBe('FAILED');
+    expect(record.error).toBe('DiskFull: no space left on the restore volume');
+    expect([staged, collected]).toEqual([1, 1]);
     expect(await stepsLeft()).toBe(0);
   });
 
@@ -193,6 +222,14 @@ describe('heavy steps on Fargate (local interpreter)', () => {
     expect(test.status, JSON.stringify(test.results)).toBe('PASSED');
     expect(test.results.backups).toEqual([{ backupId, targetId: 'primary', ok: true }]);
     expect([staged, collected]).toEqual([1, 1]);
+  });
+
+  it('records a verification that failed inside its task against that backup, the test FAILED', async () => {
+    failVerify = true;
+    const test = await run('/api/dr/test', { testType: 'BACKUP_VERIFICATION' }, 'testId');
+    expect(test.status).toBe('FAILED');
+    expect(test.results.backups).toEqual([{ backupId, targetId: 'primary', ok: false }]);
+    expect(JSON.stringify(test.results.issues)).toContain('pack 3f… failed authentication');
   });
 
   it('runs the RECOVERY_TIME_TEST phases on Fargate, timed, and cleans up when one fails there', async () => {
