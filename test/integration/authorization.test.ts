@@ -1,9 +1,6 @@
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createEventManager, tableChecksums } from '../support/event-manager.ts';
-import { nightlySchedule } from '../support/catalog.ts';
+import { tableChecksums } from '../support/event-manager.ts';
+import { deployWithOneBackup } from '../support/deployment.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 
@@ -26,28 +23,7 @@ beforeAll(async () => {
       { token: OPERATOR, role: 'operator' },
     ],
   });
-  await pg.createDatabase('app');
-  await pg.createDatabase('staging');
-  await createEventManager(pg, 'app');
-  const work = await mkdtemp(join(tmpdir(), 'dr-authz-'));
-  const setup: [string, string, unknown][] = [
-    [
-      'POST',
-      '/api/dr/config',
-      {
-        rto: 4,
-        rpo: 1,
-        source: { database: { url: pg.url('app') } },
-        environments: { STAGING: { database: { url: pg.url('staging') } } },
-      },
-    ],
-    ['POST', '/api/dr/targets', { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'repo') } }],
-    ['POST', '/api/dr/schedules', nightlySchedule(['primary'])],
-  ];
-  for (const [method, path, body] of setup) expect((await api.call(method, path, body)).status).toBe(201);
-  const started = await api.call('POST', '/api/dr/schedules/nightly/execute');
-  await api.runtime.idle();
-  backupId = started.body.id;
+  backupId = await deployWithOneBackup(api, pg);
 });
 afterAll(async () => {
   await Promise.all([api?.close(), pg?.stop()]);

@@ -1,3 +1,4 @@
+import { IAMClient, ListUserTagsCommand } from '@aws-sdk/client-iam';
 import { CreateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { mockClient } from 'aws-sdk-client-mock';
 import type { Context } from 'aws-lambda';
@@ -13,6 +14,9 @@ import { httpEvent as event } from '../support/http-event.ts';
  * API Gateway HTTP API events (payload 2.0) carrying the IAM authorizer's identity.
  */
 const secretsManager = mockClient(SecretsManagerClient);
+// No local server plays IAM: the caller's role is its user's dr-automation:role tag (an admin here)
+const iam = mockClient(IAMClient);
+iam.on(ListUserTagsCommand).resolves({ Tags: [{ Key: 'dr-automation:role', Value: 'admin' }] });
 let dynamo: LocalDynamo;
 let handler: ApiHandler;
 const saved = { ...process.env };
@@ -50,10 +54,28 @@ describe('API Lambda handler', () => {
     expect(call!.args[0].input.KmsKeyId).toBe('arn:aws:kms:us-east-1:111122223333:key/test');
   });
 
+  it('refuses an IAM caller whose user is not tagged for it: a viewer may read, not change', async () => {
+    iam.on(ListUserTagsCommand, { UserName: 'intern' }).resolves({ Tags: [] });
+    const intern = 'arn:aws:iam::111122223333:user/intern';
+    expect((await handler(event('GET', '/api/dr/targets', undefined, intern), context)).statusCode).toBe(200);
+    const refused = await handler(
+      event('POST', '/api/dr/targets', { id: 'x', targetType: 'LOCAL', config: { path: '/tmp/x' } }, intern),
+      context,
+    );
+    expect(refused.statusCode).toBe(403);
+    expect(JSON.parse(refused.body).error.message).toBe(
+      'POST /api/dr/targets needs the admin role; this caller is a viewer',
+    );
+  });
+
   it('audits the IAM principal and source address', async () => {
     const response = await handler(event('GET', '/api/dr/audit', undefined, operator), context);
-    expect(JSON.parse(response.body).items[0].actor).toEqual({
+    const created = JSON.parse(response.body).items.find(
+      (entry: { action: string }) => entry.action === 'target.create',
+    );
+    expect(created.actor).toEqual({
       principal: operator,
+      role: 'admin',
       sourceIp: '203.0.113.9',
       userAgent: 'aws-cli/2',
     });

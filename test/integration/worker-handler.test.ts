@@ -1,3 +1,4 @@
+import { IAMClient, ListUserTagsCommand } from '@aws-sdk/client-iam';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +21,9 @@ import { startMoto } from '../support/s3-server.ts';
  * Manager, moto's) and stores what the API then answers. DynamoDB is dynalite.
  */
 const lambda = mockClient(LambdaClient);
+// No local server plays IAM: the caller's role is its user's dr-automation:role tag (an admin here)
+const iam = mockClient(IAMClient);
+iam.on(ListUserTagsCommand).resolves({ Tags: [{ Key: 'dr-automation:role', Value: 'admin' }] });
 let dynamo: LocalDynamo;
 let pg: TestPostgres;
 let moto: Awaited<ReturnType<typeof startMoto>>;

@@ -7,8 +7,8 @@ import type { HeavySteps } from '../../functions/core/env.ts';
 import { Partition } from '../../functions/core/store/table.ts';
 import { WorkflowError } from '../../functions/workflows/steps.ts';
 import { describeTree, makeFilesTree } from '../support/engine.ts';
-import { createEventManager, tableChecksums } from '../support/event-manager.ts';
-import { nightlySchedule } from '../support/catalog.ts';
+import { tableChecksums } from '../support/event-manager.ts';
+import { deployWithOneBackup } from '../support/deployment.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 
@@ -79,30 +79,8 @@ beforeAll(async () => {
       },
     },
   });
-  await pg.createDatabase('app');
-  await pg.createDatabase('staging');
-  await createEventManager(pg, 'app');
-  const work = await mkdtemp(join(tmpdir(), 'dr-fargate-'));
   files = await makeFilesTree();
-  const setup: [string, string, unknown][] = [
-    [
-      'POST',
-      '/api/dr/config',
-      {
-        rto: 4,
-        rpo: 1,
-        notificationEmails: ['ops@example.com'],
-        source: { database: { url: pg.url('app') }, files: { type: 'directory', path: files } },
-        environments: { STAGING: { database: { url: pg.url('staging') } } },
-      },
-    ],
-    ['POST', '/api/dr/targets', { id: 'primary', targetType: 'LOCAL', config: { path: join(work, 'repo') } }],
-    ['POST', '/api/dr/schedules', nightlySchedule(['primary'])],
-  ];
-  for (const [method, path, body] of setup) expect((await api.call(method, path, body)).status).toBe(201);
-  const started = await api.call('POST', '/api/dr/schedules/nightly/execute');
-  await api.runtime.idle();
-  backupId = started.body.id;
+  backupId = await deployWithOneBackup(api, pg, { files });
   sums = await tableChecksums(pg, 'app');
 });
 afterAll(async () => {
