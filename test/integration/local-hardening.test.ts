@@ -38,6 +38,26 @@ describe('local runtime hardening', () => {
     ).rejects.toThrow('DR_API_TOKEN is 1 characters: it must be at least 32');
   });
 
+  it('refuses an operator or viewer token that is short or the same as the admin token', async () => {
+    const token = 'a'.repeat(40);
+    for (const roleTokens of [
+      [{ token: 'short', role: 'viewer' as const }],
+      [{ token, role: 'operator' as const }],
+    ]) {
+      const dataDir = await mkdtemp(join(tmpdir(), 'dr-role-token-'));
+      await expect(
+        startLocalRuntime({
+          dataDir,
+          port: 0,
+          logger: silentLogger,
+          token,
+          roleTokens,
+          dispatchIntervalMs: 0,
+        }),
+      ).rejects.toThrow(/must be at least 32 characters and differ from DR_API_TOKEN/);
+    }
+  });
+
   it('prints where the generated token is, never the token', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'dr-print-'));
     const child = spawn(process.execPath, ['functions/local/main.ts'], {
