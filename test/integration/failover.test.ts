@@ -43,6 +43,7 @@ let zoneId: string;
 let tamper = false;
 /** Heavy steps handed to a Fargate task (the local runtime runs them in-process, through the same staging). */
 let staged = 0;
+let failHealth = false;
 const RECORD = 'db.staging.example.com';
 
 beforeAll(async () => {
@@ -56,6 +57,11 @@ beforeAll(async () => {
     route53: () => route53,
     rds: rdsClient,
     taskWrappers: {
+      'test.failover.health': async (_input, real) => {
+        if (failHealth)
+          throw Object.assign(new Error('the standby does not answer'), { name: 'HealthCheckFailed' });
+        return real();
+      },
       'fargate.stage': async (_input, real) => {
         staged += 1;
         return real();
@@ -314,6 +320,22 @@ describe('with an RDS read replica as the standby', () => {
     );
     expect(snapshots.DBSnapshots).toHaveLength(1);
     replicaArn = again.DBInstanceArn!;
+  });
+
+  it('re-creates the replica and restores the record when the promoted standby fails its check', async () => {
+    failHealth = true;
+    try {
+      const test = await failoverTest();
+      expect(test.status).toBe('FAILED');
+      expect(JSON.stringify(test)).toContain('the standby does not answer');
+      expect(await record()).toEqual({ type: 'CNAME', value: 'staging-primary.internal', ttl: 300 });
+      const again = await replica();
+      expect(again.ReadReplicaSourceDBInstanceIdentifier).toBe('staging-primary');
+      expect(again.TagList).toContainEqual({ Key: 'dr-automation:standby', Value: 'true' });
+      replicaArn = again.DBInstanceArn!;
+    } finally {
+      failHealth = false;
+    }
   });
 
   it('refuses a replica that is not tagged for it, and changes nothing', async () => {
