@@ -1,20 +1,14 @@
 #!/usr/bin/env -S node --max-semi-space-size=4
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { createWriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { backup } from '../engine/backup.ts';
 import type { ProgressEvent } from '../engine/progress.ts';
 import { generateMasterKey, loadMasterKey } from '../engine/crypto.ts';
-import {
-  BackupNotFoundError,
-  CorruptDataError,
-  EngineError,
-  RepositoryLockedError,
-  WrongKeyError,
-} from '../engine/errors.ts';
+import { BackupNotFoundError, CorruptDataError, WrongKeyError } from '../engine/errors.ts';
 import { exportArchive, exportSql, exportTar } from '../engine/export.ts';
 import type { BackupType } from '../engine/manifest.ts';
 import {
@@ -35,7 +29,7 @@ import { DEFAULT_PACK_SIZE, Repository } from '../engine/repository.ts';
 import { backupForInstant, restoreDatabase, restoreFiles } from '../engine/restore.ts';
 import { changeStreamFor, confirmBackup, ownChangeSet } from '../engine/changes.ts';
 import { LocalStorage } from '../storage/local/local-storage.ts';
-import { StorageError, type Storage } from '../storage/storage.ts';
+import type { Storage } from '../storage/storage.ts';
 import { openTarget, readTargetFile } from '../storage/targets.ts';
 import { VERSION } from '../core/version.ts';
 import { compose } from '../storage/facade.ts';
@@ -63,7 +57,11 @@ const program = new Command('drctl')
   .description('DR Automation backup engine: back up PostgreSQL and files, verify, restore, export')
   .version(VERSION)
   .showHelpAfterError()
-  .configureOutput({ writeErr: (text) => process.stderr.write(text) });
+  .configureOutput({ writeErr: (text) => process.stderr.write(text) })
+  // A bad option or argument is a usage error (exit 2), as when an action finds one; help and version exit 0.
+  .exitOverride((error) => {
+    throw error;
+  });
 
 const repoOption = () => new Option('--repo <path>', 'repository in a local directory').env('DR_REPO');
 const targetOption = () =>
@@ -101,6 +99,20 @@ function positiveInt(value: string): number {
   if (!Number.isInteger(parsed) || parsed <= 0)
     throw new InvalidArgumentError('must be a positive whole number');
   return parsed;
+}
+
+/**
+ * `--jobs`: tables a backup reads (each in the backup's one snapshot) or a restore loads and indexes at once.
+ * Default: the cores available, at most 4 (each job holds its own buffers: memory grows with jobs).
+ */
+function jobsOption(what: string): Option {
+  return new Option('--jobs <n>', `${what} at once (1-64)`)
+    .argParser((value: string) => {
+      const jobs = positiveInt(value);
+      if (jobs > 64) throw new InvalidArgumentError('must be at most 64');
+      return jobs;
+    })
+    .default(Math.min(availableParallelism(), 4), 'the cores available, at most 4');
 }
 
 function collectValues(value: string, previous: string[] = []): string[] {
@@ -228,6 +240,7 @@ program
     Number.parseFloat,
     0.5,
   )
+  .addOption(jobsOption('tables read'))
   .addOption(
     new Option('--pack-size <bytes>', 'target pack size')
       .argParser(positiveInt)
@@ -246,6 +259,7 @@ program
         changeStream?: boolean;
         reviewBelow: number;
         packSize: number;
+        jobs: number;
       },
     ) => {
       if (options.changeStream && !options.db) throw new InvalidArgumentError('--change-stream needs --db');
@@ -270,6 +284,7 @@ program
           ...(Object.keys(tags).length > 0 ? { tags } : {}),
           reviewBelow: options.reviewBelow,
           packSize: options.packSize,
+          tableConcurrency: options.jobs,
           onProgress: progress.update,
           onLockWait: (holders) => process.stderr.write(`backup: waiting for ${holders} to finish\n`),
         });
@@ -389,6 +404,7 @@ program
     'skip comparing restored tables with the row counts and checksums recorded at backup time',
   )
   .option('--no-owner', 'do not restore ownership and privileges')
+  .addOption(jobsOption('tables loaded and indexes built'))
   .option('--files-to <dir>', 'restore the files into this directory')
   .option('--include <glob>', 'only files matching this glob (repeatable)', collectValues)
   .option('--preserve-special-bits', 'keep setuid/setgid bits of restored files (cleared by default)')
@@ -407,6 +423,7 @@ program
         filesTo?: string;
         include?: string[];
         preserveSpecialBits?: boolean;
+        jobs: number;
       },
     ) => {
       if (!options.db && !options.filesTo) throw new InvalidArgumentError('give --db, --files-to, or both');
@@ -429,6 +446,7 @@ program
             ...(options.schema ? { schemas: options.schema } : {}),
             check: options.check,
             noOwner: !options.owner,
+            jobs: options.jobs,
             onProgress: progress.update,
           });
         }
@@ -592,18 +610,16 @@ program
 try {
   await program.parseAsync();
 } catch (error) {
-  const message = error instanceof Error ? error.message : String(error);
-  process.stderr.write(`drctl: ${message}\n`);
-  if (error instanceof InvalidArgumentError) process.exitCode = EXIT.usage;
-  else if (error instanceof WrongKeyError) process.exitCode = EXIT.wrongKey;
-  else if (error instanceof CorruptDataError) process.exitCode = EXIT.damaged;
-  else if (
-    error instanceof EngineError ||
-    error instanceof StorageError ||
-    error instanceof RepositoryLockedError
-  )
-    process.exitCode = EXIT.failed;
-  else process.exitCode = EXIT.failed;
+  if (error instanceof CommanderError && !(error instanceof InvalidArgumentError)) {
+    // Commander has printed its own message (and the help) already
+    process.exitCode = error.exitCode === 0 ? 0 : EXIT.usage;
+  } else {
+    process.stderr.write(`drctl: ${error instanceof Error ? error.message : String(error)}\n`);
+    if (error instanceof InvalidArgumentError) process.exitCode = EXIT.usage;
+    else if (error instanceof WrongKeyError) process.exitCode = EXIT.wrongKey;
+    else if (error instanceof CorruptDataError) process.exitCode = EXIT.damaged;
+    else process.exitCode = EXIT.failed;
+  }
 } finally {
   await Promise.all(
     opened.map(async (storage) => {

@@ -291,6 +291,76 @@ describe('drctl', () => {
     expect((await stat(join(kept, 'tool'))).mode & 0o7777).toBe(0o6755);
   });
 
+  it('backs up one table at a time or several, and restores with as many jobs, to the same data', async () => {
+    const jobsRepo = join(work, 'jobs-repo');
+    const key = join(work, 'jobs.key');
+    await writeFile(key, (await drctl('key', 'generate')).stdout, { mode: 0o600 });
+    expect((await drctl('init', '--repo', jobsRepo, '--key-file', key)).code).toBe(0);
+    const one = await drctl(
+      'backup',
+      '--repo',
+      jobsRepo,
+      '--key-file',
+      key,
+      '--db',
+      pg.url('app'),
+      '--jobs',
+      '1',
+      '--json',
+    );
+    expect(one.code, one.stderr).toBe(0);
+    const three = await drctl(
+      'backup',
+      '--repo',
+      jobsRepo,
+      '--key-file',
+      key,
+      '--db',
+      pg.url('app'),
+      '--jobs',
+      '3',
+      '--json',
+    );
+    expect(three.code, three.stderr).toBe(0);
+    const sums = await tableChecksums(pg, 'app');
+    for (const [made, jobs] of [
+      [one, '3'],
+      [three, '1'],
+    ] as const) {
+      const database = `jobs_${jobs}_${(JSON.parse(made.stdout) as { id: string }).id.slice(-6)}`;
+      await pg.createDatabase(database);
+      const restored = await drctl(
+        'restore',
+        (JSON.parse(made.stdout) as { id: string }).id,
+        '--repo',
+        jobsRepo,
+        '--key-file',
+        key,
+        '--db',
+        pg.url(database),
+        '--jobs',
+        jobs,
+      );
+      expect(restored.code, restored.stderr).toBe(0);
+      expect(await tableChecksums(pg, database)).toEqual(sums);
+    }
+    for (const bad of ['0', '65', 'two']) {
+      const refused = await drctl(
+        'backup',
+        '--repo',
+        jobsRepo,
+        '--key-file',
+        key,
+        '--db',
+        pg.url('app'),
+        '--jobs',
+        bad,
+      );
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toMatch(/--jobs <n>.*must be (a positive whole number|at most 64)/);
+    }
+  });
+
   it('explains missing arguments', async () => {
     const missing = await drctl('restore', 'latest', '--repo', repo, '--key-file', key);
     expect(missing.code).toBe(2);
