@@ -3,6 +3,7 @@
  * memory is the operation's alone. Used by bench/run.ts.
  *   node bench/measure.ts backup  <repo> <keyhex> <db-url> <FULL|INCREMENTAL> [changes]
  *   node bench/measure.ts restore <repo> <keyhex> <db-url> <backup-id>
+ * JOBS (environment): tables read, or loaded and indexed, at once (default: the engine's, 2).
  */
 import { backup } from '../functions/engine/backup.ts';
 import { parseMasterKey } from '../functions/engine/crypto.ts';
@@ -15,6 +16,7 @@ import { LocalStorage } from '../functions/storage/local/local-storage.ts';
 import { checked } from '../functions/storage/facade.ts';
 
 const [operation, repo, key, url, arg, mode] = process.argv.slice(2);
+const jobs = process.env.JOBS === undefined ? undefined : Number(process.env.JOBS);
 const repository = await Repository.open(checked(new LocalStorage(repo!)), parseMasterKey(key!));
 const started = performance.now();
 let result: Record<string, unknown>;
@@ -25,6 +27,7 @@ if (operation === 'backup') {
     type: arg as BackupType,
     source: { database },
     ...(changeStream ? { changeStream } : {}),
+    ...(jobs === undefined ? {} : { tableConcurrency: jobs }),
   });
   await confirmBackup(database, manifest);
   result = { id: manifest.id, bytesStored: manifest.stats.bytesStored, bytesRead: manifest.stats.bytesRead };
@@ -32,6 +35,7 @@ if (operation === 'backup') {
   const restored = await restoreDatabase(repository, await repository.loadManifest(arg!), {
     target: connectionFrom(url!),
     check: false,
+    ...(jobs === undefined ? {} : { jobs }),
   });
   result = {
     rows: restored.rows,

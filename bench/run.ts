@@ -4,10 +4,12 @@
  *
  *   BENCH_SCALE  dataset scale (default 0.25; scale 1 ≈ 2 GB on disk)
  *
- * Figures, not assertions: the goals are in issue 3 and the measured values go in its closing note.
+ * Figures, not assertions: the goals are in the issues (3, 20) and the measured values go in their closing notes.
+ * FULL and restore run at jobs 1 and jobs 2 beside pg_dump -Fc, pg_dump -Fd -j2, pg_restore and pg_restore -j2;
+ * peak RSS of each (references through GNU time, when /usr/bin/time is there).
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -60,12 +62,39 @@ interface Measured {
 }
 
 async function measure(...args: string[]): Promise<Measured> {
+  return measureWith(undefined, ...args);
+}
+
+/** One engine operation in its own process with `jobs` (tables at once), as drctl --jobs runs it. */
+async function measureWith(jobs: number | undefined, ...args: string[]): Promise<Measured> {
   // The V8 flag drctl runs with (its shebang): see functions/cli/drctl.ts.
   const { stdout } = await run(process.execPath, ['--max-semi-space-size=4', 'bench/measure.ts', ...args], {
     maxBuffer: 1 << 20,
+    env: { ...process.env, ...(jobs === undefined ? {} : { JOBS: String(jobs) }) },
   });
   return JSON.parse(stdout) as Measured;
 }
+
+/** A reference command's wall time and peak RSS (GNU time's %M, in KB), when /usr/bin/time is there. */
+async function shellMeasured(command: string): Promise<{ seconds: number; maxRssMB?: number }> {
+  const rssFile = join(work, 'rss.txt');
+  const timed = await hasGnuTime();
+  const seconds = await shell(
+    timed ? `/usr/bin/time -f %M -o '${rssFile}' bash -o pipefail -c ${JSON.stringify(command)}` : command,
+  );
+  if (!timed) return { seconds };
+  return { seconds, maxRssMB: Number((await readFile(rssFile, 'utf8')).trim().split('\n').at(-1)) / 1024 };
+}
+
+async function hasGnuTime(): Promise<boolean> {
+  return run('/usr/bin/time', ['-f', '%M', 'true']).then(
+    () => true,
+    () => false,
+  );
+}
+
+const rss = (measured: { maxRssMB?: number }) =>
+  measured.maxRssMB === undefined ? 'RSS n/a' : `${measured.maxRssMB.toFixed(0)} MB`;
 
 async function duBytes(path: string): Promise<number> {
   const { stdout } = await run('du', ['-sb', path]);
@@ -96,7 +125,9 @@ try {
 
   // References: pg_dump -Fc to a file; pg_dump -Fc -Z0 | zstd -3; restic on the uncompressed stream.
   const dumpFile = join(work, 'bench.dump');
-  const pgDumpSeconds = await shell(`pg_dump -Fc --dbname='${url}' -f '${dumpFile}'`);
+  const pgDump = await shellMeasured(`pg_dump -Fc --dbname='${url}' -f '${dumpFile}'`);
+  const pgDumpSeconds = pgDump.seconds;
+  const pgDumpDir = await shellMeasured(`pg_dump -Fd -j2 --dbname='${url}' -f '${join(work, 'bench.dir')}'`);
   const pgDumpBytes = (await stat(dumpFile)).size;
   const zstdSeconds = await shell(
     `pg_dump -Fc -Z0 --dbname='${url}' | zstd -3 -q -o '${join(work, 'bench.dump.zst')}'`,
@@ -120,7 +151,12 @@ try {
   const key = generateMasterKey();
   const repo = join(work, 'repo');
   await Repository.init(checked(new LocalStorage(repo)), parseMasterKey(key));
-  const full = await measure('backup', repo, key, url, 'FULL');
+  // jobs 1 in a repository of its own (a FULL shares nothing with earlier backups), then jobs 2, the one the
+  // INCREMENTALs below build on.
+  const repoOne = join(work, 'repo-jobs1');
+  await Repository.init(checked(new LocalStorage(repoOne)), parseMasterKey(key));
+  const fullOne = await measureWith(1, 'backup', repoOne, key, url, 'FULL');
+  const full = await measureWith(2, 'backup', repo, key, url, 'FULL');
   // Change-stream mode, in a repository of its own: a FULL that starts the slot, then the same workloads.
   const repoChanges = join(work, 'repo-changes');
   await Repository.init(checked(new LocalStorage(repoChanges)), parseMasterKey(key));
@@ -128,16 +164,21 @@ try {
 
   console.log('FULL backup (ours | reference)');
   report(
-    'wall time',
-    `${full.seconds.toFixed(1)} s (${(full.seconds / pgDumpSeconds).toFixed(2)}× pg_dump -Fc)`,
-    `pg_dump -Fc ${pgDumpSeconds.toFixed(1)} s; pg_dump -Z0 | zstd -3 ${zstdSeconds.toFixed(1)} s${resticFull ? `; restic ${resticFull.seconds.toFixed(1)} s` : ''}`,
+    'wall time, jobs 1',
+    `${fullOne.seconds.toFixed(1)} s (${(fullOne.seconds / pgDumpSeconds).toFixed(2)}× pg_dump -Fc), peak RSS ${rss(fullOne)}`,
+    `pg_dump -Fc ${pgDumpSeconds.toFixed(1)} s, ${rss(pgDump)}`,
+  );
+  report(
+    'wall time, jobs 2',
+    `${full.seconds.toFixed(1)} s (${(full.seconds / pgDumpSeconds).toFixed(2)}× pg_dump -Fc), peak RSS ${rss(full)}`,
+    `pg_dump -Fd -j2 ${pgDumpDir.seconds.toFixed(1)} s, ${rss(pgDumpDir)}; pg_dump -Z0 | zstd -3 ${zstdSeconds.toFixed(1)} s${resticFull ? `; restic ${resticFull.seconds.toFixed(1)} s` : ''}`,
   );
   report(
     'stored',
     `${mb(full.bytesStored!)} (${(full.bytesStored! / pgDumpBytes).toFixed(2)}× the pg_dump -Fc file)`,
     `pg_dump -Fc ${mb(pgDumpBytes)}; zstd ${mb(zstdBytes)}${resticFull ? `; restic ${mb(resticFull.added)}` : ''}`,
   );
-  report('peak RSS', `${full.maxRssMB.toFixed(0)} MB`, '');
+  report('peak RSS, change-stream FULL', `${fullChanges.maxRssMB.toFixed(0)} MB`, '');
 
   console.log(
     '\nINCREMENTAL after a realistic hour (1% new registrations and audit rows, recent status updates, after VACUUM)',
@@ -181,18 +222,26 @@ try {
   await client.end();
 
   console.log('\nRestore of the FULL into an empty database (ours | pg_restore of the pg_dump -Fc file)');
+  await cluster.createDatabase('restore_ours1');
+  const restoredOne = await measureWith(1, 'restore', repo, key, cluster.url('restore_ours1'), full.id!);
   await cluster.createDatabase('restore_ours');
-  const restored = await measure('restore', repo, key, cluster.url('restore_ours'), full.id!);
+  const restored = await measureWith(2, 'restore', repo, key, cluster.url('restore_ours'), full.id!);
   await cluster.createDatabase('restore_pg1');
-  const pgRestore1 = await shell(`pg_restore --dbname='${cluster.url('restore_pg1')}' '${dumpFile}'`);
+  const pgRestore1 = await shellMeasured(`pg_restore --dbname='${cluster.url('restore_pg1')}' '${dumpFile}'`);
   await cluster.createDatabase('restore_pg2');
-  const pgRestore2 = await shell(`pg_restore -j2 --dbname='${cluster.url('restore_pg2')}' '${dumpFile}'`);
-  report(
-    'wall time',
-    `${restored.seconds.toFixed(1)} s (${(restored.seconds / pgRestore1).toFixed(2)}× pg_restore)`,
-    `pg_restore ${pgRestore1.toFixed(1)} s; pg_restore -j2 ${pgRestore2.toFixed(1)} s`,
+  const pgRestore2 = await shellMeasured(
+    `pg_restore -j2 --dbname='${cluster.url('restore_pg2')}' '${dumpFile}'`,
   );
-  report('peak RSS', `${restored.maxRssMB.toFixed(0)} MB`, '');
+  report(
+    'wall time, jobs 1',
+    `${restoredOne.seconds.toFixed(1)} s (${(restoredOne.seconds / pgRestore1.seconds).toFixed(2)}× pg_restore), peak RSS ${rss(restoredOne)}`,
+    `pg_restore ${pgRestore1.seconds.toFixed(1)} s, ${rss(pgRestore1)}`,
+  );
+  report(
+    'wall time, jobs 2',
+    `${restored.seconds.toFixed(1)} s (${(restored.seconds / pgRestore2.seconds).toFixed(2)}× pg_restore -j2), peak RSS ${rss(restored)}`,
+    `pg_restore -j2 ${pgRestore2.seconds.toFixed(1)} s, ${rss(pgRestore2)}`,
+  );
 
   console.log(
     '\nRestore of the last change-stream INCREMENTAL (its FULL, then every change of both workloads)',
