@@ -295,67 +295,35 @@ describe('drctl', () => {
     const jobsRepo = join(work, 'jobs-repo');
     const key = join(work, 'jobs.key');
     await writeFile(key, (await drctl('key', 'generate')).stdout, { mode: 0o600 });
-    expect((await drctl('init', '--repo', jobsRepo, '--key-file', key)).code).toBe(0);
-    const one = await drctl(
-      'backup',
-      '--repo',
-      jobsRepo,
-      '--key-file',
-      key,
-      '--db',
-      pg.url('app'),
-      '--jobs',
-      '1',
-      '--json',
-    );
-    expect(one.code, one.stderr).toBe(0);
-    const three = await drctl(
-      'backup',
-      '--repo',
-      jobsRepo,
-      '--key-file',
-      key,
-      '--db',
-      pg.url('app'),
-      '--jobs',
-      '3',
-      '--json',
-    );
-    expect(three.code, three.stderr).toBe(0);
+    const repository = ['--repo', jobsRepo, '--key-file', key];
+    expect((await drctl('init', ...repository)).code).toBe(0);
+    const backupWith = (jobs: string) =>
+      drctl('backup', ...repository, '--db', pg.url('app'), '--jobs', jobs, '--json');
     const sums = await tableChecksums(pg, 'app');
-    for (const [made, jobs] of [
-      [one, '3'],
-      [three, '1'],
-    ] as const) {
-      const database = `jobs_${jobs}_${(JSON.parse(made.stdout) as { id: string }).id.slice(-6)}`;
+    // Backed up with one job, restored with three; and the other way round
+    for (const [backupJobs, restoreJobs] of [
+      ['1', '3'],
+      ['3', '1'],
+    ]) {
+      const made = await backupWith(backupJobs!);
+      expect(made.code, made.stderr).toBe(0);
+      const { id } = JSON.parse(made.stdout) as { id: string };
+      const database = `jobs_${backupJobs}_${restoreJobs}`;
       await pg.createDatabase(database);
       const restored = await drctl(
         'restore',
-        (JSON.parse(made.stdout) as { id: string }).id,
-        '--repo',
-        jobsRepo,
-        '--key-file',
-        key,
+        id,
+        ...repository,
         '--db',
         pg.url(database),
         '--jobs',
-        jobs,
+        restoreJobs!,
       );
       expect(restored.code, restored.stderr).toBe(0);
       expect(await tableChecksums(pg, database)).toEqual(sums);
     }
     for (const bad of ['0', '65', 'two']) {
-      const refused = await drctl(
-        'backup',
-        '--repo',
-        jobsRepo,
-        '--key-file',
-        key,
-        '--db',
-        pg.url('app'),
-        '--jobs',
-        bad,
-      );
+      const refused = await backupWith(bad);
       expect(refused.code).toBe(2);
       expect(refused.stderr).toMatch(/--jobs <n>.*must be (a positive whole number|at most 64)/);
     }
