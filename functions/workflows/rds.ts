@@ -104,6 +104,34 @@ export function securityGroupsOf(groups: readonly { VpcSecurityGroupId?: string 
   return ids.length > 0 ? { VpcSecurityGroupIds: ids } : {};
 }
 
+/**
+ * The source cluster, and where a copy of it goes: the source's subnet group and security groups (without
+ * them RDS puts a new database in the default VPC, or fails where there is none).
+ */
+async function clusterSource(rds: RDSClient, identifier: string | undefined) {
+  const source = (await rds.send(new DescribeDBClustersCommand({ DBClusterIdentifier: identifier })))
+    .DBClusters?.[0];
+  const placement = {
+    ...(source?.DBSubnetGroup ? { DBSubnetGroupName: source.DBSubnetGroup } : {}),
+    ...securityGroupsOf(source?.VpcSecurityGroups),
+  };
+  return { source, placement };
+}
+
+/** The source instance, and where a copy of it goes: its subnet group and security groups, private. */
+async function instanceSource(rds: RDSClient, identifier: string | undefined) {
+  const source = (await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: identifier })))
+    .DBInstances?.[0];
+  const placement = {
+    ...(source?.DBSubnetGroup?.DBSubnetGroupName
+      ? { DBSubnetGroupName: source.DBSubnetGroup.DBSubnetGroupName }
+      : {}),
+    ...securityGroupsOf(source?.VpcSecurityGroups),
+    PubliclyAccessible: false,
+  };
+  return { source, placement };
+}
+
 /** The newest available snapshot (automated or manual) of the RDS/Aurora source. */
 export async function newestSnapshot(
   rds: RDSClient,
@@ -151,38 +179,28 @@ export const rdsRestore = group(restoreState, {
     const plan = required(state.plan?.rds, 'plan.rds');
     const rds = rdsClient(deps, plan.region);
     const tags = [{ Key: 'dr-automation:restore', Value: state.restoreId }];
-    // In the source's subnet group and security groups, private: without them RDS puts the new database in
-    // the default VPC (or fails where there is none), reachable by nothing the application uses.
+    // In the source's subnet group and security groups, private (clusterSource, instanceSource).
     if (plan.sourceCluster) {
-      const source = (
-        await rds.send(new DescribeDBClustersCommand({ DBClusterIdentifier: plan.sourceCluster }))
-      ).DBClusters?.[0];
+      const { source, placement } = await clusterSource(rds, plan.sourceCluster);
       await rds.send(
         new RestoreDBClusterToPointInTimeCommand({
           SourceDBClusterIdentifier: plan.sourceCluster,
           DBClusterIdentifier: plan.target,
           RestoreToTime: new Date(plan.restoreTime!),
-          ...(source?.DBSubnetGroup ? { DBSubnetGroupName: source.DBSubnetGroup } : {}),
-          ...securityGroupsOf(source?.VpcSecurityGroups),
+          ...placement,
           Tags: tags,
         }),
       );
       await addClusterInstance(rds, source, plan.target, tags);
       return { identifier: plan.target, cluster: true };
     }
-    const source = (
-      await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: plan.sourceInstance }))
-    ).DBInstances?.[0];
+    const { placement } = await instanceSource(rds, plan.sourceInstance);
     await rds.send(
       new RestoreDBInstanceToPointInTimeCommand({
         SourceDBInstanceIdentifier: plan.sourceInstance,
         TargetDBInstanceIdentifier: plan.target,
         RestoreTime: new Date(plan.restoreTime!),
-        ...(source?.DBSubnetGroup?.DBSubnetGroupName
-          ? { DBSubnetGroupName: source.DBSubnetGroup.DBSubnetGroupName }
-          : {}),
-        ...securityGroupsOf(source?.VpcSecurityGroups),
-        PubliclyAccessible: false,
+        ...placement,
         Tags: tags,
       }),
     );
@@ -199,17 +217,14 @@ export const rdsTest = group(testState, {
     const tags = [{ Key: 'dr-automation:test', Value: state.testId }];
     const startedAt = cp.now().toISOString();
     if (plan.sourceCluster) {
-      const source = (
-        await rds.send(new DescribeDBClustersCommand({ DBClusterIdentifier: plan.sourceCluster }))
-      ).DBClusters?.[0];
+      const { source, placement } = await clusterSource(rds, plan.sourceCluster);
       await rds.send(
         new RestoreDBClusterFromSnapshotCommand({
           DBClusterIdentifier: plan.target,
           SnapshotIdentifier: plan.snapshot,
           Engine: source?.Engine ?? 'aurora-postgresql',
           ...(source?.EngineVersion ? { EngineVersion: source.EngineVersion } : {}),
-          ...(source?.DBSubnetGroup ? { DBSubnetGroupName: source.DBSubnetGroup } : {}),
-          ...securityGroupsOf(source?.VpcSecurityGroups),
+          ...placement,
           DeletionProtection: false,
           Tags: tags,
         }),
@@ -217,19 +232,13 @@ export const rdsTest = group(testState, {
       await addClusterInstance(rds, source, plan.target, tags);
       return { identifier: plan.target, cluster: true, startedAt };
     }
-    const source = (
-      await rds.send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: plan.sourceInstance }))
-    ).DBInstances?.[0];
+    const { source, placement } = await instanceSource(rds, plan.sourceInstance);
     await rds.send(
       new RestoreDBInstanceFromDBSnapshotCommand({
         DBInstanceIdentifier: plan.target,
         DBSnapshotIdentifier: plan.snapshot,
         ...(source?.DBInstanceClass ? { DBInstanceClass: source.DBInstanceClass } : {}),
-        ...(source?.DBSubnetGroup?.DBSubnetGroupName
-          ? { DBSubnetGroupName: source.DBSubnetGroup.DBSubnetGroupName }
-          : {}),
-        ...securityGroupsOf(source?.VpcSecurityGroups),
-        PubliclyAccessible: false,
+        ...placement,
         MultiAZ: false,
         DeletionProtection: false,
         Tags: tags,

@@ -31,6 +31,19 @@ afterAll(async () => {
   await Promise.all([strict?.close(), api?.close()]);
 });
 
+/** An Azure target whose endpoint is `endpoint` (the storage emulator's well-known account). */
+const azure = (endpoint: string, id: string) => ({
+  id,
+  name: 'azure',
+  targetType: 'AZURE',
+  config: {
+    accountName: 'devstoreaccount1',
+    accountKey: 'c2VjcmV0LWtleQ==',
+    containerName: 'backups',
+    endpoint,
+  },
+});
+
 const s3 = (endpoint: string, id?: string) => ({
   ...(id ? { id } : {}),
   name: 'minio',
@@ -124,17 +137,11 @@ describe('target endpoints', () => {
 
   it('answers ok: false (network) within its deadline when an Azure endpoint never answers', async () => {
     const silent = await listen(createServer(() => undefined));
-    const created = await api.call('POST', '/api/dr/targets', {
-      id: 'azure-silent',
-      name: 'azure',
-      targetType: 'AZURE',
-      config: {
-        accountName: 'devstoreaccount1',
-        accountKey: 'c2VjcmV0LWtleQ==',
-        containerName: 'backups',
-        endpoint: `http://127.0.0.1:${silent}/devstoreaccount1`,
-      },
-    });
+    const created = await api.call(
+      'POST',
+      '/api/dr/targets',
+      azure(`http://127.0.0.1:${silent}/devstoreaccount1`, 'azure-silent'),
+    );
     expect(created.status, created.text).toBe(201);
     const started = Date.now();
     const [check, usage] = await Promise.all([
@@ -166,17 +173,7 @@ describe('target endpoints', () => {
     const endpoint = `http://127.0.0.1:${redirecting}`;
     const targets = [
       s3(`${endpoint}/`, 'redirect-s3'),
-      {
-        id: 'redirect-azure',
-        name: 'azure',
-        targetType: 'AZURE',
-        config: {
-          accountName: 'devstoreaccount1',
-          accountKey: 'c2VjcmV0LWtleQ==',
-          containerName: 'backups',
-          endpoint: `${endpoint}/devstoreaccount1`,
-        },
-      },
+      azure(`${endpoint}/devstoreaccount1`, 'redirect-azure'),
       {
         id: 'redirect-gcs',
         name: 'gcs',

@@ -324,7 +324,12 @@ export async function environmentDatabaseName(
   cp: ControlPlane,
   environment: 'STAGING' | 'PRODUCTION',
 ): Promise<string | undefined> {
-  const connection = await environmentConnection(cp, environment);
+  // The stored settings say it; the password (a secret read) is not needed for a name.
+  const database = environmentSettings(
+    (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data,
+    environment,
+  );
+  const connection = database && connectionOf(database, undefined);
   if (!connection) return undefined;
   const name = decodeURIComponent(new URL(connection.url).pathname.replace(/^\//, ''));
   return name === '' ? undefined : name;
@@ -335,11 +340,15 @@ export async function environmentConnection(
   environment: 'STAGING' | 'PRODUCTION',
 ): Promise<{ readonly url: string; readonly password?: string } | undefined> {
   const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
-  const database =
-    environment === 'PRODUCTION' ? stored?.source?.database : stored?.environments?.STAGING?.database;
+  const database = environmentSettings(stored, environment);
   if (!stored || !database) return undefined;
   const secrets = stored.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
   return connectionOf(database, environment === 'PRODUCTION' ? secrets.password : secrets[STAGING_PASSWORD]);
+}
+
+/** An environment's database settings as stored: PRODUCTION is the source's, STAGING its own. */
+function environmentSettings(stored: StoredConfig | undefined, environment: 'STAGING' | 'PRODUCTION') {
+  return environment === 'PRODUCTION' ? stored?.source?.database : stored?.environments?.STAGING?.database;
 }
 
 function connectionOf(
