@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import {
   changeStreamReadiness,
   createSlot,
@@ -10,7 +9,6 @@ import {
   type ChangeStream,
   type ReadSummary,
 } from './changes.ts';
-import { chunkStream } from './chunker.ts';
 import { CorruptDataError, EngineError, SourceError } from './errors.ts';
 import { hardLinkGuard, readFileStream, walk } from './files.ts';
 import {
@@ -26,8 +24,6 @@ import {
 } from './manifest.ts';
 import {
   connect,
-  copyTable,
-  CopyDigest,
   dumpArchive,
   openSnapshot,
   readSequences,
@@ -38,9 +34,11 @@ import {
   type Tool,
 } from './postgres.ts';
 import { describeLocks, type Lock } from './locks.ts';
-import { ChunkSink, type Repository } from './repository.ts';
+import { ChunkSink, type IndexFile, type Repository, type WriteStats } from './repository.ts';
 import type { ProgressEvent, ProgressListener } from './progress.ts';
 import { readStream } from './restore.ts';
+import { collectParts, planParts, type FanOut, type FanOutPlan } from './fanout.ts';
+import { dumpTables, storeStream } from './table-dump.ts';
 
 export interface BackupSource {
   readonly database?: DatabaseConnection;
@@ -60,6 +58,11 @@ export interface BackupOptions {
   readonly reviewBelow?: number;
   /** Tables dumped at once (default 2: the machine's two cores, one for the server, one for us). */
   readonly tableConcurrency?: number;
+  /**
+   * Threads compressing and sealing new chunks (default: as many as `tableConcurrency`; 0 seals on zlib's
+   * pool in this thread, the choice for small runs).
+   */
+  readonly threads?: number;
   readonly onProgress?: ProgressListener;
   readonly now?: () => Date;
   /** Target pack size in bytes (default 8 MiB). */
@@ -78,6 +81,8 @@ export interface BackupOptions {
   readonly protectedDirectories?: readonly string[];
   /** How long to wait for an exclusive operation (gc, forget, rekey) to finish before starting (default 10 min). */
   readonly lockWaitMs?: number;
+  /** A FULL's tables read by other workers, in this backup's snapshot (fanout.ts). */
+  readonly fanOut?: FanOut;
   /** Told which operations it waits for, while it waits. */
   readonly onLockWait?: (holders: string) => void;
 }
@@ -207,87 +212,98 @@ async function backupLocked(
     {
       ...(options.packSize === undefined ? {} : { packSize: options.packSize }),
       ...(options.chunkConcurrency === undefined ? {} : { inFlight: options.chunkConcurrency }),
+      threads: options.threads ?? options.tableConcurrency ?? 2,
     },
   );
-  let bytes = 0;
-  const progress = (phase: ProgressEvent['phase'], item?: string) => (size: number) => {
-    bytes += size;
-    options.onProgress?.({ phase, ...(item === undefined ? {} : { item }), bytes });
-  };
+  try {
+    let bytes = 0;
+    const progress = (phase: ProgressEvent['phase'], item?: string) => (size: number) => {
+      bytes += size;
+      options.onProgress?.({ phase, ...(item === undefined ? {} : { item }), bytes });
+    };
 
-  let database: Manifest['database'];
-  let changes: ChangesManifest | undefined;
-  let restorePoint = startedAt.toISOString();
-  if (source.database && mode === 'changes') {
-    ({ changes, restorePoint } = await backupChanges(
-      sink,
-      repository,
-      source.database,
+    let database: Manifest['database'];
+    let changes: ChangesManifest | undefined;
+    let fromParts: WriteStats | undefined;
+    let restorePoint = startedAt.toISOString();
+    if (source.database && mode === 'changes') {
+      ({ changes, restorePoint } = await backupChanges(
+        sink,
+        repository,
+        source.database,
+        id,
+        parent!,
+        progress('database', 'changes'),
+      ));
+      database = parent!.database;
+    } else if (source.database) {
+      let parts;
+      ({ database, changes, parts } = await backupDatabase(sink, repository, source.database, {
+        id,
+        type,
+        jobs: options.tableConcurrency ?? 2,
+        progress,
+        stream: mode === 'slot' ? stream : undefined,
+        // A fan-out reads a FULL's tables elsewhere; an INCREMENTAL (deduplicated against its parent) here
+        fanOut: type === 'FULL' ? options.fanOut : undefined,
+      }));
+      if (parts) {
+        fromParts = parts.stats;
+        repository.remember(parts.packs);
+      }
+      restorePoint = database.snapshotTime;
+    }
+    // A SCHEMA backup is the database's structure only: no rows, and no files.
+    if (source.files && type === 'SCHEMA')
+      notices.push('a SCHEMA backup holds the database structure only: the files were not backed up');
+    const files =
+      source.files && type !== 'SCHEMA'
+        ? await backupFiles(sink, repository, source.files, parent, progress, options.protectedDirectories)
+        : undefined;
+
+    options.onProgress?.({ phase: 'finishing', bytes });
+    const packs = await sink.flush();
+    // Nothing is made visible unless the lock held throughout: a lost lock means gc may have taken packs.
+    await lock.check();
+    if (packs.length > 0) {
+      await repository.writeIndexFile(id, { packs });
+      repository.remember(packs);
+    }
+    if (database && mode !== 'changes') await checkArchives(repository, database);
+    // A FULL is compared with the previous FULL of its series (an INCREMENTAL with its parent)
+    const reference =
+      parent ??
+      (type === 'FULL'
+        ? await newestOfSeries(repository, options.tags?.series, (manifest) => manifest.type === 'FULL')
+        : undefined);
+    const review = reviewReason(database, files, reference, options.reviewBelow ?? 0.5);
+    const manifest: Manifest = {
+      format: 'dr-backup',
+      version: 1,
       id,
-      parent!,
-      progress('database', 'changes'),
-    ));
-    database = parent!.database;
-  } else if (source.database) {
-    ({ database, changes } = await backupDatabase(
-      sink,
-      repository,
-      source.database,
       type,
-      options.tableConcurrency ?? 2,
-      progress,
-      mode === 'slot' ? { stream: stream!, id } : undefined,
-    ));
-    restorePoint = database.snapshotTime;
+      ...(parent ? { parent: parent.id } : {}),
+      startedAt: startedAt.toISOString(),
+      finishedAt: now().toISOString(),
+      restorePoint,
+      ...(database ? { database } : {}),
+      ...(files ? { files } : {}),
+      ...(changes ? { changes } : {}),
+      stats: fromParts ? sumStats(sink.stats, fromParts) : { ...sink.stats },
+      ...(review ? { review: { reason: review } } : {}),
+      ...(options.tags ? { tags: options.tags } : {}),
+    };
+    await lock.check();
+    await repository.writeManifest(manifest);
+    return {
+      manifest,
+      ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
+      ...(schemaChanged ? { schemaChanged } : {}),
+      ...(streamUnavailable ? { streamUnavailable } : {}),
+    };
+  } finally {
+    await sink.close();
   }
-  // A SCHEMA backup is the database's structure only: no rows, and no files.
-  if (source.files && type === 'SCHEMA')
-    notices.push('a SCHEMA backup holds the database structure only: the files were not backed up');
-  const files =
-    source.files && type !== 'SCHEMA'
-      ? await backupFiles(sink, repository, source.files, parent, progress, options.protectedDirectories)
-      : undefined;
-
-  options.onProgress?.({ phase: 'finishing', bytes });
-  const packs = await sink.flush();
-  // Nothing is made visible unless the lock held throughout: a lost lock means gc may have taken packs.
-  await lock.check();
-  if (packs.length > 0) {
-    await repository.writeIndexFile(id, { packs });
-    repository.remember(packs);
-  }
-  if (database && mode !== 'changes') await checkArchives(repository, database);
-  // A FULL is compared with the previous FULL of its series (an INCREMENTAL with its parent)
-  const reference =
-    parent ??
-    (type === 'FULL'
-      ? await newestOfSeries(repository, options.tags?.series, (manifest) => manifest.type === 'FULL')
-      : undefined);
-  const review = reviewReason(database, files, reference, options.reviewBelow ?? 0.5);
-  const manifest: Manifest = {
-    format: 'dr-backup',
-    version: 1,
-    id,
-    type,
-    ...(parent ? { parent: parent.id } : {}),
-    startedAt: startedAt.toISOString(),
-    finishedAt: now().toISOString(),
-    restorePoint,
-    ...(database ? { database } : {}),
-    ...(files ? { files } : {}),
-    ...(changes ? { changes } : {}),
-    stats: { ...sink.stats },
-    ...(review ? { review: { reason: review } } : {}),
-    ...(options.tags ? { tags: options.tags } : {}),
-  };
-  await lock.check();
-  await repository.writeManifest(manifest);
-  return {
-    manifest,
-    ...(notices.length > 0 ? { notice: notices.join('; ') } : {}),
-    ...(schemaChanged ? { schemaChanged } : {}),
-    ...(streamUnavailable ? { streamUnavailable } : {}),
-  };
 }
 
 async function findParent(
@@ -426,31 +442,6 @@ async function backupChanges(
   };
 }
 
-/** Chunks a stream into the sink; returns its chunk list, size and SHA-256. */
-export async function storeStream(
-  sink: ChunkSink,
-  stream: AsyncIterable<Buffer>,
-  repository: Repository,
-  onBytes: (size: number) => void,
-  tap?: (data: Buffer) => void,
-): Promise<StreamRecord> {
-  const hash = createHash('sha256');
-  let size = 0;
-  const tee = async function* (): AsyncGenerator<Buffer> {
-    for await (const data of stream) {
-      hash.update(data);
-      size += data.length;
-      tap?.(data);
-      onBytes(data.length);
-      yield data;
-    }
-  };
-  const chunks: string[] = [];
-  for await (const chunk of chunkStream(tee(), repository.gear, repository.config.chunker))
-    chunks.push(await sink.add(chunk));
-  return { chunks, size, sha256: hash.digest('hex') };
-}
-
 async function storeTool(
   sink: ChunkSink,
   tool: Tool,
@@ -466,25 +457,38 @@ async function storeTool(
 
 type ProgressFactory = (phase: ProgressEvent['phase'], item?: string) => (size: number) => void;
 
+interface DatabaseDump {
+  readonly id: string;
+  readonly type: BackupType;
+  /** Tables read at once. */
+  readonly jobs: number;
+  readonly progress: ProgressFactory;
+  /** Change-stream mode: the slot to (re)create; the dump is its snapshot. */
+  readonly stream?: ChangeStream | undefined;
+  readonly fanOut?: FanOut | undefined;
+}
+
 async function backupDatabase(
   sink: ChunkSink,
   repository: Repository,
   connection: DatabaseConnection,
-  type: BackupType,
-  concurrency: number,
-  progress: ProgressFactory,
-  slot?: { stream: ChangeStream; id: string },
-): Promise<{ database: NonNullable<Manifest['database']>; changes?: ChangesManifest }> {
+  { id, type, jobs, progress, stream, fanOut }: DatabaseDump,
+): Promise<{
+  database: NonNullable<Manifest['database']>;
+  changes?: ChangesManifest;
+  /** What the parts of a fan-out stored. */
+  parts?: { stats: WriteStats; packs: IndexFile['packs'] };
+}> {
   let snapshot: Snapshot | undefined;
   let created: Awaited<ReturnType<typeof createSlot>> | undefined;
   try {
-    if (slot) created = await createSlot(connection, slot.stream);
+    if (stream) created = await createSlot(connection, stream);
     snapshot = await openSnapshot(connection, created?.snapshotId);
     const changes: ChangesManifest | undefined =
-      slot && created
+      stream && created
         ? {
-            ...slot.stream,
-            base: slot.id,
+            ...stream,
+            base: id,
             startLsn: created.consistentPoint,
             endLsn: created.consistentPoint,
             schema: await snapshot.inSnapshot(schemaFingerprint),
@@ -511,40 +515,23 @@ async function backupDatabase(
       repository,
       progress('database', 'pre-data'),
     );
-    const tables: TableRecord[] = new Array<TableRecord>(snapshot.tables.length);
-    let next = 0;
-    const worker = async () => {
-      for (let index = next++; index < snapshot!.tables.length; index = next++) {
-        const table = snapshot!.tables[index]!;
-        const copy = await copyTable(connection, snapshot!.id, table);
-        try {
-          const digest = new CopyDigest();
-          const record = await storeStream(
-            sink,
-            copy.stream,
-            repository,
-            progress('database', `${table.schema}.${table.name}`),
-            (data) => digest.update(data),
-          );
-          tables[index] = {
-            ...record,
-            schema: table.schema,
-            name: table.name,
-            columns: table.columns,
-            orderBy: table.orderBy,
-            rows: digest.rows,
-            indexes: table.indexes,
-          };
-        } catch (error) {
-          throw new SourceError(`reading ${table.schema}.${table.name} failed: ${(error as Error).message}`, {
-            cause: error,
-          });
-        } finally {
-          await copy.done();
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+    let tables: TableRecord[];
+    let parts: Awaited<ReturnType<typeof collectParts>> | undefined;
+    if (fanOut && fanOut.parts > 1) {
+      // Other workers read the tables in this snapshot, which stays open (and the lock held) until they end
+      const plan: FanOutPlan = {
+        backupId: id,
+        snapshotId: snapshot.id,
+        parts: planParts(snapshot.tables, fanOut.parts).map((group) => ({ tables: group })),
+      };
+      await fanOut.run(plan);
+      parts = await collectParts(repository, plan);
+      tables = snapshot.tables.map((table) => parts!.tables.get(`${table.schema}.${table.name}`)!);
+    } else {
+      tables = await dumpTables(sink, repository, connection, snapshot.id, snapshot.tables, jobs, (table) =>
+        progress('database', `${table.schema}.${table.name}`),
+      );
+    }
     const postData = await storeTool(
       sink,
       dumpArchive(connection, 'post-data', snapshot.id),
@@ -554,6 +541,7 @@ async function backupDatabase(
     return {
       database: { ...base, preData, postData, tables, sequences: snapshot.sequences },
       ...(changes ? { changes } : {}),
+      ...(parts ? { parts: { stats: parts.stats, packs: parts.packs } } : {}),
     };
   } finally {
     await snapshot?.close();
@@ -663,4 +651,15 @@ function reviewReason(
     }
   }
   return undefined;
+}
+
+function sumStats(a: WriteStats, b: WriteStats): WriteStats {
+  return {
+    chunks: a.chunks + b.chunks,
+    newChunks: a.newChunks + b.newChunks,
+    bytesRead: a.bytesRead + b.bytesRead,
+    bytesNew: a.bytesNew + b.bytesNew,
+    bytesStored: a.bytesStored + b.bytesStored,
+    packs: a.packs + b.packs,
+  };
 }

@@ -176,6 +176,8 @@ export interface TableInfo {
   readonly orderBy: readonly string[];
   /** Names of the table's indexes, sorted. */
   readonly indexes: readonly string[];
+  /** Its size on disk (pg_table_size): what parallel dumps balance by. */
+  readonly bytes?: number;
 }
 
 export type TableShape = Pick<TableInfo, 'schema' | 'name' | 'columns' | 'orderBy'>;
@@ -232,13 +234,15 @@ export async function openSnapshot(connection: DatabaseConnection, imported?: st
       columns: string[];
       order_by: string[] | null;
       indexes: string[] | null;
+      bytes: string;
     }>(`
       SELECT n.nspname AS schema, c.relname AS name,
         ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum) AS columns,
         (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
            FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
           WHERE i.indrelid = c.oid AND i.indisprimary) AS order_by,
-        (SELECT array_agg(ic.relname::text ORDER BY ic.relname) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid) AS indexes
+        (SELECT array_agg(ic.relname::text ORDER BY ic.relname) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid) AS indexes,
+        pg_table_size(c.oid)::text AS bytes
       FROM pg_class c, pg_namespace n
       WHERE c.relkind = 'r' AND ${USER_RELATIONS}
       ORDER BY 1, 2`);
@@ -255,6 +259,7 @@ export async function openSnapshot(connection: DatabaseConnection, imported?: st
         columns: table.columns,
         orderBy: table.order_by ?? [],
         indexes: table.indexes ?? [],
+        bytes: Number(table.bytes),
       })),
       sequences,
       inSnapshot: (use) => use(client),
@@ -340,16 +345,21 @@ export function copyQuery(client: pg.Client, table: TableShape): string {
   return `COPY (SELECT ${columns === '' ? '' : columns} FROM ${qualified(client, table.schema, table.name)}${order}) TO STDOUT`;
 }
 
+/** Rows of a COPY text stream (one line each: newlines inside values are escaped), counted as it passes. */
+export function copyRows(data: Buffer): number {
+  let rows = 0;
+  for (let index = data.indexOf(10); index !== -1; index = data.indexOf(10, index + 1)) rows++;
+  return rows;
+}
+
 /** SHA-256 and row count of a COPY text stream, computed as it passes. */
-export class CopyDigest {
+class CopyDigest {
   private readonly hash = createHash('sha256');
-  size = 0;
   rows = 0;
 
   update(data: Buffer): void {
     this.hash.update(data);
-    this.size += data.length;
-    for (let index = data.indexOf(10); index !== -1; index = data.indexOf(10, index + 1)) this.rows++;
+    this.rows += copyRows(data);
   }
 
   digest(): string {
@@ -430,6 +440,33 @@ export class StagedArchive {
     return (await tocOf(this.file)).split('\n').filter((line) => line !== '' && !line.startsWith(';'));
   }
 
+  /** The SQL of the chosen entries (pg_restore to a script: nothing is connected to). */
+  async sql(connection: DatabaseConnection, lines: readonly string[]): Promise<string> {
+    if (lines.length === 0) return '';
+    const tool = runTool(
+      'pg_restore',
+      ['--file=-', `--use-list=${await this.listFile(lines)}`, this.file],
+      connection,
+    );
+    const parts: Buffer[] = [];
+    await withTool(
+      tool,
+      Promise.all([
+        (async () => {
+          for await (const data of tool.stdout) parts.push(data as Buffer);
+        })(),
+        tool.done,
+      ]),
+    );
+    return Buffer.concat(parts).toString('utf8');
+  }
+
+  private async listFile(lines: readonly string[]): Promise<string> {
+    const listFile = join(this.dir, `toc-${randomUUID()}.list`);
+    await pipeline(Readable.from([`${lines.join('\n')}\n`]), createWriteStream(listFile, { mode: 0o600 }));
+    return listFile;
+  }
+
   async restore(connection: DatabaseConnection, options: ArchiveRestoreOptions): Promise<void> {
     if (options.lines?.length === 0) return;
     const args = [`--dbname=${connection.url}`];
@@ -437,14 +474,7 @@ export class StagedArchive {
     if (options.clean) args.push('--clean', '--if-exists');
     if (options.noOwner) args.push('--no-owner', '--no-privileges');
     if (options.jobs && options.jobs > 1) args.push(`--jobs=${options.jobs}`);
-    if (options.lines) {
-      const listFile = join(this.dir, `toc-${randomUUID()}.list`);
-      await pipeline(
-        Readable.from([`${options.lines.join('\n')}\n`]),
-        createWriteStream(listFile, { mode: 0o600 }),
-      );
-      args.push(`--use-list=${listFile}`);
-    }
+    if (options.lines) args.push(`--use-list=${await this.listFile(options.lines)}`);
     args.push(this.file);
     const tool = runTool('pg_restore', args, connection);
     tool.stdout.resume();

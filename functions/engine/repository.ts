@@ -5,7 +5,6 @@ import { DEFAULT_CHUNKER, gearTable, validateParams, type ChunkerParams } from '
 import {
   chunkId,
   decodeChunk,
-  encodeChunk,
   newKeyMaterial,
   seal,
   unseal,
@@ -13,8 +12,9 @@ import {
   type MasterKey,
 } from './crypto.ts';
 import { BackupNotFoundError, CorruptDataError, RepositoryNotFoundError, WrongKeyError } from './errors.ts';
+import { inThreadSealer, threadSealer, type ChunkSealer } from './seal-pool.ts';
 import { acquireLock, lockKey, type Lock, type LockOptions } from './locks.ts';
-import type { Manifest } from './manifest.ts';
+import type { Manifest, TableRecord } from './manifest.ts';
 
 /**
  * A repository on one target (format: docs/repository-format.md).
@@ -64,8 +64,18 @@ export interface PackHeaderEntry {
   readonly length: number;
 }
 
-interface IndexFile {
+/** What a fan-out part's index file holds besides its packs (fanout.ts). */
+export interface PartRecord {
+  /** The snapshot it read in: the coordinator's. */
+  readonly snapshotId: string;
+  readonly tables: readonly TableRecord[];
+  readonly stats: WriteStats;
+}
+
+export interface IndexFile {
   readonly packs: { readonly id: string; readonly size: number; readonly blobs: PackHeaderEntry[] }[];
+  /** In the index file of a fan-out's part (`<backupId>.part-<n>`): the tables it stored. */
+  readonly part?: PartRecord;
 }
 
 export const keys = {
@@ -218,10 +228,9 @@ export class Repository {
         continue;
       }
       addPacks(index, packBlobs, file.packs);
-      written.set(
-        key.slice('index/'.length),
-        file.packs.map((pack) => pack.id),
-      );
+      // A fan-out's parts wrote packs for the backup too
+      const backupId = key.slice('index/'.length).replace(/\.part-\d+$/, '');
+      written.set(backupId, [...(written.get(backupId) ?? []), ...file.packs.map((pack) => pack.id)]);
     }
     this.index = index;
     this.packBlobs = packBlobs;
@@ -407,8 +416,8 @@ export interface WriteStats {
 
 /**
  * Takes the chunks of one backup: dedups them against the repository and this run, compresses and seals
- * the new ones (several at a time, on zlib's thread pool, so the second core works), and packs them. At
- * most `inFlight` chunks and two packs are in memory at once.
+ * the new ones (several at a time: on `threads` worker threads, or on zlib's pool when none; seal-pool.ts),
+ * and packs them. At most `inFlight` chunks and two packs are in memory at once. `close` stops the threads.
  */
 export class ChunkSink {
   readonly stats: WriteStats = {
@@ -426,6 +435,7 @@ export class ChunkSink {
   private readonly jobs = new Set<Promise<void>>();
   private readonly inFlight: number;
   private readonly packSize: number;
+  private readonly sealer: ChunkSealer;
   private parts: Buffer[] = [];
   private entries: PackHeaderEntry[] = [];
   private partsSize = 0;
@@ -437,15 +447,24 @@ export class ChunkSink {
   constructor(
     repository: Repository,
     known: { has(id: string): boolean },
-    options: { inFlight?: number; packSize?: number } = {},
+    options: { inFlight?: number; packSize?: number; threads?: number } = {},
   ) {
     this.repository = repository;
     this.known = known;
-    this.inFlight = options.inFlight ?? 4;
+    const threads = options.threads ?? 0;
+    this.sealer =
+      threads > 0
+        ? threadSealer(repository.material.encryptionKey, threads)
+        : inThreadSealer(repository.material.encryptionKey);
+    // Enough chunks in flight to keep every thread busy while the next ones are cut
+    this.inFlight = options.inFlight ?? Math.max(4, threads * 3);
     this.packSize = options.packSize ?? DEFAULT_PACK_SIZE;
   }
 
-  /** Stores `data` unless the repository already has it; returns its id. */
+  /**
+   * Stores `data` unless the repository already has it; returns its id. The sink takes `data` over (it may
+   * be moved to a sealing thread): the caller must not use it afterwards.
+   */
   async add(data: Buffer): Promise<string> {
     this.rethrow();
     const id = chunkId(this.repository.material.idKey, data);
@@ -455,10 +474,9 @@ export class ChunkSink {
     this.pending.add(id);
     this.stats.newChunks++;
     this.stats.bytesNew += data.length;
-    const job = encodeChunk(data)
-      .then((encoded) =>
-        this.append(id, seal(this.repository.material.encryptionKey, encoded, `chunk:${id}`)),
-      )
+    const job = this.sealer
+      .seal(id, data)
+      .then((sealed) => this.append(id, sealed))
       .catch((error: unknown) => {
         this.failure ??= asError(error);
       })
@@ -474,6 +492,11 @@ export class ChunkSink {
   /** A failure of a background job (encoding, upload) surfaces on the next call. */
   private rethrow(): void {
     if (this.failure) throw this.failure;
+  }
+
+  /** Stops the sealing threads (after `flush`, or when the backup failed). */
+  close(): Promise<void> {
+    return this.sealer.close();
   }
 
   /** Waits for every chunk to be packed and every pack to be durably stored. */

@@ -253,12 +253,8 @@ async function restoreSnapshot(
   try {
     const entries = await postData.entries();
     const done = new Set<string>();
-    // Each index and primary/unique/check constraint of a table is built as soon as the table's rows are in,
-    // by a pool of `jobs` builders working while the next tables load (what pg_restore -j does).
-    const builders = new IndexBuilders(options.jobs ?? 2, (line) =>
-      postData.restore(options.target, { ...common(options), lines: [line] }),
-    );
-    const buildFor = (table: TableRecord) => {
+    const build = (line: string) => postData.restore(options.target, { ...common(options), lines: [line] });
+    const keysOf = (table: TableRecord) => {
       const own = new Set([`${table.schema} ${table.name}`]);
       const indexes = new Set(table.indexes.map((index) => `${table.schema} ${index}`));
       const lines = entries.filter(
@@ -266,16 +262,29 @@ async function restoreSnapshot(
           !done.has(entry) && (tocNamesTable(entry, own, ['CONSTRAINT']) || tocNamesIndex(entry, indexes)),
       );
       lines.forEach((line) => done.add(line));
-      builders.add(lines);
+      return lines;
     };
-
-    // Tables load over `jobs` connections at once (the server parses each COPY on its own core), largest first.
-    const queue = [...selected].sort((a, b) => b.size - a.size);
-    const worker = async () => {
-      const client = await connect(options.target);
-      try {
-        for (let table = queue.shift(); table !== undefined; table = queue.shift()) {
-          const what = `${table.schema}.${table.name}`;
+    // What pg_restore -j does: `jobs` slots shared by the table loads (largest first) and what each load makes
+    // possible, which goes first: the table's indexes and keys once its rows are in, then each foreign key
+    // between two chosen tables once both are in with their keys built.
+    const slots = new DataSection(options.jobs ?? 2);
+    const foreignKeys = await foreignKeysBetween(postData, options.target, entries, selected);
+    foreignKeys.forEach((key) => done.add(key.line));
+    const complete = new Set<string>();
+    const tableDone = (name: string) => {
+      complete.add(name);
+      for (const key of foreignKeys.filter(
+        (key) => !key.scheduled && complete.has(key.table) && complete.has(key.references),
+      )) {
+        key.scheduled = true;
+        slots.first(() => build(key.line));
+      }
+    };
+    for (const table of [...selected].sort((a, b) => b.size - a.size)) {
+      const what = `${table.schema}.${table.name}`;
+      slots.later(async () => {
+        const client = await connect(options.target);
+        try {
           await loadTable(
             client,
             table,
@@ -284,17 +293,21 @@ async function restoreSnapshot(
               options.onProgress?.({ phase: 'restore', item: what, bytes });
             }),
           );
-          buildFor(table);
+        } finally {
+          await client.end();
         }
-      } finally {
-        await client.end();
-      }
-    };
-    await Promise.all(
-      Array.from({ length: Math.max(1, Math.min(options.jobs ?? 2, selected.length)) }, worker),
-    );
+        const lines = keysOf(table);
+        if (lines.length === 0) return tableDone(what);
+        let left = lines.length;
+        for (const line of lines)
+          slots.first(async () => {
+            await build(line);
+            if (--left === 0) tableDone(what);
+          });
+      });
+    }
+    await slots.finish();
     await setSequences(options.target, sequencesFor(database.sequences, options));
-    await builders.finish();
     // Then the rest: foreign keys, triggers, rules, policies… For a partial restore only those of the chosen
     // tables, and a foreign key to a table left out cannot be created: it is skipped, not fatal.
     const rest = entries.filter(
@@ -404,20 +417,29 @@ async function setSequences(target: DatabaseConnection, sequences: readonly Sequ
 }
 
 /** Runs post-data entries with at most `limit` pg_restore processes at once, as entries become ready. */
-class IndexBuilders {
-  private readonly ready: string[] = [];
+/**
+ * Runs work in at most `slots` at once: urgent work (`first`) before the rest (`later`), each in the order
+ * given; work may add more. The first failure stops what has not started; `finish` waits for what runs and
+ * throws it.
+ */
+class DataSection {
+  private readonly urgent: (() => Promise<void>)[] = [];
+  private readonly queued: (() => Promise<void>)[] = [];
   private readonly running = new Set<Promise<void>>();
   private failure: Error | undefined;
-  private readonly limit: number;
-  private readonly build: (line: string) => Promise<void>;
+  private readonly slots: number;
 
-  constructor(limit: number, build: (line: string) => Promise<void>) {
-    this.limit = Math.max(1, limit);
-    this.build = build;
+  constructor(slots: number) {
+    this.slots = Math.max(1, slots);
   }
 
-  add(lines: readonly string[]): void {
-    this.ready.push(...lines);
+  first(work: () => Promise<void>): void {
+    this.urgent.push(work);
+    this.pump();
+  }
+
+  later(work: () => Promise<void>): void {
+    this.queued.push(work);
     this.pump();
   }
 
@@ -427,8 +449,10 @@ class IndexBuilders {
   }
 
   private pump(): void {
-    while (this.running.size < this.limit && this.ready.length > 0 && !this.failure) {
-      const job: Promise<void> = this.build(this.ready.shift()!)
+    while (this.running.size < this.slots && !this.failure) {
+      const work = this.urgent.shift() ?? this.queued.shift();
+      if (!work) return;
+      const job: Promise<void> = work()
         .catch((error: unknown) => {
           this.failure ??= error instanceof Error ? error : new Error(String(error));
         })
@@ -439,6 +463,49 @@ class IndexBuilders {
       this.running.add(job);
     }
   }
+}
+
+interface ForeignKey {
+  /** The entry in the post-data archive's table of contents. */
+  readonly line: string;
+  /** `schema.table` of its table and of the table it references. */
+  readonly table: string;
+  readonly references: string;
+  scheduled?: boolean;
+}
+
+/**
+ * The foreign keys whose table and referenced table are both restored, read from the archive's SQL (the table
+ * of contents does not say what a key references). The SQL comes entry by entry in the list's order; if it
+ * cannot be read that way, no key is returned and all of them are made after the data, as before.
+ */
+async function foreignKeysBetween(
+  archive: StagedArchive,
+  target: DatabaseConnection,
+  entries: readonly string[],
+  tables: readonly TableRecord[],
+): Promise<ForeignKey[]> {
+  const names = new Set(tables.map((table) => `${table.schema} ${table.name}`));
+  const lines = entries.filter((entry) => tocNamesTable(entry, names, ['FK CONSTRAINT']));
+  if (lines.length === 0) return [];
+  const blocks = (await archive.sql(target, lines)).split(/^-- Name: /m).slice(1);
+  if (blocks.length !== lines.length) return [];
+  const chosen = new Set(tables.map((table) => `${table.schema}.${table.name}`));
+  const keys: ForeignKey[] = [];
+  lines.forEach((line, index) => {
+    const own = /^\d+; \d+ \d+ FK CONSTRAINT (\S+) (\S+)/.exec(line);
+    const referenced = /\bREFERENCES\s+((?:"(?:[^"]|"")+"|[^\s."(]+))\.((?:"(?:[^"]|"")+"|[^\s."(]+))/.exec(
+      blocks[index]!,
+    );
+    if (!own || !referenced) return;
+    const references = `${unquote(referenced[1]!)}.${unquote(referenced[2]!)}`;
+    if (chosen.has(references)) keys.push({ line, table: `${own[1]}.${own[2]}`, references });
+  });
+  return keys;
+}
+
+function unquote(identifier: string): string {
+  return identifier.startsWith('"') ? identifier.slice(1, -1).replaceAll('""', '"') : identifier;
 }
 
 function isPartial(options: DatabaseRestoreOptions): boolean {

@@ -1,0 +1,274 @@
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backup } from '../../functions/engine/backup.ts';
+import { SourceError } from '../../functions/engine/errors.ts';
+import { backupPart, partIndexName, type FanOut } from '../../functions/engine/fanout.ts';
+import type { Manifest } from '../../functions/engine/manifest.ts';
+import { gc, listBackups, verify } from '../../functions/engine/maintenance.ts';
+import { Repository } from '../../functions/engine/repository.ts';
+import { restoreDatabase } from '../../functions/engine/restore.ts';
+import { newRepository, schemaOf, testKey } from '../support/engine.ts';
+import { createEventManager, tableChecksums } from '../support/event-manager.ts';
+import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+
+/**
+ * Issue 20: a FULL read by several connections (and by several workers: the fan-out) is still one point in
+ * time; a parallel restore gives the same data and schema; a job that dies fails the whole backup.
+ */
+let server: TestPostgres;
+
+/**
+ * A bank: every transfer inserts a ledger row, moves the balance of its account, and counts itself in
+ * `totals`, in one transaction. Whatever the moment, sum(balance) = sum(amount) and totals.n = count(ledger):
+ * a backup whose tables were read at different moments breaks it.
+ */
+async function createBank(database: string): Promise<void> {
+  await server.sql(
+    database,
+    `
+    CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+    CREATE TABLE ledger (id bigserial PRIMARY KEY, account int NOT NULL REFERENCES accounts(id), amount bigint NOT NULL, memo text NOT NULL);
+    CREATE TABLE totals (id int PRIMARY KEY, n bigint NOT NULL);
+    CREATE SCHEMA "Billing";
+    CREATE TABLE "Billing"."Invoice" (id bigint PRIMARY KEY, ledger bigint NOT NULL REFERENCES ledger(id), note text);
+    CREATE TABLE "Billing".lines (id bigserial PRIMARY KEY, invoice bigint NOT NULL REFERENCES "Billing"."Invoice"(id), amount bigint NOT NULL);
+    CREATE INDEX lines_invoice_idx ON "Billing".lines (invoice);
+    INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 1000) g;
+    INSERT INTO ledger (account, amount, memo) SELECT 1 + g % 1000, g % 97, repeat(md5(g::text), 4) FROM generate_series(1, 120000) g;
+    UPDATE accounts a SET balance = s.total FROM (SELECT account, sum(amount) AS total FROM ledger GROUP BY account) s WHERE s.account = a.id;
+    INSERT INTO totals VALUES (1, 120000);
+    INSERT INTO "Billing"."Invoice" SELECT id, id, 'invoice ' || id FROM ledger WHERE id % 10 = 0;
+    INSERT INTO "Billing".lines (invoice, amount) SELECT id, id % 13 FROM "Billing"."Invoice", generate_series(1, 3);
+    ANALYZE;
+  `,
+  );
+}
+
+async function invariant(database: string): Promise<{ holds: boolean; transfers: number }> {
+  const { rows } = await server.sql(
+    database,
+    `SELECT (SELECT sum(balance) FROM accounts) = (SELECT sum(amount) FROM ledger)
+        AND (SELECT n FROM totals) = (SELECT count(*) FROM ledger) AS holds,
+       (SELECT n FROM totals)::int AS transfers`,
+  );
+  return rows[0] as { holds: boolean; transfers: number };
+}
+
+/** Transfers in a loop until stopped; answers how many committed. */
+function writer(database: string): { stop: () => Promise<number> } {
+  let going = true;
+  let committed = 0;
+  const running = (async () => {
+    const client = new pg.Client({ connectionString: server.url(database) });
+    await client.connect();
+    try {
+      for (let n = 0; going; n++) {
+        await client.query('BEGIN');
+        const amount = 1 + (n % 50);
+        const account = 1 + (n % 1000);
+        await client.query(`INSERT INTO ledger (account, amount, memo) VALUES ($1, $2, 'during')`, [
+          account,
+          amount,
+        ]);
+        await client.query('UPDATE accounts SET balance = balance + $2 WHERE id = $1', [account, amount]);
+        await client.query('UPDATE totals SET n = n + 1 WHERE id = 1');
+        await client.query('COMMIT');
+        committed++;
+      }
+    } finally {
+      await client.end();
+    }
+  })();
+  return {
+    stop: async () => {
+      going = false;
+      await running;
+      return committed;
+    },
+  };
+}
+
+/** What makes two backups the same content: each table's rows, checksum and chunks. */
+const contentOf = (manifest: Manifest) =>
+  manifest.database!.tables.map(({ schema, name, rows, sha256, size, chunks }) => ({
+    table: `${schema}.${name}`,
+    rows,
+    sha256,
+    size,
+    chunks,
+  }));
+
+beforeAll(async () => {
+  server = await startPostgres();
+  await server.createDatabase('bank');
+  await createBank('bank');
+  await server.createDatabase('app');
+  await createEventManager(server, 'app', 3);
+});
+afterAll(async () => {
+  await server?.stop();
+});
+
+describe('parallel FULL and restore', () => {
+  it('reads the tables of a database being written to over several connections, at one point in time', async () => {
+    const { repository } = await newRepository();
+    const load = writer('bank');
+    // Some transfers before, during and after the snapshot
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const { manifest } = await backup(repository, {
+      type: 'FULL',
+      source: { database: server.connection('bank') },
+      tableConcurrency: 4,
+      threads: 2,
+    });
+    const committed = await load.stop();
+    const after = await invariant('bank');
+    expect(after.holds).toBe(true);
+    expect(committed).toBeGreaterThan(0);
+
+    await server.createDatabase('bank_restored');
+    const restored = await restoreDatabase(repository, manifest, {
+      target: server.connection('bank_restored'),
+      jobs: 3,
+    });
+    expect(restored.checks.every((check) => check.ok)).toBe(true);
+    const point = await invariant('bank_restored');
+    expect(point.holds).toBe(true);
+    // A point during the run: transfers before it are in, later ones are not
+    expect(point.transfers).toBeGreaterThanOrEqual(120000);
+    expect(point.transfers).toBeLessThan(after.transfers);
+  });
+
+  it('restores with several jobs to the same data and schema as one job, foreign keys across schemas included', async () => {
+    const { repository } = await newRepository();
+    const { manifest } = await backup(repository, {
+      type: 'FULL',
+      source: { database: server.connection('app') },
+      tableConcurrency: 3,
+    });
+    await server.createDatabase('app_jobs1');
+    await server.createDatabase('app_jobs4');
+    await restoreDatabase(repository, manifest, { target: server.connection('app_jobs1'), jobs: 1 });
+    const parallel = await restoreDatabase(repository, manifest, {
+      target: server.connection('app_jobs4'),
+      jobs: 4,
+    });
+    expect(parallel.checks.every((check) => check.ok)).toBe(true);
+    expect(await tableChecksums(server, 'app_jobs4')).toEqual(await tableChecksums(server, 'app'));
+    expect(await schemaOf(server, 'app_jobs4')).toBe(await schemaOf(server, 'app'));
+    expect(await schemaOf(server, 'app_jobs1')).toBe(await schemaOf(server, 'app'));
+
+    // The bank's schema: a quoted schema and table referenced by a foreign key
+    const bank = await backup(repository, { type: 'FULL', source: { database: server.connection('bank') } });
+    await server.createDatabase('bank_jobs4');
+    await restoreDatabase(repository, bank.manifest, { target: server.connection('bank_jobs4'), jobs: 4 });
+    const keys = await server.sql(
+      'bank_jobs4',
+      `SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1`,
+    );
+    expect(keys.rows.map((row: { conname: string }) => row.conname)).toEqual([
+      'Invoice_ledger_fkey',
+      'ledger_account_fkey',
+      'lines_invoice_fkey',
+    ]);
+  });
+
+  it('fails the whole backup when one of its COPYs is killed, and lists nothing', async () => {
+    const { repository } = await newRepository();
+    const admin = new pg.Client({ connectionString: server.url('postgres') });
+    await admin.connect();
+    let killed: Promise<unknown> | undefined;
+    try {
+      await expect(
+        backup(repository, {
+          type: 'FULL',
+          source: { database: server.connection('bank') },
+          tableConcurrency: 3,
+          // Once the ledger's rows flow, its COPY's server process is killed
+          onProgress: (event) => {
+            if (event.item === 'public.ledger' && !killed)
+              killed = admin.query(
+                `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bank' AND query LIKE 'COPY (SELECT%ledger%'`,
+              );
+          },
+        }),
+      ).rejects.toBeInstanceOf(SourceError);
+      expect(killed).toBeDefined();
+      await killed;
+    } finally {
+      await admin.end();
+    }
+    expect(await listBackups(repository)).toEqual([]);
+    // The other COPYs were broken off, not left to run
+    const { rows } = await server.sql(
+      'postgres',
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'bank' AND query LIKE 'COPY (SELECT%' AND state = 'active'`,
+    );
+    expect((rows[0] as { n: number }).n).toBe(0);
+    // What it wrote before it failed is referenced by nothing: gc keeps no pack
+    expect((await gc(repository)).keptPacks).toBe(0);
+  });
+});
+
+describe('fan-out', () => {
+  /** Parts run as separate workers would: each opens the repository itself. */
+  const inProcess = (repository: Repository, parts: number, fail?: number): FanOut => ({
+    parts,
+    run: async (plan) => {
+      const outcomes = await Promise.allSettled(
+        plan.parts.map(async (_, part) => {
+          if (part === fail) throw new Error(`part ${part} was killed`);
+          const own = await Repository.open(repository.storage, testKey());
+          await backupPart(own, plan, part, { connection: server.connection('app'), jobs: 2 });
+        }),
+      );
+      for (const outcome of outcomes) if (outcome.status === 'rejected') throw outcome.reason;
+    },
+  });
+
+  it('backs up the same content as one worker, in parts written by separate workers', async () => {
+    const { repository } = await newRepository();
+    const single = await backup(repository, { type: 'FULL', source: { database: server.connection('app') } });
+    const fanned = await backup(repository, {
+      type: 'FULL',
+      source: { database: server.connection('app') },
+      fanOut: inProcess(repository, 3),
+    });
+    expect(contentOf(fanned.manifest)).toEqual(contentOf(single.manifest));
+    expect(fanned.manifest.stats.bytesRead).toBe(single.manifest.stats.bytesRead);
+    // Three parts, each with its own index file
+    const indexes = [];
+    for await (const object of repository.storage.list('index/')) indexes.push(object.key);
+    expect(indexes.filter((key) => key.includes(fanned.manifest.id)).sort()).toEqual(
+      [0, 1, 2]
+        .map((part) => `index/${partIndexName(fanned.manifest.id, part)}`)
+        .concat(`index/${fanned.manifest.id}`)
+        .sort(),
+    );
+    const report = await verify(await Repository.open(repository.storage, testKey()), fanned.manifest.id);
+    expect(report.ok).toBe(true);
+
+    await server.createDatabase('app_fanned');
+    const restored = await restoreDatabase(repository, fanned.manifest, {
+      target: server.connection('app_fanned'),
+      jobs: 2,
+    });
+    expect(restored.checks.every((check) => check.ok)).toBe(true);
+    expect(await tableChecksums(server, 'app_fanned')).toEqual(await tableChecksums(server, 'app'));
+  });
+
+  it('fails when one part fails: nothing is listed, and gc takes what the other parts wrote', async () => {
+    const { repository } = await newRepository();
+    await expect(
+      backup(repository, {
+        type: 'FULL',
+        source: { database: server.connection('app') },
+        fanOut: inProcess(repository, 3, 1),
+      }),
+    ).rejects.toThrow('part 1 was killed');
+    expect(await listBackups(repository)).toEqual([]);
+    const collected = await gc(repository);
+    expect(collected.deletedPacks).toBeGreaterThan(0);
+    expect(collected.deletedIndexes).toBe(2);
+  });
+});
