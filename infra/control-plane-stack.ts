@@ -125,6 +125,14 @@ export class ControlPlaneStack extends Stack {
       ...(this.worker.heavyOnFargate ? { grantRunTask: (role) => this.worker.grantRunTask(role) } : {}),
     });
     this.workflows.grantStart(fn);
+    // FULL schedules with several workers fan out over Fargate tasks: the API and the dispatcher start them
+    if (this.worker.heavyOnFargate) {
+      const fanOut = this.workflows.machines.get('backup-fanout')!;
+      for (const starter of [apiFunction, this.worker.dispatcher]) {
+        starter.function.addEnvironment('BACKUP_FANOUT_MACHINE', fanOut.stateMachineArn);
+        fanOut.grantStartExecution(starter.role);
+      }
+    }
     this.monitoring = new Monitoring(this, 'Monitoring', {
       key: this.key,
       ...(props.alarmEmails?.length ? { alarmEmails: props.alarmEmails } : {}),

@@ -17,6 +17,8 @@ export interface AwsLauncherOptions {
   readonly runner: 'lambda' | 'fargate';
   /** The state machine that runs the worker task with `{variable, value}` in its environment. */
   readonly taskMachine?: string;
+  /** The backup-fanout state machine: a FULL's tables read by several Fargate tasks. */
+  readonly fanOutMachine?: string;
   readonly lambda?: LambdaClient;
   readonly sfn?: SFNClient;
 }
@@ -65,8 +67,23 @@ export function awsLauncher(options: AwsLauncherOptions): RunLauncher {
     );
   };
   const fargate = options.runner === 'fargate' && options.taskMachine !== undefined;
+  /** The fan-out: its coordinator and parts are Fargate tasks of the backup-fanout machine. */
+  const fanOut = async (backupId: string, workers: number) => {
+    await sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: options.fanOutMachine,
+        name: `backup-${backupId}`,
+        input: JSON.stringify({ backupId, workers }),
+      }),
+    );
+  };
   return {
-    launch: (backupId) => (fargate ? runTask('BACKUP_ID', backupId) : invoke({ action: 'backup', backupId })),
+    launch: (backupId, launch) =>
+      (launch?.workers ?? 1) > 1 && options.fanOutMachine !== undefined
+        ? fanOut(backupId, launch!.workers!)
+        : fargate
+          ? runTask('BACKUP_ID', backupId)
+          : invoke({ action: 'backup', backupId }),
     // An export reads the whole backup like a restore: it runs where the backups run.
     export: (backupId) => (fargate ? runTask('EXPORT_ID', backupId) : invoke({ action: 'export', backupId })),
     retention: () => invoke({ action: 'retention' }),
@@ -87,5 +104,6 @@ export function awsLauncherFromEnv(env: NodeJS.ProcessEnv = process.env): RunLau
     workerFunction,
     runner,
     ...(runner === 'fargate' ? { taskMachine: env.WORKER_TASK_MACHINE } : {}),
+    ...(env.BACKUP_FANOUT_MACHINE ? { fanOutMachine: env.BACKUP_FANOUT_MACHINE } : {}),
   });
 }

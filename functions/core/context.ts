@@ -9,9 +9,14 @@ import type { DrTable } from './store/table.ts';
 import type { DownloadLinks, RunLauncher } from './ports.ts';
 import type { FreeStorage } from './ports.ts';
 
-/** The state machines of the restore and DR-test workflows (files in statemachines/). */
+/** The state machines of the restore and DR-test workflows, and the fan-out FULL (files in statemachines/). */
 export type WorkflowName =
-  'restore' | 'backup-verification' | 'restore-test' | 'recovery-time-test' | 'failover-test';
+  | 'restore'
+  | 'backup-verification'
+  | 'restore-test'
+  | 'recovery-time-test'
+  | 'failover-test'
+  | 'backup-fanout';
 
 /** Starts workflow executions: Step Functions on AWS, the local ASL interpreter in the local runtime. */
 export interface WorkflowLauncher {

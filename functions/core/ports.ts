@@ -6,7 +6,8 @@ import type { BackupRecord } from './records.ts';
  */
 /** What starts the worker for a backup: in process locally, an asynchronous invocation on AWS. */
 export interface RunLauncher {
-  launch(backupId: string): Promise<void>;
+  /** `workers` (more than 1): a FULL fanned out over that many workers (the backup-fanout workflow). */
+  launch(backupId: string, options?: { workers?: number }): Promise<void>;
   /** Applies retention now (asynchronously, where the worker runs). */
   retention?(): Promise<void>;
   /** Exports a backup's download artifacts to the downloads bucket (AWS). */

@@ -16,6 +16,10 @@ export interface StoredSchedule {
   readonly targets: readonly string[];
   /** Absent on schedules saved before change-stream mode existed: `auto`. */
   readonly mode?: ScheduleInput['mode'];
+  /** Tables read at once (absent: the worker's cores, at most 8). */
+  readonly jobs?: number;
+  /** Workers a FULL's tables are fanned out to (absent: 1). */
+  readonly workers?: number;
 }
 
 export type BackupStatus = 'RUNNING' | 'SUCCESS' | 'PARTIAL' | 'FAILED';

@@ -241,6 +241,13 @@ export const scheduleInput = z.strictObject({
    * database allows it, else dumps. A FULL starts the stream when an INCREMENTAL schedule reads it.
    */
   mode: z.enum(['auto', 'change-stream', 'dump']).default('auto'),
+  /** Tables read (and chunks sealed) at once by the worker; default: its cores, at most 8. */
+  jobs: wholeRange(1, 64, 'jobs').optional(),
+  /**
+   * A FULL's tables read by this many workers at once, each a Fargate task on AWS (a process's tasks
+   * locally), all in one snapshot; default 1 (one worker). INCREMENTALs always run in one worker.
+   */
+  workers: wholeRange(1, 16, 'workers').optional(),
   version: z.number().int().min(1).optional(),
 });
 export type ScheduleInput = z.output<typeof scheduleInput>;

@@ -16,6 +16,7 @@ import { signDownload, streamArtifact, verifyDownload } from '../worker/download
 import { generateMasterKey, parseMasterKey, type MasterKey } from '../engine/crypto.ts';
 import { tick } from '../core/services/tick.ts';
 import { retention, runBackup, type PipelineDeps } from '../worker/pipeline.ts';
+import { fanOutSteps } from '../worker/fanout.ts';
 import { startLocalDynamo } from './dynamodb.ts';
 import { startServer } from './server.ts';
 import { localWorkflows, type LocalWorkflowOptions } from '../workflows/local.ts';
@@ -112,7 +113,12 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
   };
   const pipeline: PipelineDeps = { masterKey, notify: mailer };
   const runs: RunLauncher = {
-    launch: (backupId) => {
+    launch: async (backupId, launch) => {
+      // A fan-out FULL: the backup-fanout workflow, its coordinator and parts run in this process
+      if ((launch?.workers ?? 1) > 1) {
+        await workflows.start('backup-fanout', `backup-${backupId}`, { backupId, workers: launch!.workers! });
+        return;
+      }
       track('backup worker', () =>
         runBackup(worker(), backupId, pipeline, {
           ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
@@ -188,6 +194,9 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
         ...(options.rds ? { rds: options.rds } : {}),
         ...(options.route53 ? { route53: options.route53 } : {}),
         ...(options.scratchDir ? { scratchDir: options.scratchDir } : {}),
+        backups: fanOutSteps(pipeline, {
+          ...(options.workflowWaitMs === undefined ? {} : { pollMs: options.workflowWaitMs }),
+        }),
       });
       return workflowRunner.start(workflow, name, input);
     },

@@ -12,6 +12,7 @@ import type { WorkflowDeps } from '../workflows/steps.ts';
 import { runWorkflowTask } from '../workflows/tasks.ts';
 import { runStagedStep } from '../workflows/fargate.ts';
 import { exportToBucket } from './export.ts';
+import { fanOutSteps } from './fanout.ts';
 import { retention, runBackup, type PipelineDeps } from './pipeline.ts';
 
 /**
@@ -28,15 +29,16 @@ const masterKey = () =>
 const mailFrom = process.env.MAIL_FROM;
 const notify = mailFrom ? sesMailer({ from: mailFrom }) : undefined;
 const scratchDir = process.env.DR_SCRATCH_DIR;
-const workflowDeps: WorkflowDeps = {
-  masterKey,
-  ...(notify ? { notify } : {}),
-  ...(scratchDir ? { scratchDir } : {}),
-};
 const pipeline: PipelineDeps = {
   masterKey,
   ...(notify ? { notify } : {}),
   metrics: { backup: emitBackupMetrics, health: emitHealthMetrics },
+};
+const workflowDeps: WorkflowDeps = {
+  masterKey,
+  ...(notify ? { notify } : {}),
+  ...(scratchDir ? { scratchDir } : {}),
+  backups: fanOutSteps(pipeline),
 };
 
 async function work(event: WorkerEvent): Promise<unknown> {

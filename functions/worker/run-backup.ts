@@ -1,4 +1,6 @@
+import { availableParallelism } from 'node:os';
 import { PROGRAM_DIR, pathProblem } from '../core/paths.ts';
+import type { FanOut } from '../engine/fanout.ts';
 import type { ControlPlane } from '../core/context.ts';
 import { ConflictError } from '../core/errors.ts';
 import {
@@ -30,6 +32,16 @@ export interface WorkerOptions {
   readonly heartbeatMs?: number;
   /** Bytes queued per target before the backup waits for the slowest (default 64 MiB). */
   readonly queueBytes?: number;
+  /**
+   * A FULL's tables read by other workers (the fan-out's parts), given the run's mirror (a target a part
+   * could not write to is left out) and a way to show the parts' progress.
+   */
+  readonly fanOut?: (mirror: MirrorStorage, report: (progress: BackupRecord['progress']) => void) => FanOut;
+}
+
+/** Tables read at once when the schedule does not say: the cores there are, at most 8. */
+export function defaultJobs(): number {
+  return Math.max(1, Math.min(availableParallelism(), 8));
 }
 
 /**
@@ -87,6 +99,14 @@ export async function executeRun(
       ...(parent ? { parent } : {}),
       ...(changeStream ? { changeStream } : {}),
       tags: { schedule: schedule.id, series: 'dr' },
+      tableConcurrency: schedule.jobs ?? defaultJobs(),
+      ...(options.fanOut
+        ? {
+            fanOut: options.fanOut(mirror, (reported) => {
+              progress = reported;
+            }),
+          }
+        : {}),
       // The program's own files are public; the data directory's are keys
       protectedDirectories: (cp.paths?.forbidden ?? []).filter((directory) => directory !== PROGRAM_DIR),
       onProgress: (event) => {
@@ -146,7 +166,7 @@ export async function executeRun(
 }
 
 /** What to back up: the DR config's source, checked again now; a reason when there is nothing to run. */
-async function sourceOfRun(
+export async function sourceOfRun(
   cp: ControlPlane,
 ): Promise<{ engineSource: BackupSource; notices: string[] } | string> {
   const source = await sourceForRun(cp);
@@ -170,7 +190,7 @@ async function sourceOfRun(
  * Every target of the schedule, opened; one that cannot be opened is recorded as failed (in the API's words,
  * the full reason in the log) and the others go on.
  */
-async function openTargets(
+export async function openTargets(
   cp: ControlPlane,
   schedule: StoredSchedule,
   results: Map<string, TargetResult>,

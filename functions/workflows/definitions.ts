@@ -8,6 +8,7 @@ export const WORKFLOW_NAMES: readonly WorkflowName[] = [
   'restore-test',
   'recovery-time-test',
   'failover-test',
+  'backup-fanout',
 ];
 
 /** What `${…}` in the definitions stands for: CDK's DefinitionSubstitutions give the same keys on AWS. */

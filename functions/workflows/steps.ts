@@ -3,6 +3,7 @@ import type { Route53Client } from '@aws-sdk/client-route-53';
 import type { Manifest } from '../engine/manifest.ts';
 import { PassThrough } from 'node:stream';
 import { z } from 'zod';
+import type { BackupSteps } from './backup-steps.ts';
 import type { ControlPlane } from '../core/context.ts';
 import type { BackupRecord } from '../core/records.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
@@ -47,6 +48,8 @@ export interface WorkflowDeps {
    * never the Lambda's small /tmp). Default: the system's temporary directory.
    */
   readonly scratchDir?: string;
+  /** The backup worker's coordinator and parts of a fan-out FULL (backup-fanout.ts, backup-steps.ts). */
+  readonly backups?: BackupSteps;
 }
 
 /**

@@ -8,6 +8,7 @@
  */
 import { z } from 'zod';
 import type { ControlPlane } from '../core/context.ts';
+import { backupFanOut } from './backup-fanout.ts';
 import { backupVerification } from './backup-verification.ts';
 import { failoverSteps, standbySteps } from './failover-test.ts';
 import { fargateSteps } from './fargate.ts';
@@ -52,6 +53,7 @@ const TASKS = registry([
   standbySteps,
   testSteps,
   fargateSteps,
+  backupFanOut,
 ]);
 
 /** The steps of all groups by name; two groups naming the same step is a mistake, refused at load. */

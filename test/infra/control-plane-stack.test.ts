@@ -251,8 +251,8 @@ describe('ControlPlaneStack template', () => {
     )[0]!;
     const statements = statementsOf(synthesized.template);
     const invokes = statements.filter((statement) => actions(statement).includes('lambda:InvokeFunction'));
-    // The API and the dispatcher start runs; the five state machines run their steps in the worker.
-    expect(invokes).toHaveLength(7);
+    // The API and the dispatcher start runs; the six state machines run their steps in the worker.
+    expect(invokes).toHaveLength(8);
     for (const statement of invokes) expect(JSON.stringify(statement.Resource)).toContain(`"${workerId}"`);
     // Without a network nothing runs the Fargate task: no role may run it or pass its roles
     for (const statement of statements) {
@@ -468,8 +468,9 @@ describe('ControlPlaneStack template', () => {
       template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
     )[0]!;
     const machines = Object.values(template.findResources('AWS::StepFunctions::StateMachine'));
-    expect(machines).toHaveLength(5);
+    expect(machines).toHaveLength(6);
     const files = [
+      'backup-fanout',
       'restore',
       'backup-verification',
       'restore-test',
@@ -500,7 +501,7 @@ describe('ControlPlaneStack template', () => {
     const starts = statements.filter((statement) =>
       [statement.Action].flat().includes('states:StartExecution'),
     );
-    expect(starts).toHaveLength(5);
+    expect(starts).toHaveLength(6);
     const machineIds = Object.keys(template.findResources('AWS::StepFunctions::StateMachine'));
     for (const statement of starts) expect(machineIds).toContain(statement.Resource.Ref);
     const api = Object.values(template.findResources('AWS::Lambda::Function')).find(
@@ -511,6 +512,7 @@ describe('ControlPlaneStack template', () => {
         .filter((key) => key.startsWith('STATE_MACHINE_'))
         .sort(),
     ).toEqual([
+      'STATE_MACHINE_BACKUP_FANOUT',
       'STATE_MACHINE_BACKUP_VERIFICATION',
       'STATE_MACHINE_FAILOVER_TEST',
       'STATE_MACHINE_RECOVERY_TIME_TEST',
@@ -616,7 +618,7 @@ describe('the AWS production path', () => {
     const machineRoles = Object.keys(template.findResources('AWS::IAM::Role')).filter((id) =>
       /^(Workflows.*Role|BackupWorkerTaskMachineRole)/.test(id),
     );
-    expect(machineRoles).toHaveLength(6); // five workflows and the worker-task machine
+    expect(machineRoles).toHaveLength(7); // six workflows and the worker-task machine
     const runTask = statements.filter((statement) => actions(statement).includes('ecs:RunTask'));
     expect(runTask.flatMap((statement) => statement.roles).sort()).toEqual(machineRoles.sort());
     for (const statement of runTask) {
@@ -649,6 +651,25 @@ describe('the AWS production path', () => {
     expect(startersOfTask.flatMap((statement) => statement.roles).sort()).toEqual([
       expect.stringMatching(/^ApiFunctionRole/),
       expect.stringMatching(/^BackupWorkerDispatcherRole/),
+    ]);
+    // And of the fan-out machine (FULL schedules with several workers), named in their environment
+    const fanOut = Object.keys(template.findResources('AWS::StepFunctions::StateMachine')).find((id) =>
+      id.startsWith('WorkflowsBackupFanout'),
+    )!;
+    const startersOfFanOut = starts.filter((statement) =>
+      JSON.stringify(statement.Resource).includes(fanOut),
+    );
+    expect([...new Set(startersOfFanOut.flatMap((statement) => statement.roles))].sort()).toEqual([
+      expect.stringMatching(/^ApiFunctionRole/),
+      expect.stringMatching(/^BackupWorkerDispatcherRole/),
+    ]);
+    const functions = Object.values(template.findResources('AWS::Lambda::Function'));
+    const named = functions.filter((fn) =>
+      JSON.stringify(fn.Properties.Environment?.Variables?.BACKUP_FANOUT_MACHINE ?? null).includes(fanOut),
+    );
+    expect(named.map((fn) => fn.Properties.Description).sort()).toEqual([
+      'DR Automation /api/dr API',
+      expect.stringContaining('dispatcher'),
     ]);
   });
 

@@ -52,6 +52,8 @@ export async function startTestApi(
     heavySteps?: LocalRuntimeOptions['heavySteps'];
     roleTokens?: LocalRuntimeOptions['roleTokens'];
     scratchDir?: string;
+    /** Every Wait state of a workflow, and the fan-out's polls, this long instead. */
+    workflowWaitMs?: number;
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -64,6 +66,7 @@ export async function startTestApi(
     ...(options.now ? { now: options.now } : {}),
     ...(options.taskWrappers ? { taskWrappers: options.taskWrappers } : {}),
     ...(options.rds ? { rds: options.rds, workflowWaitMs: 10 } : {}),
+    ...(options.workflowWaitMs === undefined ? {} : { workflowWaitMs: options.workflowWaitMs }),
     ...(options.route53 ? { route53: options.route53 } : {}),
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
     egress: options.egress ?? { allowLoopback: true },

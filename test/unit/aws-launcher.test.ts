@@ -31,6 +31,35 @@ describe('awsLauncher', () => {
     await expect(launcher.launch('x')).rejects.toThrow(/answered 500/);
   });
 
+  it('starts the backup-fanout state machine for a run with several workers, where the stack has one', async () => {
+    const sfn = mockClient(SFNClient);
+    sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:execution' });
+    const lambda = mockClient(LambdaClient);
+    lambda.on(InvokeCommand).resolves({ StatusCode: 202 });
+    const fanOutMachine = 'arn:aws:states:us-east-1:123456789012:stateMachine:dr-backup-fanout';
+    const launcher = awsLauncher({
+      workerFunction: 'dr-worker',
+      runner: 'lambda',
+      fanOutMachine,
+      sfn: sfn as never,
+      lambda: lambda as never,
+    });
+    await launcher.launch('20261124T020000000Z-abcdef', { workers: 4 });
+    await launcher.launch('20261124T030000000Z-abcdef', { workers: 1 });
+    const [start] = sfn.commandCalls(StartExecutionCommand).map((call) => call.args[0].input);
+    expect(start).toMatchObject({
+      stateMachineArn: fanOutMachine,
+      name: 'backup-20261124T020000000Z-abcdef',
+    });
+    expect(JSON.parse(start!.input!)).toEqual({ backupId: '20261124T020000000Z-abcdef', workers: 4 });
+    // One worker: the worker Lambda as always
+    expect(lambda.commandCalls(InvokeCommand)).toHaveLength(1);
+    // The environment the stack sets names the machine
+    expect(
+      awsLauncherFromEnv({ WORKER_FUNCTION: 'dr-worker', BACKUP_FANOUT_MACHINE: fanOutMachine }),
+    ).toBeDefined();
+  });
+
   it('starts the worker-task state machine for a Fargate run, with the backup id for its environment', async () => {
     const sfn = mockClient(SFNClient);
     sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:execution' });

@@ -10,6 +10,7 @@ import {
   type Substitutions,
 } from '../../functions/workflows/definitions.ts';
 import { WORKFLOW_TASKS } from '../../functions/workflows/tasks.ts';
+import type { WorkflowName } from '../../functions/core/context.ts';
 
 /** The definitions in statemachines/: what Step Functions and the local interpreter both run. */
 const ARN = 'arn:aws:lambda:us-east-1:123456789012:function:dr-worker';
@@ -56,16 +57,20 @@ function allStates(node: State): [string, State][] {
   return found;
 }
 
-describe.each(WORKFLOW_NAMES)('statemachines/%s.asl.json', (name) => {
-  const parsed = definition(name, SUBSTITUTIONS);
+it('defines the DR workflows and the fan-out FULL, nothing else', () => {
+  expect([...WORKFLOW_NAMES].sort()).toEqual([...Object.keys(HEAVY), 'backup-fanout'].sort());
+});
+
+describe.each(Object.keys(HEAVY))('statemachines/%s.asl.json', (name) => {
+  const parsed = definition(name as WorkflowName, SUBSTITUTIONS);
 
   it('is valid Amazon States Language (asl-validator), with only the worker and its task as placeholders', () => {
     const result = aslValidator(parsed);
     expect(result.errorsText('\n')).toBe('');
     expect(result.isValid).toBe(true);
-    expect([...rawDefinition(name).matchAll(/\$\{(\w+)\}/g)].map((match) => match[1])).toSatisfy(
-      (keys: string[]) => keys.every((key) => key in SUBSTITUTIONS),
-    );
+    expect(
+      [...rawDefinition(name as WorkflowName).matchAll(/\$\{(\w+)\}/g)].map((match) => match[1]),
+    ).toSatisfy((keys: string[]) => keys.every((key) => key in SUBSTITUTIONS));
   });
 
   it('invokes only worker steps that exist, each with a timeout, and has a time limit of its own', () => {
@@ -175,4 +180,61 @@ it('asl-validator refuses a broken definition (the check is live)', () => {
   const broken = definition('restore', SUBSTITUTIONS) as State;
   broken.States.Plan.Next = 'NoSuchState';
   expect(aslValidator(broken).isValid).toBe(false);
+});
+
+describe('statemachines/backup-fanout.asl.json', () => {
+  const parsed = definition('backup-fanout', SUBSTITUTIONS) as State;
+  const states = Object.fromEntries(allStates(parsed));
+  const runTask = (task: string, key: string) => ({
+    Cluster: SUBSTITUTIONS.WorkerCluster,
+    TaskDefinition: SUBSTITUTIONS.WorkerTaskDefinition,
+    LaunchType: 'FARGATE',
+    NetworkConfiguration: { AwsvpcConfiguration: { AssignPublicIp: 'DISABLED' } },
+    Overrides: {
+      ContainerOverrides: [
+        {
+          Name: 'worker',
+          Environment: [
+            { Name: 'WORKFLOW_TASK', Value: task },
+            { Name: 'WORKFLOW_STATE', 'Value.$': key },
+          ],
+        },
+      ],
+    },
+  });
+
+  it('is valid Amazon States Language and invokes only worker steps that exist, each with a timeout', () => {
+    const result = aslValidator(parsed);
+    expect(result.errorsText('\n')).toBe('');
+    expect(parsed.TimeoutSeconds).toBeGreaterThan(0);
+    for (const [task, state] of allStates(parsed).filter(
+      ([, each]) => each.Type === 'Task' && each.Resource !== RUN_TASK,
+    )) {
+      expect(state.Resource, task).toBe(ARN);
+      expect(WORKFLOW_TASKS, task).toContain(state.Parameters.task);
+      expect(state.TimeoutSeconds, task).toBeLessThanOrEqual(900);
+    }
+  });
+
+  it('runs the coordinator beside a Map of parts, each a Fargate task, and records a failure of either', () => {
+    expect(states.Stage!.Parameters.task).toBe('fargate.stage');
+    const fanOut = states.FanOut!;
+    expect(fanOut.Type).toBe('Parallel');
+    const [coordinator, parts] = fanOut.Branches as State[];
+    expect(coordinator!.States.CoordinatorOnFargate.Parameters).toMatchObject(
+      runTask('fanout.coordinate', '$.fargate.key'),
+    );
+    expect(parts!.States.Plan.Parameters.task).toBe('fanout.plan');
+    expect(parts!.States.Parts).toMatchObject({ Type: 'Map', ItemsPath: '$.fanOut.parts' });
+    expect(states.PartOnFargate!.Parameters).toMatchObject(runTask('fanout.part', '$.key'));
+    expect(fargateStates(parsed).sort()).toEqual(['CoordinatorOnFargate', 'PartOnFargate']);
+    // A failure anywhere in the fan-out is recorded, then the execution fails
+    expect(fanOut.Catch).toEqual([
+      { ErrorEquals: ['States.ALL'], ResultPath: '$.error', Next: 'RecordFailure' },
+    ]);
+    expect(states.RecordFailure!.Parameters.task).toBe('fanout.failed');
+    expect(states[states.RecordFailure!.Next]!.Type).toBe('Fail');
+    expect(states.Result!.Parameters.task).toBe('fargate.result');
+    expect(states.Result!.Catch[0].Next).toBe('RecordFailure');
+  });
 });

@@ -94,7 +94,9 @@ export async function startRun(
     details: { schedule: schedule.id, trigger: input.trigger.kind, type: schedule.scheduleType },
   });
   try {
-    await launcher.launch(id);
+    // A FULL schedule with several workers fans its tables out; INCREMENTALs run in one worker
+    const workers = schedule.scheduleType === 'FULL' ? (schedule.workers ?? 1) : 1;
+    await launcher.launch(id, workers > 1 ? { workers } : undefined);
   } catch (error) {
     await finishRecord(cp, id, {
       status: 'FAILED',
