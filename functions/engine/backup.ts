@@ -19,14 +19,15 @@ import {
   type ChangesManifest,
   type FileEntry,
   type Manifest,
+  type PieceRecord,
   type StreamRecord,
-  type TableRecord,
 } from './manifest.ts';
 import {
   connect,
   dumpArchive,
   openSnapshot,
   readSequences,
+  splitRanges,
   tocOf,
   withTool,
   type DatabaseConnection,
@@ -38,7 +39,11 @@ import { ChunkSink, type IndexFile, type Repository, type WriteStats } from './r
 import type { ProgressEvent, ProgressListener } from './progress.ts';
 import { readStream } from './restore.ts';
 import { collectParts, planParts, type FanOut, type FanOutPlan } from './fanout.ts';
-import { dumpTables, storeStream } from './table-dump.ts';
+import { dumpPieces, piecesOf, storeStream, tableRecords, tableName } from './table-dump.ts';
+import { sealingThreads } from './seal-pool.ts';
+
+/** Tables larger than this are read in key ranges by default. */
+export const DEFAULT_SPLIT_BYTES = 1024 ** 3;
 
 export interface BackupSource {
   readonly database?: DatabaseConnection;
@@ -59,8 +64,8 @@ export interface BackupOptions {
   /** Tables dumped at once (default 2: the machine's two cores, one for the server, one for us). */
   readonly tableConcurrency?: number;
   /**
-   * Threads compressing and sealing new chunks (default: as many as `tableConcurrency`; 0 seals on zlib's
-   * pool in this thread, the choice for small runs).
+   * Threads compressing and sealing new chunks (default: one per table read at once, leaving a core free;
+   * 0 seals on zlib's pool in this thread).
    */
   readonly threads?: number;
   readonly onProgress?: ProgressListener;
@@ -83,6 +88,11 @@ export interface BackupOptions {
   readonly lockWaitMs?: number;
   /** A FULL's tables read by other workers, in this backup's snapshot (fanout.ts). */
   readonly fanOut?: FanOut;
+  /**
+   * Tables larger than this on disk (with a one-column key) are read in key ranges, several COPYs at once,
+   * and restored the same way (default 1 GiB; 0: never).
+   */
+  readonly splitBytes?: number;
   /** Told which operations it waits for, while it waits. */
   readonly onLockWait?: (holders: string) => void;
 }
@@ -212,7 +222,7 @@ async function backupLocked(
     {
       ...(options.packSize === undefined ? {} : { packSize: options.packSize }),
       ...(options.chunkConcurrency === undefined ? {} : { inFlight: options.chunkConcurrency }),
-      threads: options.threads ?? options.tableConcurrency ?? 2,
+      threads: options.threads ?? sealingThreads(options.tableConcurrency ?? 2),
     },
   );
   try {
@@ -246,6 +256,7 @@ async function backupLocked(
         stream: mode === 'slot' ? stream : undefined,
         // A fan-out reads a FULL's tables elsewhere; an INCREMENTAL (deduplicated against its parent) here
         fanOut: type === 'FULL' ? options.fanOut : undefined,
+        splitBytes: options.splitBytes ?? DEFAULT_SPLIT_BYTES,
       }));
       if (parts) {
         fromParts = parts.stats;
@@ -466,13 +477,15 @@ interface DatabaseDump {
   /** Change-stream mode: the slot to (re)create; the dump is its snapshot. */
   readonly stream?: ChangeStream | undefined;
   readonly fanOut?: FanOut | undefined;
+  /** Tables larger than this are read in key ranges (0: never). */
+  readonly splitBytes: number;
 }
 
 async function backupDatabase(
   sink: ChunkSink,
   repository: Repository,
   connection: DatabaseConnection,
-  { id, type, jobs, progress, stream, fanOut }: DatabaseDump,
+  { id, type, jobs, progress, stream, fanOut, splitBytes }: DatabaseDump,
 ): Promise<{
   database: NonNullable<Manifest['database']>;
   changes?: ChangesManifest;
@@ -515,21 +528,26 @@ async function backupDatabase(
       repository,
       progress('database', 'pre-data'),
     );
-    let tables: TableRecord[];
+    // Large tables are read in key ranges, several COPYs at once
+    const tables =
+      splitBytes > 0
+        ? await snapshot.inSnapshot((client) => splitRanges(client, snapshot!.tables, splitBytes))
+        : snapshot.tables;
+    let pieces: PieceRecord[];
     let parts: Awaited<ReturnType<typeof collectParts>> | undefined;
     if (fanOut && fanOut.parts > 1) {
       // Other workers read the tables in this snapshot, which stays open (and the lock held) until they end
       const plan: FanOutPlan = {
         backupId: id,
         snapshotId: snapshot.id,
-        parts: planParts(snapshot.tables, fanOut.parts).map((group) => ({ tables: group })),
+        parts: planParts(tables, fanOut.parts).map((group) => ({ pieces: group })),
       };
       await fanOut.run(plan);
       parts = await collectParts(repository, plan);
-      tables = snapshot.tables.map((table) => parts!.tables.get(`${table.schema}.${table.name}`)!);
+      pieces = parts.pieces;
     } else {
-      tables = await dumpTables(sink, repository, connection, snapshot.id, snapshot.tables, jobs, (table) =>
-        progress('database', `${table.schema}.${table.name}`),
+      pieces = await dumpPieces(sink, repository, connection, snapshot.id, piecesOf(tables), jobs, (table) =>
+        progress('database', tableName(table)),
       );
     }
     const postData = await storeTool(
@@ -539,7 +557,13 @@ async function backupDatabase(
       progress('database', 'post-data'),
     );
     return {
-      database: { ...base, preData, postData, tables, sequences: snapshot.sequences },
+      database: {
+        ...base,
+        preData,
+        postData,
+        tables: tableRecords(tables, pieces),
+        sequences: snapshot.sequences,
+      },
       ...(changes ? { changes } : {}),
       ...(parts ? { parts: { stats: parts.stats, packs: parts.packs } } : {}),
     };

@@ -7,7 +7,7 @@ import type { Manifest } from './manifest.ts';
 import { readArchiveToc, SECTION_DATA, writeArchive, type OutputEntry, type TocEntry } from './pg-archive.ts';
 import { runTool, withTool } from './postgres.ts';
 import type { Repository } from './repository.ts';
-import { readStream } from './restore.ts';
+import { readStream, tableStream } from './restore.ts';
 
 /**
  * The dump a backup holds. A change-stream INCREMENTAL holds row changes on top of its FULL, which only a
@@ -46,7 +46,7 @@ export async function exportSql(repository: Repository, manifest: Manifest, out:
     await write(
       `\n--\n-- Data for ${name} (${table.rows} rows)\n--\n\nCOPY ${name} (${table.columns.map(quote).join(', ')}) FROM stdin;\n`,
     );
-    for await (const data of readStream(repository, table, `${table.schema}.${table.name}`))
+    for await (const data of tableStream(repository, table, `${table.schema}.${table.name}`))
       await write(data);
     await write('\\.\n');
   }
@@ -107,7 +107,7 @@ export async function exportArchive(
     hadDumper: true,
     desc: 'TABLE DATA',
     copyStmt: `COPY ${quote(table.schema)}.${quote(table.name)} (${table.columns.map(quote).join(', ')}) FROM stdin;\n`,
-    data: () => readStream(repository, table, `${table.schema}.${table.name}`),
+    data: () => tableStream(repository, table, `${table.schema}.${table.name}`),
   }));
   const sequences: OutputEntry[] = database.sequences.map((sequence) => ({
     ...dataEntry(find('SEQUENCE', sequence.schema, sequence.name), sequence.schema, sequence.name),

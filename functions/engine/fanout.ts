@@ -1,5 +1,5 @@
 import { EngineError } from './errors.ts';
-import type { TableRecord } from './manifest.ts';
+import type { PieceRecord } from './manifest.ts';
 import type { DatabaseConnection, TableInfo } from './postgres.ts';
 import type { ProgressListener } from './progress.ts';
 import {
@@ -10,7 +10,8 @@ import {
   type Repository,
   type WriteStats,
 } from './repository.ts';
-import { dumpTables } from './table-dump.ts';
+import { sealingThreads } from './seal-pool.ts';
+import { dumpPieces, pieceBytes, piecesOf, tableName, type TablePiece } from './table-dump.ts';
 
 /**
  * A FULL fanned out over several workers (docs/architecture.md, "Scale-out"). The backup that runs it (the
@@ -24,7 +25,8 @@ export interface FanOutPlan {
   readonly backupId: string;
   /** The coordinator's exported snapshot: every part reads in it. */
   readonly snapshotId: string;
-  readonly parts: readonly { readonly tables: readonly TableInfo[] }[];
+  /** What each part reads: tables, or key ranges of a large one. */
+  readonly parts: readonly { readonly pieces: readonly TablePiece[] }[];
 }
 
 export interface FanOut {
@@ -38,20 +40,21 @@ export interface FanOut {
 export const partIndexName = (backupId: string, part: number): string => `${backupId}.part-${part}`;
 
 /**
- * Tables split into at most `parts` groups of about equal size: largest first, each to the lightest group
- * (a table is read by one COPY; splitting a table by key ranges is not done yet).
+ * The tables' pieces (whole tables, and the key ranges of large ones) split into at most `parts` groups of
+ * about equal size: largest first, each to the lightest group.
  */
-export function planParts(tables: readonly TableInfo[], parts: number): TableInfo[][] {
-  const groups = Array.from({ length: Math.max(1, Math.min(parts, tables.length)) }, () => ({
+export function planParts(tables: readonly TableInfo[], parts: number): TablePiece[][] {
+  const pieces = piecesOf(tables);
+  const groups = Array.from({ length: Math.max(1, Math.min(parts, pieces.length)) }, () => ({
     bytes: 0,
-    tables: [] as TableInfo[],
+    pieces: [] as TablePiece[],
   }));
-  for (const table of [...tables].sort((a, b) => (b.bytes ?? 0) - (a.bytes ?? 0))) {
+  for (const piece of pieces.sort((a, b) => pieceBytes(b) - pieceBytes(a))) {
     const lightest = groups.reduce((least, group) => (group.bytes < least.bytes ? group : least));
-    lightest.tables.push(table);
-    lightest.bytes += table.bytes ?? 0;
+    lightest.pieces.push(piece);
+    lightest.bytes += pieceBytes(piece);
   }
-  return groups.map((group) => group.tables);
+  return groups.map((group) => group.pieces);
 }
 
 export interface PartOptions {
@@ -69,7 +72,7 @@ export async function backupPart(
   plan: FanOutPlan,
   part: number,
   options: PartOptions,
-): Promise<{ tables: number; bytes: number }> {
+): Promise<{ pieces: number; bytes: number }> {
   const spec = plan.parts[part];
   if (!spec) throw new EngineError(`backup ${plan.backupId} has no part ${part}`);
   const jobs = options.jobs ?? 2;
@@ -80,15 +83,15 @@ export async function backupPart(
     waitMs: options.lockWaitMs ?? 10 * 60_000,
   });
   try {
-    const sink = new ChunkSink(repository, { has: () => false }, { threads: jobs });
+    const sink = new ChunkSink(repository, { has: () => false }, { threads: sealingThreads(jobs) });
     try {
       let bytes = 0;
-      const tables = await dumpTables(
+      const pieces = await dumpPieces(
         sink,
         repository,
         options.connection,
         plan.snapshotId,
-        spec.tables,
+        spec.pieces,
         jobs,
         (table) => (size) => {
           bytes += size;
@@ -97,9 +100,9 @@ export async function backupPart(
       );
       const packs = await sink.flush();
       await lock.check();
-      const record: PartRecord = { snapshotId: plan.snapshotId, tables, stats: sink.stats };
+      const record: PartRecord = { snapshotId: plan.snapshotId, pieces, stats: sink.stats };
       await repository.writeIndexFile(partIndexName(plan.backupId, part), { packs, part: record });
-      return { tables: tables.length, bytes };
+      return { pieces: pieces.length, bytes };
     } finally {
       await sink.close();
     }
@@ -109,14 +112,15 @@ export async function backupPart(
 }
 
 /**
- * The parts' table records (by `schema.name`), their statistics summed, and their packs, from their index
- * files. A part that left none, or one written for another snapshot (an earlier attempt), fails the backup.
+ * The parts' piece records, their statistics summed, and their packs, from their index files. A part that
+ * left none, one written for another snapshot (an earlier attempt), or one without a piece it was given,
+ * fails the backup.
  */
 export async function collectParts(
   repository: Repository,
   plan: FanOutPlan,
-): Promise<{ tables: Map<string, TableRecord>; stats: WriteStats; packs: IndexFile['packs'] }> {
-  const tables = new Map<string, TableRecord>();
+): Promise<{ pieces: PieceRecord[]; stats: WriteStats; packs: IndexFile['packs'] }> {
+  const pieces: PieceRecord[] = [];
   const stats: WriteStats = { chunks: 0, newChunks: 0, bytesRead: 0, bytesNew: 0, bytesStored: 0, packs: 0 };
   const packs: IndexFile['packs'][number][] = [];
   for (const [part, spec] of plan.parts.entries()) {
@@ -128,15 +132,15 @@ export async function collectParts(
     });
     if (file.part?.snapshotId !== plan.snapshotId)
       throw new EngineError(`${name} was written for another snapshot: not part of this backup`);
-    for (const table of spec.tables) {
-      const record = file.part.tables.find(
-        (each) => each.schema === table.schema && each.name === table.name,
+    for (const piece of spec.pieces) {
+      const record = file.part.pieces.find(
+        (each) => each.table === tableName(piece.table) && each.range === piece.range,
       );
-      if (!record) throw new EngineError(`${name} does not hold ${table.schema}.${table.name}`);
-      tables.set(`${table.schema}.${table.name}`, record);
+      if (!record) throw new EngineError(`${name} does not hold ${tableName(piece.table)}`);
+      pieces.push(record);
     }
     for (const key of Object.keys(stats) as (keyof WriteStats)[]) stats[key] += file.part.stats[key];
     packs.push(...file.packs);
   }
-  return { tables, stats, packs };
+  return { pieces, stats, packs };
 }

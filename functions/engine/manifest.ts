@@ -58,6 +58,53 @@ export interface TableRecord extends StreamRecord {
   readonly rows: number;
   /** Names of the table's indexes (to pick its post-data items in a partial restore). */
   readonly indexes: readonly string[];
+  /**
+   * A large table read in key ranges (several COPYs at once), in key order. Then `chunks` is the ranges'
+   * chunks in order (the same bytes as one COPY of the table), `size` and `rows` their sums, and `sha256` is
+   * the SHA-256 of the ranges' SHA-256s (hex, concatenated in order), since no one read the table whole:
+   * readers check each range against its own (`rangeStreams`).
+   */
+  readonly ranges?: readonly RangeRecord[];
+}
+
+/**
+ * One key range of a table: the rows with a key above `after` and at most `upTo` (each absent: open); its
+ * stream is the next `chunkCount` of the table's chunks.
+ */
+export interface RangeRecord {
+  readonly after?: string;
+  readonly upTo?: string;
+  readonly chunkCount: number;
+  readonly size: number;
+  readonly sha256: string;
+  readonly rows: number;
+}
+
+/** A table's streams: the whole table, or each key range with its slice of the table's chunks. */
+export function rangeStreams(
+  table: TableRecord,
+): (StreamRecord & { rows: number; range?: Pick<RangeRecord, 'after' | 'upTo'> })[] {
+  if (!table.ranges) return [table];
+  let start = 0;
+  return table.ranges.map(({ chunkCount, size, sha256, rows, after, upTo }) => {
+    const chunks = table.chunks.slice(start, (start += chunkCount));
+    return {
+      chunks,
+      size,
+      sha256,
+      rows,
+      range: { ...(after === undefined ? {} : { after }), ...(upTo === undefined ? {} : { upTo }) },
+    };
+  });
+}
+
+/** What one COPY of a backup stored: a table, or one key range of it (a fan-out part's index file). */
+export interface PieceRecord {
+  /** `schema.name` of its table. */
+  readonly table: string;
+  readonly range?: number;
+  readonly stream: StreamRecord;
+  readonly rows: number;
 }
 
 export interface SequenceRecord {

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { parseIntoClientConfig } from 'pg-connection-string';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { RestoreError, SourceError } from './errors.ts';
+import { EngineError, RestoreError, SourceError } from './errors.ts';
 
 /**
  * PostgreSQL through its own tools and protocol. A connection is a URL without the password plus the
@@ -178,9 +178,86 @@ export interface TableInfo {
   readonly indexes: readonly string[];
   /** Its size on disk (pg_table_size): what parallel dumps balance by. */
   readonly bytes?: number;
+  /** A large table read in key ranges, each by its own COPY (`splitRanges`): in key order, covering all. */
+  readonly ranges?: readonly KeyRange[];
+}
+
+/**
+ * Rows whose key (a one-column primary key) is above `after` (absent: from the first) and at most `upTo`
+ * (absent: to the last), the bounds as the key's text, compared in the key's type and collation.
+ */
+export interface KeyRange {
+  readonly after?: string;
+  readonly upTo?: string;
 }
 
 export type TableShape = Pick<TableInfo, 'schema' | 'name' | 'columns' | 'orderBy'>;
+
+/** Key types whose text form reads back as the same value and sorts as the column does. */
+const SPLITTABLE_KEYS = new Set([
+  'int2',
+  'int4',
+  'int8',
+  'numeric',
+  'uuid',
+  'text',
+  'varchar',
+  'date',
+  'timestamp',
+  'timestamptz',
+]);
+
+/**
+ * Key ranges for the tables larger than `splitBytes` with a one-column key of a splittable type: about one
+ * range per `splitBytes` (at most `maxRanges`), cut at the planner's histogram bounds of the key (pg_stats:
+ * nothing is scanned; a table never analyzed is not split). Run in the backup's snapshot transaction.
+ */
+export async function splitRanges(
+  client: pg.Client,
+  tables: readonly TableInfo[],
+  splitBytes: number,
+  maxRanges = 32,
+): Promise<TableInfo[]> {
+  const split: TableInfo[] = [];
+  for (const table of tables) {
+    const wanted = Math.min(maxRanges, Math.ceil((table.bytes ?? 0) / splitBytes));
+    if (table.orderBy.length !== 1 || wanted < 2) {
+      split.push(table);
+      continue;
+    }
+    const { rows } = await client.query<{ type: string; bounds: string[] | null }>(
+      `SELECT t.typname AS type, s.histogram_bounds::text::text[] AS bounds
+         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+         LEFT JOIN pg_stats s ON s.schemaname = $1 AND s.tablename = $2 AND s.attname = a.attname
+        WHERE a.attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass AND a.attname = $3`,
+      [table.schema, table.name, table.orderBy[0]],
+    );
+    const bounds = rows[0]?.bounds ?? [];
+    if (!SPLITTABLE_KEYS.has(rows[0]?.type ?? '') || bounds.length < 3) {
+      split.push(table);
+      continue;
+    }
+    // The inner bounds, evenly spaced: `wanted - 1` cuts at most, each distinct
+    const count = Math.min(wanted, bounds.length - 1);
+    const cuts = [
+      ...new Set(
+        Array.from(
+          { length: count - 1 },
+          (_, n) => bounds[Math.round(((n + 1) * (bounds.length - 1)) / count)]!,
+        ),
+      ),
+    ];
+    const ranges: KeyRange[] = [];
+    let after: string | undefined;
+    for (const cut of cuts) {
+      ranges.push({ ...(after === undefined ? {} : { after }), upTo: cut });
+      after = cut;
+    }
+    ranges.push(after === undefined ? {} : { after });
+    split.push(ranges.length > 1 ? { ...table, ranges } : table);
+  }
+  return split;
+}
 
 export interface SequenceInfo {
   readonly schema: string;
@@ -314,7 +391,8 @@ export function dumpArchive(
 export async function copyTable(
   connection: DatabaseConnection,
   snapshotId: string,
-  table: TableInfo,
+  table: TableShape,
+  range?: KeyRange,
 ): Promise<{ stream: Readable; done: () => Promise<void> }> {
   const client = await connect(connection);
   try {
@@ -326,7 +404,7 @@ export async function copyTable(
       `joining snapshot ${snapshotId} failed: ${redact((error as Error).message, connection)}`,
     );
   }
-  const stream = client.query(copyTo(copyQuery(client, table)));
+  const stream = client.query(copyTo(copyQuery(client, table, range)));
   return {
     stream,
     done: async () => {
@@ -336,13 +414,21 @@ export async function copyTable(
   };
 }
 
-export function copyQuery(client: pg.Client, table: TableShape): string {
+export function copyQuery(client: pg.Client, table: TableShape, range?: KeyRange): string {
   const columns = table.columns.map((column) => client.escapeIdentifier(column)).join(', ');
+  const key = table.orderBy.length === 1 ? client.escapeIdentifier(table.orderBy[0]!) : undefined;
+  if (range && (range.after !== undefined || range.upTo !== undefined) && !key)
+    throw new EngineError(`${table.schema}.${table.name} has no one-column key to read in ranges`);
+  const bounds = [
+    ...(range?.after === undefined ? [] : [`${key} > ${client.escapeLiteral(range.after)}`]),
+    ...(range?.upTo === undefined ? [] : [`${key} <= ${client.escapeLiteral(range.upTo)}`]),
+  ];
+  const where = bounds.length > 0 ? ` WHERE ${bounds.join(' AND ')}` : '';
   const order =
     table.orderBy.length > 0
       ? ` ORDER BY ${table.orderBy.map((column) => client.escapeIdentifier(column)).join(', ')}`
       : '';
-  return `COPY (SELECT ${columns === '' ? '' : columns} FROM ${qualified(client, table.schema, table.name)}${order}) TO STDOUT`;
+  return `COPY (SELECT ${columns === '' ? '' : columns} FROM ${qualified(client, table.schema, table.name)}${where}${order}) TO STDOUT`;
 }
 
 /** Rows of a COPY text stream (one line each: newlines inside values are escaped), counted as it passes. */
@@ -371,9 +457,11 @@ class CopyDigest {
 export async function digestTable(
   client: pg.Client,
   table: TableShape,
+  range?: KeyRange,
 ): Promise<{ rows: number; digest: () => string }> {
   const digest = new CopyDigest();
-  for await (const data of client.query(copyTo(copyQuery(client, table)))) digest.update(data as Buffer);
+  for await (const data of client.query(copyTo(copyQuery(client, table, range))))
+    digest.update(data as Buffer);
   return { rows: digest.rows, digest: () => digest.digest() };
 }
 

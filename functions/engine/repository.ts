@@ -14,7 +14,7 @@ import {
 import { BackupNotFoundError, CorruptDataError, RepositoryNotFoundError, WrongKeyError } from './errors.ts';
 import { inThreadSealer, threadSealer, type ChunkSealer } from './seal-pool.ts';
 import { acquireLock, lockKey, type Lock, type LockOptions } from './locks.ts';
-import type { Manifest, TableRecord } from './manifest.ts';
+import type { Manifest, PieceRecord } from './manifest.ts';
 
 /**
  * A repository on one target (format: docs/repository-format.md).
@@ -68,7 +68,8 @@ export interface PackHeaderEntry {
 export interface PartRecord {
   /** The snapshot it read in: the coordinator's. */
   readonly snapshotId: string;
-  readonly tables: readonly TableRecord[];
+  /** What it read: tables and key ranges, each a stream of chunks. */
+  readonly pieces: readonly PieceRecord[];
   readonly stats: WriteStats;
 }
 

