@@ -184,7 +184,7 @@ export class VerifySession {
             `chunk ${blob.id} lies past the end of ${key}`,
             `chunk ${blob.id} in ${key}`,
           );
-        await this.repository.openBlob(blob.id, body.subarray(blob.offset, blob.offset + blob.length), pack);
+        this.repository.openBlob(blob.id, body.subarray(blob.offset, blob.offset + blob.length), pack);
       } catch (error) {
         if (!(error instanceof CorruptDataError)) throw error;
         problems.push({ object: error.object, message: error.message });

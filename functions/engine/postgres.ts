@@ -529,11 +529,20 @@ export class StagedArchive {
   }
 
   /** The SQL of the chosen entries (pg_restore to a script: nothing is connected to). */
-  async sql(connection: DatabaseConnection, lines: readonly string[]): Promise<string> {
+  async sql(
+    connection: DatabaseConnection,
+    lines: readonly string[],
+    options: Pick<ArchiveRestoreOptions, 'noOwner'> = {},
+  ): Promise<string> {
     if (lines.length === 0) return '';
     const tool = runTool(
       'pg_restore',
-      ['--file=-', `--use-list=${await this.listFile(lines)}`, this.file],
+      [
+        '--file=-',
+        ...(options.noOwner ? ['--no-owner', '--no-privileges'] : []),
+        `--use-list=${await this.listFile(lines)}`,
+        this.file,
+      ],
       connection,
     );
     const parts: Buffer[] = [];
@@ -547,6 +556,33 @@ export class StagedArchive {
       ]),
     );
     return Buffer.concat(parts).toString('utf8');
+  }
+
+  /**
+   * Each entry's SQL, and the settings every session needs first (`header`), from one pg_restore run: the
+   * script comes entry by entry in the list's order, each under a `-- Name:` comment. Undefined when it
+   * cannot be split that way, or holds a psql command other than pg_dump's `\restrict` guard (a script for
+   * psql only): then entries are restored by pg_restore one at a time.
+   */
+  async statements(
+    connection: DatabaseConnection,
+    lines: readonly string[],
+    options: Pick<ArchiveRestoreOptions, 'noOwner'> = {},
+  ): Promise<{ header: string; sql: Map<string, string> } | undefined> {
+    if (lines.length === 0) return { header: '', sql: new Map() };
+    const script = await this.sql(connection, lines, options);
+    const kept: string[] = [];
+    for (const line of script.split('\n')) {
+      if (/^\\(un)?restrict\s/.test(line)) continue;
+      if (line.startsWith('\\')) return undefined;
+      kept.push(line);
+    }
+    const [header = '', ...blocks] = kept.join('\n').split(/^(?=--\n-- Name: )/m);
+    if (blocks.length !== lines.length) return undefined;
+    // A setting pg_restore changes between entries (a tablespace) would land in the entry before
+    if (blocks.some((block) => /^SET /m.test(block)) || /^SET default_tablespace = (?!'';)/m.test(header))
+      return undefined;
+    return { header, sql: new Map(lines.map((line, index) => [line, blocks[index]!])) };
   }
 
   private async listFile(lines: readonly string[]): Promise<string> {

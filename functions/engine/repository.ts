@@ -299,7 +299,7 @@ export class Repository {
           offset: where.offset,
           length: where.length,
         });
-        return await this.openBlob(id, sealed, where.pack);
+        return this.openBlob(id, sealed, where.pack);
       } catch (error) {
         if (!(error instanceof CorruptDataError) && !(error instanceof StorageError)) throw error;
         first ??= error;
@@ -310,9 +310,9 @@ export class Repository {
     throw first;
   }
 
-  async openBlob(id: string, sealed: Buffer, pack: string): Promise<Buffer> {
+  openBlob(id: string, sealed: Buffer, pack: string): Buffer {
     const what = `chunk ${id} in ${keys.pack(pack)}`;
-    const data = await decodeChunk(unseal(this.material.encryptionKey, sealed, `chunk:${id}`, what), what);
+    const data = decodeChunk(unseal(this.material.encryptionKey, sealed, `chunk:${id}`, what), what);
     if (chunkId(this.material.idKey, data) !== id)
       throw new CorruptDataError(`${what} does not match its id`, what);
     return data;

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import type pg from 'pg';
 import { RestoreError } from './errors.ts';
 import { finishEntries, globFilter, makeEntry, writeFile } from './files.ts';
 import { ChangeApplier, changeLines } from './change-applier.ts';
@@ -272,10 +273,24 @@ async function restoreSnapshot(
 
   const postData = await StagedArchive.stage(readStream(repository, database.postData, 'post-data'));
   let bytes = 0;
+  let sessions: Sessions | undefined;
   try {
     const entries = await postData.entries();
     const done = new Set<string>();
-    const build = (line: string) => postData.restore(options.target, { ...common(options), lines: [line] });
+    // Indexes, keys and foreign keys as SQL over `jobs` sessions (no process and sign-in per entry), or, where
+    // the archive's script cannot be split by entry, by pg_restore one entry at a time
+    const early = entries.filter(
+      (entry) =>
+        tocNamesTable(entry, names, ['CONSTRAINT', 'FK CONSTRAINT']) || / INDEX \S+ \S+ /.test(entry),
+    );
+    const statements = await postData.statements(options.target, early, common(options));
+    sessions = statements ? new Sessions(options.target, statements.header) : undefined;
+    const build = (line: string) => {
+      const sql = statements?.sql.get(line);
+      return sql !== undefined && sessions
+        ? sessions.run(sql, line)
+        : postData.restore(options.target, { ...common(options), lines: [line] });
+    };
     const keysOf = (table: TableRecord) => {
       const own = new Set([`${table.schema} ${table.name}`]);
       const indexes = new Set(table.indexes.map((index) => `${table.schema} ${index}`));
@@ -290,7 +305,13 @@ async function restoreSnapshot(
     // possible, which goes first: the table's indexes and keys once its rows are in, then each foreign key
     // between two chosen tables once both are in with their keys built.
     const slots = new DataSection(options.jobs ?? 2);
-    const foreignKeys = await foreignKeysBetween(postData, options.target, entries, selected);
+    const foreignKeys = await foreignKeysBetween(
+      postData,
+      options.target,
+      entries,
+      selected,
+      statements?.sql,
+    );
     foreignKeys.forEach((key) => done.add(key.line));
     const complete = new Set<string>();
     const tableDone = (name: string) => {
@@ -350,6 +371,7 @@ async function restoreSnapshot(
       ...(partial ? { exitOnError: false } : {}),
     });
   } finally {
+    await sessions?.close();
     await postData.dispose();
   }
 
@@ -493,6 +515,43 @@ class DataSection {
   }
 }
 
+/** Sessions that ran the script's settings, each reused for one entry's SQL after another. */
+class Sessions {
+  private readonly idle: pg.Client[] = [];
+  private readonly all: pg.Client[] = [];
+  private readonly target: DatabaseConnection;
+  private readonly header: string;
+
+  constructor(target: DatabaseConnection, header: string) {
+    this.target = target;
+    this.header = header;
+  }
+
+  async run(sql: string, entry: string): Promise<void> {
+    const client = this.idle.pop() ?? (await this.open());
+    try {
+      await client.query(sql);
+    } catch (error) {
+      throw new RestoreError(
+        `restoring ${entry.replace(/^\d+; \d+ \d+ /, '')} failed: ${(error as Error).message}`,
+      );
+    } finally {
+      this.idle.push(client);
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.all.map((client) => client.end().catch(() => undefined)));
+  }
+
+  private async open(): Promise<pg.Client> {
+    const client = await connect(this.target);
+    this.all.push(client);
+    await client.query(this.header);
+    return client;
+  }
+}
+
 interface ForeignKey {
   /** The entry in the post-data archive's table of contents. */
   readonly line: string;
@@ -512,11 +571,14 @@ async function foreignKeysBetween(
   target: DatabaseConnection,
   entries: readonly string[],
   tables: readonly TableRecord[],
+  known?: ReadonlyMap<string, string>,
 ): Promise<ForeignKey[]> {
   const names = new Set(tables.map((table) => `${table.schema} ${table.name}`));
   const lines = entries.filter((entry) => tocNamesTable(entry, names, ['FK CONSTRAINT']));
   if (lines.length === 0) return [];
-  const blocks = (await archive.sql(target, lines)).split(/^-- Name: /m).slice(1);
+  const blocks = lines.every((line) => known?.has(line))
+    ? lines.map((line) => known!.get(line)!)
+    : (await archive.sql(target, lines)).split(/^-- Name: /m).slice(1);
   if (blocks.length !== lines.length) return [];
   const chosen = new Set(tables.map((table) => `${table.schema}.${table.name}`));
   const keys: ForeignKey[] = [];

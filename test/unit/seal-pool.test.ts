@@ -15,7 +15,7 @@ function copyText(bytes: number): Buffer {
   return Buffer.from(lines.join('')).subarray(0, bytes);
 }
 
-const open = async (key: Buffer, id: string, sealed: Buffer) =>
+const open = (key: Buffer, id: string, sealed: Buffer) =>
   decodeChunk(unseal(key, sealed, `chunk:${id}`, id), id);
 
 let pool: ChunkSealer | undefined;
@@ -40,7 +40,7 @@ describe('sealing threads', () => {
       const id = `c${n}`;
       const threaded = await pool.seal(id, Buffer.from(data));
       const local = await here.seal(id, Buffer.from(data));
-      expect(await open(key, id, threaded)).toEqual(data);
+      expect(open(key, id, threaded)).toEqual(data);
       // Same encoding byte (raw or zstd) and the same compressed size within a few bytes
       expect(unseal(key, threaded, `chunk:${id}`, id)[0]).toBe(unseal(key, local, `chunk:${id}`, id)[0]);
       expect(Math.abs(threaded.length - local.length)).toBeLessThan(64);
@@ -55,7 +55,7 @@ describe('sealing threads', () => {
     const many = await Promise.all(
       Array.from({ length: 20 }, (_, n) => pool!.seal(`m${n}`, copyText(70000 + n))),
     );
-    for (const [n, each] of many.entries()) expect((await open(key, `m${n}`, each)).length).toBe(70000 + n);
+    for (const [n, each] of many.entries()) expect(open(key, `m${n}`, each).length).toBe(70000 + n);
     await pool.close();
     await expect(pool.seal('late', copyText(10))).rejects.toThrow('closed');
   });
