@@ -4,7 +4,7 @@ import type { ControlPlane } from '../core/context.ts';
 import { getBackup } from '../core/services/backup-service.ts';
 import { findSchedule } from '../core/services/schedule-service.ts';
 import { Partition } from '../core/store/table.ts';
-import { backupPart, type FanOut } from '../engine/fanout.ts';
+import { backupPart, type FanOut, type FanOutPlan } from '../engine/fanout.ts';
 import { Repository } from '../engine/repository.ts';
 import { MirrorStorage } from '../storage/mirror.ts';
 import { StorageError, type StorageErrorKind } from '../storage/storage.ts';
@@ -61,7 +61,12 @@ function stagedFanOut(
       try {
         for (const part of plan.parts.keys()) {
           const key = randomUUID();
-          const staged: StagedPart = { state: { backupId: state.backupId, part, plan } };
+          // Each part's item holds its own pieces only (an item holds at most 400 KB)
+          const own: FanOutPlan = {
+            ...plan,
+            parts: plan.parts.map((each, index) => (index === part ? each : { pieces: [] })),
+          };
+          const staged: StagedPart = { state: { backupId: state.backupId, part, plan: own } };
           await cp.table.create(Partition.step, key, staged, cp.now(), `step ${key} exists`);
           keys.push(key);
         }
