@@ -1,10 +1,3 @@
-import { execFile } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { finished } from 'node:stream/promises';
-import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
@@ -14,8 +7,7 @@ import type { Manifest } from '../../functions/engine/manifest.ts';
 import { gc, listBackups, verify } from '../../functions/engine/maintenance.ts';
 import { Repository } from '../../functions/engine/repository.ts';
 import { checkTables, restoreDatabase } from '../../functions/engine/restore.ts';
-import { exportSql } from '../../functions/engine/export.ts';
-import { newRepository, schemaOf, testKey } from '../support/engine.ts';
+import { loadSqlExport, newRepository, schemaOf, testKey } from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 
@@ -23,7 +15,6 @@ import { startPostgres, type TestPostgres } from '../support/postgres.ts';
  * Issue 20: a FULL read by several connections (and by several workers: the fan-out) is still one point in
  * time; a parallel restore gives the same data and schema; a job that dies fails the whole backup.
  */
-const run = promisify(execFile);
 let server: TestPostgres;
 
 /**
@@ -108,6 +99,20 @@ const contentOf = (manifest: Manifest) =>
     ranges,
   }));
 
+/** Restores a backup of `app` into a new database with `jobs`: every check passes, data and schema as `app`'s. */
+async function restoresAsApp(
+  repository: Repository,
+  manifest: Manifest,
+  database: string,
+  jobs: number,
+): Promise<void> {
+  await server.createDatabase(database);
+  const restored = await restoreDatabase(repository, manifest, { target: server.connection(database), jobs });
+  expect(restored.checks.every((check) => check.ok)).toBe(true);
+  expect(await tableChecksums(server, database)).toEqual(await tableChecksums(server, 'app'));
+  expect(await schemaOf(server, database)).toBe(await schemaOf(server, 'app'));
+}
+
 beforeAll(async () => {
   server = await startPostgres();
   await server.createDatabase('bank');
@@ -161,17 +166,8 @@ describe('parallel FULL and restore', () => {
       source: { database: server.connection('app') },
       tableConcurrency: 3,
     });
-    await server.createDatabase('app_jobs1');
-    await server.createDatabase('app_jobs4');
-    await restoreDatabase(repository, manifest, { target: server.connection('app_jobs1'), jobs: 1 });
-    const parallel = await restoreDatabase(repository, manifest, {
-      target: server.connection('app_jobs4'),
-      jobs: 4,
-    });
-    expect(parallel.checks.every((check) => check.ok)).toBe(true);
-    expect(await tableChecksums(server, 'app_jobs4')).toEqual(await tableChecksums(server, 'app'));
-    expect(await schemaOf(server, 'app_jobs4')).toBe(await schemaOf(server, 'app'));
-    expect(await schemaOf(server, 'app_jobs1')).toBe(await schemaOf(server, 'app'));
+    await restoresAsApp(repository, manifest, 'app_jobs1', 1);
+    await restoresAsApp(repository, manifest, 'app_jobs4', 4);
 
     // The bank's schema: a quoted schema and table referenced by a foreign key
     const bank = await backup(repository, { type: 'FULL', source: { database: server.connection('bank') } });
@@ -246,23 +242,10 @@ describe('large tables in key ranges', () => {
     // A table without a one-column key is read whole
     expect(manifest.database!.tables.find((table) => table.name === 'tickets')!.ranges).toBeUndefined();
 
-    await server.createDatabase('app_ranges');
-    const restored = await restoreDatabase(repository, manifest, {
-      target: server.connection('app_ranges'),
-      jobs: 3,
-    });
-    expect(restored.checks.every((check) => check.ok)).toBe(true);
-    expect(await tableChecksums(server, 'app_ranges')).toEqual(await tableChecksums(server, 'app'));
-    expect(await schemaOf(server, 'app_ranges')).toBe(await schemaOf(server, 'app'));
+    await restoresAsApp(repository, manifest, 'app_ranges', 3);
 
     // The plain SQL export streams the ranges in key order: psql loads the same table
-    const out = join(await mkdtemp(join(tmpdir(), 'dr-export-')), 'backup.sql');
-    const file = createWriteStream(out);
-    await exportSql(repository, manifest, file);
-    file.end();
-    await finished(file);
-    await server.createDatabase('app_from_sql');
-    await run('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', server.url('app_from_sql'), '-f', out]);
+    await loadSqlExport(server, repository, manifest, 'app_from_sql');
     expect(await tableChecksums(server, 'app_from_sql')).toEqual(await tableChecksums(server, 'app'));
 
     // A row changed after the backup is found by the check of its range
@@ -317,13 +300,7 @@ describe('fan-out', () => {
     const report = await verify(await Repository.open(repository.storage, testKey()), fanned.manifest.id);
     expect(report.ok).toBe(true);
 
-    await server.createDatabase('app_fanned');
-    const restored = await restoreDatabase(repository, fanned.manifest, {
-      target: server.connection('app_fanned'),
-      jobs: 2,
-    });
-    expect(restored.checks.every((check) => check.ok)).toBe(true);
-    expect(await tableChecksums(server, 'app_fanned')).toEqual(await tableChecksums(server, 'app'));
+    await restoresAsApp(repository, fanned.manifest, 'app_fanned', 2);
   });
 
   it('fails when one part fails: nothing is listed, and gc takes what the other parts wrote', async () => {

@@ -8,7 +8,7 @@ import { finished } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
 import { CorruptDataError, SourceError, WrongKeyError } from '../../functions/engine/errors.ts';
-import { exportArchive, exportSql, exportTar } from '../../functions/engine/export.ts';
+import { exportArchive, exportTar } from '../../functions/engine/export.ts';
 import type { Manifest } from '../../functions/engine/manifest.ts';
 import {
   confirmReview,
@@ -23,7 +23,14 @@ import { connectionFrom } from '../../functions/engine/postgres.ts';
 import { Repository } from '../../functions/engine/repository.ts';
 import { restoreDatabase } from '../../functions/engine/restore.ts';
 import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
-import { describeTree, makeFilesTree, newRepository, schemaOf, testKey } from '../support/engine.ts';
+import {
+  describeTree,
+  loadSqlExport,
+  makeFilesTree,
+  newRepository,
+  schemaOf,
+  testKey,
+} from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { checked } from '../../functions/storage/facade.ts';
@@ -399,13 +406,7 @@ describe('other backup types and outputs', () => {
 
   it('exports a plain SQL script that psql restores, and a tar of the files', async () => {
     const repository = await Repository.open(checked(new LocalStorage(repoDir)), testKey());
-    const out = join(await mkdtemp(join(tmpdir(), 'dr-export-')), 'backup.sql');
-    const stream = createWriteStream(out);
-    await exportSql(repository, full, stream);
-    stream.end();
-    await finished(stream);
-    await pg.createDatabase('from_sql');
-    await run('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', pg.url('from_sql'), '-f', out]);
+    await loadSqlExport(pg, repository, full, 'from_sql');
     expect(await tableChecksums(pg, 'from_sql')).toEqual(fullSums);
 
     const tarFile = join(await mkdtemp(join(tmpdir(), 'dr-export-')), 'files.tar');

@@ -15,7 +15,11 @@ import {
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
+import { createWriteStream } from 'node:fs';
+import { finished } from 'node:stream/promises';
 import { masterKeyFrom, type MasterKey } from '../../functions/engine/crypto.ts';
+import { exportSql } from '../../functions/engine/export.ts';
+import type { Manifest } from '../../functions/engine/manifest.ts';
 import { Repository } from '../../functions/engine/repository.ts';
 import { LocalStorage } from '../../functions/storage/local/local-storage.ts';
 import type { TestPostgres } from './postgres.ts';
@@ -84,4 +88,20 @@ export async function schemaOf(pg: TestPostgres, database: string): Promise<stri
   });
   // pg_dump's \restrict lines carry a random token per run.
   return stdout.replace(/^-- Dumped (from|by) .*$/gm, '').replace(/^\\(un)?restrict .*$/gm, '');
+}
+
+/** The backup's plain SQL export (`exportSql`, the guide's backup.sql), loaded by psql into a new `database`. */
+export async function loadSqlExport(
+  pg: TestPostgres,
+  repository: Repository,
+  manifest: Manifest,
+  database: string,
+): Promise<void> {
+  const out = join(await mkdtemp(join(tmpdir(), 'dr-export-')), 'backup.sql');
+  const file = createWriteStream(out);
+  await exportSql(repository, manifest, file);
+  file.end();
+  await finished(file);
+  await pg.createDatabase(database);
+  await run('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', pg.url(database), '-f', out]);
 }

@@ -47,6 +47,25 @@ const HEAVY: Record<string, Record<string, [task: string, bytes: string]>> = {
 };
 
 type State = Record<string, any>;
+
+/** The parameters of a step's Fargate task: the worker image told the step and where its state is staged. */
+const runTask = (task: string, key: string) => ({
+  Cluster: SUBSTITUTIONS.WorkerCluster,
+  TaskDefinition: SUBSTITUTIONS.WorkerTaskDefinition,
+  LaunchType: 'FARGATE',
+  NetworkConfiguration: { AwsvpcConfiguration: { AssignPublicIp: 'DISABLED' } },
+  Overrides: {
+    ContainerOverrides: [
+      {
+        Name: 'worker',
+        Environment: [
+          { Name: 'WORKFLOW_TASK', Value: task },
+          { Name: 'WORKFLOW_STATE', 'Value.$': key },
+        ],
+      },
+    ],
+  },
+});
 function allStates(node: State): [string, State][] {
   const found: [string, State][] = [];
   for (const [name, state] of Object.entries(node.States as Record<string, State>)) {
@@ -120,23 +139,7 @@ describe.each(Object.keys(HEAVY))('statemachines/%s.asl.json', (name) => {
       expect(lambda!.Parameters.task).toBe(task);
       expect(stage!.Parameters.task).toBe('fargate.stage');
       expect(stage!.Next).toBe(`${state}OnFargate`);
-      expect(fargate!.Parameters).toMatchObject({
-        Cluster: SUBSTITUTIONS.WorkerCluster,
-        TaskDefinition: SUBSTITUTIONS.WorkerTaskDefinition,
-        LaunchType: 'FARGATE',
-        NetworkConfiguration: { AwsvpcConfiguration: { AssignPublicIp: 'DISABLED' } },
-        Overrides: {
-          ContainerOverrides: [
-            {
-              Name: 'worker',
-              Environment: [
-                { Name: 'WORKFLOW_TASK', Value: task },
-                { Name: 'WORKFLOW_STATE', 'Value.$': '$.fargate.key' },
-              ],
-            },
-          ],
-        },
-      });
+      expect(fargate!.Parameters).toMatchObject(runTask(task, '$.fargate.key'));
       expect(fargate!.Next).toBe(`${state}Result`);
       expect(result!.Parameters.task).toBe('fargate.result');
       // The result lands where the Lambda step's would, and the way on is the same
@@ -185,23 +188,6 @@ it('asl-validator refuses a broken definition (the check is live)', () => {
 describe('statemachines/backup-fanout.asl.json', () => {
   const parsed = definition('backup-fanout', SUBSTITUTIONS) as State;
   const states = Object.fromEntries(allStates(parsed));
-  const runTask = (task: string, key: string) => ({
-    Cluster: SUBSTITUTIONS.WorkerCluster,
-    TaskDefinition: SUBSTITUTIONS.WorkerTaskDefinition,
-    LaunchType: 'FARGATE',
-    NetworkConfiguration: { AwsvpcConfiguration: { AssignPublicIp: 'DISABLED' } },
-    Overrides: {
-      ContainerOverrides: [
-        {
-          Name: 'worker',
-          Environment: [
-            { Name: 'WORKFLOW_TASK', Value: task },
-            { Name: 'WORKFLOW_STATE', 'Value.$': key },
-          ],
-        },
-      ],
-    },
-  });
 
   it('is valid Amazon States Language and invokes only worker steps that exist, each with a timeout', () => {
     const result = aslValidator(parsed);
