@@ -408,7 +408,9 @@ export async function copyTable(
   return {
     stream,
     done: async () => {
-      await client.query('COMMIT').catch(() => undefined);
+      // A COPY broken off (by us, or its server process gone) leaves the client mid-query: a COMMIT would
+      // wait behind it forever. Ending the connection rolls the read-only transaction back.
+      if (stream.readableEnded) await client.query('COMMIT').catch(() => undefined);
       await client.end();
     },
   };

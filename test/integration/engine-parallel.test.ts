@@ -1,7 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
-import { SourceError } from '../../functions/engine/errors.ts';
 import { backupPart, partIndexName, type FanOut } from '../../functions/engine/fanout.ts';
 import type { Manifest } from '../../functions/engine/manifest.ts';
 import { gc, listBackups, verify } from '../../functions/engine/maintenance.ts';
@@ -187,27 +186,42 @@ describe('parallel FULL and restore', () => {
   it('fails the whole backup when one of its COPYs is killed, and lists nothing', async () => {
     const { repository } = await newRepository();
     const admin = new pg.Client({ connectionString: server.url('postgres') });
-    await admin.connect();
-    let killed: Promise<unknown> | undefined;
+    const locker = new pg.Client({ connectionString: server.url('bank') });
+    await Promise.all([admin.connect(), locker.connect()]);
+    // The two smallest tables are read last: locked once the ledger's rows flow (the schema is dumped by
+    // then), their COPYs wait, running; then the server process of one of them is killed while the other
+    // still waits — the backup must fail, and break the waiting one off rather than wait behind it.
+    let killed: Promise<void> | undefined;
+    const kill = async () => {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE accounts, totals IN ACCESS EXCLUSIVE MODE');
+      for (;;) {
+        const { rows } = await admin.query<{ pid: number; query: string }>(
+          `SELECT pid, query FROM pg_stat_activity WHERE datname = 'bank' AND wait_event_type = 'Lock' AND query LIKE 'COPY (SELECT%'`,
+        );
+        const accounts = rows.find((row) => row.query.includes('"accounts"'));
+        if (rows.length === 2 && accounts) {
+          await admin.query('SELECT pg_terminate_backend($1)', [accounts.pid]);
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
     try {
       await expect(
         backup(repository, {
           type: 'FULL',
           source: { database: server.connection('bank') },
           tableConcurrency: 3,
-          // Once the ledger's rows flow, its COPY's server process is killed
           onProgress: (event) => {
-            if (event.item === 'public.ledger' && !killed)
-              killed = admin.query(
-                `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bank' AND query LIKE 'COPY (SELECT%ledger%'`,
-              );
+            if (event.item === 'public.ledger' && !killed) killed = kill();
           },
         }),
-      ).rejects.toBeInstanceOf(SourceError);
-      expect(killed).toBeDefined();
+      ).rejects.toThrow(/reading public.accounts failed/);
       await killed;
     } finally {
-      await admin.end();
+      await locker.query('ROLLBACK').catch(() => undefined);
+      await Promise.all([admin.end(), locker.end()]);
     }
     expect(await listBackups(repository)).toEqual([]);
     // The other COPYs were broken off, not left to run
