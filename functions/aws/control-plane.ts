@@ -34,6 +34,7 @@ export function awsControlPlane(): ControlPlane {
     egress: egressFromEnv(),
     paths: pathPolicyFromEnv([]),
     heavySteps: heavyStepsFromEnv(),
+    ...(optionalEnv('BACKUP_FANOUT_MACHINE') ? { fanOut: true } : {}),
     // IAM callers' roles from their principal's tag (a JWT carries its groups or scopes itself)
     principalRole: iamPrincipalRoles(),
   };

@@ -58,6 +58,11 @@ export interface ControlPlane {
   readonly paths?: PathPolicy;
   /** Where workflows run their heavy steps (absent: in the worker Lambda, or in-process locally). */
   readonly heavySteps?: HeavySteps;
+  /**
+   * Whether a FULL can fan out over several workers (the backup-fanout workflow: locally always, on AWS where
+   * the stack has a network for Fargate tasks). Absent: runs use one worker whatever a schedule's `workers`.
+   */
+  readonly fanOut?: boolean;
   /** The role an IAM caller's principal is tagged with (AWS, IAM authorization; absent: IAM callers are viewers). */
   readonly principalRole?: (arn: string) => Promise<DrRole | undefined>;
 }

@@ -220,6 +220,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     egress: options.egress ?? egressFromEnv(),
     paths: options.paths ?? pathPolicyFromEnv([dataDir]),
     heavySteps: options.heavySteps ?? heavyStepsFromEnv(),
+    fanOut: true,
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });
   // The same dispatcher EventBridge invokes every minute on AWS, on a timer; never two at once.

@@ -147,5 +147,17 @@ describe('a FULL fanned out over workers', () => {
     });
     expect(bad.status).toBe(400);
     expect(fieldsOf(bad).sort()).toEqual(['jobs', 'workers']);
+    // Saved, with the reason it will not fan out
+    const incremental = await api.call('POST', '/api/dr/schedules', {
+      name: 'hourly',
+      scheduleType: 'INCREMENTAL',
+      cronExpression: '0 * * * *',
+      targets: ['primary'],
+      workers: 4,
+    });
+    expect(incremental.status).toBe(201);
+    expect(incremental.body.warnings).toContain(
+      'workers: only FULL runs fan out; INCREMENTAL runs use one worker',
+    );
   });
 });

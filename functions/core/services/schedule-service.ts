@@ -175,6 +175,14 @@ function toView(cp: ControlPlane, item: StoredItem<StoredSchedule>): ScheduleVie
   const warnings: string[] = [];
   if (schedule.targets.length === 0)
     warnings.push('no targets: the schedule cannot run until at least one target is added');
+  if ((schedule.workers ?? 1) > 1) {
+    if (schedule.scheduleType !== 'FULL')
+      warnings.push(`workers: only FULL runs fan out; ${schedule.scheduleType} runs use one worker`);
+    else if (!cp.fanOut)
+      warnings.push(
+        'workers: this deployment cannot fan a backup out (no network for Fargate tasks: deploy with -c workerSubnets): runs use one worker',
+      );
+  }
   return {
     ...versioned(item),
     nextRuns: schedule.active
