@@ -35,7 +35,7 @@ import {
   type Tool,
 } from './postgres.ts';
 import { describeLocks, type Lock } from './locks.ts';
-import { ChunkSink, type IndexFile, type Repository, type WriteStats } from './repository.ts';
+import { addStats, ChunkSink, type IndexFile, type Repository, type WriteStats } from './repository.ts';
 import type { ProgressEvent, ProgressListener } from './progress.ts';
 import { readStream } from './restore.ts';
 import { collectParts, planParts, type FanOut, type FanOutPlan } from './fanout.ts';
@@ -300,7 +300,7 @@ async function backupLocked(
       ...(database ? { database } : {}),
       ...(files ? { files } : {}),
       ...(changes ? { changes } : {}),
-      stats: fromParts ? sumStats(sink.stats, fromParts) : { ...sink.stats },
+      stats: fromParts ? addStats(sink.stats, fromParts) : { ...sink.stats },
       ...(review ? { review: { reason: review } } : {}),
       ...(options.tags ? { tags: options.tags } : {}),
     };
@@ -675,15 +675,4 @@ function reviewReason(
     }
   }
   return undefined;
-}
-
-function sumStats(a: WriteStats, b: WriteStats): WriteStats {
-  return {
-    chunks: a.chunks + b.chunks,
-    newChunks: a.newChunks + b.newChunks,
-    bytesRead: a.bytesRead + b.bytesRead,
-    bytesNew: a.bytesNew + b.bytesNew,
-    bytesStored: a.bytesStored + b.bytesStored,
-    packs: a.packs + b.packs,
-  };
 }

@@ -3,6 +3,7 @@ import type { PieceRecord } from './manifest.ts';
 import type { DatabaseConnection, TableInfo } from './postgres.ts';
 import type { ProgressListener } from './progress.ts';
 import {
+  addStats,
   ChunkSink,
   keys,
   type IndexFile,
@@ -121,7 +122,7 @@ export async function collectParts(
   plan: FanOutPlan,
 ): Promise<{ pieces: PieceRecord[]; stats: WriteStats; packs: IndexFile['packs'] }> {
   const pieces: PieceRecord[] = [];
-  const stats: WriteStats = { chunks: 0, newChunks: 0, bytesRead: 0, bytesNew: 0, bytesStored: 0, packs: 0 };
+  let stats: WriteStats = { chunks: 0, newChunks: 0, bytesRead: 0, bytesNew: 0, bytesStored: 0, packs: 0 };
   const packs: IndexFile['packs'][number][] = [];
   for (const [part, spec] of plan.parts.entries()) {
     const name = partIndexName(plan.backupId, part);
@@ -139,7 +140,7 @@ export async function collectParts(
       if (!record) throw new EngineError(`${name} does not hold ${tableName(piece.table)}`);
       pieces.push(record);
     }
-    for (const key of Object.keys(stats) as (keyof WriteStats)[]) stats[key] += file.part.stats[key];
+    stats = addStats(stats, file.part.stats);
     packs.push(...file.packs);
   }
   return { pieces, stats, packs };

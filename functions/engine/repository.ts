@@ -415,6 +415,18 @@ export interface WriteStats {
   packs: number;
 }
 
+/** What two writers (a fan-out's coordinator and parts) wrote together. */
+export function addStats(a: WriteStats, b: WriteStats): WriteStats {
+  return {
+    chunks: a.chunks + b.chunks,
+    newChunks: a.newChunks + b.newChunks,
+    bytesRead: a.bytesRead + b.bytesRead,
+    bytesNew: a.bytesNew + b.bytesNew,
+    bytesStored: a.bytesStored + b.bytesStored,
+    packs: a.packs + b.packs,
+  };
+}
+
 /**
  * Takes the chunks of one backup: dedups them against the repository and this run, compresses and seals
  * the new ones (several at a time: on `threads` worker threads, or on zlib's pool when none; seal-pool.ts),
@@ -436,7 +448,9 @@ export class ChunkSink {
   private readonly jobs = new Set<Promise<void>>();
   private readonly inFlight: number;
   private readonly packSize: number;
-  private readonly sealer: ChunkSealer;
+  private readonly threads: number;
+  /** Started with the first new chunk: a run that stores nothing new starts no thread. */
+  private sealer: ChunkSealer | undefined;
   private parts: Buffer[] = [];
   private entries: PackHeaderEntry[] = [];
   private partsSize = 0;
@@ -452,13 +466,9 @@ export class ChunkSink {
   ) {
     this.repository = repository;
     this.known = known;
-    const threads = options.threads ?? 0;
-    this.sealer =
-      threads > 0
-        ? threadSealer(repository.material.encryptionKey, threads)
-        : inThreadSealer(repository.material.encryptionKey);
+    this.threads = options.threads ?? 0;
     // Enough chunks in flight to keep every thread busy while the next ones are cut
-    this.inFlight = options.inFlight ?? Math.max(4, threads * 3);
+    this.inFlight = options.inFlight ?? Math.max(4, this.threads * 3);
     this.packSize = options.packSize ?? DEFAULT_PACK_SIZE;
   }
 
@@ -475,6 +485,8 @@ export class ChunkSink {
     this.pending.add(id);
     this.stats.newChunks++;
     this.stats.bytesNew += data.length;
+    const key = this.repository.material.encryptionKey;
+    this.sealer ??= this.threads > 0 ? threadSealer(key, this.threads) : inThreadSealer(key);
     const job = this.sealer
       .seal(id, data)
       .then((sealed) => this.append(id, sealed))
@@ -497,7 +509,7 @@ export class ChunkSink {
 
   /** Stops the sealing threads (after `flush`, or when the backup failed). */
   close(): Promise<void> {
-    return this.sealer.close();
+    return this.sealer?.close() ?? Promise.resolve();
   }
 
   /** Waits for every chunk to be packed and every pack to be durably stored. */

@@ -305,23 +305,16 @@ async function restoreSnapshot(
     // possible, which goes first: the table's indexes and keys once its rows are in, then each foreign key
     // between two chosen tables once both are in with their keys built.
     const slots = new DataSection(options.jobs ?? 2);
-    const foreignKeys = await foreignKeysBetween(
-      postData,
-      options.target,
-      entries,
-      selected,
-      statements?.sql,
-    );
-    foreignKeys.forEach((key) => done.add(key.line));
+    const waiting = new Set(foreignKeysBetween(entries, selected, statements?.sql));
+    waiting.forEach((key) => done.add(key.line));
     const complete = new Set<string>();
     const tableDone = (name: string) => {
       complete.add(name);
-      for (const key of foreignKeys.filter(
-        (key) => !key.scheduled && complete.has(key.table) && complete.has(key.references),
-      )) {
-        key.scheduled = true;
-        slots.first(() => build(key.line));
-      }
+      for (const key of waiting)
+        if (complete.has(key.table) && complete.has(key.references)) {
+          waiting.delete(key);
+          slots.first(() => build(key.line));
+        }
     };
     // A table stored in key ranges loads them at once, each over its own connection
     const loads = selected.flatMap((table) => rangeStreams(table).map((stream) => ({ table, stream })));
@@ -558,39 +551,31 @@ interface ForeignKey {
   /** `schema.table` of its table and of the table it references. */
   readonly table: string;
   readonly references: string;
-  scheduled?: boolean;
 }
 
 /**
- * The foreign keys whose table and referenced table are both restored, read from the archive's SQL (the table
- * of contents does not say what a key references). The SQL comes entry by entry in the list's order; if it
- * cannot be read that way, no key is returned and all of them are made after the data, as before.
+ * The foreign keys whose table and referenced table are both restored, read from each key's SQL (`sql`, the
+ * archive's statements by entry: the table of contents does not say what a key references). Without the
+ * statements (a script that cannot be split by entry), none: all keys are made after the data.
  */
-async function foreignKeysBetween(
-  archive: StagedArchive,
-  target: DatabaseConnection,
+function foreignKeysBetween(
   entries: readonly string[],
   tables: readonly TableRecord[],
-  known?: ReadonlyMap<string, string>,
-): Promise<ForeignKey[]> {
+  sql: ReadonlyMap<string, string> | undefined,
+): ForeignKey[] {
+  if (!sql) return [];
   const names = new Set(tables.map((table) => `${table.schema} ${table.name}`));
-  const lines = entries.filter((entry) => tocNamesTable(entry, names, ['FK CONSTRAINT']));
-  if (lines.length === 0) return [];
-  const blocks = lines.every((line) => known?.has(line))
-    ? lines.map((line) => known!.get(line)!)
-    : (await archive.sql(target, lines)).split(/^-- Name: /m).slice(1);
-  if (blocks.length !== lines.length) return [];
   const chosen = new Set(tables.map((table) => `${table.schema}.${table.name}`));
   const keys: ForeignKey[] = [];
-  lines.forEach((line, index) => {
+  for (const line of entries.filter((entry) => tocNamesTable(entry, names, ['FK CONSTRAINT']))) {
     const own = /^\d+; \d+ \d+ FK CONSTRAINT (\S+) (\S+)/.exec(line);
     const referenced = /\bREFERENCES\s+((?:"(?:[^"]|"")+"|[^\s."(]+))\.((?:"(?:[^"]|"")+"|[^\s."(]+))/.exec(
-      blocks[index]!,
+      sql.get(line) ?? '',
     );
-    if (!own || !referenced) return;
+    if (!own || !referenced) continue;
     const references = `${unquote(referenced[1]!)}.${unquote(referenced[2]!)}`;
     if (chosen.has(references)) keys.push({ line, table: `${own[1]}.${own[2]}`, references });
-  });
+  }
   return keys;
 }
 
