@@ -1,4 +1,12 @@
-import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  createSecretKey,
+  randomBytes,
+  timingSafeEqual,
+  type KeyObject,
+} from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { constants, zstdCompress, zstdDecompressSync } from 'node:zlib';
@@ -39,18 +47,25 @@ export function seal(key: Buffer, plaintext: Buffer, aad: string): Buffer {
   return Buffer.concat([nonce, body, cipher.getAuthTag()]);
 }
 
+/** A key's KeyObject, made once: a restore opens every chunk under one key (a raw key is imported per call). */
+const keyObjects = new WeakMap<Buffer, KeyObject>();
+function keyObject(key: Buffer): KeyObject {
+  let object = keyObjects.get(key);
+  if (!object) keyObjects.set(key, (object = createSecretKey(key)));
+  return object;
+}
+
 /** @throws CorruptDataError when the object was altered, or sealed under another key or name. */
 export function unseal(key: Buffer, sealed: Buffer, aad: string, what: string): Buffer {
   if (sealed.length < NONCE_BYTES + TAG_BYTES)
     throw new CorruptDataError(`${what} is truncated (${sealed.length} bytes)`, what);
-  const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, NONCE_BYTES));
+  const decipher = createDecipheriv('aes-256-gcm', keyObject(key), sealed.subarray(0, NONCE_BYTES));
   decipher.setAAD(Buffer.from(aad, 'utf8'));
   decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
   try {
-    return Buffer.concat([
-      decipher.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES)),
-      decipher.final(),
-    ]);
+    const plaintext = decipher.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES));
+    decipher.final(); // GCM: checks the tag, and returns no bytes
+    return plaintext;
   } catch {
     throw new CorruptDataError(`${what} failed authentication (altered or damaged)`, what);
   }
@@ -58,7 +73,7 @@ export function unseal(key: Buffer, sealed: Buffer, aad: string, what: string): 
 
 /** Chunk ids are keyed, so stored names say nothing about content (no confirmation-of-file attacks). */
 export function chunkId(idKey: Buffer, data: Buffer): string {
-  return createHmac('sha256', idKey).update(data).digest('hex');
+  return createHmac('sha256', keyObject(idKey)).update(data).digest('hex');
 }
 
 export function sameBytes(a: Buffer, b: Buffer): boolean {
@@ -84,8 +99,31 @@ export async function encodeChunk(data: Buffer): Promise<Buffer> {
 export function decodeChunk(encoded: Buffer, what: string): Buffer {
   const body = encoded.subarray(1);
   if (encoded[0] === RAW) return body;
-  if (encoded[0] === ZSTD) return zstdDecompressSync(body, { maxOutputLength: 64 * 1024 * 1024 });
+  if (encoded[0] === ZSTD)
+    // Output in one buffer of the size the frame states, not 16 KiB pieces joined (half the time, measured)
+    return zstdDecompressSync(body, {
+      maxOutputLength: 64 * 1024 * 1024,
+      chunkSize: Math.min(Math.max((zstdContentSize(body) ?? 0) + 1, 16 * 1024), 1024 * 1024),
+    });
   throw new CorruptDataError(`${what} has an unknown encoding ${String(encoded[0])}`, what);
+}
+
+/**
+ * The size a zstd frame's header states for its content (RFC 8878 §3.1.1.1; zstd states it when it is told the
+ * input's size, as ours always is), or undefined. Only a hint: the frame's decompression checks it.
+ */
+export function zstdContentSize(frame: Buffer): number | undefined {
+  if (frame.length < 6 || frame.readUInt32LE(0) !== 0xfd2fb528) return undefined;
+  const descriptor = frame[4]!;
+  const singleSegment = (descriptor >> 5) & 1;
+  const sizeBytes = [singleSegment, 2, 4, 8][descriptor >> 6]!;
+  const at = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][descriptor & 3]!;
+  if (sizeBytes === 0 || frame.length < at + sizeBytes) return undefined;
+  if (sizeBytes === 1) return frame[at];
+  if (sizeBytes === 2) return frame.readUInt16LE(at) + 256;
+  if (sizeBytes === 4) return frame.readUInt32LE(at);
+  const size = frame.readBigUInt64LE(at);
+  return size <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(size) : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------- master key

@@ -8,6 +8,7 @@ import { readArchiveToc, SECTION_DATA, writeArchive, type OutputEntry, type TocE
 import { runTool, withTool } from './postgres.ts';
 import type { Repository } from './repository.ts';
 import { readStream, tableStream } from './restore.ts';
+import { collect } from '../storage/storage.ts';
 
 /**
  * The dump a backup holds. A change-stream INCREMENTAL holds row changes on top of its FULL, which only a
@@ -160,12 +161,6 @@ async function writeTo(out: Writable, data: string | Buffer): Promise<void> {
     out.on('close', closed);
     out.on('error', settle);
   });
-}
-
-async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const part of stream) parts.push(part);
-  return Buffer.concat(parts);
 }
 
 /** pg_restore -f - turns a custom-format archive into SQL. */

@@ -27,32 +27,20 @@ import type { Repository } from './repository.ts';
 import { rangesDigest } from './table-dump.ts';
 
 /**
- * A stream's chunks in order, with up to `prefetch` reads in flight. Every chunk is authenticated and checked
- * against its id (HMAC) before it is yielded, so corrupt data fails the read and is never loaded. The whole
- * stream is also checked against its recorded SHA-256 unless `digest` is false — table loads skip that second
- * pass: the chunk list comes from the authenticated manifest, and the restore check reads the tables back.
+ * A stream's chunks in order (`Repository.readChunks`: neighbours read together, a few reads in flight). Every
+ * chunk is authenticated and checked against its id (HMAC) before it is yielded, so corrupt data fails the
+ * read and is never loaded. The whole stream is also checked against its recorded SHA-256 unless `digest` is
+ * false — table loads skip that second pass: the chunk list comes from the authenticated manifest, and the
+ * restore check reads the tables back.
  */
 export async function* readStream(
   repository: Repository,
   record: Pick<StreamRecord, 'chunks' | 'sha256'>,
   what: string,
-  options: { prefetch?: number; digest?: boolean } = {},
+  options: { digest?: boolean } = {},
 ): AsyncGenerator<Buffer> {
-  const prefetch = options.prefetch ?? 4;
   const hash = options.digest === false ? undefined : createHash('sha256');
-  const queue: Promise<Buffer>[] = [];
-  let next = 0;
-  const fill = () => {
-    while (queue.length < prefetch && next < record.chunks.length) {
-      const read = repository.readChunk(record.chunks[next++]!);
-      read.catch(() => undefined); // surfaced when awaited in order
-      queue.push(read);
-    }
-  };
-  fill();
-  while (queue.length > 0) {
-    const data = await queue.shift()!;
-    fill();
+  for await (const data of repository.readChunks(record.chunks)) {
     hash?.update(data);
     yield data;
   }

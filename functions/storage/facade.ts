@@ -38,15 +38,18 @@ export function checked(backend: Backend): Storage {
       throw error;
     }
   };
-  const get = async (value: string, range?: ByteRange): Promise<Readable> => {
-    const normalized = key(value);
-    if (range === undefined) return backend.get(normalized);
+  const checkRange = (normalized: string, range: ByteRange) => {
     if (
       !(Number.isSafeInteger(range.offset) && Number.isSafeInteger(range.length)) ||
       range.offset < 0 ||
       range.length < 0
     )
       throw rangeError(name, normalized, range);
+  };
+  const get = async (value: string, range?: ByteRange): Promise<Readable> => {
+    const normalized = key(value);
+    if (range === undefined) return backend.get(normalized);
+    checkRange(normalized, range);
     if (range.length === 0) {
       const size = (await stat(normalized))?.size;
       if (size === undefined) throw new StorageError('not-found', name, normalized, 'no such object');
@@ -65,7 +68,14 @@ export function checked(backend: Backend): Storage {
     put: async (value: string, body: Readable | Buffer, options?: PutOptions) =>
       backend.put(key(value), body, options),
     get,
-    read: async (value: string, range?: ByteRange) => collect(await get(value, range)),
+    read: async (value: string, range?: ByteRange) => {
+      if (range && range.length > 0 && backend.readRange) {
+        const normalized = key(value);
+        checkRange(normalized, range);
+        return backend.readRange(normalized, range);
+      }
+      return collect(await get(value, range));
+    },
     stat: async (value: string) => stat(key(value)),
     list: (prefix: string) => ({
       async *[Symbol.asyncIterator]() {

@@ -50,6 +50,11 @@ export type Backend = DeletingInBatches | DeletingOneByOne;
 
 interface BackendCommon extends Omit<Storage, 'read' | 'delete' | 'usage'> {
   usage?(): Promise<Usage>;
+  /**
+   * A range's bytes without a stream, where the medium reads them cheaper so (a local file: one read call);
+   * asked only for ranges of at least one byte, and must fail, not answer short, past the end.
+   */
+  readRange?(key: string, range: ByteRange): Promise<Buffer>;
 }
 
 /** A medium with a call that deletes many objects (S3's DeleteObjects) or a cheap delete (a local file). */
@@ -177,7 +182,8 @@ export function normalizePrefix(storage: string, prefix: string): string {
   return `${normalizeKey(storage, trimmed)}${prefix.endsWith('/') ? '/' : ''}`;
 }
 
-export async function collect(stream: Readable): Promise<Buffer> {
+/** A stream's (or any async iterable's) bytes, in memory. */
+export async function collect(stream: AsyncIterable<unknown>): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);

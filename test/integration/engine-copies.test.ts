@@ -1,11 +1,12 @@
-import { rm } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../functions/engine/backup.ts';
 import { verify, verifyAll } from '../../functions/engine/maintenance.ts';
 import type { Manifest } from '../../functions/engine/manifest.ts';
 import { keys, Repository } from '../../functions/engine/repository.ts';
-import { restoreDatabase } from '../../functions/engine/restore.ts';
+import { readStream, restoreDatabase } from '../../functions/engine/restore.ts';
+import { collect, type Storage } from '../../functions/storage/storage.ts';
 import { newRepository, testKey } from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
@@ -78,6 +79,45 @@ describe('chunks stored in several packs', () => {
     expect(chunks.length).toBeGreaterThan(5);
     const read = await Promise.all(chunks.map((chunk) => reopened.readChunk(chunk)));
     expect(read.every((data) => data.length > 0)).toBe(true);
+  });
+
+  it('reads neighbouring chunks in one read, and a damaged chunk among them from its other copy', async () => {
+    const fresh = await newRepository();
+    await backup(fresh.repository, { type: 'FULL', source: { database: pg.connection('app') } });
+    const second = (
+      await backup(fresh.repository, { type: 'FULL', source: { database: pg.connection('app') } })
+    ).manifest;
+    const table = second.database!.tables.reduce((a, b) => (b.chunks.length > a.chunks.length ? b : a));
+    expect(table.chunks.length).toBeGreaterThan(3);
+    const reads: string[] = [];
+    const storage: Storage = fresh.repository.storage;
+    const counting: Storage = {
+      ...storage,
+      read: (key, range) => {
+        reads.push(key);
+        return storage.read(key, range);
+      },
+    };
+    const expected = await collect(readStream(fresh.repository, table, 'table'));
+
+    // Every chunk in one pack side by side: one read for all of them
+    let reopened = await Repository.open(counting, testKey());
+    expect((await collect(readStream(reopened, table, 'table'))).equals(expected)).toBe(true);
+    expect(reads.filter((key) => key.startsWith('data/')).length).toBeLessThan(table.chunks.length / 2);
+
+    // A byte flipped in the middle chunk's first copy: that chunk alone is read again, from the other copy
+    const middle = table.chunks[Math.floor(table.chunks.length / 2)]!;
+    const [damaged, other] = (await reopened.loadIndex()).get(middle)!;
+    expect(other).toBeDefined();
+    const file = await open(join(fresh.dir, keys.pack(damaged!.pack)), 'r+');
+    const byte = Buffer.alloc(1);
+    await file.read(byte, 0, 1, damaged!.offset + 20);
+    await file.write(Buffer.of(byte[0]! ^ 0xff), 0, 1, damaged!.offset + 20);
+    await file.close();
+    reads.length = 0;
+    reopened = await Repository.open(counting, testKey());
+    expect((await collect(readStream(reopened, table, 'table'))).equals(expected)).toBe(true);
+    expect(reads).toContain(keys.pack(other!.pack));
   });
 
   it('reads the next copy when the first one is lost', async () => {

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { decodeChunk, unseal } from '../../functions/engine/crypto.ts';
+import { constants, createZstdCompress, zstdCompressSync } from 'node:zlib';
+import { decodeChunk, unseal, zstdContentSize } from '../../functions/engine/crypto.ts';
 import { inThreadSealer, threadSealer, type ChunkSealer } from '../../functions/engine/seal-pool.ts';
 
 /** COPY-like text: compressible, as table data is. */
@@ -44,7 +45,30 @@ describe('sealing threads', () => {
       // Same encoding byte (raw or zstd) and the same compressed size within a few bytes
       expect(unseal(key, threaded, `chunk:${id}`, id)[0]).toBe(unseal(key, local, `chunk:${id}`, id)[0]);
       expect(Math.abs(threaded.length - local.length)).toBeLessThan(64);
+      // A zstd frame states its content's size: a restore decompresses each chunk into one buffer of it
+      const encoded = unseal(key, threaded, `chunk:${id}`, id);
+      if (encoded[0] === 1) expect(zstdContentSize(encoded.subarray(1))).toBe(data.length);
     }
+  });
+
+  it('open chunks whose zstd frame does not state its size (a stream compressed without being told it)', async () => {
+    const data = copyText(300_000);
+    const stream = createZstdCompress();
+    const done = new Promise<Buffer>((resolve, reject) => {
+      const parts: Buffer[] = [];
+      stream.on('data', (part: Buffer) => parts.push(part));
+      stream.on('end', () => resolve(Buffer.concat(parts)));
+      stream.on('error', reject);
+    });
+    for (let at = 0; at < data.length; at += 65536) stream.write(data.subarray(at, at + 65536));
+    stream.end();
+    const frame = await done;
+    expect(zstdContentSize(frame)).toBeUndefined();
+    expect(decodeChunk(Buffer.concat([Buffer.of(1), frame]), 'x').equals(data)).toBe(true);
+    // and one that does (a sealing thread's: zstd told the size)
+    const stated = zstdCompressSync(data, { params: { [constants.ZSTD_c_compressionLevel]: 3 } });
+    expect(zstdContentSize(stated)).toBe(data.length);
+    expect(decodeChunk(Buffer.concat([Buffer.of(1), stated]), 'x').equals(data)).toBe(true);
   });
 
   it('are bound to the chunk id, and stop cleanly', async () => {
