@@ -254,24 +254,28 @@ async function restoreSnapshot(
     else await dropTables(options.target, selected);
   }
   const names = new Set(selected.map((table) => `${table.schema} ${table.name}`));
-  await restoreArchive(options.target, readStream(repository, database.preData, 'pre-data'), {
-    ...common(options),
-    ...(partial ? { pick: (entry: string) => tocNamesTable(entry, names, ['TABLE']) } : {}),
-  });
-
+  // The post-data archive is read and split into statements while pg_restore creates the tables
   const postData = await StagedArchive.stage(readStream(repository, database.postData, 'post-data'));
   let bytes = 0;
   let sessions: Sessions | undefined;
   try {
-    const entries = await postData.entries();
+    const preparing = (async () => {
+      const entries = await postData.entries();
+      // Indexes, keys and foreign keys as SQL over `jobs` sessions (no process and sign-in per entry), or,
+      // where the archive's script cannot be split by entry, by pg_restore one entry at a time
+      const early = entries.filter(
+        (entry) =>
+          tocNamesTable(entry, names, ['CONSTRAINT', 'FK CONSTRAINT']) || / INDEX \S+ \S+ /.test(entry),
+      );
+      return { entries, statements: await postData.statements(options.target, early, common(options)) };
+    })();
+    preparing.catch(() => undefined); // surfaced below, once the tables exist
+    await restoreArchive(options.target, readStream(repository, database.preData, 'pre-data'), {
+      ...common(options),
+      ...(partial ? { pick: (entry: string) => tocNamesTable(entry, names, ['TABLE']) } : {}),
+    });
+    const { entries, statements } = await preparing;
     const done = new Set<string>();
-    // Indexes, keys and foreign keys as SQL over `jobs` sessions (no process and sign-in per entry), or, where
-    // the archive's script cannot be split by entry, by pg_restore one entry at a time
-    const early = entries.filter(
-      (entry) =>
-        tocNamesTable(entry, names, ['CONSTRAINT', 'FK CONSTRAINT']) || / INDEX \S+ \S+ /.test(entry),
-    );
-    const statements = await postData.statements(options.target, early, common(options));
     sessions = statements ? new Sessions(options.target, statements.header) : undefined;
     const build = (line: string) => {
       const sql = statements?.sql.get(line);
@@ -296,12 +300,16 @@ async function restoreSnapshot(
     const waiting = new Set(foreignKeysBetween(entries, selected, statements?.sql));
     waiting.forEach((key) => done.add(key.line));
     const complete = new Set<string>();
+    const sizes = new Map(selected.map((table) => [`${table.schema}.${table.name}`, table.size]));
     const tableDone = (name: string) => {
       complete.add(name);
       for (const key of waiting)
         if (complete.has(key.table) && complete.has(key.references)) {
           waiting.delete(key);
-          slots.first(() => build(key.line));
+          slots.first(() => build(key.line), sizes.get(key.table) ?? 0, [
+            { table: key.table, exclusive: true },
+            { table: key.references, exclusive: true },
+          ]);
         }
     };
     // A table stored in key ranges loads them at once, each over its own connection
@@ -329,11 +337,17 @@ async function restoreSnapshot(
         const lines = keysOf(table);
         if (lines.length === 0) return tableDone(what);
         let left = lines.length;
-        for (const line of lines)
-          slots.first(async () => {
-            await build(line);
-            if (--left === 0) tableDone(what);
-          });
+        for (const line of lines) {
+          const key = tocNamesTable(line, new Set([`${table.schema} ${table.name}`]), ['CONSTRAINT']);
+          slots.first(
+            async () => {
+              await build(line);
+              if (--left === 0) tableDone(what);
+            },
+            buildCost(statements?.sql.get(line), table.size, key),
+            [{ table: what, exclusive: key }],
+          );
+        }
       });
     }
     await slots.finish();
@@ -448,15 +462,28 @@ async function setSequences(target: DatabaseConnection, sequences: readonly Sequ
 }
 
 /** Runs post-data entries with at most `limit` pg_restore processes at once, as entries become ready. */
+/** A table a build locks: exclusively (a key: PRIMARY KEY, UNIQUE, FOREIGN KEY) or shared (an index). */
+export interface TableLock {
+  readonly table: string;
+  readonly exclusive: boolean;
+}
+
+interface Build {
+  readonly work: () => Promise<void>;
+  readonly cost: number;
+  readonly locks: readonly TableLock[];
+}
+
 /**
- * Runs work in at most `slots` at once: urgent work (`first`) before the rest (`later`), each in the order
- * given; work may add more. The first failure stops what has not started; `finish` waits for what runs and
- * throws it.
+ * Runs work in at most `slots` at once: builds (`first`) before loads (`later`), work may add more. Of the
+ * builds ready, the costliest whose locks do not conflict with a running build's (as pg_restore -j: a build
+ * that would wait on another's lock would hold a slot doing nothing); loads in the order given. The first
+ * failure stops what has not started; `finish` waits for what runs and throws it.
  */
-class DataSection {
-  private readonly urgent: (() => Promise<void>)[] = [];
+export class DataSection {
+  private readonly builds: Build[] = [];
   private readonly queued: (() => Promise<void>)[] = [];
-  private readonly running = new Set<Promise<void>>();
+  private readonly running = new Map<Promise<void>, readonly TableLock[]>();
   private failure: Error | undefined;
   private readonly slots: number;
 
@@ -464,8 +491,8 @@ class DataSection {
     this.slots = Math.max(1, slots);
   }
 
-  first(work: () => Promise<void>): void {
-    this.urgent.push(work);
+  first(work: () => Promise<void>, cost: number, locks: readonly TableLock[]): void {
+    this.builds.push({ work, cost, locks });
     this.pump();
   }
 
@@ -475,13 +502,26 @@ class DataSection {
   }
 
   async finish(): Promise<void> {
-    while (this.running.size > 0) await Promise.race(this.running);
+    while (this.running.size > 0) await Promise.race(this.running.keys());
     if (this.failure) throw this.failure;
+  }
+
+  private nextBuild(): Build | undefined {
+    const held = [...this.running.values()].flat();
+    const free = (build: Build) =>
+      build.locks.every((lock) =>
+        held.every((other) => other.table !== lock.table || (!other.exclusive && !lock.exclusive)),
+      );
+    let best: number | undefined;
+    for (const [i, build] of this.builds.entries())
+      if (free(build) && (best === undefined || build.cost > this.builds[best]!.cost)) best = i;
+    return best === undefined ? undefined : this.builds.splice(best, 1)[0];
   }
 
   private pump(): void {
     while (this.running.size < this.slots && !this.failure) {
-      const work = this.urgent.shift() ?? this.queued.shift();
+      const build = this.nextBuild();
+      const work = build?.work ?? this.queued.shift();
       if (!work) return;
       const job: Promise<void> = work()
         .catch((error: unknown) => {
@@ -491,9 +531,21 @@ class DataSection {
           this.running.delete(job);
           this.pump();
         });
-      this.running.add(job);
+      this.running.set(job, build?.locks ?? []);
     }
   }
+}
+
+/**
+ * A build's cost, roughly, for choosing among the ones ready at once: its table's size, times more for index
+ * methods that take many times a B-tree's time to build (GIN, GiST), and keys (PRIMARY KEY, UNIQUE) costliest
+ * of all — they lock the table whole, so one started after a long index build would wait for it to end.
+ */
+function buildCost(sql: string | undefined, tableBytes: number, key: boolean): number {
+  const method = /\bUSING\s+(\w+)\s*\(/i.exec(sql ?? '')?.[1]?.toLowerCase();
+  const factor =
+    key || method === 'gin' || method === 'gist' || method === 'spgist' ? 8 : method === 'brin' ? 0.1 : 1;
+  return tableBytes * factor + (key ? 1 : 0);
 }
 
 /** Sessions that ran the script's settings, each reused for one entry's SQL after another. */
