@@ -232,15 +232,25 @@ try {
   await client.end();
 
   console.log('\nRestore of the FULL into an empty database (ours | pg_restore of the pg_dump -Fc file)');
-  await cluster.createDatabase('restore_ours1');
-  const restoredOne = await measureWith(1, 'restore', repo, key, cluster.url('restore_ours1'), full.id!);
-  await cluster.createDatabase('restore_ours');
-  const restored = await measureWith(2, 'restore', repo, key, cluster.url('restore_ours'), full.id!);
-  await cluster.createDatabase('restore_pg1');
-  const pgRestore1 = await shellMeasured(`pg_restore --dbname='${cluster.url('restore_pg1')}' '${dumpFile}'`);
-  await cluster.createDatabase('restore_pg2');
-  const pgRestore2 = await shellMeasured(
-    `pg_restore -j2 --dbname='${cluster.url('restore_pg2')}' '${dumpFile}'`,
+  // Each restore goes into a new database, dropped once measured: the autovacuum of one restore's gigabytes
+  // of new tables must not run during the next measurement. Ours and pg_restore alternate.
+  const into = async <T>(name: string, measured: (url: string) => Promise<T>): Promise<T> => {
+    await cluster.createDatabase(name);
+    try {
+      return await measured(cluster.url(name));
+    } finally {
+      await cluster.sql('postgres', `DROP DATABASE "${name}"`);
+    }
+  };
+  const restoredOne = await into('restore_ours1', (url) =>
+    measureWith(1, 'restore', repo, key, url, full.id!),
+  );
+  const pgRestore1 = await into('restore_pg1', (url) =>
+    shellMeasured(`pg_restore --dbname='${url}' '${dumpFile}'`),
+  );
+  const restored = await into('restore_ours', (url) => measureWith(2, 'restore', repo, key, url, full.id!));
+  const pgRestore2 = await into('restore_pg2', (url) =>
+    shellMeasured(`pg_restore -j2 --dbname='${url}' '${dumpFile}'`),
   );
   report(
     'wall time, jobs 1',
@@ -256,13 +266,8 @@ try {
   console.log(
     '\nRestore of the last change-stream INCREMENTAL (its FULL, then every change of both workloads)',
   );
-  await cluster.createDatabase('restore_changes');
-  const replayed = await measure(
-    'restore',
-    repoChanges,
-    key,
-    cluster.url('restore_changes'),
-    uniformChanges.id!,
+  const replayed = await into('restore_changes', (url) =>
+    measure('restore', repoChanges, key, url, uniformChanges.id!),
   );
   // The FULL's restore (jobs 2) measured above is the base; a difference within a second is noise
   const applying = replayed.seconds - restored.seconds;
