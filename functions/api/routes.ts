@@ -7,6 +7,7 @@ import {
   drConfigInput,
   drTestInput,
   drTestListQuery,
+  restoreListQuery,
   drTestResultsInput,
   idParams,
   metricsQuery,
@@ -24,12 +25,13 @@ import {
 } from '../core/services/backup-service.ts';
 import { listFirings } from '../core/services/dispatch-service.ts';
 import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
-import { getRestore, startRestore } from '../core/services/restore-service.ts';
+import { getRestore, listRestores, startRestore } from '../core/services/restore-service.ts';
 import { listAlerts } from '../core/services/alert-service.ts';
 import { changeStreamReport } from '../core/services/change-stream-service.ts';
 import {
   complianceView,
   metricsRange,
+  metricsSeries,
   metricsSuccessRate,
   metricsSummary,
   metricsViolations,
@@ -371,6 +373,16 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
     }),
     route({
       method: 'GET',
+      path: '/api/dr/restore',
+      operationId: 'listRestores',
+      summary: 'Restores, newest first (status; paged), each with its progress and workflow steps',
+      tag: 'restores',
+      query: restoreListQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await listRestores(cp, query) }),
+    }),
+    route({
+      method: 'GET',
       path: '/api/dr/restore/{id}',
       operationId: 'getRestore',
       summary: 'One restore: status, plan (backup, chain, bytes, gap to the asked time), result or error',
@@ -456,6 +468,17 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       query: metricsQuery,
       status: 200,
       handle: async ({ query }) => ({ body: await metricsViolations(cp, metricsRange(cp, query)) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/metrics/series',
+      operationId: 'getMetricsSeries',
+      summary:
+        'The figures over time, for charts: per day success rate, durations (average, p95) and storage per target; the restore point age (RPO) over time; violations; each DR test’s RTO',
+      tag: 'metrics',
+      query: metricsQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await metricsSeries(cp, metricsRange(cp, query)) }),
     }),
     route({
       method: 'GET',

@@ -83,7 +83,7 @@ export interface BackupRecord {
     /** sourceBytes / storedBytes (higher is better), when anything was stored. */
     readonly dedupRatio?: number;
   };
-  readonly progress?: { readonly phase: string; readonly item?: string; readonly bytes: number };
+  readonly progress?: RunProgress;
   /** Why this backup is not used as a restore point or parent until someone looks at it. */
   readonly review?: string;
   /** A flag an operator confirmed (POST /api/dr/backups/{id}/confirm): what it was, when, by whom. */
@@ -92,6 +92,33 @@ export interface BackupRecord {
   readonly error?: string;
   /** Verification and restore tests that passed (retention keeps the newest such backup). */
   readonly verifiedAt?: string;
+}
+
+/** A running backup's, restore's or test's progress (core/progress.ts makes it). */
+export interface RunProgress {
+  readonly phase: string;
+  readonly item?: string;
+  /** Bytes read (a backup: from the source; a restore: from the repository) so far. */
+  readonly bytes: number;
+  /** What `bytes` will be when done: known (a restore) or estimated from the last such backup. */
+  readonly totalBytes?: number;
+  readonly estimated?: boolean;
+  readonly percent?: number;
+  /** Since the run started. */
+  readonly bytesPerSecond: number;
+  /** At that rate, for what is left of `totalBytes`. */
+  readonly etaSeconds?: number;
+  readonly updatedAt: string;
+}
+
+/** A workflow step of a restore or a DR test, as its execution ran it. */
+export interface StepRecord {
+  readonly task: string;
+  readonly status: 'RUNNING' | 'SUCCEEDED' | 'FAILED';
+  readonly startedAt: string;
+  readonly finishedAt?: string;
+  readonly seconds?: number;
+  readonly error?: string;
 }
 
 export interface Condition {

@@ -402,6 +402,12 @@ export const drTestListQuery = z.strictObject({
   status: z.enum(['RUNNING', 'PASSED', 'FAILED']).optional(),
 });
 
+export const restoreListQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).default(50),
+  nextToken: z.string().max(2048).optional(),
+  status: z.enum(['RUNNING', 'PLANNED', 'SUCCEEDED', 'FAILED']).optional(),
+});
+
 /** GET /api/dr/metrics…: the date range (ISO dates or date-times), checked by the service. */
 export const metricsQuery = z.strictObject({
   startDate: z.string().max(64).optional(),

@@ -4,6 +4,8 @@ export interface ProgressEvent {
   readonly item?: string;
   /** Source bytes read so far in this operation. */
   readonly bytes: number;
+  /** The bytes the operation will have read when done, where it knows (restores do; backups do not). */
+  readonly totalBytes?: number;
 }
 
 export type ProgressListener = (event: ProgressEvent) => void;

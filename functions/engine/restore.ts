@@ -178,6 +178,7 @@ export async function restoreDatabase(
     wanted.has(`${schema}.${name}`),
   );
   let bytes = result.bytes;
+  const totalBytes = sets.reduce((sum, set) => sum + set.records.size, bytes);
   try {
     let sequences: readonly SequenceRecord[] = [];
     for (const set of sets) {
@@ -186,7 +187,7 @@ export async function restoreDatabase(
       const what = `changes of backup ${set.backupId}`;
       const source = tap(readStream(repository, set.records, what), (size) => {
         bytes += size;
-        options.onProgress?.({ phase: 'restore', item: what, bytes });
+        options.onProgress?.({ phase: 'restore', item: what, bytes, totalBytes });
       });
       let going = true;
       for await (const line of changeLines(source)) if (!(going = await applier.apply(line))) break;
@@ -314,6 +315,7 @@ async function restoreSnapshot(
     };
     // A table stored in key ranges loads them at once, each over its own connection
     const loads = selected.flatMap((table) => rangeStreams(table).map((stream) => ({ table, stream })));
+    const totalBytes = loads.reduce((sum, load) => sum + load.stream.size, 0);
     const loading = new Map(selected.map((table) => [table, table.ranges?.length ?? 1]));
     for (const { table, stream } of loads.sort((a, b) => b.stream.size - a.stream.size)) {
       const what = `${table.schema}.${table.name}`;
@@ -325,7 +327,7 @@ async function restoreSnapshot(
             table,
             tap(readStream(repository, stream, what, { digest: false }), (size) => {
               bytes += size;
-              options.onProgress?.({ phase: 'restore', item: what, bytes });
+              options.onProgress?.({ phase: 'restore', item: what, bytes, totalBytes });
             }),
           );
         } finally {
@@ -725,6 +727,7 @@ export async function restoreFiles(
   );
   let bytes = 0;
   let count = 0;
+  const totalBytes = chosen.reduce((sum, entry) => sum + (entry.type === 'file' ? (entry.size ?? 0) : 0), 0);
   const extract = { ...options, checked: new Set<string>() };
   for (const entry of chosen) {
     if (entry.type === 'file') {
@@ -735,7 +738,7 @@ export async function restoreFiles(
           readStream(repository, { chunks: entry.chunks ?? [], sha256: entry.sha256 ?? '' }, entry.path),
           (size) => {
             bytes += size;
-            options.onProgress?.({ phase: 'restore', item: entry.path, bytes });
+            options.onProgress?.({ phase: 'restore', item: entry.path, bytes, totalBytes });
           },
         ),
         extract,

@@ -10,9 +10,10 @@ import { MirrorStorage } from '../storage/mirror.ts';
 import { StorageError, type StorageErrorKind } from '../storage/storage.ts';
 import { planKey, type StagedPlan } from '../workflows/backup-fanout.ts';
 import type { BackupSteps, FanOutState, PartState } from '../workflows/backup-steps.ts';
-import type { BackupRecord, TargetResult } from '../core/records.ts';
+import type { TargetResult } from '../core/records.ts';
 import { runBackup, type PipelineDeps } from './pipeline.ts';
 import { defaultJobs, openTargets, sourceOfRun } from './run-backup.ts';
+import type { ProgressEvent } from '../engine/progress.ts';
 
 /**
  * The backup worker's side of the fan-out FULL (workflows/backup-fanout.ts): the coordinator is the usual
@@ -51,7 +52,7 @@ function stagedFanOut(
   cp: ControlPlane,
   state: FanOutState,
   mirror: MirrorStorage,
-  report: (progress: BackupRecord['progress']) => void,
+  report: (progress: ProgressEvent) => void,
   pollMs: number,
 ): FanOut {
   return {

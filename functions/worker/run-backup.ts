@@ -8,6 +8,7 @@ import {
   finishRecord,
   getBackup,
   HEARTBEAT_MS,
+  listBackups,
   newestRestorePoint,
   releaseRun,
 } from '../core/services/backup-service.ts';
@@ -25,18 +26,22 @@ import { MirrorStorage, type MirrorMember, type MirrorMemberResult } from '../st
 import { publicReason } from '../storage/storage.ts';
 import { prepareRepositories } from './repositories.ts';
 import type { BackupRecord, BackupStatus, StoredSchedule, TargetResult } from '../core/records.ts';
+import type { ProgressEvent } from '../engine/progress.ts';
+import { progressWriter, progressOf } from '../core/progress.ts';
 
 export interface WorkerOptions {
   /** The master key every target's repository is sealed under. */
   masterKey(): Promise<MasterKey>;
   readonly heartbeatMs?: number;
+  /** How often progress is written to the entry while it changes (default 2 s; tests shorten it). */
+  readonly progressMs?: number;
   /** Bytes queued per target before the backup waits for the slowest (default 64 MiB). */
   readonly queueBytes?: number;
   /**
    * A FULL's tables read by other workers (the fan-out's parts), given the run's mirror (a target a part
    * could not write to is left out) and a way to show the parts' progress.
    */
-  readonly fanOut?: (mirror: MirrorStorage, report: (progress: BackupRecord['progress']) => void) => FanOut;
+  readonly fanOut?: (mirror: MirrorStorage, report: (progress: ProgressEvent) => void) => FanOut;
 }
 
 /** Tables read at once when the schedule does not say: the cores there are, at most 8. */
@@ -60,12 +65,21 @@ export async function executeRun(
 
   let progress: BackupRecord['progress'];
   let abandoned = false;
+  const beatFailed = (error: unknown) => {
+    if (error instanceof ConflictError) abandoned = true;
+    cp.logger.warn('heartbeat failed', { backup: backupId, error: (error as Error).message });
+  };
   const heartbeat = setInterval(() => {
-    beat(cp, backupId, progress).catch((error: unknown) => {
-      if (error instanceof ConflictError) abandoned = true;
-      cp.logger.warn('heartbeat failed', { backup: backupId, error: (error as Error).message });
-    });
+    beat(cp, backupId, progress).catch(beatFailed);
   }, options.heartbeatMs ?? HEARTBEAT_MS);
+  // Progress is written as it goes (every few seconds), not only with the heartbeat
+  const shown = progressWriter((value) => beat(cp, backupId, value), beatFailed, options.progressMs);
+  const started = Date.now();
+  const estimate = await estimatedBytes(cp, record);
+  const onProgress = (event: ProgressEvent) => {
+    progress = progressOf(event, started, Date.now(), estimate);
+    shown.report(progress);
+  };
   let mirror: MirrorStorage | undefined;
   const results = new Map<string, TargetResult>();
   try {
@@ -102,17 +116,14 @@ export async function executeRun(
       tableConcurrency: schedule.jobs ?? defaultJobs(),
       ...(options.fanOut
         ? {
-            fanOut: options.fanOut(mirror, (reported) => {
-              progress = reported;
-            }),
+            fanOut: options.fanOut(mirror, onProgress),
           }
         : {}),
       // The program's own files are public; the data directory's are keys
       protectedDirectories: (cp.paths?.forbidden ?? []).filter((directory) => directory !== PROGRAM_DIR),
-      onProgress: (event) => {
-        progress = { phase: event.phase, bytes: event.bytes, ...(event.item ? { item: event.item } : {}) };
-      },
+      onProgress,
     });
+    await shown.flush(); // a progress write under way would make the entry's last write conflict
     for (const member of await mirror.flush()) recordMember(cp, backupId, results, member, member.ok);
     if (notice) notices.push(notice);
     const targets = schedule.targets.map((id) => results.get(id)!);
@@ -148,6 +159,7 @@ export async function executeRun(
     );
     return finished;
   } catch (error) {
+    await shown.flush();
     // Each target's own failure is kept (the catalog's answer), not only the run's
     const members = await mirror?.flush().catch(() => undefined);
     for (const member of members ?? []) recordMember(cp, backupId, results, member, false);
@@ -235,6 +247,20 @@ async function typeAndParent(
   if (parent) return { type: 'INCREMENTAL', parent };
   notices.push('no earlier backup held by every target of this run: this INCREMENTAL was taken as a FULL');
   return { type: 'FULL' };
+}
+
+/**
+ * What this run will read, for its progress: what the schedule's newest successful backup of the same type
+ * read (none yet: unknown, and the progress shows bytes and rate only).
+ */
+async function estimatedBytes(cp: ControlPlane, record: BackupRecord): Promise<number | undefined> {
+  const { items } = await listBackups(cp, {
+    scheduleId: record.scheduleId,
+    status: 'SUCCESS',
+    type: record.requestedType,
+    limit: 1,
+  });
+  return items[0]?.sizes?.sourceBytes;
 }
 
 /** What the catalog shows of a finished backup, from its manifest. */

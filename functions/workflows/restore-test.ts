@@ -1,4 +1,5 @@
 /** RESTORE_TEST: restore the newest backup into a scratch database and compare it with what the backup holds. */
+import { runProgress } from './run-record.ts';
 import { newestRestorePoint } from '../core/services/backup-service.ts';
 import { findConfig } from '../core/services/config-service.ts';
 import { getDrTest } from '../core/services/drtest-service.ts';
@@ -102,6 +103,7 @@ export const restoreTest = group(testState, {
     const test = await getDrTest(cp, state.testId);
     const target = withDatabase(await serverOf(cp, test, state), required(state.scratch, 'scratch').database);
     const started = Date.now();
+    const progress = runProgress(cp, { testId: test.id });
     // A change-stream backup is checked while it restores: the FULL's tables against their checksums before
     // the changes go on (the check step cannot: no checksum exists for the state after them).
     const result = await withBackup(
@@ -113,8 +115,9 @@ export const restoreTest = group(testState, {
           target,
           noOwner: true,
           check: (manifest.changes?.sets.length ?? 0) > 0,
+          onProgress: progress.onProgress,
         }),
-    );
+    ).finally(() => progress.flush());
     // Usable: the restore finished (the test's start to here is the measured RTO).
     const usableAt = cp.now().toISOString();
     return {

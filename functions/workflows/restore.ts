@@ -1,4 +1,5 @@
 /** The restore workflow: plan (which backup, where), prepare the destination, restore database and files, finish. */
+import { runProgress } from './run-record.ts';
 import { mkdir, readdir } from 'node:fs/promises';
 import type { ControlPlane } from '../core/context.ts';
 import { pathProblem } from '../core/paths.ts';
@@ -173,15 +174,17 @@ export const restore = group(restoreState, {
     const restore = await getRestore(cp, state.restoreId);
     const target = await destinationOf(cp, restore);
     const started = Date.now();
+    const progress = runProgress(cp, { restoreId: restore.id });
     const result = await withBackup(cp, plan.backupId!, deps.masterKey, (repository, manifest) =>
       restoreDatabase(repository, manifest, {
         target,
+        onProgress: progress.onProgress,
         clean: restore.request.overwrite,
         ...(plan.until ? { until: plan.until } : {}),
         ...(restore.request.scope.tables ? { tables: restore.request.scope.tables } : {}),
         ...(restore.request.scope.schemas ? { schemas: restore.request.scope.schemas } : {}),
       }),
-    );
+    ).finally(() => progress.flush());
     if (!result.consistent)
       throw new WorkflowError(
         'InconsistentRestore',
@@ -204,13 +207,15 @@ export const restore = group(restoreState, {
     if (!plan.files || !plan.destination.filesTo) return { skipped: true };
     const restore = await getRestore(cp, state.restoreId);
     const started = Date.now();
+    const progress = runProgress(cp, { restoreId: restore.id });
     const result = await withBackup(cp, plan.backupId!, deps.masterKey, (repository, manifest) =>
       restoreFiles(repository, manifest, {
         destination: plan.destination.filesTo!,
+        onProgress: progress.onProgress,
         ...(restore.request.scope.include ? { include: restore.request.scope.include } : {}),
         ...(restore.request.preserveSpecialBits ? { preserveSpecialBits: true } : {}),
       }),
-    );
+    ).finally(() => progress.flush());
     return { ...result, seconds: (Date.now() - started) / 1000 };
   },
   'restore.finish': async (cp, _deps, state) => {

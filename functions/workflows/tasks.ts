@@ -8,6 +8,7 @@
  */
 import { z } from 'zod';
 import type { ControlPlane } from '../core/context.ts';
+import { recordedStep, type RunOf } from './run-record.ts';
 import { backupFanOut } from './backup-fanout.ts';
 import { backupVerification } from './backup-verification.ts';
 import { failoverSteps, standbySteps } from './failover-test.ts';
@@ -33,8 +34,11 @@ export async function runWorkflowTask(
       `${task}: the execution's state is not what the workflow builds: ${z.prettifyError(parsed.error)}`,
     );
   const started = Date.now();
+  const state = parsed.data as RunOf;
   try {
-    return await step.run(cp, deps, parsed.data);
+    return await recordedStep(cp, { restoreId: state.restoreId, testId: state.testId }, task, async () =>
+      step.run(cp, deps, parsed.data),
+    );
   } finally {
     cp.logger.info('workflow task', { task, ms: Date.now() - started });
   }

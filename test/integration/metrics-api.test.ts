@@ -135,6 +135,65 @@ it('summarizes the key figures over the range', async () => {
   expect(response.body.testCompliance.types.RESTORE_TEST.overdue).toBe(false);
 });
 
+it('gives the figures over time for charts: per day, the restore point age as a saw tooth, each test’s RTO', async () => {
+  const response = await api.call('GET', `/api/dr/metrics/series?startDate=${at(0)}&endDate=${at(30)}`);
+  expect(response.status).toBe(200);
+  expect(response.body.objectives).toEqual({ rpo: 2, rto: 4 });
+  expect(response.body.targets).toEqual(['primary']);
+  expect(response.body.days).toEqual([
+    {
+      date: '2026-11-01',
+      backups: 5,
+      succeeded: 3,
+      failed: 2,
+      successRate: 0.6,
+      durationAverageSeconds: 2250,
+      durationP95Seconds: 3600,
+      storedBytes: { primary: 400 },
+    },
+    // Nothing finished that day: no rate, no duration; what the target stores carries over
+    {
+      date: '2026-11-02',
+      backups: 0,
+      succeeded: 0,
+      failed: 0,
+      successRate: null,
+      durationAverageSeconds: null,
+      durationP95Seconds: null,
+      storedBytes: { primary: 400 },
+    },
+  ]);
+  // Before and after each restore point's backup finished, then now (30 h): the newest point is 11 h
+  expect(response.body.rpoAge).toEqual([
+    { at: at(0.5), ageHours: 0.5 },
+    { at: at(1.5), ageHours: 1.5 },
+    { at: at(1.5), ageHours: 0.5 },
+    { at: at(11), ageHours: 10 },
+    { at: at(11), ageHours: 1 },
+    { at: at(11.5), ageHours: 1.5 },
+    { at: at(11.5), ageHours: 0.5 },
+    { at: at(30), ageHours: 19 },
+  ]);
+  expect(response.body.violations.map((item: { kind: string }) => item.kind)).toEqual(['RPO', 'RPO', 'RTO']);
+  expect(response.body.rto).toEqual([
+    {
+      testId: '20261101T200000000Z-abcdef',
+      testType: 'RESTORE_TEST',
+      finishedAt: at(25),
+      actualRTO: 5,
+      objectiveRTO: 4,
+      passed: expect.any(Boolean),
+    },
+  ]);
+  // From 12 h on, the age starts at what it was then: the newest point (11 h) is 1 h old
+  const later = await api.call('GET', `/api/dr/metrics/series?startDate=${at(12)}&endDate=${at(30)}`);
+  expect(later.body.rpoAge).toEqual([
+    { at: at(12), ageHours: 1 },
+    { at: at(30), ageHours: 19 },
+  ]);
+  expect((await api.call('GET', '/api/dr/metrics/series?startDate=2026-02-30')).status).toBe(400);
+});
+
 it('takes a date alone as the whole day, and gives the figures as of the end of the range', async () => {
   const day = await api.call('GET', '/api/dr/metrics/success-rate?startDate=2026-11-01&endDate=2026-11-01');
   expect(day.status).toBe(200);

@@ -124,6 +124,27 @@ describe('restore workflow', () => {
       .filter((e: any) => e.resource === `restore/${record.id}`)
       .map((e: any) => e.action);
     expect(actions.sort()).toEqual(['restore.finish', 'restore.start']);
+    // Its workflow step by step, and how far the data restore got (all of it, with its rate)
+    const tasks = record.steps.map((step: { task: string }) => step.task);
+    expect(tasks).toEqual(expect.arrayContaining(['restore.plan', 'restore.database', 'restore.files']));
+    expect(tasks.at(-1)).toBe('restore.finish');
+    for (const step of record.steps) {
+      expect(step.status).toBe('SUCCEEDED');
+      expect(step.seconds).toBeGreaterThanOrEqual(0);
+    }
+    expect(record.progress).toMatchObject({ phase: 'restore', percent: 100, etaSeconds: 0 });
+    expect(record.progress.bytes).toBe(record.progress.totalBytes);
+    expect(record.progress.bytesPerSecond).toBeGreaterThan(0);
+    // And in the list of restores, newest first
+    const listed = await api.call('GET', '/api/dr/restore?limit=100');
+    expect(listed.status).toBe(200);
+    expect(listed.body.items.map((item: { id: string }) => item.id)).toContain(record.id);
+    const ids = listed.body.items.map((item: { id: string }) => item.id);
+    expect([...ids].sort().reverse()).toEqual(ids);
+    const filtered = await api.call('GET', '/api/dr/restore?status=SUCCEEDED&limit=1');
+    expect(filtered.body.items).toHaveLength(1);
+    expect(filtered.body.items[0].status).toBe('SUCCEEDED');
+    expect((await api.call('GET', '/api/dr/restore?status=DONE')).status).toBe(400);
   });
 
   it('restores to a point in time: the newest backup at or before it, with the gap reported', async () => {
@@ -262,6 +283,8 @@ describe('DR tests', () => {
     expect(test.results.actualRPO).toBeGreaterThan(0);
     expect(test.results.phases.databaseRestore).toBeGreaterThan(0);
     expect(test.results.backups).toEqual([{ backupId: second.id, ok: true }]);
+    expect(test.steps.map((step: { task: string }) => step.task)).toContain('test.restore.run');
+    expect(test.progress).toMatchObject({ phase: 'restore', percent: 100 });
   });
 
   it('RESTORE_TEST fails a restore that does not match the backup, naming the table, and still cleans up', async () => {

@@ -1,6 +1,7 @@
 import type { Actor } from '../audit.ts';
 import type { ControlPlane, WorkflowName } from '../context.ts';
 import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
+import type { RunProgress, StepRecord } from '../records.ts';
 import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../schemas.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
@@ -42,6 +43,10 @@ export interface DrTestResults {
 
 export interface DrTestRecord {
   readonly id: string;
+  /** While it runs: bytes restored, rate, time left (the tests that restore). */
+  readonly progress?: RunProgress;
+  /** Its workflow's steps as they ran. */
+  readonly steps?: readonly StepRecord[];
   readonly testType: DrTestType;
   readonly targetEnvironment: 'STAGING' | 'PRODUCTION';
   readonly notifyOnCompletion: boolean;

@@ -168,6 +168,93 @@ export async function metricsSummary(cp: ControlPlane, range: Range) {
 }
 
 /**
+ * GET /api/dr/metrics/series: the figures over time, for charts. Per UTC day of the range: backups finished
+ * and the success rate, backup duration (average, p95), bytes stored per target as of the day's end. The
+ * newest restore point's age (hours) at each moment it changed (before and after each backup finished: a saw
+ * tooth), the RPO and RTO violations, and the RTO each DR test measured.
+ */
+export async function metricsSeries(cp: ControlPlane, range: Range) {
+  const data = await facts(cp);
+  const now = cp.now().getTime();
+  const end = Math.min(range.to, now);
+  const days: { date: string; from: number; to: number }[] = [];
+  for (let day = Math.floor(range.from / DAY_MS) * DAY_MS; day <= range.to; day += DAY_MS)
+    days.push({ date: new Date(day).toISOString().slice(0, 10), from: day, to: day + DAY_MS - 1 });
+  const byDay = successRate(data.backups, range).byDay;
+  const targets = [
+    ...new Set(data.backups.flatMap((backup) => backup.targets.map((t) => t.targetId))),
+  ].sort();
+  const stored = days.map((day) => storageByTarget(data.backups, { from: day.from, to: day.to }));
+  // Only database restore points count for the RPO (as for the violations)
+  const finishes = data.backups
+    .filter(
+      (backup) =>
+        isRestorePoint(backup) &&
+        backup.database !== undefined &&
+        backup.finishedAt !== undefined &&
+        backup.restorePoint !== undefined,
+    )
+    .map((backup) => ({ at: Date.parse(backup.finishedAt!), point: Date.parse(backup.restorePoint!) }))
+    .filter((finish) => finish.at <= end)
+    .sort((a, b) => a.at - b.at);
+  const rpoAge: { at: string; ageHours: number }[] = [];
+  const age = (at: number, point: number) => ({
+    at: new Date(at).toISOString(),
+    ageHours: Math.round(((at - point) / 3_600_000) * 1000) / 1000,
+  });
+  let newest = -Infinity;
+  for (const finish of finishes.filter((each) => each.at < range.from))
+    newest = Math.max(newest, finish.point);
+  if (newest > -Infinity) rpoAge.push(age(range.from, newest));
+  for (const finish of finishes.filter((each) => each.at >= range.from)) {
+    if (newest > -Infinity) rpoAge.push(age(finish.at, newest));
+    newest = Math.max(newest, finish.point);
+    rpoAge.push(age(finish.at, newest));
+  }
+  if (newest > -Infinity) rpoAge.push(age(end, newest));
+  return {
+    ...window(range),
+    objectives: { rpo: data.rpo, rto: data.rto },
+    targets,
+    days: days.map((day, index) => {
+      const rate = byDay[day.date];
+      const duration = durations(data.backups, day);
+      return {
+        date: day.date,
+        backups: rate?.total ?? 0,
+        succeeded: rate?.succeeded ?? 0,
+        failed: (rate?.failed ?? 0) + (rate?.partial ?? 0),
+        successRate: rate?.rate ?? null,
+        durationAverageSeconds: duration.average,
+        durationP95Seconds: duration.p95,
+        storedBytes: Object.fromEntries(
+          targets.map((target) => [target, stored[index]![target]?.bytesStored ?? 0]),
+        ),
+      };
+    }),
+    rpoAge,
+    violations: violationsOf(data, range, now),
+    rto: data.tests
+      .filter(
+        (test) =>
+          test.results?.actualRTO !== undefined &&
+          test.finishedAt !== undefined &&
+          Date.parse(test.finishedAt) >= range.from &&
+          Date.parse(test.finishedAt) <= range.to,
+      )
+      .sort((a, b) => a.finishedAt!.localeCompare(b.finishedAt!))
+      .map((test) => ({
+        testId: test.id,
+        testType: test.testType,
+        finishedAt: test.finishedAt!,
+        actualRTO: test.results!.actualRTO!,
+        objectiveRTO: test.objectives?.rto ?? data.rto,
+        passed: test.status === 'PASSED',
+      })),
+  };
+}
+
+/**
  * Per target, from the catalog, as of the end of the range: bytes written by the backups it holds that had
  * finished by then, what its newest restore point protects (the source bytes it restores: for a change-stream
  * INCREMENTAL, its FULL's and its own), the deduplication and compression ratio (source bytes / bytes

@@ -3,11 +3,12 @@ import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import { ForbiddenError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
 import type { RestoreInput } from '../schemas.ts';
-import { Partition } from '../store/table.ts';
+import { Partition, type StoredItem } from '../store/table.ts';
 import { getBackup, isGood, newBackupId } from './backup-service.ts';
 import { environmentConnection, environmentDatabaseName, findConfig } from './config-service.ts';
 import { runnerOf, updateItem } from './common.ts';
 import { atLeast } from '../authz.ts';
+import type { RunProgress, StepRecord } from '../records.ts';
 
 export type RestoreStatus = 'RUNNING' | 'PLANNED' | 'SUCCEEDED' | 'FAILED';
 
@@ -72,6 +73,10 @@ export interface RestoreRecord {
     readonly seconds?: number;
   };
   readonly error?: string;
+  /** While it runs: bytes restored, rate, time left. */
+  readonly progress?: RunProgress;
+  /** Its workflow's steps as they ran. */
+  readonly steps?: readonly StepRecord[];
 }
 
 /**
@@ -220,6 +225,30 @@ export async function getRestore(cp: ControlPlane, id: string): Promise<RestoreR
 }
 
 /** Changes a restore's entry (the workflow's steps), re-reading on a concurrent change. */
+/** GET /api/dr/restore: restores, newest first (`status` to filter), paged. */
+export async function listRestores(
+  cp: ControlPlane,
+  filter: { limit?: number; nextToken?: string | undefined; status?: RestoreStatus | undefined },
+): Promise<{ items: RestoreRecord[]; nextToken?: string }> {
+  const limit = filter.limit ?? 50;
+  const items: RestoreRecord[] = [];
+  let after = filter.nextToken === undefined ? undefined : await cp.table.openToken(filter.nextToken);
+  for (;;) {
+    const page = await cp.table.query<StoredItem<RestoreRecord>>(Partition.restore, {
+      descending: true,
+      limit: 100,
+      ...(after === undefined ? {} : { after }),
+    });
+    for (const item of page.items) {
+      if (filter.status !== undefined && item.data.status !== filter.status) continue;
+      items.push(item.data);
+      if (items.length === limit) return { items, nextToken: await cp.table.sealToken(item.sk) };
+    }
+    if (page.items.length === 0 || page.nextToken === undefined) return { items };
+    after = page.items.at(-1)!.sk;
+  }
+}
+
 export async function updateRestore(
   cp: ControlPlane,
   id: string,
