@@ -28,7 +28,7 @@ const domainOnly = {
 };
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'cdk.out/', '.dr/', 'coverage/'] },
+  { ignores: ['node_modules/', 'cdk.out/', '.dr/', 'coverage/', 'test-results/'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -1,6 +1,7 @@
 import { join, resolve } from 'node:path';
 import { optionalEnv, portEnv } from '../core/env.ts';
 import { createLogger, parseLevel } from '../core/log.ts';
+import { buildDashboard } from '../../dashboard/build.ts';
 import { startLocalRuntime } from './runtime.ts';
 
 /**
@@ -19,7 +20,10 @@ import { startLocalRuntime } from './runtime.ts';
 const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
 const dataDir = resolve(optionalEnv('DR_DATA_DIR') ?? '.dr');
 
+// The dashboard is built from its sources at start (esbuild, a second or less)
+const dashboard = await buildDashboard();
 const runtime = await startLocalRuntime({
+  dashboard,
   dataDir,
   port: portEnv('PORT', 3000),
   host: optionalEnv('DR_HOST') ?? '127.0.0.1',
@@ -35,6 +39,7 @@ const runtime = await startLocalRuntime({
 });
 
 console.log(`DR Automation (local) listening on ${runtime.url}/api/dr — data in ${dataDir}`);
+console.log(`Dashboard: ${runtime.url}/ (sign in with the API token)`);
 // The token itself is never printed (output ends up in logs): only where it is.
 if (runtime.tokenGenerated) {
   console.log(`API token: generated on first start into ${join(dataDir, 'api-token')} (mode 0600)`);

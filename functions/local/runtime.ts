@@ -18,7 +18,7 @@ import { tick } from '../core/services/tick.ts';
 import { retention, runBackup, type PipelineDeps } from '../worker/pipeline.ts';
 import { fanOutSteps } from '../worker/fanout.ts';
 import { startLocalDynamo } from './dynamodb.ts';
-import { startServer } from './server.ts';
+import { startServer, type LocalServerOptions } from './server.ts';
 import { localWorkflows, type LocalWorkflowOptions } from '../workflows/local.ts';
 import { writeToOutbox } from './outbox.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
@@ -47,6 +47,8 @@ export interface LocalRuntimeOptions {
   readonly masterKey?: string | undefined;
   /** Worker heartbeat period (tests shorten it). */
   readonly heartbeatMs?: number;
+  /** How often a running backup's progress is written (default 2 s; tests shorten it). */
+  readonly progressMs?: number;
   /** How often the dispatcher evaluates the schedules (default 30 s; 0 turns it off, for tests). */
   readonly dispatchIntervalMs?: number;
   /** Wraps workflow steps by task name (tests only: tamper between two steps). */
@@ -72,6 +74,8 @@ export interface LocalRuntimeOptions {
   readonly heavySteps?: HeavySteps;
   /** The CloudWatch client that reads an RDS source's free storage (tests: moto); default: the SDK's, by region. */
   readonly cloudwatch?: CloudWatchClient;
+  /** The dashboard's built files (dashboard/build.ts), served at `/`. */
+  readonly dashboard?: LocalServerOptions['dashboard'];
 }
 
 export interface LocalRuntime {
@@ -122,6 +126,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       track('backup worker', () =>
         runBackup(worker(), backupId, pipeline, {
           ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
+          ...(options.progressMs === undefined ? {} : { progressMs: options.progressMs }),
         }),
       );
       return Promise.resolve();
@@ -255,6 +260,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
       ...(options.roleTokens ? { roleTokens: options.roleTokens } : {}),
       logger: options.logger,
       stream,
+      ...(options.dashboard ? { dashboard: options.dashboard } : {}),
       ...(options.host === undefined ? {} : { host: options.host }),
       ...(options.port === undefined ? {} : { port: options.port }),
     });

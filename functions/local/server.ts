@@ -25,7 +25,25 @@ export interface LocalServerOptions {
    * the others. Runs before authentication: what it serves carries its own signature.
    */
   readonly stream?: (request: IncomingMessage, response: ServerResponse, url: URL) => Promise<boolean>;
+  /**
+   * The dashboard's files by path (`/index.html`, `/app.js`…), served at `/` without authentication (they
+   * hold no data: the page asks for the token and calls the API with it).
+   */
+  readonly dashboard?: ReadonlyMap<string, { readonly body: Buffer; readonly contentType: string }>;
 }
+
+/** The dashboard's own settings: the API on this origin, signed in with the API token. */
+const DASHBOARD_CONFIG = Buffer.from(JSON.stringify({ apiBase: '', auth: { kind: 'token' } }));
+
+/** What every dashboard file is sent with: scripts and styles from this origin only, never framed. */
+const DASHBOARD_HEADERS = {
+  'content-security-policy':
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cache-control': 'no-store',
+};
 
 export interface RunningServer {
   readonly server: Server;
@@ -81,6 +99,7 @@ async function handle(
     (await options.stream(request, response, new URL(request.url ?? '/', 'http://localhost')))
   )
     return;
+  if (options.dashboard && serveDashboard(request, response, options.dashboard)) return;
   const body = await readBody(request);
   if (body === undefined) {
     send(
@@ -100,6 +119,31 @@ async function handle(
     getRemainingTimeInMillis: () => 30_000,
   } as Context;
   send(response, await options.handler(event, context));
+}
+
+/** The dashboard at `/` (and `/dashboard`): its files and config.json; false for anything else. */
+function serveDashboard(
+  request: IncomingMessage,
+  response: ServerResponse,
+  files: NonNullable<LocalServerOptions['dashboard']>,
+): boolean {
+  if (request.method !== 'GET' && request.method !== 'HEAD') return false;
+  const path = new URL(request.url ?? '/', 'http://localhost').pathname;
+  if (path.startsWith('/api/')) return false;
+  const name = path === '/' || path === '/dashboard' || path === '/dashboard/' ? '/index.html' : path;
+  const file =
+    name === '/config.json'
+      ? { body: DASHBOARD_CONFIG, contentType: 'application/json' }
+      : files.get(name.replace(/^\/dashboard\//, '/'));
+  if (!file) return false;
+  response.writeHead(200, {
+    ...DASHBOARD_HEADERS,
+    'content-type': file.contentType,
+    'content-length': String(file.body.length),
+  });
+  response.end(request.method === 'HEAD' ? undefined : file.body);
+  request.resume();
+  return true;
 }
 
 interface Caller {

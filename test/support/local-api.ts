@@ -54,6 +54,9 @@ export async function startTestApi(
     scratchDir?: string;
     /** Every Wait state of a workflow, and the fan-out's polls, this long instead. */
     workflowWaitMs?: number;
+    /** The dashboard's built files (dashboard/build.ts), served at `/`. */
+    dashboard?: LocalRuntimeOptions['dashboard'];
+    progressMs?: number;
   } = {},
 ): Promise<TestApi> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'dr-api-')));
@@ -75,6 +78,8 @@ export async function startTestApi(
     ...(options.heavySteps ? { heavySteps: options.heavySteps } : {}),
     ...(options.roleTokens ? { roleTokens: options.roleTokens } : {}),
     ...(options.scratchDir ? { scratchDir: options.scratchDir } : {}),
+    ...(options.dashboard ? { dashboard: options.dashboard } : {}),
+    ...(options.progressMs === undefined ? {} : { progressMs: options.progressMs }),
   });
   const api: TestApi = {
     runtime,
