@@ -22,6 +22,10 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *   mailFrom                                   verified SES address DR-test emails are sent from
  *   allowPrivateEndpoints=true                 targets may point at private addresses (never metadata)
  *   filesRoots=/mnt/uploads,/mnt/restores       where files may be backed up from and restored into
+ *   dashboard=true                             serve the dashboard (CloudFront + S3); the API then takes JWTs
+ *                                              of jwtIssuer, or of a Cognito user pool made for it
+ *   dashboardClientId                          with jwtIssuer: the dashboard's OIDC client (default: the
+ *                                              first jwtAudience)
  */
 export function buildApp(app = new App()): { app: App; controlPlane: ControlPlaneStack } {
   const issuer = app.node.tryGetContext('jwtIssuer') as string | undefined;
@@ -68,6 +72,9 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
     ...(app.node.tryGetContext('allowPrivateEndpoints') === 'true' ? { allowPrivateEndpoints: true } : {}),
     ...(issuer
       ? { jwt: { issuer, audience: (audience ?? '').split(',').filter((value) => value !== '') } }
+      : {}),
+    ...(context('dashboard') === 'true'
+      ? { dashboard: context('dashboardClientId') ? { clientId: context('dashboardClientId')! } : {} }
       : {}),
   };
   const controlPlane = new ControlPlaneStack(app, 'DrControlPlane', props);

@@ -1,6 +1,7 @@
-import { CfnOutput, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, RemovalPolicy, Stack, Validations, type StackProps } from 'aws-cdk-lib';
 import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
 import {
+  CorsHttpMethod,
   HttpApi,
   HttpMethod,
   HttpNoneAuthorizer,
@@ -24,6 +25,7 @@ import {
 } from './backup-worker.ts';
 import { Workflows } from './workflows.ts';
 import { Monitoring } from './monitoring.ts';
+import { Dashboard } from './dashboard.ts';
 import { DrFunction } from './dr-function.ts';
 
 export interface JwtAuthorization {
@@ -47,6 +49,12 @@ export interface ControlPlaneStackProps extends StackProps {
   readonly alarmEmails?: readonly string[];
   /** @default 50 requests per second, bursts of 100 */
   readonly throttle?: { readonly rateLimit: number; readonly burstLimit: number };
+  /**
+   * Serve the DR Management dashboard (S3 behind CloudFront). The API then takes JWTs: of `jwt`'s issuer when
+   * given (the dashboard signs in with client `clientId`, default the first audience), else of a Cognito user
+   * pool made for it; its CORS allows the dashboard's origin only. @default no dashboard
+   */
+  readonly dashboard?: { readonly clientId?: string };
   /** The backup worker's settings (buckets of role-based S3 targets, the runner, Fargate's network). */
   readonly worker?: Omit<BackupWorkerProps, 'table' | 'key' | 'secretPrefix'>;
 }
@@ -62,6 +70,7 @@ export class ControlPlaneStack extends Stack {
   readonly worker: BackupWorker;
   readonly workflows: Workflows;
   readonly monitoring: Monitoring;
+  readonly dashboard: Dashboard | undefined;
 
   constructor(scope: Construct, id: string, props: ControlPlaneStackProps = {}) {
     super(scope, id, props);
@@ -204,12 +213,44 @@ export class ControlPlaneStack extends Stack {
       retention: RetentionDays.ONE_YEAR,
       removalPolicy: RemovalPolicy.RETAIN,
     });
+    const dashboard = props.dashboard
+      ? new Dashboard(this, 'Dashboard', {
+          ...(props.jwt
+            ? {
+                signIn: {
+                  issuer: props.jwt.issuer,
+                  clientId: props.dashboard.clientId ?? props.jwt.audience[0]!,
+                },
+              }
+            : {}),
+        })
+      : undefined;
+    const jwt =
+      props.jwt ??
+      (dashboard ? { issuer: dashboard.signIn.issuer, audience: [dashboard.signIn.clientId] } : undefined);
+    this.dashboard = dashboard;
     this.api = new HttpApi(this, 'Api', {
       description: 'DR Automation /api/dr',
       createDefaultStage: false,
-      defaultAuthorizer: props.jwt
-        ? new HttpJwtAuthorizer('JwtAuthorizer', props.jwt.issuer, { jwtAudience: [...props.jwt.audience] })
+      defaultAuthorizer: jwt
+        ? new HttpJwtAuthorizer('JwtAuthorizer', jwt.issuer, { jwtAudience: [...jwt.audience] })
         : new HttpIamAuthorizer(),
+      ...(dashboard
+        ? {
+            corsPreflight: {
+              allowOrigins: [dashboard.origin],
+              allowHeaders: ['authorization', 'content-type'],
+              allowMethods: [
+                CorsHttpMethod.GET,
+                CorsHttpMethod.POST,
+                CorsHttpMethod.PUT,
+                CorsHttpMethod.PATCH,
+                CorsHttpMethod.DELETE,
+              ],
+              maxAge: Duration.hours(1),
+            },
+          }
+        : {}),
     });
     const stage = new HttpStage(this, 'DefaultStage', {
       httpApi: this.api,
@@ -237,6 +278,8 @@ export class ControlPlaneStack extends Stack {
           'The health check answers without authentication by design (load balancers, uptime probes); it returns only status and version.',
       });
     }
+
+    dashboard?.deploy(stage.url);
 
     new CfnOutput(this, 'ApiUrl', {
       value: `${stage.url}api/dr`,

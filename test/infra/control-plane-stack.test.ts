@@ -928,3 +928,103 @@ describe('cfn-lint', () => {
     expect(code & 2).toBe(2);
   });
 });
+
+describe('the dashboard (-c dashboard=true)', () => {
+  let site: Awaited<ReturnType<typeof synthesize>>;
+  beforeAll(async () => {
+    site = await synthesize({ dashboard: 'true' });
+  });
+
+  it('keeps its files in a private bucket that only its CloudFront distribution reads (origin access control)', () => {
+    const { template } = site;
+    const buckets = template.findResources('AWS::S3::Bucket');
+    const files = Object.entries(buckets).find(([id]) => id.startsWith('DashboardFiles'))!;
+    expect(files[1].Properties.PublicAccessBlockConfiguration).toEqual({
+      BlockPublicAcls: true,
+      BlockPublicPolicy: true,
+      IgnorePublicAcls: true,
+      RestrictPublicBuckets: true,
+    });
+    template.resourceCountIs('AWS::CloudFront::OriginAccessControl', 1);
+    template.hasResourceProperties('AWS::CloudFront::OriginAccessControl', {
+      OriginAccessControlConfig: Match.objectLike({
+        OriginAccessControlOriginType: 's3',
+        SigningBehavior: 'always',
+      }),
+    });
+    // Reads only by CloudFront, and only for this distribution; no other principal
+    const policy = Object.values(template.findResources('AWS::S3::BucketPolicy')).find(
+      (each) => (each.Properties.Bucket as { Ref: string }).Ref === files[0],
+    )!;
+    const statements = policy.Properties.PolicyDocument.Statement as {
+      Effect: string;
+      Principal: unknown;
+      Condition?: Record<string, Record<string, unknown>>;
+    }[];
+    const allows = statements.filter((statement) => statement.Effect === 'Allow');
+    expect(allows.length).toBeGreaterThan(0);
+    for (const statement of allows) {
+      expect(statement.Principal).toEqual({ Service: 'cloudfront.amazonaws.com' });
+      expect(statement.Condition?.StringEquals?.['AWS:SourceArn']).toBeDefined();
+    }
+    template.hasResourceProperties('AWS::CloudFront::Distribution', {
+      DistributionConfig: Match.objectLike({
+        DefaultRootObject: 'index.html',
+        DefaultCacheBehavior: Match.objectLike({ ViewerProtocolPolicy: 'redirect-to-https' }),
+      }),
+    });
+  });
+
+  it('sends security headers with every file', () => {
+    site.template.hasResourceProperties('AWS::CloudFront::ResponseHeadersPolicy', {
+      ResponseHeadersPolicyConfig: Match.objectLike({
+        SecurityHeadersConfig: Match.objectLike({
+          ContentSecurityPolicy: Match.objectLike({
+            ContentSecurityPolicy: Match.stringLikeRegexp("default-src 'self'.*frame-ancestors 'none'"),
+          }),
+          StrictTransportSecurity: Match.objectLike({ AccessControlMaxAgeSec: 31536000 }),
+          FrameOptions: Match.objectLike({ FrameOption: 'DENY' }),
+          ContentTypeOptions: Match.objectLike({ Override: true }),
+        }),
+      }),
+    });
+  });
+
+  it('signs in with a Cognito user pool the API trusts, and the API allows the dashboard origin only (CORS)', () => {
+    const { template } = site;
+    template.resourceCountIs('AWS::Cognito::UserPool', 1);
+    for (const group of ['dr-admin', 'dr-operator', 'dr-viewer'])
+      template.hasResourceProperties('AWS::Cognito::UserPoolGroup', { GroupName: group });
+    template.hasResourceProperties('AWS::Cognito::UserPoolClient', {
+      GenerateSecret: false,
+      AllowedOAuthFlows: ['code'],
+    });
+    template.hasResourceProperties('AWS::ApiGatewayV2::Authorizer', { AuthorizerType: 'JWT' });
+    const api = Object.values(template.findResources('AWS::ApiGatewayV2::Api'))[0]!;
+    const cors = api.Properties.CorsConfiguration as { AllowOrigins: unknown[]; AllowHeaders: string[] };
+    expect(cors.AllowOrigins).toHaveLength(1);
+    expect(JSON.stringify(cors.AllowOrigins[0])).toMatch(/DashboardDistribution.*DomainName/);
+    expect(cors.AllowHeaders).toEqual(['authorization', 'content-type']);
+    // The files and the config that points them at the API and the sign-in
+    template.resourceCountIs('Custom::CDKBucketDeployment', 1);
+  });
+
+  it('uses the issuer the operator gives instead of making a user pool', async () => {
+    const { template } = await synthesize({
+      dashboard: 'true',
+      jwtIssuer: 'https://login.example.com',
+      jwtAudience: 'dr-dashboard',
+    });
+    template.resourceCountIs('AWS::Cognito::UserPool', 0);
+    template.hasResourceProperties('AWS::ApiGatewayV2::Authorizer', {
+      JwtConfiguration: { Issuer: 'https://login.example.com', Audience: ['dr-dashboard'] },
+    });
+  });
+
+  it('passes cdk-nag and cfn-lint', async () => {
+    const nag = site.report.pluginReports.find((plugin) => plugin.pluginName === 'AwsSolutions');
+    expect(nag?.violations).toEqual([]);
+    const { code, output } = await cfnLint(join(site.outdir, 'DrControlPlane.template.json'));
+    expect(code & 3, output).toBe(0);
+  });
+});
