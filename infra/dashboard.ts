@@ -66,12 +66,30 @@ export class Dashboard extends Construct {
       reason: 'The bucket holds the dashboard build only (no data); CloudFront is the only reader.',
     });
 
+    // The page talks to the HTTP API and to the sign-in (the issuer's metadata and keys; Cognito's token
+    // endpoint on its hosted domain) and to nothing else
+    const region = Stack.of(this).region;
+    const connect = [
+      `https://*.execute-api.${region}.amazonaws.com`,
+      ...(props.signIn
+        ? [new URL(props.signIn.issuer).origin]
+        : [`https://cognito-idp.${region}.amazonaws.com`, `https://*.auth.${region}.amazoncognito.com`]),
+    ];
     const headers = new ResponseHeadersPolicy(this, 'SecurityHeaders', {
       securityHeadersBehavior: {
         contentSecurityPolicy: {
           // The API and the sign-in are reached with fetch/redirects; nothing else is loaded from elsewhere
-          contentSecurityPolicy:
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' https:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
+          contentSecurityPolicy: [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            `connect-src 'self' ${connect.join(' ')}`,
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "object-src 'none'",
+          ].join('; '),
           override: true,
         },
         strictTransportSecurity: {
