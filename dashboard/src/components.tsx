@@ -15,33 +15,16 @@ import {
 import annotationPlugin from 'chartjs-plugin-annotation';
 import type { ComponentChildren } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
+import type { RunProgress } from '../../functions/core/records.ts';
 import { ApiError, bytes, duration } from './api.ts';
 
 Chart.register(
-  BarController,
-  BarElement,
-  CategoryScale,
-  Filler,
-  Legend,
-  LinearScale,
-  LineController,
-  LineElement,
-  PointElement,
-  Tooltip,
-  annotationPlugin,
+  ...[BarController, BarElement, CategoryScale, Filler, Legend, LinearScale, LineController],
+  ...[LineElement, PointElement, Tooltip, annotationPlugin],
 );
 
 /** What a running backup, restore or test reports (the API's `progress`). */
-export interface RunProgress {
-  readonly phase: string;
-  readonly item?: string;
-  readonly bytes: number;
-  readonly totalBytes?: number;
-  readonly estimated?: boolean;
-  readonly percent?: number;
-  readonly bytesPerSecond: number;
-  readonly etaSeconds?: number;
-}
+export type { RunProgress } from '../../functions/core/records.ts';
 
 export function ProgressBar({ progress, label }: { progress?: RunProgress | undefined; label: string }) {
   if (!progress)

@@ -89,6 +89,18 @@ export function Metrics() {
   );
 }
 
+/** The objective as a dashed line across a chart, labelled. */
+function objectiveLine(hours: number, name: string) {
+  return {
+    type: 'line' as const,
+    yMin: hours,
+    yMax: hours,
+    borderColor: '#dc2626',
+    borderDash: [6, 4],
+    label: { display: true, content: `${name} ${hours} h`, position: 'end' as const },
+  };
+}
+
 function Charts({ data }: { data: Series }) {
   const labels = data.days.map((entry) => entry.date);
   const success: ChartConfiguration = {
@@ -163,14 +175,7 @@ function Charts({ data }: { data: Series }) {
       plugins: {
         annotation: {
           annotations: {
-            objective: {
-              type: 'line',
-              yMin: data.objectives.rpo,
-              yMax: data.objectives.rpo,
-              borderColor: '#dc2626',
-              borderDash: [6, 4],
-              label: { display: true, content: `RPO ${data.objectives.rpo} h`, position: 'end' },
-            },
+            objective: objectiveLine(data.objectives.rpo, 'RPO'),
             ...Object.fromEntries(
               rpoViolations.map((violation, index) => [
                 `violation${index}`,
@@ -207,14 +212,7 @@ function Charts({ data }: { data: Series }) {
       plugins: {
         annotation: {
           annotations: {
-            objective: {
-              type: 'line',
-              yMin: data.objectives.rto,
-              yMax: data.objectives.rto,
-              borderColor: '#dc2626',
-              borderDash: [6, 4],
-              label: { display: true, content: `RTO ${data.objectives.rto} h`, position: 'end' },
-            },
+            objective: objectiveLine(data.objectives.rto, 'RTO'),
           },
         },
       },
