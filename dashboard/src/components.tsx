@@ -83,13 +83,7 @@ export function ChartView({
       <details>
         <summary>Data</summary>
         <table>
-          <thead>
-            <tr>
-              {table.head.map((cell) => (
-                <th scope="col">{cell}</th>
-              ))}
-            </tr>
-          </thead>
+          <Head columns={table.head} />
           <tbody>
             {table.rows.map((row) => (
               <tr>
@@ -129,6 +123,19 @@ export function usePolled<T>(load: () => Promise<T>, deps: readonly unknown[], e
     };
   }, [...deps, tick]);
   return { data, error, reload: () => setTick((n) => n + 1) };
+}
+
+/** A table's header row. */
+export function Head({ columns }: { columns: readonly string[] }) {
+  return (
+    <thead>
+      <tr>
+        {columns.map((column) => (
+          <th scope="col">{column}</th>
+        ))}
+      </tr>
+    </thead>
+  );
 }
 
 export function Problem({ error }: { error: Error | undefined }) {

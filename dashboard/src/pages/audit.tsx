@@ -1,5 +1,5 @@
 import { api, when } from '../api.ts';
-import { Problem, Status, usePolled } from '../components.tsx';
+import { Problem, Status, usePolled, Head } from '../components.tsx';
 
 interface Entry {
   seq?: number;
@@ -30,15 +30,7 @@ export function Audit() {
       ) : null}
       <div class="table-scroll">
         <table>
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Who</th>
-              <th scope="col">Action</th>
-              <th scope="col">Resource</th>
-              <th scope="col">Details</th>
-            </tr>
-          </thead>
+          <Head columns={['When', 'Who', 'Action', 'Resource', 'Details']} />
           <tbody>
             {(entries.data?.items ?? []).map((entry) => (
               <tr>

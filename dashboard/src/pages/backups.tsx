@@ -1,6 +1,6 @@
 import { useState } from 'preact/hooks';
 import { api, bytes, duration, when, type ApiError } from '../api.ts';
-import { ProgressBar, Problem, Status, usePolled, type RunProgress } from '../components.tsx';
+import { ProgressBar, Problem, Status, usePolled, type RunProgress, Head } from '../components.tsx';
 
 export interface Backup {
   id: string;
@@ -107,21 +107,21 @@ export function Backups({ navigate }: { navigate: (hash: string) => void }) {
       ) : null}
       <div class="table-scroll">
         <table data-testid="catalog">
-          <thead>
-            <tr>
-              <th scope="col">Backup</th>
-              <th scope="col">Schedule</th>
-              <th scope="col">Type</th>
-              <th scope="col">Status</th>
-              <th scope="col">Restore point</th>
-              <th scope="col">Duration</th>
-              <th scope="col">Targets</th>
-              <th scope="col">Read / stored</th>
-              <th scope="col">Dedup</th>
-              <th scope="col">Verified</th>
-              <th scope="col">Actions</th>
-            </tr>
-          </thead>
+          <Head
+            columns={[
+              'Backup',
+              'Schedule',
+              'Type',
+              'Status',
+              'Restore point',
+              'Duration',
+              'Targets',
+              'Read / stored',
+              'Dedup',
+              'Verified',
+              'Actions',
+            ]}
+          />
           <tbody>
             {(list.data?.items ?? []).map((backup) => (
               <tr data-testid={`backup-${backup.id}`}>

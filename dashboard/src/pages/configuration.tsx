@@ -1,6 +1,6 @@
 import { useState } from 'preact/hooks';
 import { api, bytes, field, when } from '../api.ts';
-import { Problem, Status, usePolled } from '../components.tsx';
+import { Problem, Status, usePolled, Head } from '../components.tsx';
 
 interface Config {
   source?: { database?: { url?: string; passwordSet?: boolean } };
@@ -222,14 +222,7 @@ function Targets({ targets }: { targets: Polled<{ items: Target[] }> }) {
       <h2>Targets</h2>
       <Problem error={targets.error} />
       <table data-testid="targets">
-        <thead>
-          <tr>
-            <th scope="col">Name</th>
-            <th scope="col">Type</th>
-            <th scope="col">Where</th>
-            <th scope="col">Live check</th>
-          </tr>
-        </thead>
+        <Head columns={['Name', 'Type', 'Where', 'Live check']} />
         <tbody>
           {(targets.data?.items ?? []).map((target) => (
             <tr>
@@ -326,16 +319,7 @@ function Schedules({ targets }: { targets: readonly Target[] }) {
       <h2>Schedules</h2>
       <Problem error={schedules.error} />
       <table data-testid="schedules">
-        <thead>
-          <tr>
-            <th scope="col">Name</th>
-            <th scope="col">Type</th>
-            <th scope="col">Cron</th>
-            <th scope="col">Next runs</th>
-            <th scope="col">Targets</th>
-            <th scope="col">Actions</th>
-          </tr>
-        </thead>
+        <Head columns={['Name', 'Type', 'Cron', 'Next runs', 'Targets', 'Actions']} />
         <tbody>
           {(schedules.data?.items ?? []).map((schedule) => (
             <tr>

@@ -1,5 +1,5 @@
 import { api, when } from '../api.ts';
-import { ProgressBar, Problem, Section, Status, usePolled, type RunProgress } from '../components.tsx';
+import { ProgressBar, Problem, Section, Status, usePolled, type RunProgress, Head } from '../components.tsx';
 
 interface Summary {
   objectives: { rpo: number; rto: number };
@@ -136,16 +136,7 @@ export function Overview() {
       <Section title="3-2-1 per schedule">
         <Problem error={compliance.error} />
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Schedule</th>
-              <th scope="col">Status</th>
-              <th scope="col">Copies</th>
-              <th scope="col">Media</th>
-              <th scope="col">Off-site</th>
-              <th scope="col">Missing</th>
-            </tr>
-          </thead>
+          <Head columns={['Schedule', 'Status', 'Copies', 'Media', 'Off-site', 'Missing']} />
           <tbody>
             {(compliance.data?.items ?? []).map((row) => (
               <tr>
