@@ -195,6 +195,10 @@ describe('the DR Management dashboard', () => {
       )
       .toMatch(/2\s*2\s*0\s*100\.0%/);
     await expect.poll(() => page.getByTestId('key-figures').textContent()).toMatch(/100\.0%/);
+    // Targets by name, not id
+    await expect
+      .poll(() => page.getByTestId('chart-storage').locator('th').allTextContents())
+      .toContain('Local disk');
     await shot('metrics');
     await accessible();
   });
@@ -252,6 +256,7 @@ describe('the DR Management dashboard', () => {
     await open('#/overview', 'Overview');
     await expect.poll(() => page.getByTestId('rpo-now').textContent()).toMatch(/VIOLATED.*objective 0.25 h/);
     await expect.poll(() => page.getByTestId('rto-now').textContent()).toMatch(/MET/);
+    await expect.poll(() => page.getByRole('row', { name: /Nightly full/ }).count()).toBe(1);
     await shot('overview');
     await accessible();
     await open('#/metrics', 'Metrics');

@@ -140,6 +140,7 @@ it('gives the figures over time for charts: per day, the restore point age as a 
   expect(response.status).toBe(200);
   expect(response.body.objectives).toEqual({ rpo: 2, rto: 4 });
   expect(response.body.targets).toEqual(['primary']);
+  expect(response.body.targetNames).toEqual({ primary: 'primary' });
   expect(response.body.days).toEqual([
     {
       date: '2026-11-01',

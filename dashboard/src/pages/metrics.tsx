@@ -6,6 +6,7 @@ import { ChartView, Problem, usePolled } from '../components.tsx';
 interface Series {
   objectives: { rpo: number; rto: number };
   targets: string[];
+  targetNames: Record<string, string>;
   days: {
     date: string;
     backups: number;
@@ -142,7 +143,7 @@ function Charts({ data }: { data: Series }) {
     data: {
       labels,
       datasets: data.targets.map((target, index) => ({
-        label: target,
+        label: data.targetNames[target] ?? target,
         data: data.days.map((d) => (d.storedBytes[target] ?? 0) / 1e6),
         borderColor: palette[index % palette.length],
       })),
@@ -253,7 +254,7 @@ function Charts({ data }: { data: Series }) {
         title="Storage per target"
         config={storage}
         table={{
-          head: ['day', ...data.targets],
+          head: ['day', ...data.targets.map((target) => data.targetNames[target] ?? target)],
           rows: data.days.map((d) => [
             d.date,
             ...data.targets.map((target) => bytes(d.storedBytes[target] ?? 0)),

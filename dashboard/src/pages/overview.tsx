@@ -44,6 +44,12 @@ export function Overview() {
   const summary = usePolled(() => api<Summary>('/api/dr/metrics'), [], 10_000);
   const alerts = usePolled(() => api<{ items: Alert[] }>('/api/dr/alerts'), [], 10_000);
   const compliance = usePolled(() => api<{ items: ComplianceRow[] }>('/api/dr/metrics/compliance'), []);
+  const schedules = usePolled(
+    () => api<{ items: { id: string; name: string }[] }>('/api/dr/schedules?limit=100'),
+    [],
+  );
+  const scheduleName = (id: string) =>
+    schedules.data?.items.find((schedule) => schedule.id === id)?.name ?? id;
   const tests = usePolled(() => api<{ items: Test[] }>('/api/dr/test?limit=50'), [], 5_000);
   const running = usePolled(
     async () => {
@@ -140,7 +146,7 @@ export function Overview() {
           <tbody>
             {(compliance.data?.items ?? []).map((row) => (
               <tr>
-                <td>{row.scheduleId}</td>
+                <td>{scheduleName(row.scheduleId)}</td>
                 <td>
                   <Status value={row.compliant ? 'OK' : 'NOT MET'} />
                 </td>

@@ -181,9 +181,8 @@ export async function metricsSeries(cp: ControlPlane, range: Range) {
   for (let day = Math.floor(range.from / DAY_MS) * DAY_MS; day <= range.to; day += DAY_MS)
     days.push({ date: new Date(day).toISOString().slice(0, 10), from: day, to: day + DAY_MS - 1 });
   const byDay = successRate(data.backups, range).byDay;
-  const targets = [
-    ...new Set(data.backups.flatMap((backup) => backup.targets.map((t) => t.targetId))),
-  ].sort();
+  const names = new Map(data.backups.flatMap((backup) => backup.targets.map((t) => [t.targetId, t.name])));
+  const targets = [...names.keys()].sort();
   const stored = days.map((day) => storageByTarget(data.backups, { from: day.from, to: day.to }));
   // Only database restore points count for the RPO (as for the violations)
   const finishes = data.backups
@@ -216,6 +215,7 @@ export async function metricsSeries(cp: ControlPlane, range: Range) {
     ...window(range),
     objectives: { rpo: data.rpo, rto: data.rto },
     targets,
+    targetNames: Object.fromEntries(targets.map((target) => [target, names.get(target)!])),
     days: days.map((day, index) => {
       const rate = byDay[day.date];
       const duration = durations(data.backups, day);
