@@ -25,6 +25,7 @@ import {
 } from '../core/services/backup-service.ts';
 import { listFirings } from '../core/services/dispatch-service.ts';
 import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
+import { primaryHealth } from '../core/services/primary-watch.ts';
 import { getRestore, listRestores, startRestore } from '../core/services/restore-service.ts';
 import { listAlerts } from '../core/services/alert-service.ts';
 import { changeStreamReport } from '../core/services/change-stream-service.ts';
@@ -134,6 +135,16 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       public: true,
       status: 200,
       handle: () => Promise.resolve({ body: { status: 'ok', version: info.version, mode: info.mode } }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/health/primary',
+      operationId: 'getPrimaryHealth',
+      summary:
+        'The watch over the primary database (once a minute: connect, select, not in recovery, writable): state (UP, FAILING, DOWN, UNKNOWN), consecutive failures, the probes of the last two hours, and the rule that declares it down',
+      tag: 'health',
+      status: 200,
+      handle: async () => ({ body: await primaryHealth(cp) }),
     }),
     route({
       method: 'GET',

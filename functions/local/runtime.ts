@@ -27,6 +27,7 @@ import { cloudWatchFreeStorage } from '../aws/free-storage.ts';
 import { ARTIFACTS, artifactFilename, type DownloadLinks, type RunLauncher } from '../core/ports.ts';
 import type { MailMessage } from '../core/mail.ts';
 import { type HeavySteps, heavyStepsFromEnv } from '../core/env.ts';
+import { watchPrimary } from '../core/services/primary-watch.ts';
 
 export const LOCAL_TABLE_NAME = 'dr-automation';
 
@@ -137,6 +138,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     },
     watch: () => {
       track('watch', () => measureSource(worker(), { readiness: true }));
+      track('primary watch', () => watchPrimary(worker()));
       return Promise.resolve();
     },
   };

@@ -14,6 +14,7 @@ import { runStagedStep } from '../workflows/fargate.ts';
 import { exportToBucket } from './export.ts';
 import { fanOutSteps } from './fanout.ts';
 import { retention, runBackup, type PipelineDeps } from './pipeline.ts';
+import { watchPrimary } from '../core/services/primary-watch.ts';
 
 /**
  * The backup worker on AWS, one container image for both runners: the Lambda handler below (`index.handler`)
@@ -46,8 +47,15 @@ async function work(event: WorkerEvent): Promise<unknown> {
     case 'retention':
       return retention(controlPlane, pipeline);
     case 'watch': {
-      const measured = await measureSource(controlPlane, { readiness: true });
-      return { measuredAt: measured?.measuredAt, failure: measured?.failure?.error };
+      const [measured, primary] = await Promise.all([
+        measureSource(controlPlane, { readiness: true }),
+        watchPrimary(controlPlane),
+      ]);
+      return {
+        measuredAt: measured?.measuredAt,
+        failure: measured?.failure?.error,
+        primary: primary?.state,
+      };
     }
     case 'workflow':
       return runWorkflowTask(controlPlane, workflowDeps, event.task, event.input);

@@ -28,6 +28,10 @@ export interface TestPostgres {
   connection(database: string): DatabaseConnection;
   createDatabase(name: string): Promise<DatabaseConnection>;
   sql(database: string, text: string): Promise<pg.QueryResult>;
+  /** Stops the server at once, as a crash would (`pg_ctl stop -m immediate`), keeping its data. */
+  halt(): Promise<void>;
+  /** Starts it again after `halt`, on the same port. */
+  resume(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -102,6 +106,21 @@ export async function startPostgres(): Promise<TestPostgres> {
       return connection(name);
     },
     sql,
+    halt: async () => {
+      await as(join(bin, 'pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop']);
+    },
+    resume: async () => {
+      await as(join(bin, 'pg_ctl'), [
+        '-D',
+        data,
+        '-o',
+        options,
+        '-l',
+        join(root, 'server.log'),
+        '-w',
+        'start',
+      ]);
+    },
     stop: async () => {
       await as(join(bin, 'pg_ctl'), ['-D', data, '-m', 'immediate', 'stop']).catch(() => undefined);
       await rm(root, { recursive: true, force: true });

@@ -8,6 +8,7 @@ import { listDrTests, type DrTestRecord } from './drtest-service.ts';
 import { targetUsage, type Target } from './target-service.ts';
 import type { BackupRecord, Condition } from '../records.ts';
 import { mailBody, type MailMessage } from '../mail.ts';
+import { primaryConditions } from './primary-watch.ts';
 
 /**
  * Alerts by email, one per episode: a condition that starts (a schedule's backups fail, the RPO is
@@ -40,6 +41,9 @@ export async function currentConditions(cp: ControlPlane): Promise<Condition[]> 
     (item) => item.data,
   );
   const conditions: Condition[] = [];
+
+  // The primary: down for long enough (not one failed probe)
+  conditions.push(...(await primaryConditions(cp, config)));
 
   // A schedule whose newest finished backup failed (or reached only some targets).
   const schedules = [...new Set(backups.map((backup) => backup.scheduleId))].sort();
