@@ -13,6 +13,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { ControlPlane } from '../core/context.ts';
+import { ConflictError } from '../core/errors.ts';
 import { Partition } from '../core/store/table.ts';
 import { group, required, WorkflowError, workflowState } from './steps.ts';
 
@@ -67,9 +68,17 @@ export async function runStagedStep(
     outcome = { error: { name: failure.name || 'Error', message: failure.message } };
     cp.logger.warn('fargate step failed', { task, error: failure.message });
   }
-  await cp.table.replace(
-    staged,
-    { ...staged.data, task, ...outcome, finishedAt: cp.now().toISOString() },
-    cp.now(),
-  );
+  try {
+    await cp.table.replace(
+      staged,
+      { ...staged.data, task, ...outcome, finishedAt: cp.now().toISOString() },
+      cp.now(),
+    );
+  } catch (error) {
+    // Whoever waited for it gave up and removed it (a fan-out whose other part failed): nobody reads this
+    // outcome, and failing here would only hide the run's real error behind this one.
+    if (!(error instanceof ConflictError) || (await cp.table.get(Partition.step, key)) !== undefined)
+      throw error;
+    cp.logger.warn('fargate step outcome not kept: its staging was removed', { task, key });
+  }
 }

@@ -241,4 +241,31 @@ describe('heavy steps on Fargate (local interpreter)', () => {
     });
     expect(await stepsLeft()).toBe(0);
   });
+
+  it('ends quietly a step whose staging was removed while it ran (the run gave up): no error to hide the real one', async () => {
+    const { fargateSteps, runStagedStep } = await import('../../functions/workflows/fargate.ts');
+    const cp = api.runtime.controlPlane;
+    const { key } = (await fargateSteps['fargate.stage']!.run(cp, {} as never, { testId: 'y' })) as {
+      key: string;
+    };
+    // A fan-out's coordinator saw another part fail and removed the staged items while this part ran
+    await runStagedStep(cp, 'fanout.part', key, async () => {
+      const item = await cp.table.get(Partition.step, key);
+      await cp.table.delete(item!);
+      return { pieces: 1 };
+    });
+    expect(await stepsLeft()).toBe(0);
+    // Another writer's change (the item still there) is still an error
+    const second = (await fargateSteps['fargate.stage']!.run(cp, {} as never, { testId: 'z' })) as {
+      key: string;
+    };
+    await expect(
+      runStagedStep(cp, 'fanout.part', second.key, async () => {
+        const item = await cp.table.get<Record<string, unknown>>(Partition.step, second.key);
+        await cp.table.replace(item!, { ...item!.data, touched: true }, new Date());
+        return null;
+      }),
+    ).rejects.toThrow(/changed by another request/);
+    await cp.table.delete((await cp.table.get(Partition.step, second.key))!);
+  });
 });
