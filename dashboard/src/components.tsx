@@ -158,9 +158,9 @@ export function Problem({ error }: { error: Error | undefined }) {
 
 /** A status word, coloured by what it means (and readable without the colour). */
 export function Status({ value }: { value: string }) {
-  const tone = /FAIL|PARTIAL|ERROR|VIOLATED|NOT |OVERDUE|BROKEN|OPEN|NO RESTORE/.test(value)
+  const tone = /FAIL|PARTIAL|ERROR|VIOLATED|NOT |OVERDUE|BROKEN|OPEN|NO RESTORE|DOWN/.test(value)
     ? 'bad'
-    : /SUCCE|PASS|^OK$|PLANNED|^MET$/.test(value)
+    : /SUCCE|PASS|^OK$|PLANNED|^MET$|^UP$/.test(value)
       ? 'good'
       : 'busy';
   return <mark class={`status ${tone}`}>{value}</mark>;

@@ -51,6 +51,16 @@ export function Overview() {
   const scheduleName = (id: string) =>
     schedules.data?.items.find((schedule) => schedule.id === id)?.name ?? id;
   const tests = usePolled(() => api<{ items: Test[] }>('/api/dr/test?limit=50'), [], 5_000);
+  const primary = usePolled(
+    () =>
+      api<{
+        state: string;
+        consecutiveFailures?: number;
+        lastProbe?: { at: string; ms: number; error?: string };
+      }>('/api/dr/health/primary'),
+    [],
+    10_000,
+  );
   const running = usePolled(
     async () => {
       const [backups, restores, runningTests] = await Promise.all([
@@ -107,6 +117,21 @@ export function Overview() {
               <Status value="NOT MEASURED" /> run a RESTORE_TEST or RECOVERY_TIME_TEST
             </p>
           )}
+        </article>
+        <article data-testid="primary-now">
+          <header>Primary database</header>
+          {primary.data ? (
+            <p>
+              <Status value={primary.data.state} />{' '}
+              {primary.data.lastProbe
+                ? `last probe ${when(primary.data.lastProbe.at)}${
+                    primary.data.lastProbe.error
+                      ? `: ${primary.data.lastProbe.error} (${primary.data.consecutiveFailures} in a row)`
+                      : `, ${primary.data.lastProbe.ms} ms`
+                  }`
+                : 'not probed yet (the checks probe it every minute)'}
+            </p>
+          ) : null}
         </article>
       </div>
 
