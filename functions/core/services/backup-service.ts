@@ -4,7 +4,7 @@ import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
-import { requireFound } from './common.ts';
+import { newestFirst, requireFound } from './common.ts';
 import { findConfig } from './config-service.ts';
 import type { BackupRecord, BackupStatus, StoredSchedule } from '../records.ts';
 import { artifactsOf, type DownloadLinks, type RunLauncher } from '../ports.ts';
@@ -275,23 +275,11 @@ export async function listBackups(
     (filter.from === undefined || record.startedAt >= filter.from) &&
     (filter.to === undefined || record.startedAt <= filter.to) &&
     (!filter.latest || isRestorePoint(record));
-  const items: BackupRecord[] = [];
-  let after = filter.nextToken === undefined ? undefined : await decodeAfter(cp, filter.nextToken);
-  for (;;) {
-    const page = await cp.table.query<StoredItem<BackupRecord>>(Partition.backup, {
-      descending: true,
-      limit: 100,
-      ...(after === undefined ? {} : { after }),
-    });
-    for (const item of page.items) {
-      if (!matches(item.data)) continue;
-      items.push(item.data);
-      if (items.length === limit)
-        return filter.latest ? { items } : { items, nextToken: await cp.table.sealToken(item.sk) };
-    }
-    if (page.items.length === 0 || page.nextToken === undefined) return { items };
-    after = page.items.at(-1)!.sk;
-  }
+  const after = filter.nextToken === undefined ? undefined : await decodeAfter(cp, filter.nextToken);
+  const { items, last } = await newestFirst(cp, Partition.backup, matches, limit, after);
+  return last === undefined || filter.latest
+    ? { items }
+    : { items, nextToken: await cp.table.sealToken(last) };
 }
 
 /**

@@ -144,3 +144,32 @@ export async function updateItem<T>(
 export function runnerOf(cp: ControlPlane): HeavySteps {
   return cp.heavySteps ?? { heavy: 'lambda', fromBytes: 0 };
 }
+
+/**
+ * A partition's items newest first (by sort key) that `matches` takes, at most `limit`, after the sort key
+ * `after`; `last` is the sort key of the last one when the limit was reached (more may follow: the caller
+ * seals it into the next page's token).
+ */
+export async function newestFirst<T>(
+  cp: ControlPlane,
+  partition: PartitionKey,
+  matches: (data: T) => boolean,
+  limit: number,
+  after: string | undefined,
+): Promise<{ items: T[]; last?: string }> {
+  const items: T[] = [];
+  for (;;) {
+    const page = await cp.table.query<StoredItem<T>>(partition, {
+      descending: true,
+      limit: 100,
+      ...(after === undefined ? {} : { after }),
+    });
+    for (const item of page.items) {
+      if (!matches(item.data)) continue;
+      items.push(item.data);
+      if (items.length === limit) return { items, last: item.sk };
+    }
+    if (page.items.length === 0 || page.nextToken === undefined) return { items };
+    after = page.items.at(-1)!.sk;
+  }
+}

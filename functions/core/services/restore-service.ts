@@ -3,10 +3,10 @@ import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import { ForbiddenError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
 import type { RestoreInput } from '../schemas.ts';
-import { Partition, type StoredItem } from '../store/table.ts';
+import { Partition } from '../store/table.ts';
 import { getBackup, isGood, newBackupId } from './backup-service.ts';
 import { environmentConnection, environmentDatabaseName, findConfig } from './config-service.ts';
-import { runnerOf, updateItem } from './common.ts';
+import { newestFirst, runnerOf, updateItem } from './common.ts';
 import { atLeast } from '../authz.ts';
 import type { RunProgress, StepRecord } from '../records.ts';
 
@@ -224,31 +224,23 @@ export async function getRestore(cp: ControlPlane, id: string): Promise<RestoreR
   return item.data;
 }
 
-/** Changes a restore's entry (the workflow's steps), re-reading on a concurrent change. */
 /** GET /api/dr/restore: restores, newest first (`status` to filter), paged. */
 export async function listRestores(
   cp: ControlPlane,
   filter: { limit?: number; nextToken?: string | undefined; status?: RestoreStatus | undefined },
 ): Promise<{ items: RestoreRecord[]; nextToken?: string }> {
-  const limit = filter.limit ?? 50;
-  const items: RestoreRecord[] = [];
-  let after = filter.nextToken === undefined ? undefined : await cp.table.openToken(filter.nextToken);
-  for (;;) {
-    const page = await cp.table.query<StoredItem<RestoreRecord>>(Partition.restore, {
-      descending: true,
-      limit: 100,
-      ...(after === undefined ? {} : { after }),
-    });
-    for (const item of page.items) {
-      if (filter.status !== undefined && item.data.status !== filter.status) continue;
-      items.push(item.data);
-      if (items.length === limit) return { items, nextToken: await cp.table.sealToken(item.sk) };
-    }
-    if (page.items.length === 0 || page.nextToken === undefined) return { items };
-    after = page.items.at(-1)!.sk;
-  }
+  const after = filter.nextToken === undefined ? undefined : await cp.table.openToken(filter.nextToken);
+  const { items, last } = await newestFirst<RestoreRecord>(
+    cp,
+    Partition.restore,
+    (record) => filter.status === undefined || record.status === filter.status,
+    filter.limit ?? 50,
+    after,
+  );
+  return last === undefined ? { items } : { items, nextToken: await cp.table.sealToken(last) };
 }
 
+/** Changes a restore's entry (the workflow's steps), re-reading on a concurrent change. */
 export async function updateRestore(
   cp: ControlPlane,
   id: string,
