@@ -42,16 +42,18 @@ export async function emitBackupMetrics(record: BackupRecord): Promise<void> {
   await metrics.flush();
 }
 
-/** Every minute (the dispatcher): how old the newest restore point is, and what is out of compliance. */
+/** Every minute (the dispatcher): how old the newest restore point is, what is out of compliance, the primary. */
 export async function emitHealthMetrics(figures: {
   rpoAgeHours: number | undefined;
   rpoViolated: boolean;
   testsOverdue: number;
+  primaryUp?: boolean | undefined;
 }): Promise<void> {
   if (!enabled()) return;
   const metrics = logger();
   if (figures.rpoAgeHours !== undefined) metrics.putMetric('RpoAgeHours', figures.rpoAgeHours, Unit.None);
   metrics.putMetric('RpoViolated', figures.rpoViolated ? 1 : 0, Unit.Count);
   metrics.putMetric('DrTestsOverdue', figures.testsOverdue, Unit.Count);
+  if (figures.primaryUp !== undefined) metrics.putMetric('PrimaryUp', figures.primaryUp ? 1 : 0, Unit.Count);
   await metrics.flush();
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MailMessage } from '../../functions/core/mail.ts';
-import { runAlertChecks } from '../../functions/core/services/alert-service.ts';
+import { healthFigures, runAlertChecks } from '../../functions/core/services/alert-service.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 
@@ -56,6 +56,10 @@ describe('the primary watch', () => {
       lastProbe: { ok: true, inRecovery: false, writable: true },
     });
     expect(body.history).toHaveLength(1);
+    // Checked twice in one minute (the checks, then the health figures): probed once
+    await runAlertChecks(api.runtime.controlPlane, mailer);
+    expect((await health()).history).toHaveLength(1);
+    expect((await healthFigures(api.runtime.controlPlane)).primaryUp).toBe(true);
     // Viewers may look; nobody unauthenticated
     expect((await api.call('GET', '/api/dr/health/primary', undefined, { token: null })).status).toBe(401);
   });
@@ -89,6 +93,7 @@ describe('the primary watch', () => {
     expect((await minute()).opened).toEqual([]);
     expect((await minute()).opened).toEqual(['primary-down']);
     expect(await health()).toMatchObject({ state: 'DOWN', consecutiveFailures: 3 });
+    expect((await healthFigures(api.runtime.controlPlane)).primaryUp).toBe(false);
     expect((await minute()).opened).toEqual([]); // one email per episode
     expect(sent).toHaveLength(1);
     const [alert] = sent;

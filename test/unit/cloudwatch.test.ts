@@ -59,8 +59,13 @@ it('writes one EMF line per run with duration, bytes and outcome in the DrAutoma
 it('writes the RPO age and compliance every minute, and nothing where metrics are off (locally)', async () => {
   process.env.DR_METRICS = 'emf';
   const log = vi.spyOn(console, 'log').mockImplementation(() => undefined);
-  await emitHealthMetrics({ rpoAgeHours: 1.5, rpoViolated: true, testsOverdue: 2 });
-  expect(captured(log)[0]).toMatchObject({ RpoAgeHours: 1.5, RpoViolated: 1, DrTestsOverdue: 2 });
+  await emitHealthMetrics({ rpoAgeHours: 1.5, rpoViolated: true, testsOverdue: 2, primaryUp: false });
+  expect(captured(log)[0]).toMatchObject({
+    RpoAgeHours: 1.5,
+    RpoViolated: 1,
+    DrTestsOverdue: 2,
+    PrimaryUp: 0,
+  });
   delete process.env.DR_METRICS;
   log.mockClear();
   await emitHealthMetrics({ rpoAgeHours: 1.5, rpoViolated: true, testsOverdue: 2 });

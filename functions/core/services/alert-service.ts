@@ -8,7 +8,7 @@ import { listDrTests, type DrTestRecord } from './drtest-service.ts';
 import { targetUsage, type Target } from './target-service.ts';
 import type { BackupRecord, Condition } from '../records.ts';
 import { mailBody, type MailMessage } from '../mail.ts';
-import { primaryConditions } from './primary-watch.ts';
+import { primaryConditions, primaryUp } from './primary-watch.ts';
 
 /**
  * Alerts by email, one per episode: a condition that starts (a schedule's backups fail, the RPO is
@@ -232,9 +232,12 @@ function formatBytes(bytes: number): string {
 }
 
 /** The figures the dispatcher publishes every minute (CloudWatch), from the same conditions. */
-export async function healthFigures(
-  cp: ControlPlane,
-): Promise<{ rpoAgeHours: number | undefined; rpoViolated: boolean; testsOverdue: number }> {
+export async function healthFigures(cp: ControlPlane): Promise<{
+  rpoAgeHours: number | undefined;
+  rpoViolated: boolean;
+  testsOverdue: number;
+  primaryUp: boolean | undefined;
+}> {
   const conditions = await currentConditions(cp);
   const backups = (await cp.table.queryAll<StoredItem<BackupRecord>>(Partition.backup)).map(
     (item) => item.data,
@@ -252,6 +255,7 @@ export async function healthFigures(
     testsOverdue: conditions.filter(
       (condition) => condition.key.startsWith('test-overdue:') && condition.active,
     ).length,
+    primaryUp: await primaryUp(cp),
   };
 }
 

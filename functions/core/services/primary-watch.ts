@@ -24,6 +24,8 @@ export const PRIMARY_WATCH = {
 } as const;
 
 const KEY = 'watch:primary';
+/** A probe this recent stands: the checks and the health figures of one minute (or two asks of the worker) probe once. */
+const MIN_PROBE_INTERVAL_MS = 30_000;
 /** Locally the probe runs with the checks; on AWS the worker probes (it reaches the source) when this old. */
 const PROBE_PERIOD_MS = 50_000;
 
@@ -115,6 +117,9 @@ export function nextState(previous: PrimaryState | undefined, probe: PrimaryProb
 export async function watchPrimary(cp: ControlPlane): Promise<PrimaryState | undefined> {
   const database = (await sourceForRun(cp))?.database;
   if (!database) return undefined;
+  const recent = await cp.table.get<PrimaryState>(Partition.alert, KEY);
+  if (recent && cp.now().getTime() - Date.parse(recent.data.lastProbe.at) < MIN_PROBE_INTERVAL_MS)
+    return recent.data;
   const result = await probe(database, () => cp.now());
   const stored = await cp.table.get<PrimaryState>(Partition.alert, KEY);
   const next = nextState(stored?.data, result);
@@ -126,6 +131,12 @@ export async function watchPrimary(cp: ControlPlane): Promise<PrimaryState | und
     cp.logger.warn('primary watch not recorded', { error: (error as Error).message }),
   );
   return next;
+}
+
+/** Whether the primary was up at its last probe (undefined: never probed, or no source). */
+export async function primaryUp(cp: ControlPlane): Promise<boolean | undefined> {
+  const stored = await cp.table.get<PrimaryState>(Partition.alert, KEY);
+  return stored ? stored.data.state === 'UP' : undefined;
 }
 
 /** GET /api/dr/health/primary: the state, the probes, and the rule that decides. */
