@@ -61,8 +61,11 @@ export function clientConfig(connection: DatabaseConnection, extra: pg.ClientCon
   };
 }
 
-export async function connect(connection: DatabaseConnection): Promise<pg.Client> {
-  const client = new pg.Client(clientConfig(connection));
+export async function connect(
+  connection: DatabaseConnection,
+  extra: pg.ClientConfig = {},
+): Promise<pg.Client> {
+  const client = new pg.Client(clientConfig(connection, extra));
   client.on('error', () => undefined); // reported through the failing query instead
   try {
     await client.connect();

@@ -284,15 +284,16 @@ async function restoreSnapshot(
         ? sessions.run(sql, line)
         : postData.restore(options.target, { ...common(options), lines: [line] });
     };
-    const keysOf = (table: TableRecord) => {
+    /** A table's keys (which lock it whole) and indexes not yet built. */
+    const buildsOf = (table: TableRecord) => {
       const own = new Set([`${table.schema} ${table.name}`]);
       const indexes = new Set(table.indexes.map((index) => `${table.schema} ${index}`));
-      const lines = entries.filter(
-        (entry) =>
-          !done.has(entry) && (tocNamesTable(entry, own, ['CONSTRAINT']) || tocNamesIndex(entry, indexes)),
-      );
-      lines.forEach((line) => done.add(line));
-      return lines;
+      const builds = entries
+        .filter((entry) => !done.has(entry))
+        .map((line) => ({ line, key: tocNamesTable(line, own, ['CONSTRAINT']) }))
+        .filter(({ line, key }) => key || tocNamesIndex(line, indexes));
+      builds.forEach(({ line }) => done.add(line));
+      return builds;
     };
     // What pg_restore -j does: `jobs` slots shared by the table loads (largest first) and what each load makes
     // possible, which goes first: the table's indexes and keys once its rows are in, then each foreign key
@@ -336,11 +337,10 @@ async function restoreSnapshot(
         const ranges = loading.get(table)! - 1;
         loading.set(table, ranges);
         if (ranges > 0) return;
-        const lines = keysOf(table);
-        if (lines.length === 0) return tableDone(what);
-        let left = lines.length;
-        for (const line of lines) {
-          const key = tocNamesTable(line, new Set([`${table.schema} ${table.name}`]), ['CONSTRAINT']);
+        const builds = buildsOf(table);
+        if (builds.length === 0) return tableDone(what);
+        let left = builds.length;
+        for (const { line, key } of builds) {
           slots.first(
             async () => {
               await build(line);

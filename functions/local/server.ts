@@ -130,11 +130,11 @@ function serveDashboard(
   if (request.method !== 'GET' && request.method !== 'HEAD') return false;
   const path = new URL(request.url ?? '/', 'http://localhost').pathname;
   if (path.startsWith('/api/')) return false;
-  const name = path === '/' || path === '/dashboard' || path === '/dashboard/' ? '/index.html' : path;
+  // The page is at / and at /dashboard/ (its files relative to it either way)
+  const inside = path.replace(/^\/dashboard(?=\/|$)/, '') || '/';
+  const name = inside === '/' ? '/index.html' : inside;
   const file =
-    name === '/config.json'
-      ? { body: DASHBOARD_CONFIG, contentType: 'application/json' }
-      : files.get(name.replace(/^\/dashboard\//, '/'));
+    name === '/config.json' ? { body: DASHBOARD_CONFIG, contentType: 'application/json' } : files.get(name);
   if (!file) return false;
   response.writeHead(200, {
     ...DASHBOARD_HEADERS,

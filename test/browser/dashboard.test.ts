@@ -87,6 +87,20 @@ describe('the DR Management dashboard', () => {
     expect(response.status).toBe(200);
     expect(response.headers.get('content-security-policy')).toContain("default-src 'self'");
     expect(response.headers.get('x-frame-options')).toBe('DENY');
+    // Also at /dashboard/, its files and settings relative to it; nothing else outside /api is served
+    for (const path of ['/dashboard', '/dashboard/', '/dashboard/app.js', '/dashboard/config.json'])
+      expect((await fetch(`${api.runtime.url}${path}`)).status, path).toBe(200);
+    expect(await (await fetch(`${api.runtime.url}/dashboard/config.json`)).json()).toEqual({
+      apiBase: '',
+      auth: { kind: 'token' },
+    });
+    for (const path of [
+      '/../../etc/passwd',
+      '/dashboard/../index.html.bak',
+      '/secret.key',
+      '/dashboardx/app.js',
+    ])
+      expect((await fetch(`${api.runtime.url}${path}`)).headers.get('content-type'), path).toMatch(/json/);
     await page.goto(`${api.runtime.url}/`);
     await page.getByLabel('API token').fill('not-the-token-at-all-0123456789');
     await page.getByRole('button', { name: 'Sign in' }).click();

@@ -145,6 +145,7 @@ describe('restore workflow', () => {
     expect(filtered.body.items).toHaveLength(1);
     expect(filtered.body.items[0].status).toBe('SUCCEEDED');
     expect((await api.call('GET', '/api/dr/restore?status=DONE')).status).toBe(400);
+    expect((await api.call('GET', '/api/dr/restore?nextToken=forged')).status).toBe(400);
   });
 
   it('restores to a point in time: the newest backup at or before it, with the gap reported', async () => {
@@ -247,6 +248,17 @@ describe('restore workflow', () => {
     const unknown = await api.call('POST', '/api/dr/restore', { backupId: '20200101T000000000Z-abcdef' });
     expect(unknown.status).toBe(404);
     expect((await api.call('GET', '/api/dr/restore/20200101T000000000Z-abcdef')).status).toBe(404);
+    // The restores so far, paged: the token leads on to the next, older one, never repeating one
+    const ids = (await api.call('GET', '/api/dr/restore?limit=100')).body.items.map(
+      (item: { id: string }) => item.id,
+    );
+    expect(ids.length).toBeGreaterThan(2);
+    const onePage = await api.call('GET', '/api/dr/restore?limit=1');
+    const nextPage = await api.call(
+      'GET',
+      `/api/dr/restore?limit=1&nextToken=${encodeURIComponent(onePage.body.nextToken)}`,
+    );
+    expect([onePage.body.items[0].id, nextPage.body.items[0].id]).toEqual(ids.slice(0, 2));
   });
 });
 

@@ -1,5 +1,5 @@
-import pg from 'pg';
-import { clientConfig, type DatabaseConnection } from '../../engine/postgres.ts';
+import type pg from 'pg';
+import { connect, redact, type DatabaseConnection } from '../../engine/postgres.ts';
 import type { ControlPlane } from '../context.ts';
 import type { Condition } from '../records.ts';
 import { Partition } from '../store/table.ts';
@@ -54,16 +54,13 @@ export interface PrimaryState {
 export async function probe(connection: DatabaseConnection, now: () => Date): Promise<PrimaryProbe> {
   const started = Date.now();
   const at = now().toISOString();
-  const client = new pg.Client(
-    clientConfig(connection, {
+  let client: pg.Client | undefined;
+  try {
+    client = await connect(connection, {
       connectionTimeoutMillis: PRIMARY_WATCH.timeoutMs,
       query_timeout: PRIMARY_WATCH.timeoutMs,
       statement_timeout: PRIMARY_WATCH.timeoutMs,
-    }),
-  );
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
+    });
     const { rows } = await client.query<{ recovery: boolean; readonly: string }>(
       "SELECT pg_is_in_recovery() AS recovery, current_setting('transaction_read_only') AS readonly",
     );
@@ -78,11 +75,10 @@ export async function probe(connection: DatabaseConnection, now: () => Date): Pr
       ...(writable ? {} : { error: inRecovery ? 'in recovery (a standby)' : 'read-only' }),
     };
   } catch (error) {
-    const message = (error as Error).message;
-    const shown = connection.password ? message.replaceAll(connection.password, '***') : message;
-    return { at, ok: false, ms: Date.now() - started, error: shown };
+    // connect() says what failed without the password; a query's error is redacted the same way
+    return { at, ok: false, ms: Date.now() - started, error: redact((error as Error).message, connection) };
   } finally {
-    await client.end().catch(() => undefined);
+    await client?.end().catch(() => undefined);
   }
 }
 
