@@ -8,6 +8,8 @@ import {
   drTestInput,
   drTestListQuery,
   restoreListQuery,
+  failoverRequest,
+  failbackRequest,
   drTestResultsInput,
   idParams,
   metricsQuery,
@@ -27,6 +29,12 @@ import { listFirings } from '../core/services/dispatch-service.ts';
 import { getDrTest, listDrTests, recordDrTestResults, startDrTest } from '../core/services/drtest-service.ts';
 import { primaryHealth } from '../core/services/primary-watch.ts';
 import { getRestore, listRestores, startRestore } from '../core/services/restore-service.ts';
+import {
+  getFailover,
+  listFailovers,
+  requestFailover,
+  startFailback,
+} from '../core/services/failover-service.ts';
 import { listAlerts } from '../core/services/alert-service.ts';
 import { changeStreamReport } from '../core/services/change-stream-service.ts';
 import {
@@ -145,6 +153,57 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       tag: 'health',
       status: 200,
       handle: async () => ({ body: await primaryHealth(cp) }),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/failover',
+      operationId: 'startFailover',
+      summary:
+        'Fail over to the standby by hand (confirm: "FAILOVER"): the guardrails of the automatic failover apply; refused while the watch sees the primary up unless force; 202 with the failover',
+      tag: 'failover',
+      role: 'admin',
+      body: failoverRequest,
+      status: 202,
+      handle: async ({ body, event }) => {
+        const record = await requestFailover(cp, actorOf(event), body);
+        return { body: record, headers: { location: `/api/dr/failover/${record.id}` } };
+      },
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/failover',
+      operationId: 'listFailovers',
+      summary:
+        'Failovers of the primary, newest first (paged): trigger, standby, promotion, endpoint, checks, measured data loss, hooks, failback',
+      tag: 'failover',
+      query: listQuery,
+      status: 200,
+      handle: async ({ query }) => ({ body: await listFailovers(cp, query) }),
+    }),
+    route({
+      method: 'GET',
+      path: '/api/dr/failover/{id}',
+      operationId: 'getFailover',
+      summary: 'One failover: what was done, step by step, and the data loss measured',
+      tag: 'failover',
+      params: idParams,
+      status: 200,
+      handle: async ({ params }) => ({ body: await getFailover(cp, params.id) }),
+    }),
+    route({
+      method: 'POST',
+      path: '/api/dr/failover/{id}/failback',
+      operationId: 'failBack',
+      summary:
+        'Point the application back at the original primary once it is rebuilt from the standby (it must be writable and on a later timeline, unless force); 202',
+      tag: 'failover',
+      role: 'admin',
+      params: idParams,
+      body: failbackRequest,
+      status: 202,
+      handle: async ({ params, body, event }) => ({
+        body: await startFailback(cp, params.id, actorOf(event), body.force),
+      }),
     }),
     route({
       method: 'GET',

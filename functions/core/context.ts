@@ -16,7 +16,8 @@ export type WorkflowName =
   | 'restore-test'
   | 'recovery-time-test'
   | 'failover-test'
-  | 'backup-fanout';
+  | 'backup-fanout'
+  | 'failover';
 
 /** Starts workflow executions: Step Functions on AWS, the local ASL interpreter in the local runtime. */
 export interface WorkflowLauncher {
@@ -56,6 +57,11 @@ export interface ControlPlane {
   readonly egress?: EgressPolicy;
   /** Where files may be backed up from and restored into (absent: nowhere). */
   readonly paths?: PathPolicy;
+  /**
+   * Where command hooks live (DR_HOOKS_DIR; the local runtime only): a hook names an executable file in it.
+   * Absent: command hooks are refused.
+   */
+  readonly hooksDir?: string;
   /** Where workflows run their heavy steps (absent: in the worker Lambda, or in-process locally). */
   readonly heavySteps?: HeavySteps;
   /**

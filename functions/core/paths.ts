@@ -1,4 +1,4 @@
-import { realpath } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -74,4 +74,20 @@ export async function pathProblem(
     return 'is not under a files root: set DR_FILES_ROOTS to the directories files may be backed up from and restored into';
   for (const root of policy.roots) if (within(real, await realOrPlanned(resolve(root)))) return undefined;
   return `is not under a files root (${policy.roots.join(', ')}); DR_FILES_ROOTS sets them`;
+}
+
+/** Why a command hook's script cannot be run here, or its real path. */
+export async function hookScript(
+  cp: { readonly hooksDir?: string | undefined },
+  script: string,
+): Promise<string> {
+  if (!cp.hooksDir) throw new Error('command hooks run only in the local runtime with DR_HOOKS_DIR set');
+  const root = await realpath(cp.hooksDir);
+  const file = await realpath(join(root, script)).catch(() => {
+    throw new Error(`${script} is not in DR_HOOKS_DIR`);
+  });
+  if (!file.startsWith(root + sep)) throw new Error(`${script} leads out of DR_HOOKS_DIR`);
+  const info = await stat(file);
+  if (!info.isFile() || (info.mode & 0o111) === 0) throw new Error(`${script} is not an executable file`);
+  return file;
 }

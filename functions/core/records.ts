@@ -121,6 +121,27 @@ export interface StepRecord {
   readonly error?: string;
 }
 
+/** One application hook called by a workflow (hooks.ts). */
+export interface HookOutcome {
+  readonly name: string;
+  readonly type: string;
+  readonly event: 'stop' | 'start' | 'switch';
+  readonly ok: boolean;
+  readonly seconds: number;
+  readonly attempts?: number;
+  readonly error?: string;
+  /** ECS: the service's desired count before `stop` (what `start` scales back to). */
+  readonly previousCount?: number;
+}
+
+/** The application hooks a restore, failover or DR test ran around the database work. */
+export interface HookRun {
+  readonly environment: 'PRODUCTION' | 'STAGING';
+  readonly stop: readonly HookOutcome[];
+  /** Present once the start hooks ran (every path, once a stop hook ran). */
+  readonly start?: readonly HookOutcome[];
+}
+
 export interface Condition {
   /** The episode's identity: `backup-failed:<schedule>`, `rpo`, `rto:<test>`, `test-overdue:<type>`. */
   readonly key: string;

@@ -9,6 +9,7 @@ import {
   range,
   s3Bucket,
   secret,
+  httpUrl,
   wholeRange,
 } from '../storage/fields.ts';
 
@@ -132,6 +133,126 @@ const rdsSource = z.strictObject({
   region: awsRegion.optional(),
 });
 
+const seconds = (min: number, max: number, fallback: number) =>
+  wholeRange(min, max, 'seconds').default(fallback);
+
+/**
+ * An application hook: what the restore, failover and DR-test workflows call before they touch an
+ * environment's database (`stop`) and after (`start`, on every path once `stop` ran). Each is called with
+ * the event; an ECS service is scaled to 0 and back to the count it had.
+ */
+const webhookHook = z.strictObject({
+  type: z.literal('webhook'),
+  name: label.optional(),
+  /** POSTed a JSON body, signed: `X-DR-Signature: sha256=<HMAC-SHA256 of "<X-DR-Timestamp>.<body>">`. */
+  url: httpUrl,
+  /** The HMAC key (at least 16 characters), write-only: kept when omitted and the URL is unchanged. */
+  secret: z.string().min(16, { error: 'must be at least 16 characters' }).max(4096).optional(),
+  timeoutSeconds: seconds(1, 60, 10),
+  /** Further attempts after a network error, a timeout or a 5xx/429 answer (backoff 1 s, 2 s, 4 s…). */
+  retries: wholeRange(0, 5, 'retries').default(2),
+});
+const lambdaHook = z.strictObject({
+  type: z.literal('lambda'),
+  name: label.optional(),
+  functionArn: z
+    .string()
+    .regex(
+      /^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9_$-]{1,128})?$/,
+      {
+        error: 'must be a Lambda function ARN (arn:aws:lambda:<region>:<account>:function:<name>)',
+      },
+    ),
+});
+const ecsName = z.string().regex(/^[A-Za-z0-9_/:.-]{1,1600}$/, { error: 'must be an ECS name or ARN' });
+const ecsHook = z.strictObject({
+  type: z.literal('ecs'),
+  name: label.optional(),
+  cluster: ecsName,
+  service: ecsName,
+  region: awsRegion.optional(),
+  /** How long `stop` waits for the service's tasks to end (and `start` for them to run). */
+  timeoutSeconds: seconds(10, 1800, 300),
+});
+const commandHook = z.strictObject({
+  type: z.literal('command'),
+  name: label.optional(),
+  /**
+   * An executable in the runtime's hooks directory (DR_HOOKS_DIR; local runtime only), run without a shell
+   * with these arguments and the event in DR_HOOK_EVENT.
+   */
+  script: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, {
+    error: 'must be a file name in DR_HOOKS_DIR (letters, digits, dots, hyphens; no path)',
+  }),
+  args: z.array(z.string().max(1024)).max(32).default([]),
+  timeoutSeconds: seconds(1, 3600, 60),
+});
+export const hookInput = z.discriminatedUnion('type', [webhookHook, lambdaHook, ecsHook, commandHook], {
+  error: 'type must be webhook, lambda, ecs or command',
+});
+export type HookInput = z.output<typeof hookInput>;
+const hookList = z.array(hookInput).max(10, { error: 'must list at most 10 hooks' });
+
+/** The standby the primary fails over to (`failover.standby`). */
+const failoverStandby = z.discriminatedUnion(
+  'type',
+  [
+    /** A streaming replica of the source (e.g. made with pg_basebackup -R): promoted with pg_promote(). */
+    z.strictObject({ type: z.literal('replica'), database: databaseSource }),
+    /** A server the newest restore point is restored onto (no replica). */
+    z.strictObject({ type: z.literal('restore'), database: databaseSource }),
+    /** An RDS read replica of the source instance, tagged dr-automation:standby=true: promoted. */
+    z.strictObject({
+      type: z.literal('rds-replica'),
+      instanceIdentifier: rdsIdentifier,
+      region: awsRegion.optional(),
+    }),
+    /** An Aurora global database's secondary cluster: failed over to (data loss allowed: the primary is down). */
+    z.strictObject({
+      type: z.literal('aurora-global'),
+      globalClusterIdentifier: rdsIdentifier,
+      secondaryClusterArn: z
+        .string()
+        .regex(/^arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:cluster:[A-Za-z][A-Za-z0-9-]{0,62}$/, {
+          error: 'must be an Aurora cluster ARN (arn:aws:rds:<region>:<account>:cluster:<name>)',
+        }),
+    }),
+  ],
+  { error: 'type must be replica, restore, rds-replica or aurora-global' },
+);
+
+/** How the application is pointed at the new primary: a Route 53 record, or a hook told its address. */
+const failoverEndpoint = z.discriminatedUnion(
+  'type',
+  [
+    z.strictObject({
+      type: z.literal('route53'),
+      hostedZoneId: z.string().regex(/^[A-Z0-9]{1,32}$/, { error: 'must be a Route 53 hosted zone id' }),
+      recordName: hostname,
+      ttl: wholeRange(5, 86_400, 'seconds').default(60),
+    }),
+    webhookHook,
+    lambdaHook,
+    commandHook,
+  ],
+  { error: 'type must be route53, webhook, lambda or command' },
+);
+
+/** Automatic failover (with `autoFailover: true`) and its guardrails. */
+export const failoverInput = z.strictObject({
+  /** Probes in a row that must fail before the primary counts as down. */
+  failures: wholeRange(2, 20, 'probes').default(3),
+  /** …spanning at least this long (from the first failed probe to the last). */
+  windowSeconds: seconds(60, 3600, 120),
+  /** No automatic failover within this long of the last one's end. */
+  cooldownMinutes: wholeRange(10, 10_080, 'minutes').default(60),
+  /** Fail over to a standby whose data is older than the RPO (default: refused, an alert says why). */
+  allowStaleStandby: z.boolean().default(false),
+  standby: failoverStandby.optional(),
+  endpoint: failoverEndpoint.optional(),
+});
+export type FailoverInput = z.output<typeof failoverInput>;
+
 /** PATCH /api/dr/config: a JSON merge patch of the DR config (validated as a whole once applied). */
 export const configPatch = z.record(z.string(), z.unknown(), {
   error: 'must be a JSON object (a merge patch of the DR config)',
@@ -209,6 +330,19 @@ export const drConfigInput = z.strictObject({
         })
         .optional(),
     })
+    .nullable()
+    .optional(),
+  /**
+   * Automatic failover's rule, standby and endpoint switch. Omitted on a replace: the stored one stays (with
+   * its passwords); null: removed (the watch uses the defaults).
+   */
+  failover: failoverInput.nullable().optional(),
+  /**
+   * Application hooks per environment, called before a workflow touches that environment's database and
+   * after. Omitted on a replace: the stored hooks stay (with their secrets); null: removed.
+   */
+  hooks: z
+    .strictObject({ PRODUCTION: hookList.optional(), STAGING: hookList.optional() })
     .nullable()
     .optional(),
   encryption: z
@@ -406,6 +540,25 @@ export const restoreListQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(100).default(50),
   nextToken: z.string().max(2048).optional(),
   status: z.enum(['RUNNING', 'PLANNED', 'SUCCEEDED', 'FAILED']).optional(),
+});
+
+/** POST /api/dr/failover: a failover asked for by hand (the same guardrails as the watch's). */
+export const failoverRequest = z.strictObject({
+  /** Must say FAILOVER: the standby becomes the primary, and that is not undone by itself. */
+  confirm: z.literal('FAILOVER', { error: 'must be "FAILOVER": the standby becomes the primary' }),
+  reason: label.optional(),
+  /** Fail over although the watch sees the primary up (two primaries: the old one must be fenced by hand). */
+  force: z.boolean().default(false),
+});
+export type FailoverRequest = z.output<typeof failoverRequest>;
+
+/** POST /api/dr/failover/{id}/failback. */
+export const failbackRequest = z.strictObject({
+  /**
+   * Fail back although the original primary may not hold the writes made on the standby since the failover
+   * (its timeline is not past the standby's, or cannot be read).
+   */
+  force: z.boolean().default(false),
 });
 
 /** GET /api/dr/metrics…: the date range (ISO dates or date-times), checked by the service. */

@@ -15,6 +15,7 @@ import { startLocalRuntime } from './runtime.ts';
  *   DR_SECRET_KEY base64 key for the local secret store; generated into DR_DATA_DIR when unset
  *   DR_MASTER_KEY the backup repositories' master key (64 hex); generated into DR_DATA_DIR/master.key when unset
  *   DR_SCRATCH_DIR where a recovery-time test restores its scratch files (default: the temporary directory)
+ *   DR_HOOKS_DIR   where command hooks' executables live (unset: command hooks are refused)
  *   LOG_LEVEL     debug | info | warn | error (default info)
  */
 const logger = createLogger(parseLevel(optionalEnv('LOG_LEVEL')));
@@ -29,6 +30,7 @@ const runtime = await startLocalRuntime({
   host: optionalEnv('DR_HOST') ?? '127.0.0.1',
   token: optionalEnv('DR_API_TOKEN'),
   ...(optionalEnv('DR_SCRATCH_DIR') ? { scratchDir: optionalEnv('DR_SCRATCH_DIR')! } : {}),
+  ...(optionalEnv('DR_HOOKS_DIR') ? { hooksDir: optionalEnv('DR_HOOKS_DIR')! } : {}),
   roleTokens: (['operator', 'viewer'] as const).flatMap((role) => {
     const token = optionalEnv(`DR_${role.toUpperCase()}_TOKEN`);
     return token ? [{ token, role }] : [];

@@ -60,6 +60,11 @@ export interface LocalRuntimeOptions {
   readonly rds?: LocalWorkflowOptions['rds'];
   /** The Route 53 client the failover test uses (tests: a local Route 53 API server). */
   readonly route53?: LocalWorkflowOptions['route53'];
+  /** The Lambda and ECS clients application hooks use (tests: mocked, or moto); default: the SDK's. */
+  readonly lambda?: LocalWorkflowOptions['lambda'];
+  readonly ecs?: LocalWorkflowOptions['ecs'];
+  /** DR_HOOKS_DIR: where command hooks' executables live (unset: command hooks are refused). */
+  readonly hooksDir?: string | undefined;
   /**
    * Database checks read the worker's measurements, as on AWS with the worker in the operator's subnets
    * (tests of that path; the worker in this process still reaches the source itself).
@@ -200,6 +205,9 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
         ...(options.workflowWaitMs === undefined ? {} : { waitMs: options.workflowWaitMs }),
         ...(options.rds ? { rds: options.rds } : {}),
         ...(options.route53 ? { route53: options.route53 } : {}),
+        ...(options.lambda ? { lambda: options.lambda } : {}),
+        ...(options.ecs ? { ecs: options.ecs } : {}),
+        ...(options.workflowWaitMs === undefined ? {} : { pollMs: options.workflowWaitMs }),
         ...(options.scratchDir ? { scratchDir: options.scratchDir } : {}),
         backups: fanOutSteps(pipeline, {
           ...(options.workflowWaitMs === undefined ? {} : { pollMs: options.workflowWaitMs }),
@@ -227,6 +235,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     egress: options.egress ?? egressFromEnv(),
     paths: options.paths ?? pathPolicyFromEnv([dataDir]),
     heavySteps: options.heavySteps ?? heavyStepsFromEnv(),
+    ...(options.hooksDir ? { hooksDir: options.hooksDir } : {}),
     fanOut: true,
   };
   const handler = createApiHandler(controlPlane, { version: VERSION, mode: 'local' });

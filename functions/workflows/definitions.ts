@@ -9,6 +9,7 @@ export const WORKFLOW_NAMES: readonly WorkflowName[] = [
   'recovery-time-test',
   'failover-test',
   'backup-fanout',
+  'failover',
 ];
 
 /** What `${…}` in the definitions stands for: CDK's DefinitionSubstitutions give the same keys on AWS. */

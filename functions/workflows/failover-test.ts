@@ -24,7 +24,7 @@ import type { State, WorkflowDeps } from './steps.ts';
 import { WorkflowError, atEndpoint, group, required, serverOf, testState } from './steps.ts';
 
 /** The environment's endpoint record as it is now (the first record set of that name), if any. */
-async function currentRecord(
+export async function currentRecord(
   route53: Route53Client,
   endpoint: { hostedZoneId: string; recordName: string },
 ): Promise<ResourceRecordSet | undefined> {

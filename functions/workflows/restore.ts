@@ -24,7 +24,15 @@ import {
 import { restoreDatabase, restoreFiles } from '../engine/restore.ts';
 import { planRdsRestore } from './rds.ts';
 import type { WorkflowDeps } from './steps.ts';
-import { WorkflowError, databaseExists, databaseNameOf, errorMessage, group, restoreState } from './steps.ts';
+import {
+  WorkflowError,
+  hookIssues,
+  databaseExists,
+  databaseNameOf,
+  errorMessage,
+  group,
+  restoreState,
+} from './steps.ts';
 
 async function planRestore(
   cp: ControlPlane,
@@ -224,6 +232,7 @@ export const restore = group(restoreState, {
     const now = cp.now();
     const record = await updateRestore(cp, state.restoreId, (current) => ({
       ...current,
+      ...hookIssues(current.hooks),
       status: failed ? 'FAILED' : dryRun ? 'PLANNED' : 'SUCCEEDED',
       finishedAt: now.toISOString(),
       ...(state.plan ? { plan: state.plan as RestorePlan } : {}),

@@ -2,13 +2,15 @@ import type { ControlPlane } from '../core/context.ts';
 import { progressOf, progressWriter } from '../core/progress.ts';
 import type { RunProgress, StepRecord } from '../core/records.ts';
 import { updateDrTest } from '../core/services/drtest-service.ts';
+import { updateFailover } from '../core/services/failover-service.ts';
 import { updateRestore } from '../core/services/restore-service.ts';
 import type { ProgressListener } from '../engine/progress.ts';
 
-/** The restore or DR test an execution runs for, by its state (none: a backup's fan-out steps). */
+/** The restore, DR test or failover an execution runs for, by its state (none: a backup's fan-out steps). */
 export interface RunOf {
   readonly restoreId?: string | undefined;
   readonly testId?: string | undefined;
+  readonly failoverId?: string | undefined;
 }
 
 /** The steps an entry keeps (a verification's Map runs one step per backup and target). */
@@ -24,6 +26,8 @@ async function update(cp: ControlPlane, run: RunOf, change: Change): Promise<voi
     await updateRestore(cp, run.restoreId, (record) => ({ ...record, ...change(record) }));
   else if (run.testId !== undefined)
     await updateDrTest(cp, run.testId, (record) => ({ ...record, ...change(record) }));
+  else if (run.failoverId !== undefined)
+    await updateFailover(cp, run.failoverId, (record) => ({ ...record, ...change(record) }));
 }
 
 /**
@@ -56,7 +60,7 @@ export async function recordedStep<T>(
   task: string,
   body: () => Promise<T>,
 ): Promise<T> {
-  if (run.restoreId === undefined && run.testId === undefined) return body();
+  if (run.restoreId === undefined && run.testId === undefined && run.failoverId === undefined) return body();
   const startedAt = cp.now().toISOString();
   const started = Date.now();
   const write = (step: StepRecord) =>

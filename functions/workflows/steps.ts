@@ -1,3 +1,5 @@
+import type { ECSClient } from '@aws-sdk/client-ecs';
+import type { LambdaClient } from '@aws-sdk/client-lambda';
 import type { RDSClient } from '@aws-sdk/client-rds';
 import type { Route53Client } from '@aws-sdk/client-route-53';
 import type { Manifest } from '../engine/manifest.ts';
@@ -5,7 +7,7 @@ import { PassThrough } from 'node:stream';
 import { z } from 'zod';
 import type { BackupSteps } from './backup-steps.ts';
 import type { ControlPlane } from '../core/context.ts';
-import type { BackupRecord } from '../core/records.ts';
+import type { BackupRecord, HookRun } from '../core/records.ts';
 import { runAlertChecks } from '../core/services/alert-service.ts';
 import { environmentConnection, findConfig } from '../core/services/config-service.ts';
 import {
@@ -48,6 +50,12 @@ export interface WorkflowDeps {
    * never the Lambda's small /tmp). Default: the system's temporary directory.
    */
   readonly scratchDir?: string;
+  /** The Lambda client for a region (hooks; tests: a mocked one). */
+  readonly lambda?: (region: string | undefined) => LambdaClient;
+  /** The ECS client for a region (hooks; tests: one pointed at moto). */
+  readonly ecs?: (region: string | undefined) => ECSClient;
+  /** How long polling loops inside a step wait between looks (default 5 s; tests: less). */
+  readonly pollMs?: number;
   /** The backup worker's coordinator and parts of a fan-out FULL (backup-fanout.ts, backup-steps.ts). */
   readonly backups?: BackupSteps;
 }
@@ -243,6 +251,7 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
     issues.push(
       `the temporary instance ${state.plan?.rds?.target} was not deleted: ${errorMessage(state.rdsCleanupError)}`,
     );
+  issues.push(...(hookIssues(test.hooks).issues ?? []));
   const base = { issues, participants: [] as string[] };
   if (test.testType === 'BACKUP_VERIFICATION') {
     const verified = state.verified ?? [];
@@ -493,4 +502,12 @@ export async function archiveListing(
   } finally {
     archive.destroy();
   }
+}
+
+/** A run's failed start hooks as its issues (the application may not be running). */
+export function hookIssues(hooks: HookRun | undefined): { issues?: string[] } {
+  const failed = (hooks?.start ?? []).filter((outcome) => !outcome.ok);
+  return failed.length === 0
+    ? {}
+    : { issues: failed.map((outcome) => `the start hook ${outcome.name} failed: ${outcome.error}`) };
 }

@@ -13,6 +13,8 @@ import { backupFanOut } from './backup-fanout.ts';
 import { backupVerification } from './backup-verification.ts';
 import { failoverSteps, standbySteps } from './failover-test.ts';
 import { fargateSteps } from './fargate.ts';
+import { failover } from './failover.ts';
+import { hookSteps } from './hooks.ts';
 import { rdsRestore, rdsSteps, rdsTest } from './rds.ts';
 import { recoveryTimeTest } from './recovery-time-test.ts';
 import { restoreTest } from './restore-test.ts';
@@ -36,8 +38,11 @@ export async function runWorkflowTask(
   const started = Date.now();
   const state = parsed.data as RunOf;
   try {
-    return await recordedStep(cp, { restoreId: state.restoreId, testId: state.testId }, task, async () =>
-      step.run(cp, deps, parsed.data),
+    return await recordedStep(
+      cp,
+      { restoreId: state.restoreId, testId: state.testId, failoverId: state.failoverId },
+      task,
+      async () => step.run(cp, deps, parsed.data),
     );
   } finally {
     cp.logger.info('workflow task', { task, ms: Date.now() - started });
@@ -58,6 +63,8 @@ const TASKS = registry([
   testSteps,
   fargateSteps,
   backupFanOut,
+  hookSteps,
+  failover,
 ]);
 
 /** The steps of all groups by name; two groups naming the same step is a mistake, refused at load. */

@@ -42,6 +42,9 @@ export async function startTestApi(
     taskWrappers?: LocalRuntimeOptions['taskWrappers'];
     rds?: LocalRuntimeOptions['rds'];
     route53?: LocalRuntimeOptions['route53'];
+    lambda?: LocalRuntimeOptions['lambda'];
+    ecs?: LocalRuntimeOptions['ecs'];
+    hooksDir?: string;
     sourceFromWorker?: boolean;
     /** Default: loopback allowed (the tests' emulators listen there), private and metadata refused. */
     egress?: LocalRuntimeOptions['egress'];
@@ -71,6 +74,9 @@ export async function startTestApi(
     ...(options.rds ? { rds: options.rds, workflowWaitMs: 10 } : {}),
     ...(options.workflowWaitMs === undefined ? {} : { workflowWaitMs: options.workflowWaitMs }),
     ...(options.route53 ? { route53: options.route53 } : {}),
+    ...(options.lambda ? { lambda: options.lambda } : {}),
+    ...(options.ecs ? { ecs: options.ecs } : {}),
+    ...(options.hooksDir ? { hooksDir: options.hooksDir } : {}),
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
     egress: options.egress ?? { allowLoopback: true },
     paths: options.paths ?? { roots: [tmpdir()], forbidden: [dataDir, PROGRAM_DIR] },

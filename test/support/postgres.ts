@@ -46,7 +46,14 @@ async function binDir(): Promise<string> {
   return join('/usr/lib/postgresql', roots[0]!, 'bin');
 }
 
-export async function startPostgres(): Promise<TestPostgres> {
+/**
+ * `settings`: more server settings (`name=value`, e.g. track_commit_timestamp=on). `replicaOf`: a streaming
+ * replica of that cluster, made with `pg_basebackup -R` over TCP with its password (hot standby, its own
+ * port), which `pg_promote()` turns into a primary.
+ */
+export async function startPostgres(
+  settings: { readonly settings?: readonly string[]; readonly replicaOf?: TestPostgres } = {},
+): Promise<TestPostgres> {
   const bin = await binDir();
   const root = await mkdtemp(join(tmpdir(), 'dr-pg-'));
   const asRoot = process.getuid?.() === 0;
@@ -60,25 +67,61 @@ export async function startPostgres(): Promise<TestPostgres> {
     asRoot ? run('runuser', ['-u', 'postgres', '--', command, ...args]) : run(command, args);
   const data = join(root, 'data');
   // Characters that must be percent-encoded in a URL: a password that survives them survives any.
-  const password = `pw:${randomBytes(6).toString('hex')}@/?#%`;
-  const pwfile = join(root, 'pwfile');
-  await writeFile(pwfile, `${password}\n`, { mode: 0o600 });
-  if (asRoot) await chown(pwfile, postgresUser!, postgresGroup!);
-  await as(join(bin, 'initdb'), [
-    '-D',
-    data,
-    '-U',
-    'postgres',
-    `--pwfile=${pwfile}`,
-    '--auth-local=trust',
-    '--auth-host=scram-sha-256',
-    '-E',
-    'UTF8',
-    '--locale=C',
-    '--no-sync',
-  ]);
+  const primary = settings.replicaOf;
+  // A replica has its primary's roles, so its password.
+  const password = primary?.password ?? `pw:${randomBytes(6).toString('hex')}@/?#%`;
+  if (primary) {
+    await (asRoot
+      ? run('runuser', [
+          '-u',
+          'postgres',
+          '--',
+          'env',
+          `PGPASSWORD=${password}`,
+          join(bin, 'pg_basebackup'),
+          ...basebackup(),
+        ])
+      : run(join(bin, 'pg_basebackup'), basebackup(), { env: { ...process.env, PGPASSWORD: password } }));
+  } else {
+    const pwfile = join(root, 'pwfile');
+    await writeFile(pwfile, `${password}\n`, { mode: 0o600 });
+    if (asRoot) await chown(pwfile, postgresUser!, postgresGroup!);
+    await as(join(bin, 'initdb'), [
+      '-D',
+      data,
+      '-U',
+      'postgres',
+      `--pwfile=${pwfile}`,
+      '--auth-local=trust',
+      '--auth-host=scram-sha-256',
+      '-E',
+      'UTF8',
+      '--locale=C',
+      '--no-sync',
+    ]);
+  }
+  function basebackup(): string[] {
+    return [
+      '-D',
+      data,
+      '-R',
+      '-X',
+      'stream',
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(primary!.port),
+      '-U',
+      'postgres',
+      '--no-sync',
+      '--checkpoint=fast',
+    ];
+  }
   const port = await freePort();
-  const options = `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10`;
+  const options = [
+    `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10`,
+    ...(settings.settings ?? []).map((setting) => `-c ${setting}`),
+  ].join(' ');
   await as(join(bin, 'pg_ctl'), ['-D', data, '-o', options, '-l', join(root, 'server.log'), '-w', 'start']);
   const url = (database: string) =>
     `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/${database}`;

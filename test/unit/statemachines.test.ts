@@ -44,6 +44,7 @@ const HEAVY: Record<string, Record<string, [task: string, bytes: string]>> = {
     BringUpStandby: ['test.restore.run', '$.plan.bytes'],
     CheckData: ['test.restore.check', '$.plan.bytes'],
   },
+  failover: { Promote: ['failover.promote', '$.check.bytes'] },
 };
 
 type State = Record<string, any>;
@@ -151,7 +152,13 @@ describe.each(Object.keys(HEAVY))('statemachines/%s.asl.json', (name) => {
 
   it('records a failure on every path: each step that can fail is caught and leads to a recording step', () => {
     const states = Object.fromEntries(allStates(parsed));
-    const recorders = new Set(['restore.finish', 'test.finish', 'test.notify']);
+    const recorders = new Set([
+      'restore.finish',
+      'test.finish',
+      'test.notify',
+      'failover.finish',
+      'failback.finish',
+    ]);
     for (const [task, state] of Object.entries(states)) {
       if (state.Type !== 'Task' || recorders.has(state.Parameters.task)) continue;
       expect(state.Catch, `${task} has no Catch`).toEqual(

@@ -1,8 +1,8 @@
-import { pathProblem } from '../paths.ts';
+import { hookScript, pathProblem } from '../paths.ts';
 import type { Actor } from '../audit.ts';
 import type { ControlPlane } from '../context.ts';
 import type { FieldIssue } from '../errors.ts';
-import type { DrConfigInput } from '../schemas.ts';
+import type { DrConfigInput, FailoverInput, HookInput } from '../schemas.ts';
 import { secretName } from '../secrets/secret-store.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import {
@@ -41,6 +41,10 @@ export interface DrConfig {
     readonly files?: NonNullable<NonNullable<DrConfigInput['source']>['files']>;
   };
   readonly encryption?: DrConfigInput['encryption'];
+  /** Automatic failover's rule, standby (its password in the secret store) and endpoint switch. */
+  readonly failover?: StoredFailover;
+  /** Application hooks per environment (webhook secrets in the secret store). */
+  readonly hooks?: StoredHooks;
   /** Where DR tests and restores may write: STAGING's database server (its password in the secret store). */
   readonly environments?: {
     readonly STAGING?: {
@@ -49,6 +53,24 @@ export interface DrConfig {
       readonly standby?: NonNullable<NonNullable<DrConfigInput['environments']>['STAGING']>['standby'];
     };
   };
+}
+
+/** A hook as stored: a webhook's secret is in the secret store (`secretSet` says one is there). */
+export type StoredHook =
+  | (Omit<Extract<HookInput, { type: 'webhook' }>, 'secret'> & { readonly secretSet: boolean })
+  | Exclude<HookInput, { type: 'webhook' }>;
+export type StoredHooks = { readonly [E in 'PRODUCTION' | 'STAGING']?: readonly StoredHook[] };
+
+type StandbyInput = NonNullable<FailoverInput['standby']>;
+export type StoredStandby =
+  | { readonly type: 'replica' | 'restore'; readonly database: DatabaseSource }
+  | Extract<StandbyInput, { type: 'rds-replica' | 'aurora-global' }>;
+type EndpointInput = NonNullable<FailoverInput['endpoint']>;
+export type StoredEndpoint = Extract<EndpointInput, { type: 'route53' }> | StoredHook;
+
+export interface StoredFailover extends Omit<FailoverInput, 'standby' | 'endpoint'> {
+  readonly standby?: StoredStandby;
+  readonly endpoint?: StoredEndpoint;
 }
 
 interface StoredConfig extends DrConfig {
@@ -77,7 +99,7 @@ export async function configAsInput(
     await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY),
     'the DR config (POST /api/dr/config first)',
   );
-  const { secretName: _secretName, source, environments, ...settings } = item.data;
+  const { secretName: _secretName, source, environments, failover, hooks, ...settings } = item.data;
   const database = (stored: DatabaseSource) => {
     const { passwordSet: _passwordSet, ...parts } = stored;
     return parts;
@@ -91,8 +113,38 @@ export async function configAsInput(
         ? { source: { ...source, ...(source.database ? { database: database(source.database) } : {}) } }
         : {}),
       ...(staging ? { environments: { STAGING: { ...staging, database: database(staging.database) } } } : {}),
+      ...(failover
+        ? {
+            failover: {
+              ...failover,
+              ...(failover.standby
+                ? {
+                    standby:
+                      'database' in failover.standby
+                        ? { ...failover.standby, database: database(failover.standby.database) }
+                        : failover.standby,
+                  }
+                : {}),
+              ...(failover.endpoint ? { endpoint: hookAsInput(failover.endpoint) } : {}),
+            },
+          }
+        : {}),
+      ...(hooks
+        ? {
+            hooks: Object.fromEntries(
+              Object.entries(hooks).map(([environment, list]) => [environment, list.map(hookAsInput)]),
+            ),
+          }
+        : {}),
     },
   };
+}
+
+/** A stored hook in the shape POST takes (a webhook's secret, kept when omitted, is not in it). */
+function hookAsInput<T extends StoredEndpoint>(hook: T): Record<string, unknown> {
+  if (hook.type !== 'webhook') return hook;
+  const { secretSet: _secretSet, ...rest } = hook;
+  return rest;
 }
 
 /** The stored config with when it was first created, or undefined before the first POST. */
@@ -117,13 +169,22 @@ export async function replaceConfig(
   const current = await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY);
   checkVersion(current, expectedVersion, 'the DR config');
 
-  const { version: _version, source, environments, notificationEmails, ...settings } = input;
+  const { version: _version, source, environments, notificationEmails, failover, hooks, ...settings } = input;
   // Omitted: the stored part stays as it is (its password too); null: removed.
   const keepSource = source === undefined ? current?.data.source : undefined;
   const keepEnvironments = environments === undefined ? current?.data.environments : undefined;
+  const keepFailover = failover === undefined ? current?.data.failover : undefined;
+  const keepHooks = hooks === undefined ? current?.data.hooks : undefined;
   const issues: FieldIssue[] = [];
   const main = splitDatabase(source?.database, 'source.database', issues);
   const staging = splitDatabase(environments?.STAGING?.database, 'environments.STAGING.database', issues);
+  const standbyInput = failover?.standby;
+  const standby = splitDatabase(
+    standbyInput && 'database' in standbyInput ? standbyInput.database : undefined,
+    'failover.standby.database',
+    issues,
+  );
+  const previousStandby = current?.data.failover?.standby;
   // A stored password never follows a new server, port, user or database: it must be given again.
   const moved: string[] = [];
   for (const [field, before, after, password] of [
@@ -133,6 +194,12 @@ export async function replaceConfig(
       current?.data.environments?.STAGING?.database,
       staging.stored,
       staging.password,
+    ],
+    [
+      'failover.standby.database',
+      previousStandby && 'database' in previousStandby ? previousStandby.database : undefined,
+      standby.stored,
+      standby.password,
     ],
   ] as const) {
     if (!before || !after || destinationOf(before) === destinationOf(after)) continue;
@@ -155,37 +222,107 @@ export async function replaceConfig(
       message: 'give exactly one of instanceIdentifier (RDS) and clusterIdentifier (Aurora)',
     });
   }
+  // A webhook's secret: given, or kept from the stored hook at the same place with the same URL.
+  const hookSecrets: Record<string, string | null | undefined> = {};
+  const hookPlaces = (
+    list: readonly HookInput[] | undefined,
+    before: readonly StoredEndpoint[] | undefined,
+    key: (index: number) => string,
+    field: (index: number) => string,
+  ) =>
+    (list ?? []).map((hook, index) => {
+      if (hook.type !== 'webhook') return hook;
+      const { secret, ...rest } = hook;
+      const previous = before?.[index];
+      const keep = previous?.type === 'webhook' && previous.secretSet && previous.url === hook.url;
+      if (secret === undefined && !keep)
+        issues.push({
+          field: `${field(index)}.secret`,
+          message:
+            previous?.type === 'webhook' && previous.url !== hook.url
+              ? 'must be given again: the URL changed, and a stored secret is never sent to a new destination'
+              : 'is required: every webhook body is signed with it (at least 16 characters)',
+        });
+      hookSecrets[key(index)] = secret;
+      return { ...rest, secretSet: true };
+    });
+  const newHooks: Record<string, StoredHook[]> = {};
+  for (const environment of ['PRODUCTION', 'STAGING'] as const)
+    if (hooks?.[environment])
+      newHooks[environment] = hookPlaces(
+        hooks[environment],
+        current?.data.hooks?.[environment],
+        (index) => `${HOOK_SECRET}${environment}.${index}`,
+        (index) => `hooks.${environment}[${index}]`,
+      );
+  const [newEndpoint] =
+    failover?.endpoint === undefined
+      ? []
+      : failover.endpoint.type === 'route53'
+        ? [failover.endpoint]
+        : hookPlaces(
+            [failover.endpoint],
+            current?.data.failover?.endpoint ? [current.data.failover.endpoint] : undefined,
+            () => ENDPOINT_SECRET,
+            () => 'failover.endpoint',
+          );
+  // A command hook names an executable of DR_HOOKS_DIR (the local runtime's): checked now, and again when run.
+  const commands: [string, string][] = [];
+  for (const environment of ['PRODUCTION', 'STAGING'] as const)
+    (hooks?.[environment] ?? []).forEach((hook, index) => {
+      if (hook.type === 'command') commands.push([`hooks.${environment}[${index}].script`, hook.script]);
+    });
+  if (failover?.endpoint?.type === 'command')
+    commands.push(['failover.endpoint.script', failover.endpoint.script]);
+  for (const [field, script] of commands)
+    await hookScript(cp, script).catch((error: unknown) =>
+      issues.push({ field, message: (error as Error).message }),
+    );
   throwIfIssues(issues);
 
   // Passwords live in the secret store; omitted on a replace keeps the stored one, null removes it.
   const oldName = current?.data.secretName;
-  const keeps =
-    (main.stored && main.password === undefined) ||
-    (staging.stored && staging.password === undefined) ||
-    keepSource?.database !== undefined ||
-    keepEnvironments?.STAGING !== undefined;
-  const stored = oldName !== undefined && keeps ? ((await cp.secrets.get(oldName)) ?? {}) : {};
-  const { values, changed } = mergeSecrets(stored, {
+  const stored = oldName !== undefined ? ((await cp.secrets.get(oldName)) ?? {}) : {};
+  const updates: Record<string, string | null | undefined> = {
     password: keepSource?.database ? undefined : main.stored === undefined ? null : main.password,
     [STAGING_PASSWORD]: keepEnvironments?.STAGING
       ? undefined
       : staging.stored === undefined
         ? null
         : staging.password,
-  });
-  for (const field of ['password', STAGING_PASSWORD])
+    [STANDBY_PASSWORD]: keepFailover ? undefined : standby.stored === undefined ? null : standby.password,
+  };
+  // Hook secrets no hook holds any more are removed.
+  for (const name of Object.keys(stored))
     if (
-      oldName !== undefined &&
-      values[field] === undefined &&
-      stored[field] !== undefined &&
-      !changed.includes(field)
+      (name.startsWith(HOOK_SECRET) && !keepHooks && !(name in hookSecrets)) ||
+      (name === ENDPOINT_SECRET && !keepFailover && !(name in hookSecrets))
     )
-      changed.push(field);
+      updates[name] = null;
+  Object.assign(updates, hookSecrets);
+  const { values, changed } = mergeSecrets(stored, updates);
   const storedDatabase = main.stored && { ...main.stored, passwordSet: values.password !== undefined };
   const stagingDatabase = staging.stored && {
     ...staging.stored,
     passwordSet: values[STAGING_PASSWORD] !== undefined,
   };
+  const newFailover: StoredFailover | undefined = failover
+    ? {
+        ...omit(failover, 'standby', 'endpoint'),
+        ...(standbyInput === undefined
+          ? {}
+          : {
+              standby:
+                'database' in standbyInput
+                  ? {
+                      type: standbyInput.type,
+                      database: { ...standby.stored!, passwordSet: values[STANDBY_PASSWORD] !== undefined },
+                    }
+                  : standbyInput,
+            }),
+        ...(newEndpoint === undefined ? {} : { endpoint: newEndpoint }),
+      }
+    : undefined;
 
   const write = (name: string | undefined) => {
     const data: StoredConfig = {
@@ -216,6 +353,8 @@ export async function replaceConfig(
               },
             },
           }),
+      ...(keepFailover ? { failover: keepFailover } : newFailover ? { failover: newFailover } : {}),
+      ...(keepHooks ? { hooks: keepHooks } : Object.keys(newHooks).length > 0 ? { hooks: newHooks } : {}),
       ...(name === undefined ? {} : { secretName: name }),
     };
     return current
@@ -238,9 +377,7 @@ export async function replaceConfig(
     resource: 'config',
     details: {
       version: item.version,
-      secretsChanged: changed.map((field) =>
-        field === STAGING_PASSWORD ? 'environments.STAGING.database.password' : `source.database.${field}`,
-      ),
+      secretsChanged: changed.map(secretField),
       ...(moved.length > 0 ? { destinationChanged: moved } : {}),
     },
   });
@@ -248,6 +385,21 @@ export async function replaceConfig(
 }
 
 const STAGING_PASSWORD = 'staging.password';
+const STANDBY_PASSWORD = 'failover.password';
+const ENDPOINT_SECRET = 'failover.endpoint.secret';
+const HOOK_SECRET = 'hook.';
+
+/** The config field a secret-store entry holds (for the audit log). */
+function secretField(name: string): string {
+  if (name === STAGING_PASSWORD) return 'environments.STAGING.database.password';
+  if (name === STANDBY_PASSWORD) return 'failover.standby.database.password';
+  if (name === ENDPOINT_SECRET) return 'failover.endpoint.secret';
+  if (name.startsWith(HOOK_SECRET)) {
+    const [environment, index] = name.slice(HOOK_SECRET.length).split('.');
+    return `hooks.${environment}[${index}].secret`;
+  }
+  return `source.database.${name}`;
+}
 
 /** A database setting split into what is stored in the table and the password (from the url or the field). */
 function splitDatabase(
@@ -300,6 +452,19 @@ function toView(item: StoredItem<StoredConfig>): DrConfigView {
   return rest;
 }
 
+/** The primary the application uses after a failover (until the failback): config PRIMARY. */
+export interface ActivePrimary {
+  readonly failoverId: string;
+  readonly since: string;
+  /** postgres:// URL without a password: the promoted standby. */
+  readonly url: string;
+  /** Whose password opens it: the standby's (failover.standby.database) or the source's (an RDS standby). */
+  readonly credentials: 'standby' | 'source';
+}
+
+/** Its sort key in the CONFIG partition (set by the failover workflow, removed by the failback). */
+export const ACTIVE_PRIMARY_KEY = 'PRIMARY';
+
 /** The source to back up, with its password, for the worker (never for API responses). */
 export interface SourceForRun {
   readonly database?: { readonly url: string; readonly password?: string };
@@ -310,9 +475,32 @@ export async function sourceForRun(cp: ControlPlane): Promise<SourceForRun | und
   const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
   if (!stored?.source) return undefined;
   const { database, files } = stored.source;
-  const secrets = stored.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
-  const connection = database && connectionOf(database, secrets.password);
+  const connection = database && (await productionConnection(cp, stored, database));
   return { ...(connection ? { database: connection } : {}), ...(files ? { files } : {}) };
+}
+
+/** The production database's connection: the source, or after a failover the promoted standby. */
+async function productionConnection(
+  cp: ControlPlane,
+  stored: StoredConfig,
+  database: DatabaseSource,
+): Promise<{ url: string; password?: string } | undefined> {
+  const [secrets, active] = await Promise.all([
+    secretsOf(cp, stored),
+    cp.table.get<ActivePrimary>(Partition.config, ACTIVE_PRIMARY_KEY),
+  ]);
+  if (!active) return connectionOf(database, secrets.password);
+  const password = active.data.credentials === 'standby' ? secrets[STANDBY_PASSWORD] : secrets.password;
+  return { url: active.data.url, ...(password === undefined ? {} : { password }) };
+}
+
+/** The source database as configured (the original primary), whatever failover is in force. */
+export async function originalPrimaryConnection(
+  cp: ControlPlane,
+): Promise<{ url: string; password?: string } | undefined> {
+  const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
+  const database = stored?.source?.database;
+  return database && connectionOf(database, (await secretsOf(cp, stored)).password);
 }
 
 /**
@@ -342,8 +530,8 @@ export async function environmentConnection(
   const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
   const database = environmentSettings(stored, environment);
   if (!stored || !database) return undefined;
-  const secrets = stored.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
-  return connectionOf(database, environment === 'PRODUCTION' ? secrets.password : secrets[STAGING_PASSWORD]);
+  if (environment === 'PRODUCTION') return productionConnection(cp, stored, database);
+  return connectionOf(database, (await secretsOf(cp, stored))[STAGING_PASSWORD]);
 }
 
 /** An environment's database settings as stored: PRODUCTION is the source's, STAGING its own. */
@@ -367,4 +555,69 @@ function connectionOf(
     url = built.toString();
   }
   return url === undefined ? undefined : { url, ...(password === undefined ? {} : { password }) };
+}
+
+/** A hook with its secret, for the workflows (never for API responses). */
+export type HookForRun = Exclude<HookInput, { type: 'webhook' }> | Extract<HookInput, { type: 'webhook' }>;
+
+/** An environment's application hooks, each webhook with its secret. */
+export async function hooksForRun(
+  cp: ControlPlane,
+  environment: 'PRODUCTION' | 'STAGING',
+): Promise<HookForRun[]> {
+  const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
+  const hooks = stored?.hooks?.[environment] ?? [];
+  if (hooks.length === 0) return [];
+  const secrets = await secretsOf(cp, stored);
+  return hooks.map((hook, index) => withSecret(hook, secrets[`${HOOK_SECRET}${environment}.${index}`]));
+}
+
+function withSecret(hook: StoredHook, secret: string | undefined): HookForRun {
+  if (hook.type !== 'webhook') return hook;
+  const { secretSet: _secretSet, ...rest } = hook;
+  return { ...rest, ...(secret === undefined ? {} : { secret }) };
+}
+
+async function secretsOf(
+  cp: ControlPlane,
+  stored: StoredConfig | undefined,
+): Promise<Readonly<Record<string, string>>> {
+  return stored?.secretName === undefined ? {} : ((await cp.secrets.get(stored.secretName)) ?? {});
+}
+
+/** The failover settings with the standby's connection and the endpoint hook's secret, for the workflows. */
+export interface FailoverForRun extends Omit<StoredFailover, 'standby' | 'endpoint'> {
+  readonly standby?:
+    | { readonly type: 'replica'; readonly database: { url: string; password?: string } }
+    | { readonly type: 'restore'; readonly database: { url: string; password?: string } }
+    | Extract<StoredStandby, { type: 'rds-replica' | 'aurora-global' }>;
+  readonly endpoint?: Extract<StoredEndpoint, { type: 'route53' }> | HookForRun;
+}
+
+export async function failoverForRun(cp: ControlPlane): Promise<FailoverForRun | undefined> {
+  const stored = (await cp.table.get<StoredConfig>(Partition.config, CONFIG_KEY))?.data;
+  const failover = stored?.failover;
+  if (!failover) return undefined;
+  const secrets = await secretsOf(cp, stored);
+  const { standby, endpoint, ...settings } = failover;
+  let standbyForRun: FailoverForRun['standby'];
+  if (standby && 'database' in standby) {
+    const database = connectionOf(standby.database, secrets[STANDBY_PASSWORD]);
+    if (database)
+      standbyForRun =
+        standby.type === 'replica' ? { type: 'replica', database } : { type: 'restore', database };
+  } else standbyForRun = standby;
+  return {
+    ...settings,
+    ...(standbyForRun ? { standby: standbyForRun } : {}),
+    ...(endpoint
+      ? { endpoint: endpoint.type === 'route53' ? endpoint : withSecret(endpoint, secrets[ENDPOINT_SECRET]) }
+      : {}),
+  };
+}
+
+function omit<T extends object, K extends keyof T>(value: T, ...keys: K[]): Omit<T, K> {
+  const rest = { ...value };
+  for (const key of keys) delete rest[key];
+  return rest;
 }

@@ -1,7 +1,7 @@
 import type { Actor } from '../audit.ts';
 import type { ControlPlane, WorkflowName } from '../context.ts';
 import { ConflictError, NotFoundError, ServiceUnavailableError, ValidationError } from '../errors.ts';
-import type { RunProgress, StepRecord } from '../records.ts';
+import type { HookRun, RunProgress, StepRecord } from '../records.ts';
 import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../schemas.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
@@ -47,6 +47,8 @@ export interface DrTestRecord {
   readonly progress?: RunProgress;
   /** Its workflow's steps as they ran. */
   readonly steps?: readonly StepRecord[];
+  /** The application hooks it ran around the database work. */
+  readonly hooks?: HookRun;
   readonly testType: DrTestType;
   readonly targetEnvironment: 'STAGING' | 'PRODUCTION';
   readonly notifyOnCompletion: boolean;

@@ -4,19 +4,24 @@ import type { ControlPlane } from '../context.ts';
 import type { Condition } from '../records.ts';
 import { Partition } from '../store/table.ts';
 import { findConfig, sourceForRun } from './config-service.ts';
+import {
+  activePrimary,
+  failoverRefusal,
+  failoverRule,
+  lastSeenOf,
+  startFailover,
+  type FailoverRecord,
+} from './failover-service.ts';
 
 /**
  * The watch over the primary (the source database), once a minute with the alert checks: connect, `select`,
  * not in recovery, writable. Its state and recent history are in the API (`GET /api/dr/health/primary`);
- * the primary counts as down only after `FAILURES` probes in a row failed over at least `WINDOW_MS` (one
- * failed probe — a restart, a network blip — is not an outage), and that opens an alert. Automatic failover
- * (`autoFailover: true`) acts on the same decision (issue 22: not built yet; the alert says so).
+ * the primary counts as down only after `failover.failures` probes in a row failed over at least
+ * `failover.windowSeconds` (defaults 3 and 2 min: one failed probe — a restart, a network blip — is not an
+ * outage), and that opens an alert. With `autoFailover: true` the same decision starts a failover, when the
+ * guardrails allow (failover-service.ts); the alert says what was done.
  */
 export const PRIMARY_WATCH = {
-  /** Probes in a row that must fail. */
-  failures: 3,
-  /** And over at least this long (from the first failed probe to the last). */
-  windowMs: 2 * 60_000,
   /** A probe gives up after this long (connect and query). */
   timeoutMs: 5_000,
   /** Probes kept in the history (two hours at one a minute). */
@@ -35,7 +40,18 @@ export interface PrimaryProbe {
   readonly ms: number;
   readonly inRecovery?: boolean;
   readonly writable?: boolean;
+  /** The primary's WAL position when it answered (what a standby must have replayed to lose nothing). */
+  readonly lsn?: string;
+  /** Its last commit's time, where track_commit_timestamp is on. */
+  readonly lastCommitAt?: string;
   readonly error?: string;
+}
+
+/** What the watch decided about a DOWN primary (once per outage; again when the reason changes). */
+export interface FailoverDecision {
+  readonly at: string;
+  readonly failoverId?: string;
+  readonly refused?: string;
 }
 
 export interface PrimaryState {
@@ -48,6 +64,14 @@ export interface PrimaryState {
   readonly lastProbe: PrimaryProbe;
   /** Newest first. */
   readonly history: readonly PrimaryProbe[];
+  /** While DOWN with autoFailover on: the failover started, or why none was. */
+  readonly decision?: FailoverDecision;
+}
+
+/** How many failed probes over how long make the primary DOWN. */
+export interface WatchRule {
+  readonly failures: number;
+  readonly windowSeconds: number;
 }
 
 /** One probe of the primary: a failure says why (never the password). */
@@ -61,17 +85,28 @@ export async function probe(connection: DatabaseConnection, now: () => Date): Pr
       query_timeout: PRIMARY_WATCH.timeoutMs,
       statement_timeout: PRIMARY_WATCH.timeoutMs,
     });
-    const { rows } = await client.query<{ recovery: boolean; readonly: string }>(
-      "SELECT pg_is_in_recovery() AS recovery, current_setting('transaction_read_only') AS readonly",
+    const { rows } = await client.query<{
+      recovery: boolean;
+      readonly: string;
+      lsn: string | null;
+      committed: Date | null;
+    }>(
+      `SELECT pg_is_in_recovery() AS recovery, current_setting('transaction_read_only') AS readonly,
+              CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn,
+              CASE WHEN current_setting('track_commit_timestamp') = 'on'
+                   THEN (SELECT timestamp FROM pg_last_committed_xact()) END AS committed`,
     );
-    const inRecovery = rows[0]!.recovery;
-    const writable = !inRecovery && rows[0]!.readonly === 'off';
+    const row = rows[0]!;
+    const inRecovery = row.recovery;
+    const writable = !inRecovery && row.readonly === 'off';
     return {
       at,
       ok: writable,
       ms: Date.now() - started,
       inRecovery,
       writable,
+      ...(row.lsn ? { lsn: row.lsn } : {}),
+      ...(row.committed ? { lastCommitAt: row.committed.toISOString() } : {}),
       ...(writable ? {} : { error: inRecovery ? 'in recovery (a standby)' : 'read-only' }),
     };
   } catch (error) {
@@ -83,7 +118,11 @@ export async function probe(connection: DatabaseConnection, now: () => Date): Pr
 }
 
 /** The next state after a probe. */
-export function nextState(previous: PrimaryState | undefined, probe: PrimaryProbe): PrimaryState {
+export function nextState(
+  previous: PrimaryState | undefined,
+  probe: PrimaryProbe,
+  rule: WatchRule,
+): PrimaryState {
   const history = [probe, ...(previous?.history ?? [])].slice(0, PRIMARY_WATCH.history);
   if (probe.ok)
     return {
@@ -96,8 +135,8 @@ export function nextState(previous: PrimaryState | undefined, probe: PrimaryProb
   const failures = (previous?.consecutiveFailures ?? 0) + 1;
   const firstFailureAt = failures === 1 ? probe.at : (previous?.firstFailureAt ?? probe.at);
   const down =
-    failures >= PRIMARY_WATCH.failures &&
-    Date.parse(probe.at) - Date.parse(firstFailureAt) >= PRIMARY_WATCH.windowMs;
+    failures >= rule.failures &&
+    Date.parse(probe.at) - Date.parse(firstFailureAt) >= rule.windowSeconds * 1000;
   const state = down ? 'DOWN' : 'FAILING';
   return {
     state,
@@ -106,6 +145,7 @@ export function nextState(previous: PrimaryState | undefined, probe: PrimaryProb
     since: previous?.state === state ? previous.since : probe.at,
     lastProbe: probe,
     history,
+    ...(down && previous?.decision ? { decision: previous.decision } : {}),
   };
 }
 
@@ -113,12 +153,13 @@ export function nextState(previous: PrimaryState | undefined, probe: PrimaryProb
 export async function watchPrimary(cp: ControlPlane): Promise<PrimaryState | undefined> {
   const database = (await sourceForRun(cp))?.database;
   if (!database) return undefined;
+  const rule = failoverRule((await findConfig(cp))?.failover);
   const recent = await cp.table.get<PrimaryState>(Partition.alert, KEY);
   if (recent && cp.now().getTime() - Date.parse(recent.data.lastProbe.at) < MIN_PROBE_INTERVAL_MS)
     return recent.data;
   const result = await probe(database, () => cp.now());
   const stored = await cp.table.get<PrimaryState>(Partition.alert, KEY);
-  const next = nextState(stored?.data, result);
+  const next = nextState(stored?.data, result, rule);
   await (
     stored
       ? cp.table.replace(stored, next, cp.now())
@@ -137,17 +178,22 @@ export async function primaryUp(cp: ControlPlane): Promise<boolean | undefined> 
 
 /** GET /api/dr/health/primary: the state, the probes, and the rule that decides. */
 export async function primaryHealth(cp: ControlPlane) {
-  const [stored, config] = await Promise.all([
+  const [stored, config, active] = await Promise.all([
     cp.table.get<PrimaryState>(Partition.alert, KEY),
     findConfig(cp),
+    activePrimary(cp),
   ]);
+  const rule = failoverRule(config?.failover);
   return {
     ...(stored ? stored.data : { state: 'UNKNOWN', history: [] }),
     autoFailover: config?.autoFailover ?? false,
+    ...(active ? { failedOver: { failoverId: active.failoverId, since: active.since } } : {}),
     rule: {
-      failures: PRIMARY_WATCH.failures,
-      windowSeconds: PRIMARY_WATCH.windowMs / 1000,
+      failures: rule.failures,
+      windowSeconds: rule.windowSeconds,
       timeoutSeconds: PRIMARY_WATCH.timeoutMs / 1000,
+      cooldownMinutes: rule.cooldownMinutes,
+      allowStaleStandby: rule.allowStaleStandby,
     },
   };
 }
@@ -168,6 +214,7 @@ export async function primaryConditions(
     state = stored;
   } else state = await watchPrimary(cp);
   if (!state) return [];
+  if (state.state === 'DOWN' && config.autoFailover) state = await decide(cp, state);
   const last = state.lastProbe;
   return [
     {
@@ -176,12 +223,46 @@ export async function primaryConditions(
       subject: '[DR] The primary database is down',
       lines: [
         `${state.consecutiveFailures} probes in a row failed since ${state.firstFailureAt ?? last.at}; the last at ${last.at}: ${last.error ?? 'failed'}.`,
-        config.autoFailover
-          ? 'autoFailover is on, but automatic failover is not built yet: nothing was done. Fail over by hand (see the README).'
-          : 'autoFailover is off: nothing was done. Restore or fail over by hand (see the README).',
+        !config.autoFailover
+          ? 'autoFailover is off: nothing was done. Restore or fail over by hand (see the README).'
+          : state.decision?.failoverId
+            ? `autoFailover is on: failover ${state.decision.failoverId} was started at ${state.decision.at} (GET /api/dr/failover/${state.decision.failoverId}); its own email says how it ended.`
+            : `autoFailover is on, but no failover was started: ${state.decision?.refused ?? 'not decided yet'}.`,
       ],
       recoverySubject: '[DR] Recovered — the primary database answers again',
       recoveryLines: [`The primary answered at ${last.at} (${last.ms} ms), writable.`],
     },
   ];
 }
+
+/**
+ * With the primary DOWN and autoFailover on: starts a failover once per outage (the guardrails may refuse;
+ * asked again each check while refused, audited only when the reason changes). Kept on the watch's state.
+ */
+async function decide(cp: ControlPlane, state: PrimaryState): Promise<PrimaryState> {
+  if (state.decision?.failoverId) return state;
+  const reason = `the primary is down: ${state.consecutiveFailures} probes failed since ${state.firstFailureAt}`;
+  const refused = await failoverRefusal(cp);
+  if (refused !== undefined && refused === state.decision?.refused) return state;
+  const lastSeen = lastSeenOf(state.history);
+  const outcome = await startFailover(cp, WATCH_ACTOR, {
+    trigger: 'automatic',
+    reason,
+    ...(lastSeen ? { primaryLastSeen: lastSeen } : {}),
+  }).catch((error: unknown): { started?: FailoverRecord; refused?: string } => ({
+    refused: `the failover did not start: ${(error as Error).message}`,
+  }));
+  const decision: FailoverDecision = {
+    at: cp.now().toISOString(),
+    ...(outcome.started ? { failoverId: outcome.started.id } : { refused: outcome.refused ?? 'refused' }),
+  };
+  const stored = await cp.table.get<PrimaryState>(Partition.alert, KEY);
+  if (stored)
+    await cp.table
+      .replace(stored, { ...stored.data, decision }, cp.now())
+      .catch((error: unknown) => cp.logger.warn('failover decision not recorded', { error: String(error) }));
+  return { ...state, decision };
+}
+
+/** The watch acts on its own (no caller's role). */
+const WATCH_ACTOR = { principal: 'watch:primary' } as const;

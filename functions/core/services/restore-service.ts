@@ -8,7 +8,7 @@ import { getBackup, isGood, newBackupId } from './backup-service.ts';
 import { environmentConnection, environmentDatabaseName, findConfig } from './config-service.ts';
 import { newestFirst, runnerOf, updateItem } from './common.ts';
 import { atLeast } from '../authz.ts';
-import type { RunProgress, StepRecord } from '../records.ts';
+import type { HookRun, RunProgress, StepRecord } from '../records.ts';
 
 export type RestoreStatus = 'RUNNING' | 'PLANNED' | 'SUCCEEDED' | 'FAILED';
 
@@ -77,6 +77,10 @@ export interface RestoreRecord {
   readonly progress?: RunProgress;
   /** Its workflow's steps as they ran. */
   readonly steps?: readonly StepRecord[];
+  /** The application hooks it ran around the database work. */
+  readonly hooks?: HookRun;
+  /** What went wrong without failing the restore (a start hook that failed: the application may be down). */
+  readonly issues?: readonly string[];
 }
 
 /**

@@ -28,6 +28,8 @@ export const Partition = {
   restore: 'RESTORE',
   /** DR tests (sort key = test id, time-ordered). */
   drTest: 'DRTEST',
+  /** Failovers of the primary (sort key = failover id, time-ordered). */
+  failover: 'FAILOVER',
   /** Alert episodes (sort key = the condition's key): whether one is open, since when. */
   alert: 'ALERT',
   /**
