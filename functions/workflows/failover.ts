@@ -65,11 +65,12 @@ import { WorkflowError, atEndpoint, errorMessage, group, hookIssues, type Workfl
 const stamp = z.string().optional();
 export const failoverState = z.looseObject({
   failoverId: z.string(),
-  failback: z.boolean().optional(),
+  failingBack: z.boolean().optional(),
   promoted: z
     .looseObject({ done: z.boolean().optional(), polls: z.number().optional(), checkedAt: stamp })
     .optional(),
   error: z.looseObject({ Error: z.string().optional(), Cause: z.string().optional() }).optional(),
+  hookError: z.looseObject({ Error: z.string().optional(), Cause: z.string().optional() }).optional(),
 });
 type FailoverState = z.infer<typeof failoverState>;
 
@@ -476,7 +477,7 @@ export const failover = group(failoverState, {
   'failover.finish': async (cp, deps, state) => {
     const failed = state.error !== undefined;
     const record = await updateFailover(cp, state.failoverId, (current) => {
-      const { issues } = hookIssues(current.hooks);
+      const { issues } = hookIssues(current.hooks, state.hookError);
       return {
         ...current,
         status: failed ? 'FAILED' : 'SUCCEEDED',

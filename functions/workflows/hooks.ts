@@ -45,7 +45,7 @@ const hookState = z.looseObject({
   restoreId: z.string().optional(),
   testId: z.string().optional(),
   failoverId: z.string().optional(),
-  failback: z.boolean().optional(),
+  failingBack: z.boolean().optional(),
 });
 type HookState = z.infer<typeof hookState>;
 
@@ -85,9 +85,9 @@ async function entryOf(cp: ControlPlane, state: HookState): Promise<RunEntry> {
   }
   if (state.failoverId) {
     const failover = await getFailover(cp, state.failoverId);
-    const key = state.failback ? 'failbackHooks' : 'hooks';
+    const key = state.failingBack ? 'failbackHooks' : 'hooks';
     return {
-      workflow: state.failback ? 'failback' : 'failover',
+      workflow: state.failingBack ? 'failback' : 'failover',
       id: failover.id,
       environment: 'PRODUCTION',
       hooks: failover[key],

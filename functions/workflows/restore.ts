@@ -232,7 +232,7 @@ export const restore = group(restoreState, {
     const now = cp.now();
     const record = await updateRestore(cp, state.restoreId, (current) => ({
       ...current,
-      ...hookIssues(current.hooks),
+      ...hookIssues(current.hooks, state.hookError),
       status: failed ? 'FAILED' : dryRun ? 'PLANNED' : 'SUCCEEDED',
       finishedAt: now.toISOString(),
       ...(state.plan ? { plan: state.plan as RestorePlan } : {}),

@@ -181,6 +181,8 @@ export const workflowState = z.looseObject({
     .optional(),
   error: stepError.optional(),
   cleanupError: stepError.optional(),
+  /** The start hooks' step failed as a whole (caught: the run is still recorded). */
+  hookError: stepError.optional(),
   rdsCleanupError: stepError.optional(),
 });
 /** The state of any execution (the RDS steps serve restores and tests alike). */
@@ -251,7 +253,7 @@ function resultsOf(test: DrTestRecord, state: State, now: Date): DrTestResults {
     issues.push(
       `the temporary instance ${state.plan?.rds?.target} was not deleted: ${errorMessage(state.rdsCleanupError)}`,
     );
-  issues.push(...(hookIssues(test.hooks).issues ?? []));
+  issues.push(...(hookIssues(test.hooks, state.hookError).issues ?? []));
   const base = { issues, participants: [] as string[] };
   if (test.testType === 'BACKUP_VERIFICATION') {
     const verified = state.verified ?? [];
@@ -505,9 +507,12 @@ export async function archiveListing(
 }
 
 /** A run's failed start hooks as its issues (the application may not be running). */
-export function hookIssues(hooks: HookRun | undefined): { issues?: string[] } {
-  const failed = (hooks?.start ?? []).filter((outcome) => !outcome.ok);
-  return failed.length === 0
-    ? {}
-    : { issues: failed.map((outcome) => `the start hook ${outcome.name} failed: ${outcome.error}`) };
+export function hookIssues(hooks: HookRun | undefined, hookError?: StepError): { issues?: string[] } {
+  const issues = (hooks?.start ?? [])
+    .filter((outcome) => !outcome.ok)
+    .map((outcome) => `the start hook ${outcome.name} failed: ${outcome.error}`);
+  // The start step itself failed: the hooks stop ran for may not have been started.
+  if (hookError && (hooks?.stop.length ?? 0) > 0)
+    issues.push(`the start hooks did not run: ${errorMessage(hookError)}; start the application by hand`);
+  return issues.length === 0 ? {} : { issues };
 }

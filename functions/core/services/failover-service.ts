@@ -271,7 +271,7 @@ export async function startFailback(
   try {
     const { executionArn } = await cp.workflows.start('failover', `${id}-failback`, {
       failoverId: id,
-      failback: true,
+      failingBack: true,
       runner: runnerOf(cp),
     });
     return updateFailover(cp, id, (current) => ({
