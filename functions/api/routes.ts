@@ -70,6 +70,9 @@ import type { DrRole } from '../core/authz.ts';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
+/** The DR config's parts that a replace keeps when omitted (null removes them). */
+const KEPT_WHEN_OMITTED = ['source', 'environments', 'notificationEmails', 'failover', 'hooks'] as const;
+
 export interface RouteRequest<B, Q, P> {
   readonly body: B;
   readonly query: Q;
@@ -254,7 +257,10 @@ export function buildRoutes(cp: ControlPlane, info: ApiInfo, openApi: () => unkn
       status: 200,
       handle: async ({ body, event }) => {
         const { input, version } = await configAsInput(cp);
-        const merged = parseWith(drConfigInput, mergePatch(input, body), 'body');
+        const patched = mergePatch(input, body) as Record<string, unknown>;
+        // null removes: for the parts a replace keeps when they are omitted, the removal is said as null.
+        for (const key of KEPT_WHEN_OMITTED) if (body[key] === null) patched[key] = null;
+        const merged = parseWith(drConfigInput, patched, 'body');
         const expected = expectedVersion(event, merged) ?? version;
         const { view } = await replaceConfig(cp, { ...merged, version: expected }, actorOf(event), expected);
         return { body: view, headers: etag(view.version) };

@@ -124,13 +124,9 @@ async function standbyPosition(
       replay: string | null;
       receive: string | null;
       replayed: Date | null;
-      behind: string | null;
     }>(
       `SELECT pg_is_in_recovery() AS recovery, pg_last_wal_replay_lsn()::text AS replay,
-              pg_last_wal_receive_lsn()::text AS receive, pg_last_xact_replay_timestamp() AS replayed,
-              CASE WHEN $1::pg_lsn IS NULL OR pg_last_wal_replay_lsn() IS NULL THEN NULL
-                   ELSE pg_wal_lsn_diff($1::pg_lsn, pg_last_wal_replay_lsn())::text END AS behind`,
-      [primaryLsn ?? null],
+              pg_last_wal_receive_lsn()::text AS receive, pg_last_xact_replay_timestamp() AS replayed`,
     );
     const row = rows[0]!;
     return {
@@ -138,7 +134,7 @@ async function standbyPosition(
       ...(row.replay ? { lsn: row.replay } : {}),
       ...(row.receive ? { receiveLsn: row.receive } : {}),
       ...(row.replayed ? { lastCommitAt: row.replayed.toISOString() } : {}),
-      ...(row.behind !== null ? { behind: Number(row.behind) } : {}),
+      ...(primaryLsn && row.replay ? { behind: walBehind(primaryLsn, row.replay) } : {}),
     };
   } finally {
     await client.end().catch(() => undefined);
@@ -251,6 +247,11 @@ export const failover = group(failoverState, {
       );
     const lag = lagSeconds(record, position);
     stale(lag, `the standby ${hostOf(reach.connection.url)}`);
+    if (lag === undefined && (position.behind ?? 0) > 0 && !allowStale)
+      throw new WorkflowError(
+        'StaleStandby',
+        `the standby ${hostOf(reach.connection.url)} is ${position.behind} bytes of WAL behind the primary as last seen, and has replayed no commit since it started: how old its data is cannot be told. Set failover.allowStaleStandby to fail over to it anyway`,
+      );
     await updateFailover(cp, record.id, (current) => ({
       ...current,
       standby: { at: cp.now().toISOString(), ...omitBehind(position), host: hostOf(reach.connection.url) },
@@ -368,6 +369,10 @@ export const failover = group(failoverState, {
     if (!done) return { done, polls, checkedAt, ...(status ? { status } : {}) };
     const reach = await standbyConnection(cp, deps, standby);
     if (!reach) return { done: false, polls, checkedAt, status: 'no endpoint yet' };
+    // RDS says it is done; the database says so too (out of recovery) before it becomes the primary.
+    const position = await standbyPosition(reach.connection, undefined).catch(() => undefined);
+    if (!position || position.inRecovery)
+      return { done: false, polls, checkedAt, status: position ? 'still in recovery' : 'not answering yet' };
     await makePrimary(cp, state.failoverId, reach.connection, reach.credentials);
     return { done: true, polls, checkedAt };
   },
@@ -462,7 +467,7 @@ export const failover = group(failoverState, {
       } finally {
         await client.query('ROLLBACK').catch(() => undefined);
       }
-      dataLoss = await measureLoss(client, record);
+      dataLoss = measureLoss(record);
     } finally {
       await client.end().catch(() => undefined);
     }
@@ -657,21 +662,17 @@ async function timelineOf(client: pg.Client): Promise<number | undefined> {
  * The data the failover lost: the WAL between the old primary's last seen position and the standby's last
  * replayed one (bytes), and the time between their last commits, where both are known.
  */
-async function measureLoss(client: pg.Client, record: FailoverRecord): Promise<FailoverRecord['dataLoss']> {
+function measureLoss(record: FailoverRecord): FailoverRecord['dataLoss'] {
   const seen = record.primaryLastSeen;
   const standby = record.standby;
-  let walBytes: number | undefined;
-  if (seen?.lsn && standby?.lsn) {
-    const { rows } = await client.query<{ diff: string }>(
-      'SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::text AS diff',
-      [seen.lsn, standby.lsn],
-    );
-    walBytes = Math.max(0, Number(rows[0]!.diff));
-  }
+  const walBytes = seen?.lsn && standby?.lsn ? walBehind(seen.lsn, standby.lsn) : undefined;
+  // All the WAL replayed: nothing lost up to the last probe, whatever the commit times say.
   const seconds =
-    seen?.lastCommitAt && standby?.lastCommitAt
-      ? Math.max(0, (Date.parse(seen.lastCommitAt) - Date.parse(standby.lastCommitAt)) / 1000)
-      : undefined;
+    walBytes === 0
+      ? 0
+      : seen?.lastCommitAt && standby?.lastCommitAt
+        ? Math.max(0, (Date.parse(seen.lastCommitAt) - Date.parse(standby.lastCommitAt)) / 1000)
+        : undefined;
   const parts: string[] = [];
   if (walBytes !== undefined)
     parts.push(
@@ -679,7 +680,7 @@ async function measureLoss(client: pg.Client, record: FailoverRecord): Promise<F
         ? `the standby had replayed all the WAL the primary had written when last seen (${seen!.lsn} at ${seen!.at})`
         : `${walBytes} bytes of WAL the primary had written by ${seen!.at} (${seen!.lsn}) never reached the standby (replayed up to ${standby!.lsn})`,
     );
-  if (seconds !== undefined)
+  if (seconds !== undefined && walBytes !== 0)
     parts.push(
       `the primary's last seen commit was at ${seen!.lastCommitAt}, the standby's last at ${standby!.lastCommitAt}: ${seconds} s of commits lost`,
     );
@@ -811,3 +812,20 @@ async function notify(
 }
 
 export type { FailoverState };
+
+function lsnValue(lsn: string): bigint {
+  const [high, low] = lsn.split('/');
+  return (BigInt(`0x${high}`) << 32n) + BigInt(`0x${low}`);
+}
+
+/**
+ * Bytes of WAL between a primary's position and a standby's replayed one (0 when the standby is level or
+ * ahead). A primary's insert position just past a page header (24 bytes, 40 at a segment's start) holds no
+ * record yet: a standby that replayed up to that page's start lacks nothing.
+ */
+export function walBehind(primary: string, replayed: string): number {
+  const diff = lsnValue(primary) - lsnValue(replayed);
+  if (diff <= 0n) return 0;
+  if (lsnValue(replayed) % 8192n === 0n && diff <= 40n) return 0;
+  return Number(diff);
+}

@@ -40,7 +40,7 @@ export interface PrimaryProbe {
   readonly ms: number;
   readonly inRecovery?: boolean;
   readonly writable?: boolean;
-  /** The primary's WAL position when it answered (what a standby must have replayed to lose nothing). */
+  /** The primary's WAL insert position when it answered (what a standby must have replayed to lose nothing). */
   readonly lsn?: string;
   /** Its last commit's time, where track_commit_timestamp is on. */
   readonly lastCommitAt?: string;
@@ -92,7 +92,7 @@ export async function probe(connection: DatabaseConnection, now: () => Date): Pr
       committed: Date | null;
     }>(
       `SELECT pg_is_in_recovery() AS recovery, current_setting('transaction_read_only') AS readonly,
-              CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn,
+              CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END AS lsn,
               CASE WHEN current_setting('track_commit_timestamp') = 'on'
                    THEN (SELECT timestamp FROM pg_last_committed_xact()) END AS committed`,
     );
