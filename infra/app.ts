@@ -12,8 +12,12 @@ import { ControlPlaneStack, type ControlPlaneStackProps } from './control-plane-
  *   heavySteps=lambda|fargate|auto, fargateFromBytes
  *                                              where workflows run restores and checks (auto: by size)
  *   workerPublicIp=true                        give the Fargate task a public IP (no NAT, no endpoints)
- *   failoverZones (comma-separated)            Route 53 zone ids FAILOVER_TEST may change records in
- *   globalCluster                              the Aurora global database FAILOVER_TEST may switch over
+ *   failoverZones (comma-separated)            Route 53 zone ids FAILOVER_TEST and the failover may change
+ *                                              records in
+ *   globalCluster                              the Aurora global database FAILOVER_TEST may switch over and
+ *                                              the failover may fail over
+ *   hookFunctions (comma-separated)            Lambda function ARNs application hooks may invoke
+ *   hookServices (comma-separated)             ECS service ARNs application hooks may scale to 0 and back
  *   targetKmsKeys (comma-separated)            KMS key ARNs that S3 targets name in kmsKeyId
  *   masterKeySecretArn, masterKeyKmsKey        redeploy with the master key of a deleted stack
  *   alarmEmails (comma-separated)              subscribe these addresses to the alarm topic
@@ -55,6 +59,8 @@ export function buildApp(app = new App()): { app: App; controlPlane: ControlPlan
       ...(context('workerPublicIp') === 'true' ? { publicIp: true } : {}),
       ...(list('failoverZones').length > 0 ? { failoverZones: list('failoverZones') } : {}),
       ...(context('globalCluster') ? { globalCluster: context('globalCluster')! } : {}),
+      ...(list('hookFunctions').length > 0 ? { hookFunctions: list('hookFunctions') } : {}),
+      ...(list('hookServices').length > 0 ? { hookServices: list('hookServices') } : {}),
       ...(list('targetKmsKeys').length > 0 ? { targetKeys: list('targetKmsKeys') } : {}),
       ...(context('masterKeySecretArn') ? { masterKeySecretArn: context('masterKeySecretArn')! } : {}),
       ...(context('masterKeyKmsKey') ? { masterKeyKey: context('masterKeyKmsKey')! } : {}),

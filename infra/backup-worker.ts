@@ -75,10 +75,17 @@ export interface BackupWorkerProps {
    * need a NAT gateway or the VPC endpoints listed in the README. @default false
    */
   readonly publicIp?: boolean;
-  /** Route 53 hosted zones (ids) whose records FAILOVER_TEST may switch. @default none: no Route 53 access */
+  /**
+   * Route 53 hosted zones (ids) whose records FAILOVER_TEST and the failover may switch. @default none: no
+   * Route 53 access
+   */
   readonly failoverZones?: readonly string[];
-  /** The Aurora global database FAILOVER_TEST may switch over. @default none */
+  /** The Aurora global database FAILOVER_TEST may switch over and the failover may fail over. @default none */
   readonly globalCluster?: string;
+  /** Lambda functions (ARNs) application hooks may invoke. @default none */
+  readonly hookFunctions?: readonly string[];
+  /** ECS services (ARNs) application hooks may scale to 0 and back. @default none */
+  readonly hookServices?: readonly string[];
   /** KMS keys (ARNs) that S3 targets name in `kmsKeyId`: the worker and the API may use them. @default none */
   readonly targetKeys?: readonly string[];
   /**
@@ -453,7 +460,7 @@ export class BackupWorker extends Construct {
         ? [
             [
               rds('global-cluster', props.globalCluster),
-              'FAILOVER_TEST switches over the global database named at deploy (context globalCluster), in whichever region it is homed.',
+              'FAILOVER_TEST switches over, and the failover fails over, the global database named at deploy (context globalCluster), in whichever region it is homed.',
             ] as [string, string],
           ]
         : []),
@@ -777,8 +784,18 @@ export class BackupWorker extends Construct {
     if (props.globalCluster)
       add(
         new PolicyStatement({
-          actions: ['rds:DescribeGlobalClusters', 'rds:SwitchoverGlobalCluster'],
+          actions: ['rds:DescribeGlobalClusters', 'rds:SwitchoverGlobalCluster', 'rds:FailoverGlobalCluster'],
           resources: [rdsArn('global-cluster', props.globalCluster), rdsArn('cluster')],
+        }),
+      );
+    // Application hooks: only the functions and services named at deploy.
+    if (props.hookFunctions?.length)
+      add(new PolicyStatement({ actions: ['lambda:InvokeFunction'], resources: [...props.hookFunctions] }));
+    if (props.hookServices?.length)
+      add(
+        new PolicyStatement({
+          actions: ['ecs:DescribeServices', 'ecs:UpdateService'],
+          resources: [...props.hookServices],
         }),
       );
     this.grantBuckets(grantee);

@@ -142,6 +142,10 @@ export class ControlPlaneStack extends Stack {
         fanOut.grantStartExecution(starter.role);
       }
     }
+    // The dispatcher's watch starts the failover when the primary is down (autoFailover).
+    const failover = this.workflows.machines.get('failover')!;
+    this.worker.dispatcher.function.addEnvironment('STATE_MACHINE_FAILOVER', failover.stateMachineArn);
+    failover.grantStartExecution(this.worker.dispatcher.role);
     this.monitoring = new Monitoring(this, 'Monitoring', {
       key: this.key,
       ...(props.alarmEmails?.length ? { alarmEmails: props.alarmEmails } : {}),

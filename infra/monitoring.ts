@@ -30,7 +30,12 @@ export interface MonitoringProps {
  * chatbot) to them; the product's own emails come from its alert checks.
  */
 export class Monitoring extends Construct {
-  readonly alarms: { readonly failedBackups: Alarm; readonly rpo: Alarm; readonly testsOverdue: Alarm };
+  readonly alarms: {
+    readonly failedBackups: Alarm;
+    readonly rpo: Alarm;
+    readonly testsOverdue: Alarm;
+    readonly primaryDown: Alarm;
+  };
   /** Where the alarms notify. */
   readonly topic: Topic;
   readonly dashboard: Dashboard;
@@ -66,6 +71,17 @@ export class Monitoring extends Construct {
         evaluationPeriods: 1,
         treatMissingData: TreatMissingData.NOT_BREACHING,
       }),
+      primaryDown: new Alarm(this, 'PrimaryDown', {
+        alarmDescription:
+          'DR Automation: the primary database failed its probe three minutes in a row (the watch: connect, not in recovery, writable)',
+        metric: metric('PrimaryUp', 'Minimum', Duration.minutes(1)),
+        threshold: 1,
+        comparisonOperator: ComparisonOperator.LESS_THAN_THRESHOLD,
+        evaluationPeriods: 3,
+        datapointsToAlarm: 3,
+        // No figure: no source configured (the dispatcher's silence is the RPO alarm's)
+        treatMissingData: TreatMissingData.NOT_BREACHING,
+      }),
     };
     const hourly = (name: string, statistic: string) => metric(name, statistic, Duration.hours(1));
     // Every alarm, when it fires and when it clears, to one topic operators subscribe to (the README says how).
@@ -84,7 +100,7 @@ export class Monitoring extends Construct {
         [
           new AlarmStatusWidget({
             title: 'DR alarms',
-            alarms: [this.alarms.failedBackups, this.alarms.rpo, this.alarms.testsOverdue],
+            alarms: Object.values(this.alarms),
             width: 8,
           }),
           new SingleValueWidget({

@@ -31,6 +31,7 @@ export function awsWorkflowsFromEnv(env: NodeJS.ProcessEnv = process.env): Workf
     'restore-test': env.STATE_MACHINE_RESTORE_TEST,
     'recovery-time-test': env.STATE_MACHINE_RECOVERY_TIME_TEST,
     'failover-test': env.STATE_MACHINE_FAILOVER_TEST,
+    failover: env.STATE_MACHINE_FAILOVER,
   };
   if (!Object.values(machines).some((arn) => arn)) return undefined;
   return awsWorkflows(Object.fromEntries(Object.entries(machines).filter(([, arn]) => arn)));

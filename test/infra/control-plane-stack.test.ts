@@ -251,8 +251,8 @@ describe('ControlPlaneStack template', () => {
     )[0]!;
     const statements = statementsOf(synthesized.template);
     const invokes = statements.filter((statement) => actions(statement).includes('lambda:InvokeFunction'));
-    // The API and the dispatcher start runs; the six state machines run their steps in the worker.
-    expect(invokes).toHaveLength(8);
+    // The API and the dispatcher start runs; the seven state machines run their steps in the worker.
+    expect(invokes).toHaveLength(9);
     for (const statement of invokes) expect(JSON.stringify(statement.Resource)).toContain(`"${workerId}"`);
     // Without a network nothing runs the Fargate task: no role may run it or pass its roles
     for (const statement of statements) {
@@ -468,9 +468,10 @@ describe('ControlPlaneStack template', () => {
       template.findResources('AWS::Lambda::Function', { Properties: { PackageType: 'Image' } }),
     )[0]!;
     const machines = Object.values(template.findResources('AWS::StepFunctions::StateMachine'));
-    expect(machines).toHaveLength(6);
+    expect(machines).toHaveLength(7);
     const files = [
       'backup-fanout',
+      'failover',
       'restore',
       'backup-verification',
       'restore-test',
@@ -501,7 +502,8 @@ describe('ControlPlaneStack template', () => {
     const starts = statements.filter((statement) =>
       [statement.Action].flat().includes('states:StartExecution'),
     );
-    expect(starts).toHaveLength(6);
+    // The API starts each; the dispatcher the failover (its watch)
+    expect(starts).toHaveLength(8);
     const machineIds = Object.keys(template.findResources('AWS::StepFunctions::StateMachine'));
     for (const statement of starts) expect(machineIds).toContain(statement.Resource.Ref);
     const api = Object.values(template.findResources('AWS::Lambda::Function')).find(
@@ -514,6 +516,7 @@ describe('ControlPlaneStack template', () => {
     ).toEqual([
       'STATE_MACHINE_BACKUP_FANOUT',
       'STATE_MACHINE_BACKUP_VERIFICATION',
+      'STATE_MACHINE_FAILOVER',
       'STATE_MACHINE_FAILOVER_TEST',
       'STATE_MACHINE_RECOVERY_TIME_TEST',
       'STATE_MACHINE_RESTORE',
@@ -543,7 +546,7 @@ describe('ControlPlaneStack template', () => {
     expect(plain.some((statement) => [statement.Action].flat().includes('ses:SendEmail'))).toBe(false);
   });
 
-  it('alarms on failed backups, the RPO (and a silent dispatcher) and overdue DR tests, with a dashboard', () => {
+  it('alarms on failed backups, the RPO (and a silent dispatcher), overdue DR tests and a primary down, with a dashboard', () => {
     const { template } = synthesized;
     const alarms = Object.values(template.findResources('AWS::CloudWatch::Alarm')).map(
       (alarm) => alarm.Properties,
@@ -561,6 +564,7 @@ describe('ControlPlaneStack template', () => {
     ).toEqual([
       ['DrAutomation', 'BackupFailed', 'Sum', 1, 'notBreaching'],
       ['DrAutomation', 'DrTestsOverdue', 'Maximum', 1, 'notBreaching'],
+      ['DrAutomation', 'PrimaryUp', 'Minimum', 1, 'notBreaching'],
       ['DrAutomation', 'RpoViolated', 'Maximum', 1, 'breaching'],
     ]);
     const dashboards = Object.values(template.findResources('AWS::CloudWatch::Dashboard'));
@@ -608,6 +612,8 @@ describe('the AWS production path', () => {
       failoverZones: 'Z0123456789ABC',
       globalCluster: 'event-manager-global',
       targetKmsKeys: 'arn:aws:kms:eu-west-1:123456789012:key/target-key',
+      hookFunctions: 'arn:aws:lambda:eu-west-1:123456789012:function:flush-cache',
+      hookServices: 'arn:aws:ecs:eu-west-1:123456789012:service/apps/event-manager',
     });
   });
 
@@ -618,7 +624,7 @@ describe('the AWS production path', () => {
     const machineRoles = Object.keys(template.findResources('AWS::IAM::Role')).filter((id) =>
       /^(Workflows.*Role|BackupWorkerTaskMachineRole)/.test(id),
     );
-    expect(machineRoles).toHaveLength(7); // six workflows and the worker-task machine
+    expect(machineRoles).toHaveLength(8); // seven workflows and the worker-task machine
     const runTask = statements.filter((statement) => actions(statement).includes('ecs:RunTask'));
     expect(runTask.flatMap((statement) => statement.roles).sort()).toEqual(machineRoles.sort());
     for (const statement of runTask) {
@@ -706,6 +712,70 @@ describe('the AWS production path', () => {
     );
     expect(switchover.length).toBeGreaterThan(0);
     for (const statement of switchover)
+      expect(JSON.stringify(statement.Resource)).toContain(':global-cluster:event-manager-global"');
+  });
+
+  it('deploys the failover workflow, started by the dispatcher (the watch) and the API, with an alarm on the primary', () => {
+    const { template } = fargate;
+    const machines = Object.entries(template.findResources('AWS::StepFunctions::StateMachine'));
+    const [failoverId, failover] = machines.find(([id]) => /^WorkflowsFailover[0-9A-F]/.test(id))!;
+    const definition = JSON.parse(JSON.stringify(failover.Properties.DefinitionString));
+    expect(JSON.stringify(definition)).toContain('failover.promote');
+    const starts = statementsOf(template).filter(
+      (statement) =>
+        actions(statement).includes('states:StartExecution') &&
+        JSON.stringify(statement.Resource).includes(failoverId),
+    );
+    expect([...new Set(starts.flatMap((statement) => statement.roles))].sort()).toEqual([
+      expect.stringMatching(/^ApiFunctionRole/),
+      expect.stringMatching(/^BackupWorkerDispatcherRole/),
+    ]);
+    const dispatcher = Object.values(template.findResources('AWS::Lambda::Function')).find((fn) =>
+      String(fn.Properties.Description).includes('dispatcher'),
+    )!;
+    expect(JSON.stringify(dispatcher.Properties.Environment.Variables.STATE_MACHINE_FAILOVER)).toContain(
+      failoverId,
+    );
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'PrimaryUp',
+      Namespace: 'DrAutomation',
+      Statistic: 'Minimum',
+      Period: 60,
+      Threshold: 1,
+      ComparisonOperator: 'LessThanThreshold',
+      EvaluationPeriods: 3,
+      DatapointsToAlarm: 3,
+      TreatMissingData: 'notBreaching',
+      AlarmActions: [{ Ref: Object.keys(template.findResources('AWS::SNS::Topic'))[0] }],
+    });
+  });
+
+  it('lets hooks invoke only the functions and scale only the services named, and fail over only the global cluster named', () => {
+    const statements = statementsOf(fargate.template);
+    const invoke = statements.filter(
+      (statement) =>
+        actions(statement).includes('lambda:InvokeFunction') &&
+        JSON.stringify(statement.Resource).includes('flush-cache'),
+    );
+    expect(invoke.length).toBeGreaterThan(0);
+    for (const statement of invoke) {
+      expect(actions(statement)).toEqual(['lambda:InvokeFunction']);
+      expect(statement.Resource).toBe('arn:aws:lambda:eu-west-1:123456789012:function:flush-cache');
+      expect(statement.roles.every((role: string) => /^BackupWorker(Worker|TaskTask)Role/.test(role))).toBe(
+        true,
+      );
+    }
+    const ecs = statements.filter((statement) => actions(statement).includes('ecs:UpdateService'));
+    expect(ecs.length).toBeGreaterThan(0);
+    for (const statement of ecs) {
+      expect(actions(statement).sort()).toEqual(['ecs:DescribeServices', 'ecs:UpdateService']);
+      expect(statement.Resource).toBe('arn:aws:ecs:eu-west-1:123456789012:service/apps/event-manager');
+    }
+    const failover = statements.filter((statement) =>
+      actions(statement).includes('rds:FailoverGlobalCluster'),
+    );
+    expect(failover.length).toBeGreaterThan(0);
+    for (const statement of failover)
       expect(JSON.stringify(statement.Resource)).toContain(':global-cluster:event-manager-global"');
   });
 

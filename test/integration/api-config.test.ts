@@ -245,6 +245,11 @@ describe('POST /api/dr/config', () => {
     const stale = await api.call('PATCH', '/api/dr/config', { rto: 5 }, { headers: { 'if-match': '"1"' } });
     expect(stale.status).toBe(409);
     expect((await api.call('PATCH', '/api/dr/config', [1, 2])).status).toBe(400);
+    // null removes a whole part too, even one a replace keeps when it is omitted (it was kept: a bug)
+    const removed = await api.call('PATCH', '/api/dr/config', { source: null, notificationEmails: null });
+    expect(removed.status, removed.text).toBe(200);
+    expect(removed.body.source).toBeUndefined();
+    expect(removed.body.notificationEmails).toEqual([]);
   });
 
   it('refuses a stale version with 409 (optimistic concurrency)', async () => {
