@@ -10,6 +10,7 @@ import { createLogger, parseLevel } from '../core/log.ts';
 import { AwsSecretStore } from './secret-store.ts';
 import { DynamoTable } from './dynamodb-table.ts';
 import { cloudWatchFreeStorage } from './free-storage.ts';
+import { rdsDatabaseStatus } from './rds-status.ts';
 import { awsLauncherFromEnv } from './launcher.ts';
 import { s3DownloadLinks } from './s3-downloads.ts';
 import { awsWorkflowsFromEnv } from './workflows.ts';
@@ -31,6 +32,7 @@ export function awsControlPlane(): ControlPlane {
     ...(workflows ? { workflows } : {}),
     ...(optionalEnv('SOURCE_FROM_WORKER') === 'true' ? { sourceFromWorker: true } : {}),
     freeStorage: cloudWatchFreeStorage(),
+    databaseStatus: rdsDatabaseStatus(),
     egress: egressFromEnv(),
     paths: pathPolicyFromEnv([]),
     heavySteps: heavyStepsFromEnv(),

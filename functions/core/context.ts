@@ -7,7 +7,7 @@ import type { Logger } from './log.ts';
 import type { SecretStore } from './secrets/secret-store.ts';
 import type { DrTable } from './store/table.ts';
 import type { DownloadLinks, RunLauncher } from './ports.ts';
-import type { FreeStorage } from './ports.ts';
+import type { DatabaseStatus, FreeStorage } from './ports.ts';
 
 /** The state machines of the restore and DR-test workflows, and the fan-out FULL (files in statemachines/). */
 export type WorkflowName =
@@ -49,6 +49,8 @@ export interface ControlPlane {
   readonly sourceFromWorker?: boolean;
   /** Free storage of an RDS source instance (CloudWatch), for the replication slot's watch. */
   readonly freeStorage?: FreeStorage;
+  /** What RDS says of an RDS or Aurora source, for the primary watch. */
+  readonly databaseStatus?: DatabaseStatus;
   /** Makes download links (absent where downloads are not deployed: download answers 503). */
   readonly downloads?: DownloadLinks;
   /** Starts restores and DR tests (absent where the workflows are not deployed: they answer 503). */

@@ -73,3 +73,13 @@ export interface RdsInstance {
 
 /** Free storage of an RDS instance in bytes (undefined when CloudWatch has no recent figure). */
 export type FreeStorage = (instance: RdsInstance, now: Date) => Promise<number | undefined>;
+
+/** An RDS instance or Aurora cluster, as `source.rds` names it. */
+export interface RdsSource {
+  readonly instanceIdentifier?: string;
+  readonly clusterIdentifier?: string;
+  readonly region?: string;
+}
+
+/** What RDS says of the source (`available`, `rebooting`, `failing-over`…; undefined when it is not found). */
+export type DatabaseStatus = (source: RdsSource) => Promise<string | undefined>;

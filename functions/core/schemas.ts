@@ -276,6 +276,11 @@ export const drConfigInput = z.strictObject({
       database: databaseSource.optional(),
       rds: rdsSource.optional(),
       files: filesSource.optional(),
+      /**
+       * The application's own health URL, asked (GET, 5 s) with every probe of the primary: shown beside it
+       * and in the alert; the database's probe alone decides a failover.
+       */
+      healthUrl: httpUrl.optional(),
     })
     .nullable()
     .optional(),

@@ -24,6 +24,7 @@ import { writeToOutbox } from './outbox.ts';
 import { measureSource } from '../core/services/change-stream-service.ts';
 import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { cloudWatchFreeStorage } from '../aws/free-storage.ts';
+import { rdsDatabaseStatus } from '../aws/rds-status.ts';
 import { ARTIFACTS, artifactFilename, type DownloadLinks, type RunLauncher } from '../core/ports.ts';
 import type { MailMessage } from '../core/mail.ts';
 import { type HeavySteps, heavyStepsFromEnv } from '../core/env.ts';
@@ -232,6 +233,7 @@ export async function startLocalRuntime(options: LocalRuntimeOptions): Promise<L
     secretPrefix: 'dr',
     ...(options.sourceFromWorker ? { sourceFromWorker: true } : {}),
     freeStorage: cloudWatchFreeStorage(options.cloudwatch ? () => options.cloudwatch! : undefined),
+    databaseStatus: rdsDatabaseStatus(options.rds),
     egress: options.egress ?? egressFromEnv(),
     paths: options.paths ?? pathPolicyFromEnv([dataDir]),
     heavySteps: options.heavySteps ?? heavyStepsFromEnv(),

@@ -12,8 +12,6 @@
  */
 import { execFile } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
-import { request as httpRequest, type Agent as HttpAgent, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DescribeServicesCommand, ECSClient, UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
@@ -25,7 +23,8 @@ import { hooksForRun, type HookForRun } from '../core/services/config-service.ts
 import { getDrTest, updateDrTest } from '../core/services/drtest-service.ts';
 import { getFailover, updateFailover } from '../core/services/failover-service.ts';
 import { getRestore, updateRestore } from '../core/services/restore-service.ts';
-import { guardedAgents, egressRefusal } from '../storage/egress.ts';
+import { requestStatus } from '../core/outbound.ts';
+import { egressRefusal } from '../storage/egress.ts';
 import { WorkflowError, group, hookIssues, type WorkflowDeps } from './steps.ts';
 
 export type HookEvent = HookOutcome['event'];
@@ -250,11 +249,6 @@ type Webhook = Extract<HookForRun, { type: 'webhook' }>;
 async function postWebhook(cp: ControlPlane, hook: Webhook, body: HookPayload): Promise<number> {
   if (!hook.secret) throw new Error('the webhook has no secret (give it again in the DR config)');
   const url = new URL(hook.url);
-  const port = url.port || (url.protocol === 'https:' ? '443' : '80');
-  const agents = guardedAgents(
-    { policy: cp.egress ?? {}, hosts: [`${url.hostname}:${port}`] },
-    { keepAlive: false },
-  );
   const text = JSON.stringify(body);
   const delivery = randomUUID();
   const attempts = hook.retries + 1;
@@ -264,12 +258,12 @@ async function postWebhook(cp: ControlPlane, hook: Webhook, body: HookPayload): 
     let retry: boolean;
     let problem: string;
     try {
-      const status = await post(
-        url,
-        text,
-        hook.timeoutSeconds * 1000,
-        url.protocol === 'https:' ? agents.https : agents.http,
-        {
+      const status = await requestStatus(url, {
+        method: 'POST',
+        egress: cp.egress,
+        timeoutMs: hook.timeoutSeconds * 1000,
+        body: text,
+        headers: {
           'content-type': 'application/json',
           'user-agent': 'dr-automation-hook/1',
           'x-dr-event': body.event,
@@ -277,7 +271,7 @@ async function postWebhook(cp: ControlPlane, hook: Webhook, body: HookPayload): 
           'x-dr-timestamp': timestamp,
           'x-dr-signature': `sha256=${signature}`,
         },
-      );
+      });
       if (status >= 200 && status < 300) return attempt;
       retry = status === 429 || status >= 500;
       problem = `answered ${status}`;
@@ -295,40 +289,6 @@ async function postWebhook(cp: ControlPlane, hook: Webhook, body: HookPayload): 
       );
     await sleep(Math.min(1000 * 2 ** (attempt - 1), 8000));
   }
-}
-
-function post(
-  url: URL,
-  body: string,
-  timeoutMs: number,
-  agent: HttpAgent,
-  headers: Record<string, string>,
-): Promise<number> {
-  const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
-  return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      {
-        method: 'POST',
-        agent,
-        headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
-        timeout: timeoutMs,
-      },
-      (response: IncomingMessage) => {
-        // The answer's body is not read beyond 64 KiB and not kept: a hook's reply is its status.
-        let seen = 0;
-        response.on('data', (chunk: Buffer) => {
-          seen += chunk.length;
-          if (seen > 65_536) response.destroy();
-        });
-        response.on('end', () => resolve(response.statusCode ?? 0));
-        response.on('error', () => resolve(response.statusCode ?? 0));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`timed out after ${timeoutMs / 1000} s`)));
-    req.on('error', reject);
-    req.end(body);
-  });
 }
 
 // ---------------------------------------------------------------------------------------------------- ECS

@@ -1,4 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -42,6 +44,9 @@ let work: string;
 let replica: TestPostgres | undefined;
 let clock = Date.now();
 let promotedReplica = false;
+let app: Server;
+let appUrl: string;
+let appHealthy = true;
 const RECORD = 'db.events.example.com';
 const mailer = () => Promise.resolve();
 
@@ -118,6 +123,10 @@ beforeAll(async () => {
     }),
   );
   work = await mkdtemp(join(tmpdir(), 'dr-standbys-'));
+  // The application: healthy while its database is
+  app = createServer((_request, response) => response.writeHead(appHealthy ? 200 : 503).end());
+  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
+  appUrl = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
   api = await startTestApi({ now: () => new Date(clock), rds, route53: () => route53, workflowWaitMs: 10 });
   for (const [path, body] of [
     [
@@ -126,7 +135,11 @@ beforeAll(async () => {
         rpo: 1,
         autoFailover: true,
         notificationEmails: ['ops@example.com'],
-        source: { database: { url: primary.url('events') } },
+        source: {
+          database: { url: primary.url('events') },
+          rds: { instanceIdentifier: 'events-primary', region: 'eu-west-1' },
+          healthUrl: `${appUrl}/health`,
+        },
       },
     ],
     ['/api/dr/targets', { id: 'local', targetType: 'LOCAL', config: { path: join(work, 'repo') } }],
@@ -137,6 +150,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await api?.close();
+  await new Promise((resolve) => app?.close(resolve));
   await Promise.all([primary?.stop(), moto?.stop(), replica?.stop()]);
   if (work) await rm(work, { recursive: true, force: true });
 });
@@ -224,6 +238,7 @@ describe('failover standbys', () => {
     clock += 60_000;
     await runAlertChecks(api.runtime.controlPlane, mailer);
     await primary.halt();
+    appHealthy = false;
     try {
       for (let i = 0; i < 3; i++) {
         clock += 60_000;
@@ -233,9 +248,19 @@ describe('failover standbys', () => {
         });
       }
     } finally {
+      appHealthy = true;
       await primary.resume();
     }
     expect((await api.call('GET', '/api/dr/failover')).body.items).toHaveLength(before);
+    // Beside the database: what RDS says of the instance, and the application's health URL
+    expect(sent.join('\n')).toMatch(/RDS reports the source as: available/);
+    expect(sent.join('\n')).toMatch(/The application's health URL: does not answer well \(503\)/);
+    const probes = (await health()).history;
+    expect(probes.at(-1)).toMatchObject({
+      ok: true,
+      rdsStatus: 'available',
+      application: { ok: true, status: 200 },
+    });
     expect(sent.join('\n')).toMatch(/no failover was started: no standby is configured \(failover.standby/);
     expect((await health()).decision.refused).toMatch(/no standby is configured/);
     const audit = (await api.call('GET', '/api/dr/audit?limit=20')).body.items;

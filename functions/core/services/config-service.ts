@@ -39,6 +39,7 @@ export interface DrConfig {
     readonly database?: DatabaseSource;
     readonly rds?: NonNullable<NonNullable<DrConfigInput['source']>['rds']>;
     readonly files?: NonNullable<NonNullable<DrConfigInput['source']>['files']>;
+    readonly healthUrl?: string;
   };
   readonly encryption?: DrConfigInput['encryption'];
   /** Automatic failover's rule, standby (its password in the secret store) and endpoint switch. */
@@ -340,6 +341,7 @@ export async function replaceConfig(
               ...(storedDatabase === undefined ? {} : { database: storedDatabase }),
               ...(source.rds === undefined ? {} : { rds: source.rds }),
               ...(source.files === undefined ? {} : { files: source.files }),
+              ...(source.healthUrl === undefined ? {} : { healthUrl: source.healthUrl }),
             },
           }),
       ...(stagingDatabase === undefined

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { connect, redact, type DatabaseConnection } from '../../engine/postgres.ts';
 import type { ControlPlane } from '../context.ts';
 import type { Condition } from '../records.ts';
+import { requestStatus } from '../outbound.ts';
 import { Partition } from '../store/table.ts';
 import { findConfig, sourceForRun } from './config-service.ts';
 import {
@@ -45,6 +46,15 @@ export interface PrimaryProbe {
   /** Its last commit's time, where track_commit_timestamp is on. */
   readonly lastCommitAt?: string;
   readonly error?: string;
+  /** What RDS said of the source at the same time (source.rds), if asked. */
+  readonly rdsStatus?: string;
+  /** The application's health URL (source.healthUrl) at the same time. */
+  readonly application?: {
+    readonly ok: boolean;
+    readonly status?: number;
+    readonly ms: number;
+    readonly error?: string;
+  };
 }
 
 /** What the watch decided about a DOWN primary (once per outage; again when the reason changes). */
@@ -153,13 +163,26 @@ export function nextState(
 export async function watchPrimary(cp: ControlPlane): Promise<PrimaryState | undefined> {
   const database = (await sourceForRun(cp))?.database;
   if (!database) return undefined;
-  const rule = failoverRule((await findConfig(cp))?.failover);
   const recent = await cp.table.get<PrimaryState>(Partition.alert, KEY);
   if (recent && cp.now().getTime() - Date.parse(recent.data.lastProbe.at) < MIN_PROBE_INTERVAL_MS)
     return recent.data;
-  const result = await probe(database, () => cp.now());
+  const config = await findConfig(cp);
+  const [result, rdsStatus, application] = await Promise.all([
+    probe(database, () => cp.now()),
+    config?.source?.rds && cp.databaseStatus
+      ? withTimeout(cp.databaseStatus(config.source.rds), PRIMARY_WATCH.timeoutMs).catch(
+          (error: unknown) => `unknown (${(error as Error).message})`,
+        )
+      : undefined,
+    config?.source?.healthUrl ? applicationHealth(cp, config.source.healthUrl) : undefined,
+  ]);
+  const probed: PrimaryProbe = {
+    ...result,
+    ...(rdsStatus ? { rdsStatus } : {}),
+    ...(application ? { application } : {}),
+  };
   const stored = await cp.table.get<PrimaryState>(Partition.alert, KEY);
-  const next = nextState(stored?.data, result, rule);
+  const next = nextState(stored?.data, probed, failoverRule(config?.failover));
   await (
     stored
       ? cp.table.replace(stored, next, cp.now())
@@ -223,6 +246,12 @@ export async function primaryConditions(
       subject: '[DR] The primary database is down',
       lines: [
         `${state.consecutiveFailures} probes in a row failed since ${state.firstFailureAt ?? last.at}; the last at ${last.at}: ${last.error ?? 'failed'}.`,
+        ...(last.rdsStatus ? [`RDS reports the source as: ${last.rdsStatus}.`] : []),
+        ...(last.application
+          ? [
+              `The application's health URL: ${last.application.ok ? `answers (${last.application.status})` : `does not answer well (${last.application.status ?? last.application.error})`}.`,
+            ]
+          : []),
         !config.autoFailover
           ? 'autoFailover is off: nothing was done. Restore or fail over by hand (see the README).'
           : state.decision?.failoverId
@@ -266,3 +295,32 @@ async function decide(cp: ControlPlane, state: PrimaryState): Promise<PrimarySta
 
 /** The watch acts on its own (no caller's role). */
 const WATCH_ACTOR = { principal: 'watch:primary' } as const;
+
+/** The application's health URL: GET, 5 s, through the egress policy; 2xx and 3xx are well. */
+async function applicationHealth(
+  cp: ControlPlane,
+  url: string,
+): Promise<NonNullable<PrimaryProbe['application']>> {
+  const started = Date.now();
+  try {
+    const status = await requestStatus(new URL(url), {
+      method: 'GET',
+      egress: cp.egress,
+      timeoutMs: PRIMARY_WATCH.timeoutMs,
+      headers: { 'user-agent': 'dr-automation-watch/1' },
+    });
+    return { ok: status >= 200 && status < 400, status, ms: Date.now() - started };
+  } catch (error) {
+    return { ok: false, ms: Date.now() - started, error: (error as Error).message };
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
