@@ -272,7 +272,9 @@ describe('the DR Management dashboard', () => {
     await expect.poll(() => page.getByTestId('rto-now').textContent()).toMatch(/MET/);
     await expect.poll(() => page.getByRole('row', { name: /Nightly full/ }).count()).toBe(1);
     // The primary watch's state (probed by the alert checks that follow every backup)
-    await expect.poll(() => page.getByTestId('primary-now').textContent()).toMatch(/UP.*last probe.*ms/);
+    await expect
+      .poll(() => page.getByTestId('primary-now').textContent())
+      .toMatch(/UP.*last probe.*ms.*autoFailover off/);
     await shot('overview');
     await accessible();
     await open('#/metrics', 'Metrics');

@@ -57,6 +57,9 @@ export function Overview() {
         state: string;
         consecutiveFailures?: number;
         lastProbe?: { at: string; ms: number; error?: string };
+        autoFailover?: boolean;
+        failedOver?: { failoverId: string; since: string };
+        decision?: { failoverId?: string; refused?: string };
       }>('/api/dr/health/primary'),
     [],
     10_000,
@@ -132,6 +135,17 @@ export function Overview() {
                 : 'not probed yet (the checks probe it every minute)'}
             </p>
           ) : null}
+          {primary.data?.failedOver ? (
+            <p data-testid="failed-over">
+              Failed over {when(primary.data.failedOver.since)}: the standby is the primary (failover{' '}
+              <code>{primary.data.failedOver.failoverId}</code>; fail back with POST /api/dr/failover/
+              {primary.data.failedOver.failoverId}/failback).
+            </p>
+          ) : null}
+          {primary.data?.decision?.refused ? (
+            <p>Automatic failover refused: {primary.data.decision.refused}</p>
+          ) : null}
+          {primary.data ? <small>autoFailover {primary.data.autoFailover ? 'on' : 'off'}</small> : null}
         </article>
       </div>
 
