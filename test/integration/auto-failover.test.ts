@@ -142,6 +142,20 @@ describe('automatic failover to a streaming replica', () => {
     expect(health.lastProbe.lastCommitAt).toBeDefined();
   });
 
+  it('refuses a failover by hand while the watch sees the primary up, and one not confirmed', async () => {
+    const unconfirmed = await api.call('POST', '/api/dr/failover', {});
+    expect(unconfirmed.status).toBe(400);
+    expect(unconfirmed.body.error.details[0].field).toBe('confirm');
+    const up = await api.call('POST', '/api/dr/failover', { confirm: 'FAILOVER' });
+    expect(up.status).toBe(409);
+    expect(up.body.error.message).toMatch(
+      /the watch sees the primary up: a failover now makes two primaries/,
+    );
+    const operator = await api.call('POST', '/api/dr/failover', { confirm: 'FAILOVER' }, { token: OPERATOR });
+    expect(operator.status).toBe(403);
+    expect(await failovers()).toEqual([]);
+  });
+
   it('with autoFailover off: an alert when the primary is down, and nothing done', async () => {
     await primary.halt();
     for (let i = 0; i < 3; i++) await minute();
