@@ -1,4 +1,5 @@
 import { CloudWatchClient, GetMetricStatisticsCommand } from '@aws-sdk/client-cloudwatch';
+import { regionalClients } from './regional.ts';
 import type { FreeStorage } from '../core/ports.ts';
 
 /**
@@ -7,7 +8,9 @@ import type { FreeStorage } from '../core/ports.ts';
  * disk; RDS tells it here. Aurora grows its volume by itself and publishes no such figure.
  */
 export function cloudWatchFreeStorage(
-  clientFor: (region: string | undefined) => CloudWatchClient = cachedClient(),
+  clientFor: (region: string | undefined) => CloudWatchClient = regionalClients(
+    (region) => new CloudWatchClient(region ? { region } : {}),
+  ),
 ): FreeStorage {
   return async (instance, now) => {
     const answer = await clientFor(instance.region).send(
@@ -25,18 +28,5 @@ export function cloudWatchFreeStorage(
       .filter((point) => point.Minimum !== undefined && point.Timestamp !== undefined)
       .sort((a, b) => b.Timestamp!.getTime() - a.Timestamp!.getTime())[0];
     return newest?.Minimum;
-  };
-}
-
-function cachedClient(): (region: string | undefined) => CloudWatchClient {
-  const clients = new Map<string, CloudWatchClient>();
-  return (region) => {
-    const key = region ?? '';
-    let client = clients.get(key);
-    if (!client) {
-      client = new CloudWatchClient(region ? { region } : {});
-      clients.set(key, client);
-    }
-    return client;
   };
 }

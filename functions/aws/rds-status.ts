@@ -1,4 +1,5 @@
 import { DescribeDBClustersCommand, DescribeDBInstancesCommand, RDSClient } from '@aws-sdk/client-rds';
+import { regionalClients } from './regional.ts';
 import type { DatabaseStatus } from '../core/ports.ts';
 
 /**
@@ -7,7 +8,9 @@ import type { DatabaseStatus } from '../core/ports.ts';
  * where it says `available`.
  */
 export function rdsDatabaseStatus(
-  clientFor: (region: string | undefined) => RDSClient = cachedClient(),
+  clientFor: (region: string | undefined) => RDSClient = regionalClients(
+    (region) => new RDSClient(region ? { region } : {}),
+  ),
 ): DatabaseStatus {
   return async (source) => {
     const client = clientFor(source.region);
@@ -27,18 +30,5 @@ export function rdsDatabaseStatus(
       if (/NotFound/.test((error as Error).name)) return 'not found';
       throw error;
     }
-  };
-}
-
-function cachedClient(): (region: string | undefined) => RDSClient {
-  const clients = new Map<string, RDSClient>();
-  return (region) => {
-    const key = region ?? '';
-    let client = clients.get(key);
-    if (!client) {
-      client = new RDSClient(region ? { region } : {});
-      clients.set(key, client);
-    }
-    return client;
   };
 }

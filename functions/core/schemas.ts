@@ -193,6 +193,24 @@ export const hookInput = z.discriminatedUnion('type', [webhookHook, lambdaHook, 
 export type HookInput = z.output<typeof hookInput>;
 const hookList = z.array(hookInput).max(10, { error: 'must list at most 10 hooks' });
 
+/** An RDS read replica standby (tagged dr-automation:standby=true): promoted. */
+const rdsReplicaStandby = z.strictObject({
+  type: z.literal('rds-replica'),
+  instanceIdentifier: rdsIdentifier,
+  region: awsRegion.optional(),
+});
+
+/** An Aurora global database's secondary cluster as the standby. */
+const auroraGlobalStandby = z.strictObject({
+  type: z.literal('aurora-global'),
+  globalClusterIdentifier: rdsIdentifier,
+  secondaryClusterArn: z
+    .string()
+    .regex(/^arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:cluster:[A-Za-z][A-Za-z0-9-]{0,62}$/, {
+      error: 'must be an Aurora cluster ARN (arn:aws:rds:<region>:<account>:cluster:<name>)',
+    }),
+});
+
 /** The standby the primary fails over to (`failover.standby`). */
 const failoverStandby = z.discriminatedUnion(
   'type',
@@ -202,21 +220,9 @@ const failoverStandby = z.discriminatedUnion(
     /** A server the newest restore point is restored onto (no replica). */
     z.strictObject({ type: z.literal('restore'), database: databaseSource }),
     /** An RDS read replica of the source instance, tagged dr-automation:standby=true: promoted. */
-    z.strictObject({
-      type: z.literal('rds-replica'),
-      instanceIdentifier: rdsIdentifier,
-      region: awsRegion.optional(),
-    }),
+    rdsReplicaStandby,
     /** An Aurora global database's secondary cluster: failed over to (data loss allowed: the primary is down). */
-    z.strictObject({
-      type: z.literal('aurora-global'),
-      globalClusterIdentifier: rdsIdentifier,
-      secondaryClusterArn: z
-        .string()
-        .regex(/^arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:cluster:[A-Za-z][A-Za-z0-9-]{0,62}$/, {
-          error: 'must be an Aurora cluster ARN (arn:aws:rds:<region>:<account>:cluster:<name>)',
-        }),
-    }),
+    auroraGlobalStandby,
   ],
   { error: 'type must be replica, restore, rds-replica or aurora-global' },
 );
@@ -311,26 +317,9 @@ export const drConfigInput = z.strictObject({
            * cluster that is switched over to and back. Absent: a standby restored from the newest backup.
            */
           standby: z
-            .discriminatedUnion(
-              'type',
-              [
-                z.strictObject({
-                  type: z.literal('rds-replica'),
-                  instanceIdentifier: rdsIdentifier,
-                  region: awsRegion.optional(),
-                }),
-                z.strictObject({
-                  type: z.literal('aurora-global'),
-                  globalClusterIdentifier: rdsIdentifier,
-                  secondaryClusterArn: z
-                    .string()
-                    .regex(/^arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:cluster:[A-Za-z][A-Za-z0-9-]{0,62}$/, {
-                      error: 'must be an Aurora cluster ARN (arn:aws:rds:<region>:<account>:cluster:<name>)',
-                    }),
-                }),
-              ],
-              { error: 'type must be rds-replica or aurora-global' },
-            )
+            .discriminatedUnion('type', [rdsReplicaStandby, auroraGlobalStandby], {
+              error: 'type must be rds-replica or aurora-global',
+            })
             .optional(),
         })
         .optional(),

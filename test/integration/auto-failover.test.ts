@@ -1,6 +1,3 @@
-import { createHmac } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { chmod, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +7,7 @@ import { runAlertChecks } from '../../functions/core/services/alert-service.ts';
 import { sourceForRun } from '../../functions/core/services/config-service.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
+import { startHookReceiver } from '../support/hook-receiver.ts';
 
 /**
  * Automatic failover with real PostgreSQL: a primary and a streaming replica of it (pg_basebackup -R), the
@@ -32,9 +30,8 @@ const mailer = (message: MailMessage) => {
 };
 const SECRET = 'a-webhook-secret-of-some-length';
 const OPERATOR = 'o'.repeat(43);
-let webhook: Server;
+let webhook: Awaited<ReturnType<typeof startHookReceiver>>;
 let webhookUrl: string;
-const deliveries: { event: string; body: any; verified: boolean }[] = [];
 
 beforeAll(async () => {
   primary = await startPostgres({ settings: ['track_commit_timestamp=on'] });
@@ -44,24 +41,8 @@ beforeAll(async () => {
     'CREATE TABLE bookings (id serial PRIMARY KEY, guest text NOT NULL); INSERT INTO bookings (guest) SELECT g::text FROM generate_series(1, 500) g',
   );
   replica = await startPostgres({ replicaOf: primary, settings: ['track_commit_timestamp=on'] });
-  webhook = createServer((request: IncomingMessage, response) => {
-    const chunks: Buffer[] = [];
-    request.on('data', (chunk: Buffer) => chunks.push(chunk));
-    request.on('end', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      const timestamp = String(request.headers['x-dr-timestamp']);
-      const expected = createHmac('sha256', SECRET).update(`${timestamp}.${text}`).digest('hex');
-      const body = JSON.parse(text);
-      deliveries.push({
-        event: body.event,
-        body,
-        verified: request.headers['x-dr-signature'] === `sha256=${expected}`,
-      });
-      response.writeHead(204).end();
-    });
-  });
-  await new Promise<void>((resolve) => webhook.listen(0, '127.0.0.1', resolve));
-  webhookUrl = `http://127.0.0.1:${(webhook.address() as AddressInfo).port}/hooks/app`;
+  webhook = await startHookReceiver(SECRET);
+  webhookUrl = `${webhook.url}/hooks/app`;
   hooksDir = await mkdtemp(join(tmpdir(), 'dr-hooks-'));
   // The endpoint switch as an operator would script it: here it writes down what it was told.
   await writeFile(
@@ -92,7 +73,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await api?.close();
-  await new Promise((resolve) => webhook?.close(resolve));
+  await webhook?.close();
   await Promise.all([primary?.stop(), replica?.stop()]);
   if (hooksDir) await rm(hooksDir, { recursive: true, force: true });
 });
@@ -174,7 +155,7 @@ describe('automatic failover to a streaming replica', () => {
     await primary.resume();
     await minute();
     expect(await failovers()).toEqual([]);
-    expect(deliveries).toEqual([]);
+    expect(webhook.received).toEqual([]);
   });
 
   it('promotes the replica after three failed probes, switches the endpoint, checks writes, and emails the data loss', async () => {
@@ -232,11 +213,11 @@ describe('automatic failover to a streaming replica', () => {
       ).rows[0].n,
     ).toBe(1);
     // The application was stopped, then started, by signed webhooks; the endpoint hook was told the new primary
-    expect(deliveries.map((delivery) => [delivery.event, delivery.verified])).toEqual([
+    expect(webhook.received.map((delivery) => [delivery.event, delivery.signed])).toEqual([
       ['stop', true],
       ['start', true],
     ]);
-    expect(deliveries[0]!.body).toMatchObject({
+    expect(webhook.received[0]!.body).toMatchObject({
       environment: 'PRODUCTION',
       workflow: 'failover',
       runId: failover.id,
@@ -249,7 +230,8 @@ describe('automatic failover to a streaming replica', () => {
     expect(mail).toContain(`127.0.0.1:${replica.port}`);
     expect(mail).not.toContain(primary.password);
     // The watch now probes the new primary, and says the failover is in force
-    await minute();
+    expect((await minute()).recovered).toEqual(['primary-down']);
+    expect(alerts.at(-1)!.subject).toBe('[DR] Recovered — the promoted standby serves as the primary');
     const health = (await api.call('GET', '/api/dr/health/primary')).body;
     expect(health).toMatchObject({ state: 'UP', failedOver: { failoverId: failover.id } });
     expect((await sourceForRun(api.runtime.controlPlane))!.database!.url).toContain(

@@ -3,12 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  ChangeResourceRecordSetsCommand,
-  CreateHostedZoneCommand,
-  ListResourceRecordSetsCommand,
-  Route53Client,
-} from '@aws-sdk/client-route-53';
+import { ListResourceRecordSetsCommand, Route53Client } from '@aws-sdk/client-route-53';
 import {
   CreateDBInstanceCommand,
   CreateDBInstanceReadReplicaCommand,
@@ -26,6 +21,7 @@ import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { motoRds } from '../support/rds.ts';
 import { startMoto } from '../support/s3-server.ts';
+import { zoneWithCname } from '../support/route53.ts';
 
 /**
  * The other standbys and the guardrails, through the local runtime with real PostgreSQL: an RDS read replica
@@ -81,28 +77,10 @@ beforeAll(async () => {
     endpoint: moto.endpoint,
     credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
   });
-  const zone = await route53.send(
-    new CreateHostedZoneCommand({ Name: 'events.example.com', CallerReference: 'z1' }),
-  );
-  zoneId = zone.HostedZone!.Id!.replace('/hostedzone/', '');
-  await route53.send(
-    new ChangeResourceRecordSetsCommand({
-      HostedZoneId: zoneId,
-      ChangeBatch: {
-        Changes: [
-          {
-            Action: 'CREATE',
-            ResourceRecordSet: {
-              Name: RECORD,
-              Type: 'CNAME',
-              TTL: 300,
-              ResourceRecords: [{ Value: 'events-primary.internal' }],
-            },
-          },
-        ],
-      },
-    }),
-  );
+  zoneId = await zoneWithCname(route53, 'events.example.com', {
+    name: RECORD,
+    value: 'events-primary.internal',
+  });
   const client = rds('eu-west-1');
   await client.send(
     new CreateDBInstanceCommand({

@@ -1,12 +1,7 @@
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  ChangeResourceRecordSetsCommand,
-  CreateHostedZoneCommand,
-  ListResourceRecordSetsCommand,
-  Route53Client,
-} from '@aws-sdk/client-route-53';
+import { ListResourceRecordSetsCommand, Route53Client } from '@aws-sdk/client-route-53';
 import {
   CreateDBInstanceCommand,
   CreateDBInstanceReadReplicaCommand,
@@ -28,6 +23,7 @@ import { nightlySchedule } from '../support/catalog.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { motoRds } from '../support/rds.ts';
 import { startMoto } from '../support/s3-server.ts';
+import { zoneWithCname } from '../support/route53.ts';
 import type { HeavySteps } from '../../functions/core/env.ts';
 
 /**
@@ -73,28 +69,10 @@ beforeAll(async () => {
       },
     },
   });
-  const zone = await route53.send(
-    new CreateHostedZoneCommand({ Name: 'staging.example.com', CallerReference: String(Date.now()) }),
-  );
-  zoneId = zone.HostedZone!.Id!.replace('/hostedzone/', '');
-  await route53.send(
-    new ChangeResourceRecordSetsCommand({
-      HostedZoneId: zoneId,
-      ChangeBatch: {
-        Changes: [
-          {
-            Action: 'CREATE',
-            ResourceRecordSet: {
-              Name: RECORD,
-              Type: 'CNAME',
-              TTL: 300,
-              ResourceRecords: [{ Value: 'staging-primary.internal' }],
-            },
-          },
-        ],
-      },
-    }),
-  );
+  zoneId = await zoneWithCname(route53, 'staging.example.com', {
+    name: RECORD,
+    value: 'staging-primary.internal',
+  });
   await pg.createDatabase('app');
   await pg.createDatabase('staging');
   await createEventManager(pg, 'app');

@@ -1,6 +1,3 @@
-import { createHmac } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { chmod, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +15,7 @@ import { nightlySchedule } from '../support/catalog.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { startMoto } from '../support/s3-server.ts';
+import { startHookReceiver } from '../support/hook-receiver.ts';
 
 /**
  * Application hooks around restores and FAILOVER_TEST, through the local runtime and real PostgreSQL: a
@@ -33,11 +31,8 @@ let moto: Awaited<ReturnType<typeof startMoto>>;
 let ecs: ECSClient;
 let work: string;
 let hooksDir: string;
-let receiver: Server;
+let receiver: Awaited<ReturnType<typeof startHookReceiver>>;
 let receiverUrl: string;
-/** What the receiver answers next (a queue; 204 when empty). */
-let answers: number[] = [];
-const received: { path: string; event: string; body: any; signed: boolean; delivery: string }[] = [];
 const lambda = mockClient(LambdaClient);
 const invoked: any[] = [];
 let lambdaFails = false;
@@ -46,26 +41,8 @@ let startStepDies = false;
 
 beforeAll(async () => {
   [pg, moto] = await Promise.all([startPostgres(), startMoto()]);
-  receiver = createServer((request, response) => {
-    const chunks: Buffer[] = [];
-    request.on('data', (chunk: Buffer) => chunks.push(chunk));
-    request.on('end', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      const timestamp = String(request.headers['x-dr-timestamp']);
-      const signature = createHmac('sha256', SECRET).update(`${timestamp}.${text}`).digest('hex');
-      const body = JSON.parse(text);
-      received.push({
-        path: request.url ?? '',
-        event: body.event,
-        body,
-        signed: request.headers['x-dr-signature'] === `sha256=${signature}`,
-        delivery: String(request.headers['x-dr-delivery']),
-      });
-      response.writeHead(answers.shift() ?? 204).end();
-    });
-  });
-  await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
-  receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
+  receiver = await startHookReceiver(SECRET);
+  receiverUrl = receiver.url;
   ecs = new ECSClient({
     region: 'eu-west-1',
     endpoint: moto.endpoint,
@@ -143,15 +120,15 @@ beforeAll(async () => {
 afterAll(async () => {
   lambda.restore();
   await api?.close();
-  await new Promise((resolve) => receiver?.close(resolve));
+  await receiver?.close();
   await Promise.all([pg?.stop(), moto?.stop()]);
   for (const dir of [hooksDir, work]) if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 beforeEach(() => {
-  received.length = 0;
+  receiver.received.length = 0;
+  receiver.answers.length = 0;
   invoked.length = 0;
-  answers = [];
   lambdaFails = false;
   startStepDies = false;
 });
@@ -251,11 +228,11 @@ describe('application hooks', () => {
     expect(restore.hooks.stop[1].previousCount).toBe(3);
     expect(await desiredCount()).toBe(3);
     expect(restore.issues).toBeUndefined();
-    expect(received.map((each) => [each.event, each.signed])).toEqual([
+    expect(receiver.received.map((each) => [each.event, each.signed])).toEqual([
       ['stop', true],
       ['start', true],
     ]);
-    expect(received[0]!.body).toMatchObject({
+    expect(receiver.received[0]!.body).toMatchObject({
       environment: 'STAGING',
       workflow: 'restore',
       runId: restore.id,
@@ -277,18 +254,18 @@ describe('application hooks', () => {
     const restore = await restoreInto('occupied');
     expect(restore.status).toBe('FAILED');
     expect(restore.error).toMatch(/DestinationNotEmpty/);
-    expect(received.map((each) => each.event)).toEqual(['stop', 'start']);
+    expect(receiver.received.map((each) => each.event)).toEqual(['stop', 'start']);
     expect(restore.hooks.start).toEqual([expect.objectContaining({ event: 'start', ok: true })]);
   });
 
   it('retries a webhook that answered 503, with the same delivery id', async () => {
     await setHooks([webhook('/app')]);
-    answers = [503];
+    receiver.answers.push(503);
     const restore = await restoreInto('retried');
     expect(restore.status).toBe('SUCCEEDED');
     expect(restore.hooks.stop[0]).toMatchObject({ ok: true, attempts: 2 });
-    expect(received.map((each) => each.event)).toEqual(['stop', 'stop', 'start']);
-    expect(received[0]!.delivery).toBe(received[1]!.delivery);
+    expect(receiver.received.map((each) => each.event)).toEqual(['stop', 'stop', 'start']);
+    expect(receiver.received[0]!.delivery).toBe(receiver.received[1]!.delivery);
   });
 
   it('fails the restore before touching the database when a stop hook fails, and still starts what it stopped', async () => {
@@ -296,7 +273,7 @@ describe('application hooks', () => {
       { type: 'ecs', cluster: 'apps', service: 'event-manager', region: 'eu-west-1', timeoutSeconds: 10 },
       webhook('/app'),
     ]);
-    answers = [500, 500, 204];
+    receiver.answers.push(500, 500, 204);
     const restore = await restoreInto('never_created');
     expect(restore.status).toBe('FAILED');
     expect(restore.error).toMatch(
@@ -336,7 +313,7 @@ describe('application hooks', () => {
         /the start hooks did not run: .*the worker was killed; start the application by hand/,
       ),
     ]);
-    expect(received.map((each) => each.event)).toEqual(['stop']);
+    expect(receiver.received.map((each) => each.event)).toEqual(['stop']);
   });
 
   it('never calls a webhook at the instance-metadata address', async () => {
@@ -362,7 +339,7 @@ describe('application hooks', () => {
     expect(test.hooks.start, JSON.stringify(test.steps)).toEqual([
       expect.objectContaining({ event: 'start', ok: true }),
     ]);
-    expect(received.map((each) => [each.path, each.event, each.body.workflow])).toEqual([
+    expect(receiver.received.map((each) => [each.path, each.event, each.body.workflow])).toEqual([
       ['/staging', 'stop', 'failover-test'],
       ['/staging', 'start', 'failover-test'],
     ]);

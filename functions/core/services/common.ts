@@ -1,6 +1,6 @@
 import type { HeavySteps } from '../env.ts';
 import { randomBytes } from 'node:crypto';
-import type { ControlPlane } from '../context.ts';
+import type { ControlPlane, WorkflowName } from '../context.ts';
 import { ConflictError, NotFoundError, ValidationError, type FieldIssue } from '../errors.ts';
 import type { PartitionKey, StoredItem } from '../store/table.ts';
 
@@ -171,5 +171,26 @@ export async function newestFirst<T>(
     }
     if (page.items.length === 0 || page.nextToken === undefined) return { items };
     after = page.items.at(-1)!.sk;
+  }
+}
+
+/**
+ * Starts a run's workflow (a restore, a DR test, a failover) and keeps the execution's ARN in its entry. If
+ * it does not start, the entry is marked as `failed` says (with the reason) and the error is thrown.
+ */
+export async function startRunWorkflow<T extends object>(
+  cp: ControlPlane,
+  item: StoredItem<T>,
+  workflow: WorkflowName,
+  input: Record<string, unknown>,
+  failed: (reason: string) => T,
+): Promise<T> {
+  if (!cp.workflows) throw new Error(`the ${workflow} workflow is not deployed here`);
+  try {
+    const { executionArn } = await cp.workflows.start(workflow, item.sk, input);
+    return (await cp.table.replace(item, { ...item.data, executionArn }, cp.now())).data;
+  } catch (error) {
+    await cp.table.replace(item, failed(`the workflow did not start: ${(error as Error).message}`), cp.now());
+    throw error;
   }
 }

@@ -5,7 +5,7 @@ import type { HookRun, RunProgress, StepRecord } from '../records.ts';
 import { DR_TEST_TYPES, type DrTestInput, type DrTestResultsInput } from '../schemas.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
-import { runnerOf, updateItem } from './common.ts';
+import { runnerOf, startRunWorkflow, updateItem } from './common.ts';
 import { environmentConnection, findConfig, findConfigItem } from './config-service.ts';
 
 export type DrTestType = (typeof DR_TEST_TYPES)[number];
@@ -167,8 +167,11 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
   });
   // A type without a workflow is run by people: the entry waits for POST /api/dr/test/{id}/results.
   if (!workflow || !cp.workflows) return record;
-  try {
-    const { executionArn } = await cp.workflows.start(workflow, id, {
+  return startRunWorkflow(
+    cp,
+    item,
+    workflow,
+    {
       testId: id,
       runner: runnerOf(cp),
       testType: input.testType,
@@ -178,25 +181,14 @@ export async function startDrTest(cp: ControlPlane, input: DrTestInput, actor: A
       ...(input.testType === 'FAILOVER_TEST' && config.environments?.STAGING?.standby
         ? { standby: { type: config.environments.STAGING.standby.type } }
         : {}),
-    });
-    return (await cp.table.replace(item, { ...record, executionArn }, cp.now())).data;
-  } catch (error) {
-    await cp.table.replace(
-      item,
-      {
-        ...record,
-        status: 'FAILED',
-        finishedAt: cp.now().toISOString(),
-        results: {
-          success: false,
-          issues: [`the workflow did not start: ${(error as Error).message}`],
-          participants: [],
-        },
-      },
-      cp.now(),
-    );
-    throw error;
-  }
+    },
+    (reason) => ({
+      ...record,
+      status: 'FAILED',
+      finishedAt: cp.now().toISOString(),
+      results: { success: false, issues: [reason], participants: [] },
+    }),
+  );
 }
 
 export async function getDrTest(cp: ControlPlane, id: string): Promise<DrTestRecord> {

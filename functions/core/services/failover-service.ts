@@ -4,7 +4,7 @@ import { ConflictError, NotFoundError, ServiceUnavailableError } from '../errors
 import type { HookRun, StepRecord } from '../records.ts';
 import { Partition } from '../store/table.ts';
 import { newBackupId } from './backup-service.ts';
-import { newestFirst, runnerOf, updateItem } from './common.ts';
+import { newestFirst, runnerOf, startRunWorkflow, updateItem } from './common.ts';
 import { ACTIVE_PRIMARY_KEY, findConfig, type ActivePrimary, type StoredFailover } from './config-service.ts';
 
 /**
@@ -206,26 +206,19 @@ export async function startFailover(
     resource: `failover/${id}`,
     details: { trigger: input.trigger, reason: input.reason, standby: record.standbyType },
   });
-  try {
-    const { executionArn } = await cp.workflows!.start('failover', id, {
-      failoverId: id,
-      standbyType: record.standbyType,
-      runner: runnerOf(cp),
-    });
-    return { started: (await cp.table.replace(item, { ...record, executionArn }, cp.now())).data };
-  } catch (error) {
-    await cp.table.replace(
-      item,
-      {
-        ...record,
-        status: 'FAILED',
-        error: `the workflow did not start: ${(error as Error).message}`,
-        finishedAt: cp.now().toISOString(),
-      },
-      cp.now(),
-    );
-    throw error;
-  }
+  const started = await startRunWorkflow(
+    cp,
+    item,
+    'failover',
+    { failoverId: id, standbyType: record.standbyType, runner: runnerOf(cp) },
+    (reason): FailoverRecord => ({
+      ...record,
+      status: 'FAILED',
+      error: reason,
+      finishedAt: cp.now().toISOString(),
+    }),
+  );
+  return { started };
 }
 
 /**

@@ -239,6 +239,7 @@ export async function primaryConditions(
   if (!state) return [];
   if (state.state === 'DOWN' && config.autoFailover) state = await decide(cp, state);
   const last = state.lastProbe;
+  const active = state.state === 'UP' ? await activePrimary(cp) : undefined;
   return [
     {
       key: 'primary-down',
@@ -258,8 +259,15 @@ export async function primaryConditions(
             ? `autoFailover is on: failover ${state.decision.failoverId} was started at ${state.decision.at} (GET /api/dr/failover/${state.decision.failoverId}); its own email says how it ended.`
             : `autoFailover is on, but no failover was started: ${state.decision?.refused ?? 'not decided yet'}.`,
       ],
-      recoverySubject: '[DR] Recovered — the primary database answers again',
-      recoveryLines: [`The primary answered at ${last.at} (${last.ms} ms), writable.`],
+      recoverySubject: active
+        ? '[DR] Recovered — the promoted standby serves as the primary'
+        : '[DR] Recovered — the primary database answers again',
+      recoveryLines: active
+        ? [
+            `The standby promoted by failover ${active.failoverId} (${active.since}) answered at ${last.at} (${last.ms} ms), writable: it is the primary now.`,
+            `The old primary is not watched until the failback (POST /api/dr/failover/${active.failoverId}/failback).`,
+          ]
+        : [`The primary answered at ${last.at} (${last.ms} ms), writable.`],
     },
   ];
 }

@@ -6,7 +6,7 @@ import type { RestoreInput } from '../schemas.ts';
 import { Partition } from '../store/table.ts';
 import { getBackup, isGood, newBackupId } from './backup-service.ts';
 import { environmentConnection, environmentDatabaseName, findConfig } from './config-service.ts';
-import { newestFirst, runnerOf, updateItem } from './common.ts';
+import { newestFirst, runnerOf, startRunWorkflow, updateItem } from './common.ts';
 import { atLeast } from '../authz.ts';
 import type { HookRun, RunProgress, StepRecord } from '../records.ts';
 
@@ -199,27 +199,18 @@ export async function startRestore(
       overwrite: input.overwrite,
     },
   });
-  try {
-    const { executionArn } = await cp.workflows.start('restore', id, {
-      restoreId: id,
-      runner: runnerOf(cp),
-      request: input,
-    });
-    const started = await cp.table.replace(item, { ...record, executionArn }, cp.now());
-    return started.data;
-  } catch (error) {
-    await cp.table.replace(
-      item,
-      {
-        ...record,
-        status: 'FAILED',
-        error: `the workflow did not start: ${(error as Error).message}`,
-        finishedAt: cp.now().toISOString(),
-      },
-      cp.now(),
-    );
-    throw error;
-  }
+  return startRunWorkflow(
+    cp,
+    item,
+    'restore',
+    { restoreId: id, runner: runnerOf(cp), request: input },
+    (reason) => ({
+      ...record,
+      status: 'FAILED',
+      error: reason,
+      finishedAt: cp.now().toISOString(),
+    }),
+  );
 }
 
 export async function getRestore(cp: ControlPlane, id: string): Promise<RestoreRecord> {
