@@ -132,6 +132,8 @@ describe('automatic failover to a streaming replica', () => {
     expect(up.body.error.message).toMatch(
       /the watch sees the primary up: a failover now makes two primaries/,
     );
+    const audit = (await api.call('GET', '/api/dr/audit?limit=5')).body.items;
+    expect(audit[0]).toMatchObject({ action: 'failover.refused', details: { trigger: 'manual' } });
     const operator = await api.call('POST', '/api/dr/failover', { confirm: 'FAILOVER' }, { token: OPERATOR });
     expect(operator.status).toBe(403);
     expect(await failovers()).toEqual([]);

@@ -297,10 +297,16 @@ export async function requestFailover(
     state: string;
     history: readonly { ok: boolean; at: string; lsn?: string; lastCommitAt?: string }[];
   }>(Partition.alert, 'watch:primary');
-  if (watch?.data.state === 'UP' && !input.force)
-    throw new ConflictError(
-      'the watch sees the primary up: a failover now makes two primaries. Give force: true once the old primary is fenced (stopped, or unreachable for the application)',
-    );
+  if (watch?.data.state === 'UP' && !input.force) {
+    const reason =
+      'the watch sees the primary up: a failover now makes two primaries. Give force: true once the old primary is fenced (stopped, or unreachable for the application)';
+    await cp.audit.append(actor, {
+      action: 'failover.refused',
+      resource: 'failover',
+      details: { trigger: 'manual', reason },
+    });
+    throw new ConflictError(reason);
+  }
   const lastSeen = lastSeenOf(watch?.data.history ?? []);
   const outcome = await startFailover(cp, actor, {
     trigger: 'manual',
