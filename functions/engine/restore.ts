@@ -330,6 +330,8 @@ async function restoreSnapshot(
               bytes += size;
               options.onProgress?.({ phase: 'restore', item: what, bytes, totalBytes });
             }),
+            // Created by this restore and loaded in one stream: frozen (ranges share the table: plain)
+            { freeze: (table.ranges?.length ?? 1) === 1 },
           );
         } finally {
           await client.end();

@@ -5,6 +5,7 @@ import { backupPart, partIndexName, type FanOut } from '../../functions/engine/f
 import type { Manifest } from '../../functions/engine/manifest.ts';
 import { gc, listBackups, verify } from '../../functions/engine/maintenance.ts';
 import { Repository } from '../../functions/engine/repository.ts';
+import { loadTable } from '../../functions/engine/postgres.ts';
 import { checkTables, restoreDatabase } from '../../functions/engine/restore.ts';
 import { loadSqlExport, newRepository, schemaOf, testKey } from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
@@ -168,6 +169,18 @@ describe('parallel FULL and restore', () => {
     await restoresAsApp(repository, manifest, 'app_jobs1', 1);
     await restoresAsApp(repository, manifest, 'app_jobs4', 4);
 
+    // Tables loaded in one stream are written frozen (COPY FREEZE): every page all-frozen, nothing for the
+    // index builds or the first vacuum to rewrite
+    await server.sql('app_jobs4', 'CREATE EXTENSION IF NOT EXISTS pg_visibility');
+    const frozen = await server.sql(
+      'app_jobs4',
+      `SELECT c.relname AS name, count(*) FILTER (WHERE NOT v.all_frozen)::int AS unfrozen, count(*)::int AS pages
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, pg_visibility_map(c.oid) v
+       WHERE c.relkind = 'r' AND n.nspname = 'public' GROUP BY c.relname`,
+    );
+    expect(frozen.rows.length).toBeGreaterThan(2);
+    for (const row of frozen.rows) expect(row, row.name).toMatchObject({ unfrozen: 0 });
+
     // The bank's schema: a quoted schema and table referenced by a foreign key
     const bank = await backup(repository, { type: 'FULL', source: { database: server.connection('bank') } });
     await server.createDatabase('bank_jobs4');
@@ -232,6 +245,46 @@ describe('parallel FULL and restore', () => {
     expect((rows[0] as { n: number }).n).toBe(0);
     // What it wrote before it failed is referenced by nothing: gc keeps no pack
     expect((await gc(repository)).keptPacks).toBe(0);
+  });
+});
+
+describe('loading a table frozen', () => {
+  it('never empties a table that already holds rows: it is loaded the plain way', async () => {
+    await server.createDatabase('freeze_guard');
+    await server.sql('freeze_guard', `CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)`);
+    const client = new pg.Client({ connectionString: server.url('freeze_guard') });
+    await client.connect();
+    try {
+      await loadTable(
+        client,
+        { schema: 'public', name: 't', columns: ['id'] },
+        (async function* () {
+          yield Buffer.from('3\n4\n');
+        })(),
+        { freeze: true },
+      );
+      // And an empty one is: frozen, and the transaction closed
+      await client.query('CREATE TABLE empty (id int)');
+      await loadTable(
+        client,
+        { schema: 'public', name: 'empty', columns: ['id'] },
+        (async function* () {
+          yield Buffer.from('5\n');
+        })(),
+        { freeze: true },
+      );
+      expect((await client.query('SELECT pg_current_xact_id_if_assigned() AS xact')).rows[0].xact).toBeNull();
+    } finally {
+      await client.end();
+    }
+    const rows = await server.sql('freeze_guard', 'SELECT id FROM t ORDER BY id');
+    expect(rows.rows.map((row: { id: number }) => row.id)).toEqual([1, 2, 3, 4]);
+    await server.sql('freeze_guard', 'CREATE EXTENSION IF NOT EXISTS pg_visibility');
+    const pages = await server.sql(
+      'freeze_guard',
+      `SELECT (SELECT bool_and(all_frozen) FROM pg_visibility_map('t')) AS t, (SELECT bool_and(all_frozen) FROM pg_visibility_map('empty')) AS empty`,
+    );
+    expect(pages.rows[0]).toEqual({ t: false, empty: true });
   });
 });
 
