@@ -8,6 +8,7 @@ import { sourceForRun } from '../../functions/core/services/config-service.ts';
 import { startTestApi, type TestApi } from '../support/local-api.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
 import { startHookReceiver } from '../support/hook-receiver.ts';
+import { nightlySchedule } from '../support/catalog.ts';
 
 /**
  * Automatic failover with real PostgreSQL: a primary and a streaming replica of it (pg_basebackup -R), the
@@ -69,6 +70,23 @@ beforeAll(async () => {
     hooks: { PRODUCTION: [{ type: 'webhook', name: 'event-manager', url: webhookUrl, secret: SECRET }] },
   });
   expect(config.status, JSON.stringify(config.body)).toBe(201);
+  // Backups: a FULL and change-stream INCREMENTALs of the source, into a local repository
+  for (const [path, body] of [
+    ['/api/dr/targets', { id: 'local', targetType: 'LOCAL', config: { path: join(hooksDir, 'repo') } }],
+    ['/api/dr/schedules', { ...nightlySchedule(['local']), id: 'full' }],
+    [
+      '/api/dr/schedules',
+      {
+        id: 'changes',
+        name: 'changes',
+        scheduleType: 'INCREMENTAL',
+        cronExpression: '*/15 * * * *',
+        mode: 'change-stream',
+        targets: ['local'],
+      },
+    ],
+  ] as const)
+    expect((await api.call('POST', path, body)).status).toBe(201);
 }, 120_000);
 
 afterAll(async () => {
@@ -84,6 +102,15 @@ async function minute(): Promise<{ opened: string[]; recovered: string[] }> {
   const result = await runAlertChecks(api.runtime.controlPlane, mailer);
   await api.runtime.idle();
   return result;
+}
+
+/** Runs a schedule now and waits for its backup. */
+async function run(schedule: string): Promise<any> {
+  clock += 60_000; // backup ids are time-ordered: one a minute
+  const started = await api.call('POST', `/api/dr/schedules/${schedule}/execute`);
+  expect(started.status, started.text).toBe(202);
+  await api.runtime.idle();
+  return (await api.call('GET', `/api/dr/backups/${started.body.id}`)).body;
 }
 
 async function failovers(): Promise<any[]> {
@@ -158,6 +185,12 @@ describe('automatic failover to a streaming replica', () => {
     await minute();
     expect(await failovers()).toEqual([]);
     expect(webhook.received).toEqual([]);
+  });
+
+  it('backs up the primary: a FULL, then a change-stream INCREMENTAL', async () => {
+    expect(await run('full')).toMatchObject({ status: 'SUCCESS' });
+    await primary.sql('events', "INSERT INTO bookings (guest) VALUES ('after-the-full')");
+    expect(await run('changes')).toMatchObject({ status: 'SUCCESS' });
   });
 
   it('promotes the replica after three failed probes, switches the endpoint, checks writes, and emails the data loss', async () => {
@@ -244,6 +277,19 @@ describe('automatic failover to a streaming replica', () => {
       (entry: any) => entry.action,
     );
     expect(audit).toEqual(expect.arrayContaining(['failover.start', 'failover.finish']));
+  });
+
+  it('backs up the new primary: the first change-stream INCREMENTAL there is taken as a FULL (its stream is new)', async () => {
+    // The slot was on the old primary: no chain of changes crosses the failover
+    const first = await run('changes');
+    expect(first).toMatchObject({ status: 'SUCCESS', requestedType: 'INCREMENTAL', type: 'FULL' });
+    expect(first.notice).toMatch(
+      /replication slot .* no longer exists: this INCREMENTAL was taken as a FULL/,
+    );
+    await replica.sql('events', "INSERT INTO bookings (guest) VALUES ('on-the-new-primary')");
+    const next = await run('changes');
+    expect(next, JSON.stringify(next)).toMatchObject({ status: 'SUCCESS', type: 'INCREMENTAL' });
+    expect(next.changes.transactions).toBeGreaterThan(0);
   });
 
   it('starts no second failover while the first is in force, and refuses a manual one with the reason', async () => {
