@@ -2,43 +2,21 @@
 import {
   CreateDBInstanceReadReplicaCommand,
   DeleteDBInstanceCommand,
-  DescribeDBClustersCommand,
   DescribeDBInstancesCommand,
   DescribeGlobalClustersCommand,
   PromoteReadReplicaCommand,
   SwitchoverGlobalClusterCommand,
 } from '@aws-sdk/client-rds';
-import {
-  ChangeResourceRecordSetsCommand,
-  ListResourceRecordSetsCommand,
-  Route53Client,
-  type ResourceRecordSet,
-} from '@aws-sdk/client-route-53';
+import { Route53Client, type ResourceRecordSet } from '@aws-sdk/client-route-53';
 import type { ControlPlane } from '../core/context.ts';
 import type { DrConfigInput } from '../core/schemas.ts';
 import { environmentConnection, findConfig } from '../core/services/config-service.ts';
 import { getDrTest, updateDrTest, type DrTestRecord } from '../core/services/drtest-service.ts';
 import { connect, connectionFrom, withDatabase, type DatabaseConnection } from '../engine/postgres.ts';
-import { rdsClient, securityGroupsOf } from './rds.ts';
+import { clusterEndpoint, endpointOf, rdsClient, regionOfArn, securityGroupsOf } from './rds.ts';
+import { currentRecord, replaceRecord } from './route53.ts';
 import type { State, WorkflowDeps } from './steps.ts';
 import { WorkflowError, atEndpoint, group, required, serverOf, testState } from './steps.ts';
-
-/** The environment's endpoint record as it is now (the first record set of that name), if any. */
-export async function currentRecord(
-  route53: Route53Client,
-  endpoint: { hostedZoneId: string; recordName: string },
-): Promise<ResourceRecordSet | undefined> {
-  const name = endpoint.recordName.endsWith('.') ? endpoint.recordName : `${endpoint.recordName}.`;
-  const found = await route53.send(
-    new ListResourceRecordSetsCommand({
-      HostedZoneId: endpoint.hostedZoneId,
-      StartRecordName: name,
-      MaxItems: 1,
-    }),
-  );
-  const record = found.ResourceRecordSets?.[0];
-  return record?.Name === name ? record : undefined;
-}
 
 export const failoverSteps = group(testState, {
   'test.failover.switch': async (cp, deps, state) => {
@@ -67,21 +45,12 @@ export const failoverSteps = group(testState, {
       TTL: 60,
       ResourceRecords: [{ Value: standbyHost }],
     };
-    // A name holds one CNAME and nothing else: a record of another type is replaced in the same change.
-    await route53.send(
-      new ChangeResourceRecordSetsCommand({
-        HostedZoneId: endpoint.hostedZoneId,
-        ChangeBatch: {
-          Comment: 'DR Automation FAILOVER_TEST: to the standby',
-          Changes:
-            original.Type === 'CNAME'
-              ? [{ Action: 'UPSERT', ResourceRecordSet: standby }]
-              : [
-                  { Action: 'DELETE', ResourceRecordSet: original },
-                  { Action: 'CREATE', ResourceRecordSet: standby },
-                ],
-        },
-      }),
+    await replaceRecord(
+      route53,
+      endpoint.hostedZoneId,
+      original,
+      standby,
+      'DR Automation FAILOVER_TEST: to the standby',
     );
     return { switched: true, standby: standbyHost, seconds: (Date.now() - started) / 1000 };
   },
@@ -129,21 +98,13 @@ export const failoverSteps = group(testState, {
     const started = Date.now();
     const { endpoint, original } = test.failover;
     const current = await currentRecord(route53, endpoint);
-    // Back to what it was, in one change (a record of another type replaces ours).
-    await route53.send(
-      new ChangeResourceRecordSetsCommand({
-        HostedZoneId: endpoint.hostedZoneId,
-        ChangeBatch: {
-          Comment: 'DR Automation FAILOVER_TEST: failback',
-          Changes:
-            current && current.Type !== original.Type
-              ? [
-                  { Action: 'DELETE', ResourceRecordSet: current },
-                  { Action: 'CREATE', ResourceRecordSet: original as ResourceRecordSet },
-                ]
-              : [{ Action: 'UPSERT', ResourceRecordSet: original as ResourceRecordSet }],
-        },
-      }),
+    // Back to what it was, in one change
+    await replaceRecord(
+      route53,
+      endpoint.hostedZoneId,
+      current,
+      original as ResourceRecordSet,
+      'DR Automation FAILOVER_TEST: failback',
     );
     return { restored: true, seconds: (Date.now() - started) / 1000 };
   },
@@ -183,14 +144,6 @@ async function standbyConfig(cp: ControlPlane): Promise<StandbyConfig> {
   const standby = (await findConfig(cp))?.environments?.STAGING?.standby;
   if (!standby) throw new WorkflowError('NoStandby', 'environments.STAGING.standby is no longer configured');
   return standby;
-}
-
-function regionOfArn(arn: string): string {
-  return arn.split(':')[3]!;
-}
-
-function endpointOf(address: string | undefined, port: number | undefined): string | undefined {
-  return address ? `${address}:${port ?? 5432}` : undefined;
 }
 
 export const standbySteps = group(testState, {
@@ -381,13 +334,4 @@ async function globalWriter(
     ...(arn ? { arn } : {}),
     settled: global?.Status === 'available' && global.FailoverState === undefined,
   };
-}
-
-async function clusterEndpoint(deps: WorkflowDeps, clusterArn: string): Promise<string | undefined> {
-  const cluster = (
-    await rdsClient(deps, regionOfArn(clusterArn)).send(
-      new DescribeDBClustersCommand({ DBClusterIdentifier: clusterArn }),
-    )
-  ).DBClusters?.[0];
-  return endpointOf(cluster?.Endpoint, cluster?.Port);
 }

@@ -15,15 +15,10 @@
 import {
   DescribeDBInstancesCommand,
   DescribeGlobalClustersCommand,
-  DescribeDBClustersCommand,
   FailoverGlobalClusterCommand,
   PromoteReadReplicaCommand,
 } from '@aws-sdk/client-rds';
-import {
-  ChangeResourceRecordSetsCommand,
-  Route53Client,
-  type ResourceRecordSet,
-} from '@aws-sdk/client-route-53';
+import { Route53Client, type ResourceRecordSet } from '@aws-sdk/client-route-53';
 import type pg from 'pg';
 import { z } from 'zod';
 import type { ControlPlane } from '../core/context.ts';
@@ -56,9 +51,10 @@ import {
   type DatabaseConnection,
 } from '../engine/postgres.ts';
 import { restoreDatabase } from '../engine/restore.ts';
-import { currentRecord, STANDBY_TAG } from './failover-test.ts';
+import { STANDBY_TAG } from './failover-test.ts';
+import { currentRecord, fqdn, replaceRecord } from './route53.ts';
 import { switchHook } from './hooks.ts';
-import { rdsClient } from './rds.ts';
+import { clusterEndpoint, instanceEndpoint, rdsClient, regionOfArn } from './rds.ts';
 import { runProgress } from './run-record.ts';
 import { WorkflowError, atEndpoint, errorMessage, group, hookIssues, type WorkflowDeps } from './steps.ts';
 
@@ -399,27 +395,18 @@ export const failover = group(failoverState, {
         ...current,
         endpoint: { type: 'route53', switched: false, ...(original ? { original } : {}) },
       }));
-      const name = endpoint.recordName.endsWith('.') ? endpoint.recordName : `${endpoint.recordName}.`;
       const record: ResourceRecordSet = {
-        Name: name,
+        Name: fqdn(endpoint.recordName),
         Type: 'CNAME',
         TTL: endpoint.ttl,
         ResourceRecords: [{ Value: target.hostname }],
       };
-      await route53.send(
-        new ChangeResourceRecordSetsCommand({
-          HostedZoneId: endpoint.hostedZoneId,
-          ChangeBatch: {
-            Comment: `DR Automation failover ${state.failoverId}: to the standby`,
-            Changes:
-              original && original.Type !== 'CNAME'
-                ? [
-                    { Action: 'DELETE', ResourceRecordSet: original },
-                    { Action: 'CREATE', ResourceRecordSet: record },
-                  ]
-                : [{ Action: 'UPSERT', ResourceRecordSet: record }],
-          },
-        }),
+      await replaceRecord(
+        route53,
+        endpoint.hostedZoneId,
+        original,
+        record,
+        `DR Automation failover ${state.failoverId}: to the standby`,
       );
       await updateFailover(cp, state.failoverId, (current) => ({
         ...current,
@@ -567,20 +554,12 @@ export const failover = group(failoverState, {
       const route53 = deps.route53?.() ?? new Route53Client({});
       const now = await currentRecord(route53, endpoint);
       const back = record.endpoint.original as ResourceRecordSet;
-      await route53.send(
-        new ChangeResourceRecordSetsCommand({
-          HostedZoneId: endpoint.hostedZoneId,
-          ChangeBatch: {
-            Comment: `DR Automation failover ${record.id}: failback`,
-            Changes:
-              now && now.Type !== back.Type
-                ? [
-                    { Action: 'DELETE', ResourceRecordSet: now },
-                    { Action: 'CREATE', ResourceRecordSet: back },
-                  ]
-                : [{ Action: 'UPSERT', ResourceRecordSet: back }],
-          },
-        }),
+      await replaceRecord(
+        route53,
+        endpoint.hostedZoneId,
+        now,
+        back,
+        `DR Automation failover ${record.id}: failback`,
       );
       return { switched: true };
     }
@@ -740,25 +719,6 @@ function omitBehind<T extends { behind?: number; inRecovery?: boolean }>(
 ): Omit<T, 'behind' | 'inRecovery'> {
   const { behind: _behind, inRecovery: _inRecovery, ...rest } = position;
   return rest;
-}
-
-function regionOfArn(arn: string): string {
-  return arn.split(':')[3]!;
-}
-
-async function instanceEndpoint(deps: WorkflowDeps, identifier: string, region: string | undefined) {
-  const instance = (
-    await rdsClient(deps, region).send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: identifier }))
-  ).DBInstances?.[0];
-  const address = instance?.Endpoint?.Address;
-  return address ? `${address}:${instance.Endpoint?.Port ?? 5432}` : undefined;
-}
-
-async function clusterEndpoint(deps: WorkflowDeps, arn: string) {
-  const cluster = (
-    await rdsClient(deps, regionOfArn(arn)).send(new DescribeDBClustersCommand({ DBClusterIdentifier: arn }))
-  ).DBClusters?.[0];
-  return cluster?.Endpoint ? `${cluster.Endpoint}:${cluster.Port ?? 5432}` : undefined;
 }
 
 /** The failover's email: what happened, where the application's database is, and the data lost. */

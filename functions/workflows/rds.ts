@@ -23,6 +23,38 @@ export function rdsClient(deps: WorkflowDeps, region: string | undefined): RDSCl
   return deps.rds?.(region) ?? new RDSClient(region ? { region } : {});
 }
 
+/** The region of an RDS ARN. */
+export function regionOfArn(arn: string): string {
+  return arn.split(':')[3]!;
+}
+
+/** `address:port` of an RDS endpoint (5432 when no port is said), or undefined without an address. */
+export function endpointOf(address: string | undefined, port: number | undefined): string | undefined {
+  return address ? `${address}:${port ?? 5432}` : undefined;
+}
+
+/** Where an Aurora cluster (by ARN) answers, once it has an endpoint. */
+export async function clusterEndpoint(deps: WorkflowDeps, clusterArn: string): Promise<string | undefined> {
+  const cluster = (
+    await rdsClient(deps, regionOfArn(clusterArn)).send(
+      new DescribeDBClustersCommand({ DBClusterIdentifier: clusterArn }),
+    )
+  ).DBClusters?.[0];
+  return endpointOf(cluster?.Endpoint, cluster?.Port);
+}
+
+/** Where an RDS instance answers, once it has an endpoint. */
+export async function instanceEndpoint(
+  deps: WorkflowDeps,
+  identifier: string,
+  region: string | undefined,
+): Promise<string | undefined> {
+  const instance = (
+    await rdsClient(deps, region).send(new DescribeDBInstancesCommand({ DBInstanceIdentifier: identifier }))
+  ).DBInstances?.[0];
+  return endpointOf(instance?.Endpoint?.Address, instance?.Endpoint?.Port);
+}
+
 export async function planRdsRestore(
   deps: WorkflowDeps,
   restore: RestoreRecord,

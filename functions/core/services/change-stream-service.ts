@@ -13,6 +13,7 @@ import type { ControlPlane } from '../context.ts';
 import { Partition, type StoredItem } from '../store/table.ts';
 import { findConfig, sourceForRun } from './config-service.ts';
 import type { BackupRecord, Condition, StoredSchedule } from '../records.ts';
+import { withTimeout } from './common.ts';
 
 /**
  * The deployment's change stream on the source database: which runs use it, what the database allows, and
@@ -88,28 +89,13 @@ export async function changeStreamReport(cp: ControlPlane): Promise<ChangeStream
   }
   try {
     const [readiness, status] = await withTimeout(
+      'the source database',
       Promise.all([changeStreamReadiness(database), slotStatus(database, slot)]),
       REPORT_TIMEOUT_MS,
     );
     return { slot, readiness, ...(status ? { status } : {}) };
   } catch (error) {
     return { slot, error: (error as Error).message };
-  }
-}
-
-async function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`the source database did not answer within ${ms / 1000} s`)),
-      ms,
-    );
-  });
-  work.catch(() => undefined);
-  try {
-    return await Promise.race([work, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -261,11 +247,16 @@ async function measure(
   try {
     let dropError: string | undefined;
     if (orphan && users.length === 0)
-      dropError = await withTimeout(dropSlot(database, stream), REPORT_TIMEOUT_MS).then(
+      dropError = await withTimeout(
+        'the source database',
+        dropSlot(database, stream),
+        REPORT_TIMEOUT_MS,
+      ).then(
         () => undefined,
         (error: unknown) => (error as Error).message,
       );
     const [readiness, status] = await withTimeout(
+      'the source database',
       Promise.all([
         options.readiness ? changeStreamReadiness(database) : Promise.resolve(kept?.readiness),
         slotStatus(database, stream.slot),

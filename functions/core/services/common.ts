@@ -194,3 +194,17 @@ export async function startRunWorkflow<T extends object>(
     throw error;
   }
 }
+
+/** `work`, or an error saying `what` did not answer within `ms` (a late failure of `work` is then ignored). */
+export async function withTimeout<T>(what: string, work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms / 1000} s`)), ms);
+  });
+  work.catch(() => undefined);
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

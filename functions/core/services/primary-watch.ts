@@ -13,6 +13,7 @@ import {
   startFailover,
   type FailoverRecord,
 } from './failover-service.ts';
+import { withTimeout } from './common.ts';
 
 /**
  * The watch over the primary (the source database), once a minute with the alert checks: connect, `select`,
@@ -170,7 +171,7 @@ export async function watchPrimary(cp: ControlPlane): Promise<PrimaryState | und
   const [result, rdsStatus, application] = await Promise.all([
     probe(database, () => cp.now()),
     config?.source?.rds && cp.databaseStatus
-      ? withTimeout(cp.databaseStatus(config.source.rds), PRIMARY_WATCH.timeoutMs).catch(
+      ? withTimeout('RDS', cp.databaseStatus(config.source.rds), PRIMARY_WATCH.timeoutMs).catch(
           (error: unknown) => `unknown (${(error as Error).message})`,
         )
       : undefined,
@@ -321,14 +322,4 @@ async function applicationHealth(
   } catch (error) {
     return { ok: false, ms: Date.now() - started, error: (error as Error).message };
   }
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }
