@@ -71,7 +71,8 @@ async function measureWith(jobs: number | undefined, ...args: string[]): Promise
   // The V8 flag drctl runs with (its shebang): see functions/cli/drctl.ts.
   const { stdout } = await run(process.execPath, ['--max-semi-space-size=4', 'bench/measure.ts', ...args], {
     maxBuffer: 1 << 20,
-    env: { ...process.env, ...(jobs === undefined ? {} : { JOBS: String(jobs) }) },
+    // And the allocator setting drctl runs with (its shebang)
+    env: { ...process.env, MALLOC_ARENA_MAX: '2', ...(jobs === undefined ? {} : { JOBS: String(jobs) }) },
   });
   return JSON.parse(stdout) as Measured;
 }

@@ -84,7 +84,8 @@ export class DrFunction extends Construct {
       tracing: Tracing.ACTIVE,
       role,
       logGroup: this.logGroup,
-      environment: { NODE_OPTIONS: '--enable-source-maps', ...props.environment },
+      // MALLOC_ARENA_MAX: see functions/cli/drctl.ts (threads freeing each other's chunks)
+      environment: { NODE_OPTIONS: '--enable-source-maps', MALLOC_ARENA_MAX: '2', ...props.environment },
     });
   }
 }

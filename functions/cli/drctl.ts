@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=4
+#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --max-semi-space-size=4
 import { availableParallelism, hostname } from 'node:os';
 import { createWriteStream } from 'node:fs';
 import type { Writable } from 'node:stream';
@@ -43,6 +43,10 @@ import { compose } from '../storage/facade.ts';
  * `--max-semi-space-size=4` (shebang): backups allocate fast and briefly; with V8's default young generation
  * the heap's committed size grew to 150 MB for 27 MB in use and peak RSS grew with the database (277 MB at
  * 2.5 GB). Capped, peak RSS stays about 195 MB at every scale measured (bench, issue 3 note).
+ *
+ * `MALLOC_ARENA_MAX=2` (shebang; the Lambda functions, the worker image and `npm start` set it too): the
+ * cutting and sealing threads allocate chunks that another thread frees, and glibc gives each thread its own
+ * arena, which keeps what was freed in it — 35 to 50 MB more peak RSS in a FULL at jobs 2 (bench, issue 20).
  */
 const EXIT = { failed: 1, usage: 2, damaged: 3, wrongKey: 4, flagged: 5 } as const;
 

@@ -39,7 +39,7 @@ import { addStats, ChunkSink, type IndexFile, type Repository, type WriteStats }
 import type { ProgressEvent, ProgressListener } from './progress.ts';
 import { readStream } from './restore.ts';
 import { collectParts, planParts, type FanOut, type FanOutPlan } from './fanout.ts';
-import { dumpPieces, piecesOf, storeStream, tableRecords, tableName } from './table-dump.ts';
+import { dumpPieces, piecesOf, tableRecords, tableName } from './table-dump.ts';
 import { sealingThreads } from './seal-pool.ts';
 
 /** Tables larger than this are read in key ranges by default. */
@@ -64,8 +64,9 @@ export interface BackupOptions {
   /** Tables dumped at once (default 2: the machine's two cores, one for the server, one for us). */
   readonly tableConcurrency?: number;
   /**
-   * Threads compressing and sealing new chunks (default: one per table read at once, leaving a core free;
-   * 0 seals on zlib's pool in this thread).
+   * Threads compressing and sealing new chunks (default: one per table read at once, leaving a core free).
+   * 0: no threads at all — streams are cut in this thread and chunks sealed on zlib's pool; otherwise each
+   * stream read at once is also cut on a thread of its own.
    */
   readonly threads?: number;
   readonly onProgress?: ProgressListener;
@@ -223,6 +224,7 @@ async function backupLocked(
       ...(options.packSize === undefined ? {} : { packSize: options.packSize }),
       ...(options.chunkConcurrency === undefined ? {} : { inFlight: options.chunkConcurrency }),
       threads: options.threads ?? sealingThreads(options.tableConcurrency ?? 2),
+      cutters: options.threads === 0 ? 0 : (options.tableConcurrency ?? 2),
     },
   );
   try {
@@ -411,12 +413,10 @@ async function backupChanges(
   };
   let records: StreamRecord;
   try {
-    records = await storeStream(
-      sink,
+    ({ record: records } = await sink.store(
       readChanges(connection, before, before.endLsn, summary, expected),
-      repository,
-      onBytes,
-    );
+      { onBytes },
+    ));
   } catch (error) {
     if (error instanceof SchemaChangedError) throw new RestartAsFull(error.message, true);
     throw error;
@@ -456,13 +456,9 @@ async function backupChanges(
 async function storeTool(
   sink: ChunkSink,
   tool: Tool,
-  repository: Repository,
   onBytes: (size: number) => void,
 ): Promise<StreamRecord> {
-  const [record] = await withTool(
-    tool,
-    Promise.all([storeStream(sink, tool.stdout, repository, onBytes), tool.done]),
-  );
+  const [{ record }] = await withTool(tool, Promise.all([sink.store(tool.stdout, { onBytes }), tool.done]));
   return record;
 }
 
@@ -517,7 +513,6 @@ async function backupDatabase(
       const schemaOnly = await storeTool(
         sink,
         dumpArchive(connection, 'schema-only', snapshot.id),
-        repository,
         progress('database', 'schema'),
       );
       return { database: { ...base, schemaOnly, tables: [], sequences: [] } };
@@ -525,7 +520,6 @@ async function backupDatabase(
     const preData = await storeTool(
       sink,
       dumpArchive(connection, 'pre-data', snapshot.id),
-      repository,
       progress('database', 'pre-data'),
     );
     // Large tables are read in key ranges, several COPYs at once
@@ -546,14 +540,13 @@ async function backupDatabase(
       parts = await collectParts(repository, plan);
       pieces = parts.pieces;
     } else {
-      pieces = await dumpPieces(sink, repository, connection, snapshot.id, piecesOf(tables), jobs, (table) =>
+      pieces = await dumpPieces(sink, connection, snapshot.id, piecesOf(tables), jobs, (table) =>
         progress('database', tableName(table)),
       );
     }
     const postData = await storeTool(
       sink,
       dumpArchive(connection, 'post-data', snapshot.id),
-      repository,
       progress('database', 'post-data'),
     );
     return {
@@ -606,7 +599,7 @@ async function backupFiles(
       });
       continue;
     }
-    const record = await storeStream(sink, readFileStream(found), repository, progress('files', found.path));
+    const { record } = await sink.store(readFileStream(found), { onBytes: progress('files', found.path) });
     entries.push({ ...entry, size: record.size, chunks: record.chunks, sha256: record.sha256 });
   }
   return { root, entries };

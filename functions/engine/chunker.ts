@@ -37,11 +37,6 @@ export function gearTable(chunkerKey: Buffer): Int32Array {
   return table;
 }
 
-/** A mask of the `bits` most significant bits of a 32-bit word. */
-function topBits(bits: number): number {
-  return bits >= 32 ? -1 : (0xffffffff << (32 - bits)) | 0;
-}
-
 export function validateParams(params: ChunkerParams): void {
   const { minSize, avgSize, maxSize } = params;
   const power = Math.log2(avgSize);
@@ -51,19 +46,25 @@ export function validateParams(params: ChunkerParams): void {
     throw new Error('chunker sizes must satisfy 0 < minSize < avgSize < maxSize');
 }
 
+/** The cutting state of one stream: bytes go in, whole chunks come out. */
+export interface Cutter {
+  /** Takes `input`; hands each chunk it completes to `emit`. */
+  push(input: Uint8Array, emit: (chunk: Buffer) => void): void;
+  /** Hands the rest to `emit` (the stream ended) and starts over for the next stream. */
+  finish(emit: (chunk: Buffer) => void): void;
+}
+
 /**
- * Splits a byte stream into content-defined chunks. Each yielded Buffer is a copy the caller owns.
+ * The cutter over `gear` and `params` (already validated). Self-contained — it refers to nothing outside its
+ * own body but `Buffer` — because its source also runs in the cutting threads (cut-pool.ts). Each chunk
+ * handed out owns its memory (never a slice of a shared pool), so it can be moved to another thread.
  */
-export async function* chunkStream(
-  source: AsyncIterable<Buffer | Uint8Array | string> | Iterable<Buffer | Uint8Array | string>,
-  gear: Int32Array,
-  params: ChunkerParams = DEFAULT_CHUNKER,
-): AsyncGenerator<Buffer> {
-  validateParams(params);
+export function makeCutter(gear: Int32Array, params: ChunkerParams): Cutter {
   const { minSize, avgSize, maxSize } = params;
   const bits = Math.log2(avgSize);
-  const maskS = topBits(bits + 2); // before the average: harder to cut
-  const maskL = topBits(bits - 2); // after it: easier
+  const mask = (top: number) => (top >= 32 ? -1 : (0xffffffff << (32 - top)) | 0);
+  const maskS = mask(bits + 2); // before the average: harder to cut
+  const maskL = mask(bits - 2); // after it: easier
   const buffer = Buffer.allocUnsafe(maxSize);
   let length = 0; // bytes held in buffer
   let scanned = 0; // bytes of buffer already hashed
@@ -91,24 +92,52 @@ export async function* chunkStream(
     return final && length > 0 ? length : -1;
   };
 
-  const emit = (cut: number): Buffer => {
-    const chunk = Buffer.from(buffer.subarray(0, cut));
-    buffer.copyWithin(0, cut, length);
-    length -= cut;
+  const cut = (at: number, emit: (chunk: Buffer) => void) => {
+    const chunk = Buffer.allocUnsafeSlow(at);
+    buffer.copy(chunk, 0, 0, at);
+    buffer.copyWithin(0, at, length);
+    length -= at;
     scanned = 0;
     hash = 0;
-    return chunk;
+    emit(chunk);
   };
 
+  return {
+    push(input, emit) {
+      for (let offset = 0; offset < input.length;) {
+        const take = Math.min(maxSize - length, input.length - offset);
+        buffer.set(input.subarray(offset, offset + take), length);
+        length += take;
+        offset += take;
+        for (let at = findCut(false); at > 0; at = findCut(false)) cut(at, emit);
+      }
+    },
+    finish(emit) {
+      for (let at = findCut(true); at > 0; at = findCut(true)) cut(at, emit);
+      length = 0;
+      scanned = 0;
+      hash = 0;
+    },
+  };
+}
+
+/**
+ * Splits a byte stream into content-defined chunks, in this thread. Each yielded Buffer is a copy the caller
+ * owns.
+ */
+export async function* chunkStream(
+  source: AsyncIterable<Buffer | Uint8Array | string> | Iterable<Buffer | Uint8Array | string>,
+  gear: Int32Array,
+  params: ChunkerParams = DEFAULT_CHUNKER,
+): AsyncGenerator<Buffer> {
+  validateParams(params);
+  const cutter = makeCutter(gear, params);
+  const ready: Buffer[] = [];
+  const emit = (chunk: Buffer) => ready.push(chunk);
   for await (const piece of source) {
-    let input = typeof piece === 'string' ? Buffer.from(piece) : piece;
-    while (input.length > 0) {
-      const take = Math.min(maxSize - length, input.length);
-      buffer.set(input.subarray(0, take), length);
-      length += take;
-      input = input.subarray(take);
-      for (let cut = findCut(false); cut > 0; cut = findCut(false)) yield emit(cut);
-    }
+    cutter.push(typeof piece === 'string' ? Buffer.from(piece) : piece, emit);
+    yield* ready.splice(0);
   }
-  for (let cut = findCut(true); cut > 0; cut = findCut(true)) yield emit(cut);
+  cutter.finish(emit);
+  yield* ready.splice(0);
 }

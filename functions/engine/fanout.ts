@@ -84,12 +84,18 @@ export async function backupPart(
     waitMs: options.lockWaitMs ?? 10 * 60_000,
   });
   try {
-    const sink = new ChunkSink(repository, { has: () => false }, { threads: sealingThreads(jobs) });
+    const sink = new ChunkSink(
+      repository,
+      { has: () => false },
+      {
+        threads: sealingThreads(jobs),
+        cutters: jobs,
+      },
+    );
     try {
       let bytes = 0;
       const pieces = await dumpPieces(
         sink,
-        repository,
         options.connection,
         plan.snapshotId,
         spec.pieces,

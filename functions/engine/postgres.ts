@@ -10,6 +10,7 @@ import pg from 'pg';
 import { parseIntoClientConfig } from 'pg-connection-string';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { EngineError, RestoreError, SourceError } from './errors.ts';
+import { countLines } from './cut-pool.ts';
 
 /**
  * PostgreSQL through its own tools and protocol. A connection is a URL without the password plus the
@@ -436,13 +437,6 @@ export function copyQuery(client: pg.Client, table: TableShape, range?: KeyRange
   return `COPY (SELECT ${columns === '' ? '' : columns} FROM ${qualified(client, table.schema, table.name)}${where}${order}) TO STDOUT`;
 }
 
-/** Rows of a COPY text stream (one line each: newlines inside values are escaped), counted as it passes. */
-export function copyRows(data: Buffer): number {
-  let rows = 0;
-  for (let index = data.indexOf(10); index !== -1; index = data.indexOf(10, index + 1)) rows++;
-  return rows;
-}
-
 /** SHA-256 and row count of a COPY text stream, computed as it passes. */
 class CopyDigest {
   private readonly hash = createHash('sha256');
@@ -450,7 +444,7 @@ class CopyDigest {
 
   update(data: Buffer): void {
     this.hash.update(data);
-    this.rows += copyRows(data);
+    this.rows += countLines(data);
   }
 
   digest(): string {

@@ -13,8 +13,9 @@ import {
 } from './crypto.ts';
 import { BackupNotFoundError, CorruptDataError, RepositoryNotFoundError, WrongKeyError } from './errors.ts';
 import { inThreadSealer, threadSealer, type ChunkSealer } from './seal-pool.ts';
+import { inThreadCutter, threadCutter, type CutOptions, type StreamCutter } from './cut-pool.ts';
 import { acquireLock, lockKey, type Lock, type LockOptions } from './locks.ts';
-import type { Manifest, PieceRecord } from './manifest.ts';
+import type { Manifest, PieceRecord, StreamRecord } from './manifest.ts';
 
 /**
  * A repository on one target (format: docs/repository-format.md).
@@ -524,9 +525,11 @@ export function addStats(a: WriteStats, b: WriteStats): WriteStats {
 }
 
 /**
- * Takes the chunks of one backup: dedups them against the repository and this run, compresses and seals
- * the new ones (several at a time: on `threads` worker threads, or on zlib's pool when none; seal-pool.ts),
- * and packs them. At most `inFlight` chunks and two packs are in memory at once. `close` stops the threads.
+ * Takes the streams of one backup: cuts them into chunks (on `cutters` worker threads, one per stream read at
+ * once, or in this thread when none; cut-pool.ts), dedups the chunks against the repository and this run,
+ * compresses and seals the new ones (several at a time: on `threads` worker threads, or on zlib's pool when
+ * none; seal-pool.ts), and packs them. At most `inFlight` chunks and two packs are in memory at once, and
+ * a few MiB per stream being cut. `close` stops the threads.
  */
 export class ChunkSink {
   readonly stats: WriteStats = {
@@ -545,8 +548,11 @@ export class ChunkSink {
   private readonly inFlight: number;
   private readonly packSize: number;
   private readonly threads: number;
+  private readonly cutters: number;
   /** Started with the first new chunk: a run that stores nothing new starts no thread. */
   private sealer: ChunkSealer | undefined;
+  /** Started with the first stream. */
+  private cutter: StreamCutter | undefined;
   private parts: Buffer[] = [];
   private entries: PackHeaderEntry[] = [];
   private partsSize = 0;
@@ -558,23 +564,48 @@ export class ChunkSink {
   constructor(
     repository: Repository,
     known: { has(id: string): boolean },
-    options: { inFlight?: number; packSize?: number; threads?: number } = {},
+    options: { inFlight?: number; packSize?: number; threads?: number; cutters?: number } = {},
   ) {
     this.repository = repository;
     this.known = known;
     this.threads = options.threads ?? 0;
+    this.cutters = options.cutters ?? 0;
     // Enough chunks in flight to keep every thread busy while the next ones are cut
     this.inFlight = options.inFlight ?? Math.max(4, this.threads * 3);
     this.packSize = options.packSize ?? DEFAULT_PACK_SIZE;
   }
 
   /**
-   * Stores `data` unless the repository already has it; returns its id. The sink takes `data` over (it may
-   * be moved to a sealing thread): the caller must not use it afterwards.
+   * Stores a stream: its chunks, in order, and its size and SHA-256 (and, with `rows`, its line count: COPY
+   * text's rows). The stream is read no faster than its chunks are stored.
    */
-  async add(data: Buffer): Promise<string> {
+  async store(
+    stream: AsyncIterable<Buffer | Uint8Array | string>,
+    options: CutOptions = {},
+  ): Promise<{ record: StreamRecord; rows: number }> {
     this.rethrow();
-    const id = chunkId(this.repository.material.idKey, data);
+    const keys = {
+      gear: this.repository.gear,
+      params: this.repository.config.chunker,
+      idKey: this.repository.material.idKey,
+    };
+    this.cutter ??= this.cutters > 0 ? threadCutter(keys, this.cutters) : inThreadCutter(keys);
+    const chunks: string[] = [];
+    const { size, sha256, rows } = await this.cutter.cut(
+      stream,
+      async (data, id) => chunks.push(await this.add(data, id)),
+      options,
+    );
+    return { record: { chunks, size, sha256 }, rows };
+  }
+
+  /**
+   * Stores `data` unless the repository already has it; returns its id (`id`: already computed, by a
+   * cutting thread). The sink takes `data` over (it may be moved to a sealing thread): the caller must not
+   * use it afterwards.
+   */
+  async add(data: Buffer, id = chunkId(this.repository.material.idKey, data)): Promise<string> {
+    this.rethrow();
     this.stats.chunks++;
     this.stats.bytesRead += data.length;
     if (this.known.has(id) || this.pending.has(id)) return id;
@@ -603,9 +634,9 @@ export class ChunkSink {
     if (this.failure) throw this.failure;
   }
 
-  /** Stops the sealing threads (after `flush`, or when the backup failed). */
-  close(): Promise<void> {
-    return this.sealer?.close() ?? Promise.resolve();
+  /** Stops the cutting and sealing threads (after `flush`, or when the backup failed). */
+  async close(): Promise<void> {
+    await Promise.all([this.cutter?.close(), this.sealer?.close()]);
   }
 
   /** Waits for every chunk to be packed and every pack to be durably stored. */

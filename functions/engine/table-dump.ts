@@ -1,35 +1,9 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { chunkStream } from './chunker.ts';
 import { SourceError } from './errors.ts';
-import type { PieceRecord, RangeRecord, StreamRecord, TableRecord } from './manifest.ts';
-import { copyRows, copyTable, type DatabaseConnection, type TableInfo } from './postgres.ts';
-import type { ChunkSink, Repository } from './repository.ts';
-
-/** Chunks a stream into the sink; returns its chunk list, size and SHA-256. */
-export async function storeStream(
-  sink: ChunkSink,
-  stream: AsyncIterable<Buffer>,
-  repository: Repository,
-  onBytes: (size: number) => void,
-  tap?: (data: Buffer) => void,
-): Promise<StreamRecord> {
-  const hash = createHash('sha256');
-  let size = 0;
-  const tee = async function* (): AsyncGenerator<Buffer> {
-    for await (const data of stream) {
-      hash.update(data);
-      size += data.length;
-      tap?.(data);
-      onBytes(data.length);
-      yield data;
-    }
-  };
-  const chunks: string[] = [];
-  for await (const chunk of chunkStream(tee(), repository.gear, repository.config.chunker))
-    chunks.push(await sink.add(chunk));
-  return { chunks, size, sha256: hash.digest('hex') };
-}
+import type { PieceRecord, RangeRecord, TableRecord } from './manifest.ts';
+import { copyTable, type DatabaseConnection, type TableInfo } from './postgres.ts';
+import type { ChunkSink } from './repository.ts';
 
 /** What one COPY reads: a table, or one key range of it (`range`: its index in `table.ranges`). */
 export interface TablePiece {
@@ -57,7 +31,6 @@ export const tableName = (table: { schema: string; name: string }): string => `$
  */
 export async function dumpPieces(
   sink: ChunkSink,
-  repository: Repository,
   connection: DatabaseConnection,
   snapshotId: string,
   pieces: readonly TablePiece[],
@@ -84,9 +57,9 @@ export async function dumpPieces(
         );
         reading.add(copy.stream);
         // The stream's SHA-256 is the table's (or range's) checksum: the restore check compares it.
-        let rows = 0;
-        const stream = await storeStream(sink, copy.stream, repository, onBytes(table), (data) => {
-          rows += copyRows(data);
+        const { record: stream, rows } = await sink.store(copy.stream, {
+          onBytes: onBytes(table),
+          rows: true,
         });
         records[index] = { table: tableName(table), ...(range === undefined ? {} : { range }), stream, rows };
       } catch (error) {
