@@ -331,6 +331,21 @@ describe('ControlPlaneStack template', () => {
     expect(JSON.stringify(lifecycle[0].Resource)).toMatch(/s3:::acme-backups"/);
   });
 
+  it('runs every function with one malloc arena per two threads (the engine frees chunks across threads)', async () => {
+    const { template } = await synthesize({});
+    const functions = Object.values(template.findResources('AWS::Lambda::Function'));
+    // Ours (CDK's own custom-resource functions run no engine)
+    const ours = functions.filter(
+      (each) =>
+        each.Properties.PackageType !== 'Image' &&
+        String(each.Properties.Description).startsWith('DR Automation'),
+    );
+    expect(ours.length).toBeGreaterThanOrEqual(2);
+    for (const fn of ours) expect(fn.Properties.Environment?.Variables?.MALLOC_ARENA_MAX).toBe('2');
+    // The worker's image (Lambda and Fargate task) sets it in the image
+    expect(await readFile('infra/worker.Dockerfile', 'utf8')).toMatch(/^ENV .*\bMALLOC_ARENA_MAX=2\b/m);
+  });
+
   it('passes the files roots to the API and the worker, and private endpoints only when allowed', async () => {
     const plain = (await synthesize({})).template;
     for (const fn of Object.values(plain.findResources('AWS::Lambda::Function'))) {
