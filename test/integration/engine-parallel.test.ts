@@ -6,7 +6,8 @@ import type { Manifest } from '../../functions/engine/manifest.ts';
 import { gc, listBackups, verify } from '../../functions/engine/maintenance.ts';
 import { Repository } from '../../functions/engine/repository.ts';
 import { loadTable } from '../../functions/engine/postgres.ts';
-import { checkTables, restoreDatabase } from '../../functions/engine/restore.ts';
+import { availableParallelism } from 'node:os';
+import { buildWorkers, checkTables, restoreDatabase } from '../../functions/engine/restore.ts';
 import { loadSqlExport, newRepository, schemaOf, testKey } from '../support/engine.ts';
 import { createEventManager, tableChecksums } from '../support/event-manager.ts';
 import { startPostgres, type TestPostgres } from '../support/postgres.ts';
@@ -194,6 +195,70 @@ describe('parallel FULL and restore', () => {
       'ledger_account_fkey',
       'lines_invoice_fkey',
     ]);
+  });
+
+  it('gives an index build no parallel helpers while other slots run on a server sharing our cores, and never more than the server allows', async () => {
+    // Four tables of three indexes each: at jobs 4 their builds overlap
+    await server.createDatabase('indexed');
+    await server.sql(
+      'indexed',
+      [1, 2, 3, 4]
+        .map(
+          (n) => `CREATE TABLE t${n} (id int PRIMARY KEY, a int, b text, c int);
+          INSERT INTO t${n} SELECT g, g % 1000, md5(g::text), g % 7 FROM generate_series(1, 40000) g;
+          CREATE INDEX t${n}_a ON t${n} (a); CREATE INDEX t${n}_b ON t${n} (b); CREATE INDEX t${n}_ac ON t${n} (a, c);`,
+        )
+        .join('\n'),
+    );
+    const { repository } = await newRepository();
+    const { manifest } = await backup(repository, {
+      type: 'FULL',
+      source: { database: server.connection('indexed') },
+    });
+    /** Each CREATE INDEX the restore runs says, by NOTIFY, how many helpers its session allowed it. */
+    const helpersPerBuild = async (database: string, jobs: number, setup = ''): Promise<number[]> => {
+      await server.createDatabase(database);
+      await server.sql(
+        database,
+        `CREATE FUNCTION note_build() RETURNS event_trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_notify('builds', current_setting('max_parallel_maintenance_workers')); END $$;
+         CREATE EVENT TRIGGER note_build ON ddl_command_end WHEN TAG IN ('CREATE INDEX') EXECUTE FUNCTION note_build();
+         ${setup}`,
+      );
+      const listener = new pg.Client({ connectionString: server.url(database) });
+      await listener.connect();
+      const seen: number[] = [];
+      listener.on('notification', (message) => seen.push(Number(message.payload)));
+      try {
+        await listener.query('LISTEN builds');
+        await restoreDatabase(repository, manifest, { target: server.connection(database), jobs });
+        await listener.query('SELECT 1'); // delivered before it answers
+      } finally {
+        await listener.end();
+      }
+      return seen;
+    };
+    const cores = availableParallelism();
+    const shown = (await server.sql('postgres', `SHOW max_parallel_maintenance_workers`)).rows[0] as {
+      max_parallel_maintenance_workers: string;
+    };
+    const serverDefault = Number(shown.max_parallel_maintenance_workers);
+    const allowed = new Set(
+      [1, 2, 3, 4].map((busy) => Math.min(serverDefault, buildWorkers(true, busy, cores)!)),
+    );
+    const four = await helpersPerBuild('indexed_helpers4', 4);
+    expect(four).toHaveLength(12);
+    for (const helpers of four) expect(allowed).toContain(helpers);
+    // Four slots on fewer than 8 cores: builds that run beside others get none (CI has 2 cores)
+    if (cores < 8) expect(four).toContain(0);
+    // A database that allows 1 helper is never given more
+    const capped = await helpersPerBuild(
+      'indexed_helpers_capped',
+      1,
+      `ALTER DATABASE indexed_helpers_capped SET max_parallel_maintenance_workers = 1`,
+    );
+    expect(capped.length).toBe(four.length);
+    expect(Math.max(...capped)).toBeLessThanOrEqual(1);
   });
 
   it('fails the whole backup when one of its COPYs is killed, and lists nothing', async () => {

@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { DataSection, type TableLock } from '../../functions/engine/restore.ts';
+import {
+  buildWorkers,
+  DataSection,
+  sharesThisMachine,
+  type TableLock,
+} from '../../functions/engine/restore.ts';
 
 /** Work that records when it ran, and ends when told. */
 function recorder() {
@@ -90,5 +95,32 @@ describe('the restore’s data section (what pg_restore -j does)', () => {
     );
     await expect(slots.finish()).rejects.toThrow('index build failed');
     expect(started).toEqual(['a']);
+  });
+});
+
+describe('parallel helpers of an index build', () => {
+  it('shares the cores of a server on this machine among the slots running, and leaves a remote one alone', () => {
+    // 2 cores: a build beside another gets none, one alone gets the other core
+    expect(buildWorkers(true, 2, 2)).toBe(0);
+    expect(buildWorkers(true, 1, 2)).toBe(1);
+    expect(buildWorkers(true, 4, 8)).toBe(1);
+    expect(buildWorkers(true, 1, 16)).toBe(15);
+    expect(buildWorkers(true, 3, 2)).toBe(0);
+    expect(buildWorkers(false, 2, 2)).toBeUndefined();
+  });
+
+  it('knows a server on this machine by its address or socket', () => {
+    const on = (url: string) => sharesThisMachine({ url });
+    expect(on('postgres://app@127.0.0.1:5432/app')).toBe(true);
+    expect(on('postgres://app@127.3.2.1/app')).toBe(true);
+    expect(on('postgres://app@localhost/app')).toBe(true);
+    expect(on('postgres://app@[::1]:5433/app')).toBe(true);
+    expect(on('postgres:///app')).toBe(true);
+    expect(on('postgres:///app?host=/var/run/postgresql')).toBe(true);
+    expect(on('not a url')).toBe(false);
+    expect(on('postgres://app@db.internal:5432/app')).toBe(false);
+    expect(on('postgres://app@10.0.0.12/app')).toBe(false);
+    expect(on('postgres://app@mydb.abc.eu-west-1.rds.amazonaws.com/app')).toBe(false);
+    expect(on('postgres://app@127.0.0.1.example.com/app')).toBe(false);
   });
 });
